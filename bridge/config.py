@@ -1,0 +1,323 @@
+"""Configuration: one YAML file, overridden by ``BRIDGE_*`` environment variables, validated once.
+
+Why not pydantic-settings: its environment source silently ignores variables it does not know,
+so a typo such as ``BRIDGE_SEGMENT__WRTIE_KEY`` would leave the bridge in dry-run without a word.
+Here every ``BRIDGE_`` variable (except ``BRIDGE_CONFIG``, the file's path) is folded into the
+same nested dict as the file and validated by the same models with ``extra="forbid"``, so an
+unknown key from either place is an error that names it. Values from the environment are read as
+YAML scalars (``8080`` is a number, ``true`` a boolean, ``null`` nothing).
+
+Loading never exits: it raises :class:`bridge.errors.ConfigError`, and the CLI turns that into
+exit status 78 (``EX_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "BRIDGE_"
+ENV_CONFIG_PATH = "BRIDGE_CONFIG"
+DEFAULT_CONFIG_PATH = Path("config.yaml")
+DEFAULT_DESTINATION = "default"
+SEGMENT_US = "https://api.segment.io"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+
+
+class AuthConfig(_Section):
+    username: str = "synap"
+    password: SecretStr | None = None
+
+
+class SegmentConfig(_Section):
+    write_key: SecretStr | None = None
+    endpoint: str = SEGMENT_US
+    timeout_secs: float = Field(15.0, gt=0)
+    gzip: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class StorageConfig(_Section):
+    path: Path = Path("data/bridge.db")
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    busy_timeout_secs: float = Field(5.0, gt=0)
+    max_pending: int = Field(1_000_000, ge=1)
+    min_free_bytes: int = Field(100 * 1024 * 1024, ge=0)
+    delivered_retention_secs: float = Field(7 * 24 * 3600, ge=0)
+
+
+class BatchConfig(_Section):
+    max_events: int = Field(500, ge=1, le=2500)
+    max_bytes: int = Field(475_000, ge=40_000, le=500_000)
+    timeout_secs: float = Field(1.0, gt=0)
+
+
+class RetryConfig(_Section):
+    initial_backoff_secs: float = Field(1.0, gt=0)
+    max_backoff_secs: float = Field(300.0, gt=0)
+    max_age_secs: float = Field(7 * 24 * 3600, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryConfig:
+        if self.max_backoff_secs < self.initial_backoff_secs:
+            raise ValueError("max_backoff_secs must be at least initial_backoff_secs")
+        return self
+
+
+class DeliveryConfig(_Section):
+    batch: BatchConfig = BatchConfig()
+    retry: RetryConfig = RetryConfig()
+    concurrency: int = Field(2, ge=1, le=32)
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console", "auto"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class ShutdownConfig(_Section):
+    grace_secs: float = Field(20.0, gt=0)
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    port: int | None = Field(None, ge=0, le=65535, description="separate port; None = main port")
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class CodeMapping(_Section):
+    """Per Synap event code: switch it off, rename its track event, switch off single calls."""
+
+    enabled: bool = True
+    event: str | None = None
+    identify: bool = True
+    track: bool = True
+    group: bool = True
+    drop_properties: tuple[str, ...] = ()
+    add_properties: dict[str, Any] = {}
+
+
+class MappingConfig(_Section):
+    trait_prefix: str = "EI-"
+    drop_properties: tuple[str, ...] = ()
+    drop_traits: tuple[str, ...] = ()
+    add_properties: dict[str, Any] = {}
+    include_question_data: bool = False
+    exam_results_released_code: str = "exam.resultsReleased"
+    default_portal_id: str | None = None
+    codes: dict[str, CodeMapping] = {}
+
+
+class Destination(_Section):
+    write_key: SecretStr | None = None
+    endpoint: str = SEGMENT_US
+    portal_ids: tuple[str, ...] = ()
+    sub_portal_ids: tuple[str, ...] = ()
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return SegmentConfig._http_url(value)
+
+
+class RoutingConfig(_Section):
+    """Extra Segment destinations chosen by portal / sub-portal id.
+
+    ``default_destination`` names where unmatched webhooks go: ``default`` (the ``segment``
+    section) unless set to null, in which case an unmatched webhook is a dead letter.
+    """
+
+    destinations: dict[str, Destination] = {}
+    default_destination: str | None = DEFAULT_DESTINATION
+
+    @model_validator(mode="after")
+    def _known_default(self) -> RoutingConfig:
+        if DEFAULT_DESTINATION in self.destinations:
+            raise ValueError(f"'{DEFAULT_DESTINATION}' is reserved for the segment section")
+        known = {DEFAULT_DESTINATION, *self.destinations}
+        if self.default_destination is not None and self.default_destination not in known:
+            raise ValueError(f"default_destination {self.default_destination!r} is not defined")
+        return self
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    segment: SegmentConfig = SegmentConfig()
+    storage: StorageConfig = StorageConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    logging: LoggingConfig = LoggingConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    mapping: MappingConfig = MappingConfig()
+    routing: RoutingConfig = RoutingConfig()
+
+    @property
+    def dry_run(self) -> bool:
+        """True when the default destination has no write key: messages are logged, not sent."""
+        return self.segment.write_key is None
+
+    def listen_problem(self) -> str | None:
+        """Why this configuration must not serve, or None. Secure by default (DESIGN.md)."""
+        if self.auth.password is None and not is_loopback(self.server.host):
+            return (
+                f"server.host is {self.server.host!r} but auth.password is not set: without "
+                "credentials the bridge listens on loopback only (set BRIDGE_AUTH__PASSWORD)"
+            )
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    """``--config`` wins, then ``$BRIDGE_CONFIG``, then ``./config.yaml``."""
+    if explicit:
+        return Path(explicit)
+    if environ.get(ENV_CONFIG_PATH):
+        return Path(environ[ENV_CONFIG_PATH])
+    return DEFAULT_CONFIG_PATH
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``BRIDGE_SEGMENT__WRITE_KEY=x`` -> ``{"segment": {"write_key": "x"}}``."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError([f"{name}: conflicts with another BRIDGE_ variable"])
+            node = child
+        node[path[-1]] = _scalar(raw)
+    return tree
+
+
+def _scalar(raw: str) -> Any:
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return value if isinstance(value, str | int | float | bool | list) or value is None else raw
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge; ``override`` wins, nested dicts are merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: configuration file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML ({exc})"]) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    return data
+
+
+def parse(data: Mapping[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def load(
+    explicit_path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """The effective configuration: file (if present or named) + environment, validated."""
+    environ = os.environ if environ is None else environ
+    path = config_path(explicit_path, environ)
+    named = bool(explicit_path or environ.get(ENV_CONFIG_PATH))
+    data = read_yaml(path) if (named or path.exists()) else {}
+    return parse(merge(data, env_overrides(environ)))
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            lines.append(f"{key}: {error['msg']}")
+    return lines
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The configuration as plain data with every secret shown as ``***`` (or null if unset)."""
+    return _mask(config.model_dump(mode="python"))
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, dict):
+        return {key: _mask(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

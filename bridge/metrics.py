@@ -1,0 +1,98 @@
+"""Prometheus metrics: one registry per running bridge (so tests can run several side by side).
+
+Names follow Prometheus conventions: ``synap_bridge_`` prefix, ``_total`` for counters, base
+units (``_seconds``, ``_bytes``). The gauges that describe the backlog (pending, oldest pending
+age) are refreshed from the store when ``/metrics`` is scraped, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from bridge.store import StoreStats
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.webhooks = Counter(
+            "synap_bridge_webhooks_received",
+            "Webhooks received, by Synap event code and outcome.",
+            ["code", "outcome"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "synap_bridge_request_duration_seconds",
+            "Time from request start to answer, webhook intake only.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.enqueued = Counter(
+            "synap_bridge_messages_enqueued", "Segment messages committed to storage.", registry=r
+        )
+        self.delivered = Counter(
+            "synap_bridge_messages_delivered",
+            "Segment messages accepted by Segment, by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "synap_bridge_dead_letters",
+            "Webhooks or messages that became dead letters, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "synap_bridge_delivery_attempts",
+            "Batch uploads to Segment, by result class (ok, transient, permanent).",
+            ["result"],
+            registry=r,
+        )
+        self.batch_messages = Histogram(
+            "synap_bridge_batch_size_messages",
+            "Messages per batch upload.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_bytes = Histogram(
+            "synap_bridge_batch_size_bytes",
+            "Bytes per batch upload (JSON, before gzip).",
+            buckets=(1e3, 1e4, 5e4, 1e5, 2.5e5, 5e5),
+            registry=r,
+        )
+        self.pending = Gauge(
+            "synap_bridge_pending_messages", "Messages waiting for delivery.", registry=r
+        )
+        self.oldest_pending_age = Gauge(
+            "synap_bridge_oldest_pending_age_seconds",
+            "Age of the oldest message waiting for delivery (0 when none).",
+            registry=r,
+        )
+        self.last_delivery = Gauge(
+            "synap_bridge_last_delivery_timestamp_seconds",
+            "Unix time of the last batch Segment accepted (0 before the first).",
+            registry=r,
+        )
+
+    def observe_backlog(self, stats: StoreStats, now: float) -> None:
+        self.pending.set(stats.pending + stats.in_flight)
+        oldest = stats.oldest_pending_at
+        self.oldest_pending_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+        if stats.last_delivered_at is not None:
+            self.last_delivery.set(stats.last_delivered_at)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

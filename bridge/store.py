@@ -1,0 +1,178 @@
+"""The storage contract: what the rest of the bridge may ask of durable storage, and nothing more.
+
+The receiver calls :meth:`Store.enqueue` and answers 2xx only after it returns (the commit).
+The delivery loop calls ``claim`` / ``ack`` / ``retry_later`` / ``bury``. The CLI reads
+``stats`` and the dead letters and calls ``replay`` / ``purge_dead``. No SQL, no sqlite3
+exception and no file path crosses this interface, so a PostgreSQL implementation (for several
+replicas) can stand behind it unchanged. Every method raises
+:class:`bridge.errors.StorageUnavailable` when the storage cannot do its job.
+
+Message life cycle::
+
+    enqueue ──▶ pending ──claim──▶ in flight ──ack──▶ delivered ──(retention)──▶ pruned
+                  ▲                    │  └──bury──▶ dead ──replay──▶ pending
+                  └────retry_later─────┘
+                  (a claim whose lease expires, e.g. after a crash, is claimable again)
+
+Times are epoch seconds (float) passed in by the caller: the store never reads the clock, so
+tests drive it with an injected one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.messages import OutgoingMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One authenticated webhook as received: the raw body is kept for replay."""
+
+    code: str
+    portal_id: str | None
+    received_at: float
+    raw_body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadReason:
+    """Why something became a dead letter: a short stable code and a human sentence."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueReceipt:
+    webhook_id: str
+    stored: int  # messages newly stored
+    duplicates: int  # messages whose messageId was already stored (not stored again)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    id: int
+    message_id: str
+    destination: str
+    user_id: str
+    payload: bytes
+    attempts: int  # deliveries tried before this claim
+    enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    webhook_id: str
+    code: str
+    portal_id: str | None
+    message_id: str | None  # None when the whole webhook could not be mapped
+    reason: str
+    detail: str
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterDetail:
+    letter: DeadLetter
+    raw_body: bytes
+    payload: bytes | None  # the Segment message, when the dead letter is one message
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    code: str | None = None
+    reason: str | None = None
+    ids: Sequence[int] = ()
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    pending: int
+    in_flight: int
+    oldest_pending_at: float | None
+    delivered_total: int
+    delivered_since: int  # delivered at or after the ``since`` argument of stats()
+    dead_letters: dict[str, int] = field(default_factory=dict)  # by reason
+    storage_bytes: int = 0
+    last_delivered_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    replayed: int  # dead letters whose messages are pending again
+    still_dead: int  # dead letters that failed to map again (reason updated)
+    messages: int  # messages made pending
+
+
+#: Maps a stored webhook again with the current configuration: the messages, or a reason.
+Remapper = Callable[[Webhook], "Sequence[OutgoingMessage] | DeadReason"]
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def enqueue(
+        self,
+        webhook: Webhook,
+        messages: Sequence[OutgoingMessage],
+        dead: DeadReason | None = None,
+    ) -> EnqueueReceipt:
+        """Commit the webhook and its messages (or the webhook as a dead letter) atomically.
+
+        Concurrent calls share one commit. A message whose ``message_id`` is already stored is
+        not stored again (counted in ``duplicates``).
+        """
+        ...
+
+    async def claim(self, now: float, limit: int, lease_secs: float) -> list[ClaimedMessage]:
+        """Take up to ``limit`` due messages in arrival order, leased until ``now+lease_secs``."""
+        ...
+
+    async def ack(self, ids: Sequence[int], now: float) -> None: ...
+
+    async def retry_later(
+        self, ids: Sequence[int], due_at: float, error: str, now: float
+    ) -> None:
+        """Hand claimed messages back, due again at ``due_at``; counts one attempt each."""
+        ...
+
+    async def bury(self, ids: Sequence[int], dead: DeadReason, error: str, now: float) -> None:
+        """Make claimed messages dead letters (counts the attempt that failed)."""
+        ...
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest pending message falls due (None when nothing is pending)."""
+        ...
+
+    async def stats(self, now: float, since: float) -> StoreStats: ...
+
+    async def check_writable(self) -> None:
+        """Raise StorageUnavailable unless a write would succeed now (for /readyz)."""
+        ...
+
+    async def dead_letters(self, which: DeadLetterFilter) -> list[DeadLetter]: ...
+
+    async def dead_letter(self, letter_id: int) -> DeadLetterDetail | None: ...
+
+    async def replay(
+        self, which: DeadLetterFilter, remap: Remapper, now: float
+    ) -> ReplayOutcome:
+        """Map the dead letters' raw bodies again and make the results pending.
+
+        A message already delivered is not sent again; one that is dead is revived with the new
+        payload; the dead letter is removed once its webhook maps.
+        """
+        ...
+
+    async def purge_dead(self, older_than: float) -> int: ...
+
+    async def prune_delivered(self, before: float) -> int: ...
