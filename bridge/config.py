@@ -26,10 +26,12 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from bridge import codes as synap_codes
 from bridge.errors import ConfigError
 
 ENV_PREFIX = "BRIDGE_"
@@ -126,7 +128,7 @@ class CodeMapping(_Section):
     """Per Synap event code: switch it off, rename its track event, switch off single calls."""
 
     enabled: bool = True
-    event: str | None = None
+    event: str | None = Field(None, min_length=1, max_length=200)
     identify: bool = True
     track: bool = True
     group: bool = True
@@ -140,9 +142,33 @@ class MappingConfig(_Section):
     drop_traits: tuple[str, ...] = ()
     add_properties: dict[str, Any] = {}
     include_question_data: bool = False
-    exam_results_released_code: str = "exam.resultsReleased"
+    exam_results_released_code: str = synap_codes.DEFAULT_EXAM_RESULTS_RELEASED
+    #: "any": an exam attempt's event comes from whichever of attempt.* / exam.* is stored first
+    #: (same messageId). "exam_codes": attempt.* webhooks of exam attempts map to nothing, so the
+    #: exam.* webhook (with exam name and user group) always makes the event. docs/mapping.md.
+    exam_attempts_from: Literal["any", "exam_codes"] = "any"
     default_portal_id: str | None = None
     codes: dict[str, CodeMapping] = {}
+
+    @field_validator("exam_results_released_code")
+    @classmethod
+    def _released_code(cls, value: str) -> str:
+        if not synap_codes.CODE_PATTERN.match(value):
+            raise ValueError("must be a Synap event code such as 'exam.resultsReleased'")
+        if value in synap_codes.STATIC_CODES:
+            raise ValueError(f"{value!r} is already the code of another Synap event")
+        return value
+
+    @field_validator("codes")
+    @classmethod
+    def _known_codes(cls, value: dict[str, CodeMapping], info: ValidationInfo) -> Any:
+        default = synap_codes.DEFAULT_EXAM_RESULTS_RELEASED
+        released = info.data.get("exam_results_released_code", default)
+        known = synap_codes.all_codes(released)
+        unknown = [key for key in value if key not in known]
+        if unknown:
+            raise ValueError(f"unknown Synap event code(s) {unknown} (known: {', '.join(known)})")
+        return value
 
 
 class Destination(_Section):
@@ -174,6 +200,16 @@ class RoutingConfig(_Section):
         known = {DEFAULT_DESTINATION, *self.destinations}
         if self.default_destination is not None and self.default_destination not in known:
             raise ValueError(f"default_destination {self.default_destination!r} is not defined")
+        for field in ("portal_ids", "sub_portal_ids"):
+            owner: dict[str, str] = {}
+            for name, destination in self.destinations.items():
+                for ident in getattr(destination, field):
+                    if ident in owner:
+                        what = field.removesuffix("s")
+                        raise ValueError(
+                            f"{what} {ident!r} is claimed by both {owner[ident]!r} and {name!r}"
+                        )
+                    owner[ident] = name
         return self
 
 
