@@ -6,6 +6,8 @@
     ├── ConfigError              the configuration is invalid (CLI exit status 78)
     ├── StorageUnavailable       the store could not commit or read: disk full, I/O error,
     │                            locked past the deadline (intake answers 503 + Retry-After)
+    ├── InvalidPayload           the body is not a JSON object, or names another event code
+    │                            than its URL (intake answers 400; nothing is stored)
     ├── Unmappable               an authenticated JSON object that cannot become Segment
     │                            messages; ``reason`` is a short code kept with the dead letter
     └── DeliveryError            raised by the Segment sink only (bridge.segment), which
@@ -37,6 +39,15 @@ class ConfigError(BridgeError):
 
 class StorageUnavailable(BridgeError):
     """The store cannot take or give data right now; nothing was committed."""
+
+
+class InvalidPayload(BridgeError):
+    """A body the bridge will not accept at all. ``code`` is the short error code of the answer."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(f"{code}: {detail}")
 
 
 class Unmappable(BridgeError):

@@ -1,0 +1,152 @@
+"""The composition root: builds the aiohttp application and owns the life cycle of its parts.
+
+Start order (aiohttp ``cleanup_ctx``): store -> delivery task -> back-pressure watcher; shutdown
+runs the same list backwards, so the store closes only after the delivery task has finished or
+handed back its batch. Tests build the same app with an injected clock, store path and sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from bridge import backpressure, health, logs, receive
+from bridge.config import Config
+from bridge.delivery import Delivery
+from bridge.errors import StorageUnavailable
+from bridge.metrics import Metrics
+from bridge.runtime import RUNTIME, Runtime
+from bridge.segment import Sink, build_sinks
+from bridge.sqlite_store import SQLiteStore
+from bridge.store import Store
+
+log = logs.get(__name__)
+
+WEBHOOK_ROUTE = f"/webhooks/synap/{{code:{receive.CODE_PATTERN}}}"
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Any]
+) -> web.StreamResponse:
+    """Every error answer is JSON, including aiohttp's own 404/405, and no exception escapes."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        slug = (exc.reason or "error").lower().replace(" ", "_")
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+        detail = f"{request.method} {request.path}: {exc.reason}"
+        return web.json_response(
+            {"error": slug, "detail": detail}, status=exc.status, headers=headers
+        )
+    except StorageUnavailable as exc:
+        log.error("storage_unavailable", path=request.path, error=str(exc))
+        return receive.unavailable("storage_unavailable", "the bridge cannot store now")
+    except Exception:
+        log.exception("unhandled_error", path=request.path, method=request.method)
+        return web.json_response(
+            {"error": "internal_error", "detail": "an unexpected error; see the bridge's log"},
+            status=500,
+        )
+
+
+def build_app(
+    config: Config,
+    *,
+    store: Store | None = None,
+    sinks: Mapping[str, Sink] | None = None,
+    clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
+    watch_interval: float = 1.0,
+) -> web.Application:
+    runtime = Runtime(
+        config=config,
+        store=store if store is not None else SQLiteStore.from_config(config.storage),
+        metrics=metrics or Metrics(),
+        clock=clock,
+    )
+    app = web.Application(middlewares=[json_errors])
+    app[RUNTIME] = runtime
+    app.router.add_post(WEBHOOK_ROUTE, receive.webhook)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    if config.metrics.enabled and config.metrics.port is None:
+        app.router.add_get("/metrics", health.metrics)
+    app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_delivery_context(sinks))
+    app.cleanup_ctx.append(_watcher_context(watch_interval))
+    return app
+
+
+def metrics_app(runtime: Runtime) -> web.Application:
+    """The separate metrics listener (``metrics.port``): only ``/metrics``, same runtime."""
+    app = web.Application(middlewares=[json_errors])
+    app[RUNTIME] = runtime
+    app.router.add_get("/metrics", health.metrics)
+    return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    await runtime.store.open()
+    try:
+        yield
+    finally:
+        await runtime.store.close()
+
+
+def _delivery_context(
+    sinks: Mapping[str, Sink] | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def delivery(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[RUNTIME]
+        config = runtime.config
+        chosen = dict(sinks) if sinks is not None else build_sinks(config)
+        for name, sink in chosen.items():
+            if sink.dry_run:
+                log.warning(
+                    "dry_run",
+                    destination=name,
+                    detail="no write key: messages are logged and marked delivered, not sent",
+                )
+        runtime.delivery = Delivery(
+            runtime.store,
+            chosen,
+            config.delivery,
+            clock=runtime.clock,
+            metrics=runtime.metrics,
+            retention_secs=config.storage.delivered_retention_secs,
+        )
+        task = asyncio.create_task(runtime.delivery.run(), name="delivery")
+        try:
+            yield
+        finally:
+            await runtime.delivery.stop(config.shutdown.grace_secs)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return delivery
+
+
+def _watcher_context(interval: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def watcher(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[RUNTIME]
+        await backpressure.refresh(runtime)
+        task = asyncio.create_task(backpressure.watch(runtime, interval), name="backpressure")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return watcher

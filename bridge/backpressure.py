@@ -1,0 +1,66 @@
+"""When intake must refuse (503) so that the backlog and the disk stay within bounds.
+
+Pure decision (:func:`refusal`) plus the small watcher loop that feeds it from the store and the
+file system every ``interval`` seconds. Per-request checks would cost a query per webhook; a
+refresh a second is cheap, and the bound it keeps is ``max_pending`` plus one second of intake.
+Refusal lifts by itself once delivery catches up or disk is freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from bridge import logs
+from bridge.config import StorageConfig
+from bridge.errors import StorageUnavailable
+from bridge.runtime import Runtime
+
+log = logs.get(__name__)
+
+
+def refusal(pending: int, free_bytes: int | None, storage: StorageConfig) -> str | None:
+    if pending >= storage.max_pending:
+        return f"backlog of {pending} messages reached storage.max_pending ({storage.max_pending})"
+    if free_bytes is not None and free_bytes < storage.min_free_bytes:
+        return (
+            f"free disk space {free_bytes} bytes is under storage.min_free_bytes "
+            f"({storage.min_free_bytes})"
+        )
+    return None
+
+
+def free_bytes(path: Path) -> int | None:
+    folder = path.parent if path.parent != Path("") else Path(".")
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+async def refresh(runtime: Runtime) -> None:
+    """One look at the backlog and the disk; updates the runtime and the backlog gauges."""
+    now = runtime.clock()
+    try:
+        stats = await runtime.store.stats(now, now - 3600)
+    except StorageUnavailable as exc:
+        runtime.storage_ok = False
+        runtime.backpressure = f"storage unavailable: {exc}"
+        return
+    runtime.storage_ok = True
+    runtime.metrics.observe_backlog(stats, now)
+    storage = runtime.config.storage
+    reason = refusal(stats.pending + stats.in_flight, free_bytes(storage.path), storage)
+    if reason != runtime.backpressure:
+        if reason:
+            log.warning("intake_refusing", reason=reason)
+        else:
+            log.info("intake_accepting")
+    runtime.backpressure = reason
+
+
+async def watch(runtime: Runtime, interval: float) -> None:
+    while True:
+        await refresh(runtime)
+        await asyncio.sleep(interval)

@@ -1,0 +1,92 @@
+"""``synap-bridge``: the command line. Exit status 78 (EX_CONFIG) for a bad configuration.
+
+``--config PATH`` is accepted before or after the subcommand. Subcommands: ``serve``,
+``check-config``, ``stats``, ``dead-letters {list,show,replay,purge}`` (the last two groups in
+:mod:`bridge.cli_ops`). Secrets are never printed: ``check-config`` masks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import yaml
+
+from bridge import __version__, cli_ops, logs
+from bridge import config as config_module
+from bridge.config import Config
+from bridge.errors import ConfigError
+
+EX_CONFIG = 78
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="configuration file (default: $BRIDGE_CONFIG, else ./config.yaml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="synap-bridge",
+        description="Forward Synap webhooks to Segment without losing an acknowledged event.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", parents=[common], help="receive webhooks and deliver them")
+    commands.add_parser(
+        "check-config", parents=[common], help="print the effective configuration, secrets masked"
+    )
+    cli_ops.add_commands(commands, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    path = getattr(args, "config", None)
+    try:
+        config = config_module.load(path, os.environ)
+    except ConfigError as exc:
+        return _config_errors(exc, path)
+    if args.command == "check-config":
+        return check_config(config, out)
+    if args.command == "serve":
+        logs.configure(config.logging.level, config.logging.format)
+        from bridge.serve import serve  # imported here: the operator commands need no server
+
+        try:
+            return asyncio.run(serve(config, path))
+        except ConfigError as exc:
+            return _config_errors(exc, path)
+    logs.configure(config.logging.level, config.logging.format, stream=sys.stderr)
+    return cli_ops.run(args, config, out)
+
+
+def _config_errors(exc: ConfigError, path: str | None) -> int:
+    where = config_module.config_path(path, os.environ)
+    print(f"synap-bridge: invalid configuration ({where}):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EX_CONFIG
+
+
+def check_config(config: Config, out: TextIO) -> int:
+    problem = config.listen_problem()
+    if problem:
+        return _config_errors(ConfigError([problem]), None)
+    from bridge.routing import describe_routing
+
+    yaml.safe_dump(config_module.masked(config), out, sort_keys=False, allow_unicode=True)
+    out.write("\n# routing\n")
+    for line in describe_routing(config):
+        out.write(f"#   {line}\n")
+    if config.dry_run:
+        out.write("# dry-run: segment.write_key is not set; messages are logged, not sent\n")
+    return 0

@@ -1,0 +1,199 @@
+"""Operator commands: ``stats`` and ``dead-letters {list,show,replay,purge}``.
+
+They open the same database as a running ``serve`` (SQLite WAL lets both work at once) and go
+through the storage contract only. Replay maps the stored raw bodies again with the *current*
+configuration, so fixing a mapping or routing setting and replaying recovers the dead letters;
+replayed messages keep their deterministic messageIds, so Segment never counts one twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from bridge.config import Config
+from bridge.errors import StorageUnavailable
+from bridge.intake import remapper
+from bridge.sqlite_store import SQLiteStore
+from bridge.store import DeadLetterFilter, Store
+
+REPLAY_CHUNK = 200
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30m, 12h, 7d)")
+    return float(match.group(1)) * _UNIT_SECS[match.group(2)]
+
+
+def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    stats = commands.add_parser("stats", parents=[common], help="backlog, deliveries, dead letters")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    dead = commands.add_parser("dead-letters", parents=[common], help="inspect and replay")
+    actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[common], help="list dead letters")
+    listing.add_argument("--code", help="only this Synap event code")
+    listing.add_argument("--reason", help="only this reason (e.g. missing_user_id)")
+    listing.add_argument("--limit", type=int, default=None)
+    listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", parents=[common], help="one dead letter with its raw body")
+    show.add_argument("id", type=int)
+    replay = actions.add_parser("replay", parents=[common], help="map again and resend")
+    replay.add_argument("ids", type=int, nargs="*", metavar="ID")
+    replay.add_argument("--all", action="store_true", help="every dead letter")
+    replay.add_argument("--code", help="every dead letter of this event code")
+    replay.add_argument("--reason", help="every dead letter with this reason")
+    purge = actions.add_parser("purge", parents=[common], help="delete old dead letters")
+    purge.add_argument("--older-than", type=duration, required=True, metavar="DURATION")
+
+
+def run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    handlers: dict[str, Callable[[Store, argparse.Namespace, Config, TextIO], Awaitable[int]]] = {
+        "stats": _stats,
+        "list": _list,
+        "show": _show,
+        "replay": _replay,
+        "purge": _purge,
+    }
+    name = args.action if args.command == "dead-letters" else args.command
+    return asyncio.run(_with_store(config, handlers[name], args, out))
+
+
+async def _with_store(
+    config: Config,
+    handler: Callable[[Store, argparse.Namespace, Config, TextIO], Awaitable[int]],
+    args: argparse.Namespace,
+    out: TextIO,
+) -> int:
+    store = SQLiteStore.from_config(config.storage)
+    try:
+        await store.open()
+        try:
+            return await handler(store, args, config, out)
+        finally:
+            await store.close()
+    except StorageUnavailable as exc:
+        out.write(f"storage unavailable: {exc}\n")
+        return 1
+
+
+def _when(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+async def _stats(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    now = time.time()
+    stats = await store.stats(now, now - 3600)
+    oldest = stats.oldest_pending_at
+    report: dict[str, Any] = {
+        "pending": stats.pending,
+        "in_flight": stats.in_flight,
+        "oldest_pending_age_secs": None if oldest is None else round(now - oldest, 3),
+        "delivered_last_hour": stats.delivered_since,
+        "delivered_total": stats.delivered_total,
+        "last_delivered_at": _when(stats.last_delivered_at),
+        "dead_letters": dict(sorted(stats.dead_letters.items())),
+        "storage_bytes": stats.storage_bytes,
+        "storage_path": str(config.storage.path),
+    }
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    for key, value in report.items():
+        if isinstance(value, dict):
+            out.write(f"{key}: {sum(value.values())}\n")
+            for reason, count in value.items():
+                out.write(f"  {reason}: {count}\n")
+        else:
+            out.write(f"{key}: {value if value is not None else '-'}\n")
+    return 0
+
+
+def _filter(args: argparse.Namespace) -> DeadLetterFilter:
+    return DeadLetterFilter(
+        code=getattr(args, "code", None),
+        reason=getattr(args, "reason", None),
+        ids=tuple(getattr(args, "ids", ()) or ()),
+        limit=getattr(args, "limit", None),
+    )
+
+
+async def _list(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    letters = await store.dead_letters(_filter(args))
+    if args.json:
+        rows = [{**asdict(letter), "created_at": _when(letter.created_at)} for letter in letters]
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    out.write(f"{'ID':>6}  {'CREATED (UTC)':19}  {'CODE':28}  {'REASON':24}  DETAIL\n")
+    for letter in letters:
+        created = datetime.fromtimestamp(letter.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        out.write(
+            f"{letter.id:>6}  {created:19}  {letter.code[:28]:28}  {letter.reason[:24]:24}  "
+            f"{letter.detail}\n"
+        )
+    out.write(f"{len(letters)} dead letter(s)\n")
+    return 0
+
+
+async def _show(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    found = await store.dead_letter(args.id)
+    if found is None:
+        out.write(f"no dead letter with id {args.id}\n")
+        return 1
+    report = {
+        **asdict(found.letter),
+        "created_at": _when(found.letter.created_at),
+        "last_error": found.last_error,
+        "raw_body": _text(found.raw_body),
+        "segment_message": None if found.payload is None else _text(found.payload),
+    }
+    out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _text(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", errors="replace")
+
+
+async def _replay(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    if not (args.ids or args.all or args.code or args.reason):
+        out.write("name dead letter ids, or --all, --code CODE or --reason REASON\n")
+        return 2
+    chosen = await store.dead_letters(_filter(args))
+    remap = remapper(config)
+    replayed = still_dead = messages = 0
+    with tqdm(total=len(chosen), unit="letter", disable=None, file=None) as bar:
+        for start in range(0, len(chosen), REPLAY_CHUNK):
+            chunk: Sequence[int] = [letter.id for letter in chosen[start : start + REPLAY_CHUNK]]
+            outcome = await store.replay(DeadLetterFilter(ids=chunk), remap, time.time())
+            replayed += outcome.replayed
+            still_dead += outcome.still_dead
+            messages += outcome.messages
+            bar.update(len(chunk))
+    out.write(
+        f"replayed {replayed} dead letter(s) as {messages} message(s); "
+        f"{still_dead} still cannot be mapped\n"
+    )
+    return 0
+
+
+async def _purge(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    removed = await store.purge_dead(time.time() - args.older_than)
+    out.write(f"purged {removed} dead letter(s)\n")
+    return 0

@@ -1,0 +1,55 @@
+"""``/healthz`` (alive), ``/readyz`` (ready for webhooks) and ``/metrics`` (Prometheus).
+
+Liveness is only "the event loop answers": restarting a process because Segment is down would
+not help. Readiness fails when storage is not writable, intake is refusing (back-pressure or
+shutting down) or the delivery task is not running: a load balancer then stops sending.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bridge.auth import CHALLENGE, credentials_match
+from bridge.errors import StorageUnavailable
+from bridge.runtime import RUNTIME
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    problems: list[str] = []
+    if runtime.stopping:
+        problems.append("shutting down")
+    try:
+        await runtime.store.check_writable()
+    except StorageUnavailable as exc:
+        problems.append(f"storage not writable: {exc}")
+    if runtime.backpressure:
+        problems.append(runtime.backpressure)
+    if runtime.delivery is None or not runtime.delivery.running:
+        problems.append("delivery task not running")
+    if problems:
+        return web.json_response({"status": "unready", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    guard = runtime.config.metrics
+    if guard.password is not None and not credentials_match(
+        request.headers.get("Authorization"), guard.username or "", guard.password.get_secret_value()
+    ):
+        return web.json_response(
+            {"error": "unauthorized", "detail": "missing or wrong credentials"},
+            status=401,
+            headers={"WWW-Authenticate": CHALLENGE},
+        )
+    now = runtime.clock()
+    try:
+        runtime.metrics.observe_backlog(await runtime.store.stats(now, now - 3600), now)
+    except StorageUnavailable:
+        pass  # the gauges keep their last values; /readyz reports the storage problem
+    return web.Response(body=runtime.metrics.render(), headers={"Content-Type": runtime.metrics.content_type})

@@ -1,0 +1,124 @@
+"""From a webhook's raw bytes to what the store commits: pure, no I/O, no clock.
+
+The receiver (HTTP) and the ``dead-letters replay`` command (CLI) share this one path, so a
+replayed dead letter is mapped exactly as a fresh webhook would be with the current
+configuration.
+
+Three outcomes:
+
+- :class:`bridge.errors.InvalidPayload` - not JSON, not an object, or ``meta.eventName`` names
+  another code than the URL: answered 400, nothing stored (it is not a Synap webhook we can keep
+  meaningfully, and Synap gets told at once);
+- an :class:`Intake` with messages - answered 200 once committed;
+- an :class:`Intake` with a ``dead`` reason (unknown code, no user id, no destination...) -
+  committed as a dead letter with its raw body and answered 202: nothing authenticated is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from bridge.config import Config
+from bridge.errors import InvalidPayload, Unmappable
+from bridge.mapping import map_webhook
+from bridge.messages import OutgoingMessage
+from bridge.store import DeadReason, Remapper, Webhook
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    webhook: Webhook
+    messages: list[OutgoingMessage]
+    dead: DeadReason | None = None
+    trimmed: list[str] = field(default_factory=list)
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or InvalidPayload (``invalid_json`` / ``not_an_object``)."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidPayload("invalid_json", f"the body is not valid JSON ({exc})") from exc
+    if not isinstance(payload, dict):
+        kind = type(payload).__name__ if payload is not None else "null"
+        raise InvalidPayload("not_an_object", f"the body must be a JSON object, not {kind}")
+    return payload
+
+
+def check_event_name(code: str, payload: Mapping[str, Any]) -> None:
+    """``meta.eventName``, where Synap sends it, must name the URL's code (aliases allowed)."""
+    meta = payload.get("meta")
+    named = meta.get("eventName") if isinstance(meta, dict) else None
+    if isinstance(named, str) and named and _canonical(named) != _canonical(code):
+        raise InvalidPayload(
+            "event_name_mismatch",
+            f"the body's meta.eventName is {named!r} but it was posted to the URL for {code!r}",
+        )
+
+
+_ALIASES = {"assignment.complete": "assignment.completed"}
+
+
+def _canonical(code: str) -> str:
+    return _ALIASES.get(code, code)
+
+
+def process(
+    code: str,
+    raw: bytes,
+    received_at: float,
+    config: Config,
+    portal_hint: str | None = None,
+) -> Intake:
+    """Decode, check and map one webhook. Raises InvalidPayload for a 400; never anything else."""
+    payload = decode(raw)
+    check_event_name(code, payload)
+    return _mapped(code, payload, raw, received_at, config, portal_hint)
+
+
+def _mapped(
+    code: str,
+    payload: Mapping[str, Any],
+    raw: bytes,
+    received_at: float,
+    config: Config,
+    portal_hint: str | None,
+) -> Intake:
+    moment = datetime.fromtimestamp(received_at, UTC)
+    try:
+        mapped = map_webhook(code, payload, moment, config, portal_hint)
+    except Unmappable as exc:
+        webhook = Webhook(code, _portal_of(payload, portal_hint, config), received_at, raw)
+        return Intake(webhook, [], DeadReason(exc.reason, exc.detail))
+    webhook = Webhook(code, mapped.portal_id, received_at, raw)
+    return Intake(webhook, mapped.messages, None, mapped.trimmed)
+
+
+def _portal_of(payload: Mapping[str, Any], hint: str | None, config: Config) -> str | None:
+    """Best-effort portal for a dead letter (so operators can filter); mapping is not needed."""
+    portal = payload.get("portal")
+    found = portal.get("id") if isinstance(portal, dict) else None
+    if isinstance(found, str | int) and not isinstance(found, bool):
+        return str(found)
+    return hint or config.mapping.default_portal_id
+
+
+def remapper(config: Config) -> Remapper:
+    """What ``replay`` uses: the stored webhook mapped again with ``config``."""
+
+    def remap(webhook: Webhook) -> Sequence[OutgoingMessage] | DeadReason:
+        try:
+            payload = decode(webhook.raw_body)
+        except InvalidPayload as exc:
+            return DeadReason(exc.code, exc.detail)
+        intake = _mapped(
+            webhook.code, payload, webhook.raw_body, webhook.received_at, config, webhook.portal_id
+        )
+        return intake.dead if intake.dead is not None else intake.messages
+
+    return remap

@@ -1,0 +1,134 @@
+"""The webhook endpoint: authenticate, bound, decode, map, commit, and only then answer.
+
+``POST /webhooks/synap/{code}`` - one URL per Synap subscription, because most Synap bodies do not
+name their event code. Answers (every error is JSON ``{"error", "detail"}``):
+
+====  ===========================================================================
+200   committed: ``{"accepted": true, "webhook_id", "messages"}``
+202   committed as a dead letter: ``{"accepted": true, "dead_lettered": true, "reason"}``
+400   not JSON / not an object / ``meta.eventName`` names another code
+401   missing or wrong Basic credentials (with ``WWW-Authenticate``)
+413   body (after gzip inflation) over ``server.max_body_bytes``; not read past the limit
+503   storage cannot commit, or intake is refusing (back-pressure, shutting down);
+      with ``Retry-After``. Never a 2xx for something not committed.
+====  ===========================================================================
+
+One canonical log line per webhook: code, portal, messages, outcome, status, latency_ms.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from bridge import intake, logs
+from bridge.auth import CHALLENGE, credentials_match
+from bridge.errors import InvalidPayload, StorageUnavailable
+from bridge.runtime import RUNTIME, Runtime
+
+log = logs.get(__name__)
+
+CODE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+READ_CHUNK = 64 * 1024
+RETRY_AFTER_SECS = 5
+
+
+def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+def unavailable(code: str, detail: str) -> web.Response:
+    return error(503, code, detail, {"Retry-After": str(RETRY_AFTER_SECS)})
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The (inflated) body, or None as soon as it proves longer than ``limit`` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit and "Content-Encoding" not in request.headers:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    started = time.perf_counter()
+    code = request.match_info["code"]
+    fields: dict[str, Any] = {}
+    outcome, response = await _handle(request, runtime, code, fields)
+    latency = time.perf_counter() - started
+    runtime.metrics.webhooks.labels(code=code, outcome=outcome).inc()
+    runtime.metrics.request_seconds.observe(latency)
+    log.info(
+        "webhook",
+        code=code,
+        outcome=outcome,
+        status=response.status,
+        latency_ms=round(latency * 1000, 2),
+        **fields,
+    )
+    return response
+
+
+async def _handle(
+    request: web.Request, runtime: Runtime, code: str, fields: dict[str, Any]
+) -> tuple[str, web.Response]:
+    config = runtime.config
+    password = config.auth.password
+    if password is not None and not credentials_match(
+        request.headers.get("Authorization"), config.auth.username, password.get_secret_value()
+    ):
+        return "unauthorized", error(
+            401, "unauthorized", "missing or wrong credentials", {"WWW-Authenticate": CHALLENGE}
+        )
+    refusal = runtime.refusal()
+    if refusal is not None:
+        fields["reason"] = refusal
+        return "refused", unavailable("unavailable", refusal)
+    limit = config.server.max_body_bytes
+    raw = await read_limited(request, limit)
+    if raw is None:
+        return "too_large", error(
+            413, "payload_too_large", f"the body is larger than {limit} bytes"
+        )
+    received_at = runtime.clock()
+    try:
+        result = intake.process(code, raw, received_at, config, request.query.get("portal"))
+    except InvalidPayload as exc:
+        return "invalid", error(400, exc.code, exc.detail)
+    fields["portal"] = result.webhook.portal_id
+    for reason in result.trimmed:
+        log.warning("message_trimmed", code=code, reason=reason)
+    try:
+        receipt = await runtime.store.enqueue(result.webhook, result.messages, result.dead)
+    except StorageUnavailable as exc:
+        fields["error"] = str(exc)
+        return "unavailable", unavailable("storage_unavailable", "the bridge cannot store now")
+    fields.update(webhook_id=receipt.webhook_id, messages=receipt.stored)
+    if receipt.duplicates:
+        fields["duplicates"] = receipt.duplicates
+    if result.dead is not None:
+        runtime.metrics.dead_lettered.labels(reason=result.dead.reason).inc()
+        fields.update(reason=result.dead.reason, detail=result.dead.detail)
+        body = {
+            "accepted": True,
+            "dead_lettered": True,
+            "webhook_id": receipt.webhook_id,
+            "reason": result.dead.reason,
+            "detail": result.dead.detail,
+        }
+        return "dead_lettered", web.json_response(body, status=202)
+    runtime.metrics.enqueued.inc(receipt.stored)
+    runtime.wake_delivery()
+    body = {"accepted": True, "webhook_id": receipt.webhook_id, "messages": len(result.messages)}
+    return ("duplicate" if receipt.duplicates and not receipt.stored else "accepted"), (
+        web.json_response(body, status=200)
+    )

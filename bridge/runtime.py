@@ -1,0 +1,46 @@
+"""The state one running bridge shares between its handlers and background tasks.
+
+Handlers reach it as ``request.app[RUNTIME]``. ``config`` is replaced whole on SIGHUP (mapping,
+routing, log level), so a request in flight keeps the configuration it started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from bridge.config import Config
+from bridge.metrics import Metrics
+from bridge.store import Store
+
+if TYPE_CHECKING:
+    from bridge.delivery import Delivery
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: Store
+    metrics: Metrics
+    clock: Callable[[], float]
+    delivery: Delivery | None = None
+    #: Why intake refuses right now (back-pressure), refreshed by the watcher; None = accepting.
+    backpressure: str | None = None
+    stopping: bool = False
+    storage_ok: bool = True
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def refusal(self) -> str | None:
+        if self.stopping:
+            return "the bridge is shutting down"
+        return self.backpressure
+
+    def wake_delivery(self) -> None:
+        if self.delivery is not None:
+            self.delivery.wake()
+
+
+RUNTIME = web.AppKey("runtime", Runtime)

@@ -1,0 +1,156 @@
+"""Configuration: file, environment override, unknown keys, bad values, masking, exit 78."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from bridge import cli, config
+from bridge.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class TestLoad:
+    def test_shipped_config_yaml_is_valid_and_complete(self) -> None:
+        loaded = config.load(REPO / "config.yaml", {})
+        assert loaded == config.Config()  # the file documents the defaults, nothing else
+
+    def test_file_values(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "server:\n  port: 9001\nsegment:\n  gzip: false\n")
+        loaded = config.load(path, {})
+        assert loaded.server.port == 9001
+        assert loaded.segment.gzip is False
+        assert loaded.server.host == "127.0.0.1"
+
+    def test_environment_wins_over_file(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "server:\n  port: 9001\n")
+        env = {
+            "BRIDGE_SERVER__PORT": "9002",
+            "BRIDGE_SEGMENT__WRITE_KEY": "wk",
+            "BRIDGE_DELIVERY__BATCH__TIMEOUT_SECS": "0.25",
+            "BRIDGE_AUTH__PASSWORD": "pw",
+        }
+        loaded = config.load(path, env)
+        assert loaded.server.port == 9002
+        assert loaded.segment.write_key is not None
+        assert loaded.segment.write_key.get_secret_value() == "wk"
+        assert loaded.delivery.batch.timeout_secs == 0.25
+        assert not loaded.dry_run
+
+    def test_path_precedence(self, tmp_path: Path) -> None:
+        env_file = write(tmp_path, "server:\n  port: 1111\n")
+        explicit = tmp_path / "explicit.yaml"
+        explicit.write_text("server:\n  port: 2222\n")
+        env = {"BRIDGE_CONFIG": str(env_file)}
+        assert config.load(None, env).server.port == 1111
+        assert config.load(explicit, env).server.port == 2222
+
+    def test_named_file_missing_is_an_error(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="not found"):
+            config.load(tmp_path / "nope.yaml", {})
+
+    def test_unknown_key_in_file_is_named(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "segment:\n  writekey: x\n")
+        with pytest.raises(ConfigError) as caught:
+            config.load(path, {})
+        assert caught.value.problems == ["segment.writekey: unknown key"]
+
+    def test_unknown_environment_key_is_named(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError) as caught:
+            config.load(write(tmp_path, ""), {"BRIDGE_SEGMENT__WRTIE_KEY": "x"})
+        assert "segment.wrtie_key: unknown key" in caught.value.problems
+
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ("server:\n  port: http\n", "server.port"),
+            ("server:\n  port: 70000\n", "server.port"),
+            ("logging:\n  format: xml\n", "logging.format"),
+            ("segment:\n  endpoint: api.segment.io\n", "segment.endpoint"),
+            ("delivery:\n  batch:\n    max_events: 3000\n", "delivery.batch.max_events"),
+        ],
+    )
+    def test_bad_value_names_the_key(self, tmp_path: Path, text: str, key: str) -> None:
+        with pytest.raises(ConfigError) as caught:
+            config.load(write(tmp_path, text), {})
+        assert any(problem.startswith(f"{key}:") for problem in caught.value.problems)
+
+    def test_not_a_mapping(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="mapping of sections"):
+            config.load(write(tmp_path, "- a\n- b\n"), {})
+
+
+class TestSafety:
+    def test_no_password_refuses_public_address(self) -> None:
+        public = config.parse({"server": {"host": "0.0.0.0"}})
+        problem = public.listen_problem()
+        assert problem is not None
+        assert "auth.password" in problem
+        assert config.parse({"server": {"host": "::1"}}).listen_problem() is None
+        secured = config.parse({"server": {"host": "0.0.0.0"}, "auth": {"password": "x"}})
+        assert secured.listen_problem() is None
+
+    def test_masked_hides_every_secret(self) -> None:
+        loaded = config.parse(
+            {
+                "auth": {"password": "hunter2"},
+                "segment": {"write_key": "wk-secret"},
+                "metrics": {"password": "mp-secret"},
+                "routing": {"destinations": {"b": {"write_key": "wk-b-secret"}}},
+            }
+        )
+        text = repr(config.masked(loaded))
+        for secret in ("hunter2", "wk-secret", "mp-secret", "wk-b-secret"):
+            assert secret not in text
+        assert config.masked(loaded)["auth"]["password"] == "***"
+
+
+class TestCheckConfigCommand:
+    def test_prints_masked_effective_config(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("BRIDGE_SEGMENT__WRITE_KEY", "wk-very-secret")
+        monkeypatch.setenv("BRIDGE_SERVER__PORT", "8123")
+        out = io.StringIO()
+        status = cli.main(["--config", str(write(tmp_path, "")), "check-config"], out=out)
+        assert status == 0
+        assert "port: 8123" in out.getvalue()
+        assert "wk-very-secret" not in out.getvalue()
+        assert "write_key: '***'" in out.getvalue()
+
+    def test_config_option_after_subcommand(self, tmp_path: Path) -> None:
+        out = io.StringIO()
+        path = write(tmp_path, "server:\n  port: 8124\n")
+        assert cli.main(["check-config", "--config", str(path)], out=out) == 0
+        assert "port: 8124" in out.getvalue()
+
+    def test_bad_config_exits_78_naming_the_key(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        path = write(tmp_path, "server:\n  prot: 1\n")
+        assert cli.main(["--config", str(path), "check-config"]) == cli.EX_CONFIG
+        assert "server.prot: unknown key" in capsys.readouterr().err
+
+    def test_serve_refuses_bad_config_with_78(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        path = write(tmp_path, "server:\n  port: -1\n")
+        assert cli.main(["--config", str(path), "serve"]) == cli.EX_CONFIG
+        assert "server.port" in capsys.readouterr().err
+
+    def test_serve_refuses_public_address_without_password(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        path = write(tmp_path, f"server:\n  host: 0.0.0.0\nstorage:\n  path: {tmp_path}/db\n")
+        assert cli.main(["--config", str(path), "serve"]) == cli.EX_CONFIG
+        assert "auth.password" in capsys.readouterr().err
+        assert not (tmp_path / "db").exists()  # refused before opening anything
