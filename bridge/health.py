@@ -7,6 +7,8 @@ shutting down) or the delivery task is not running: a load balancer then stops s
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
 from bridge.auth import CHALLENGE, credentials_match
@@ -40,7 +42,9 @@ async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     guard = runtime.config.metrics
     if guard.password is not None and not credentials_match(
-        request.headers.get("Authorization"), guard.username or "", guard.password.get_secret_value()
+        request.headers.get("Authorization"),
+        guard.username or "",
+        guard.password.get_secret_value(),
     ):
         return web.json_response(
             {"error": "unauthorized", "detail": "missing or wrong credentials"},
@@ -48,8 +52,9 @@ async def metrics(request: web.Request) -> web.Response:
             headers={"WWW-Authenticate": CHALLENGE},
         )
     now = runtime.clock()
-    try:
+    # On a storage error the gauges keep their last values; /readyz reports the problem.
+    with contextlib.suppress(StorageUnavailable):
         runtime.metrics.observe_backlog(await runtime.store.stats(now, now - 3600), now)
-    except StorageUnavailable:
-        pass  # the gauges keep their last values; /readyz reports the storage problem
-    return web.Response(body=runtime.metrics.render(), headers={"Content-Type": runtime.metrics.content_type})
+    return web.Response(
+        body=runtime.metrics.render(), headers={"Content-Type": runtime.metrics.content_type}
+    )

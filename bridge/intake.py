@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from bridge import codes
 from bridge.config import Config
 from bridge.errors import InvalidPayload, Unmappable
 from bridge.mapping import map_webhook
@@ -61,7 +62,7 @@ def check_event_name(code: str, payload: Mapping[str, Any]) -> None:
         )
 
 
-_ALIASES = {"assignment.complete": "assignment.completed"}
+_ALIASES = {codes.ASSIGNMENT_COMPLETE: codes.ASSIGNMENT_COMPLETED}
 
 
 def _canonical(code: str) -> str:

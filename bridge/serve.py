@@ -39,7 +39,7 @@ async def serve(config: Config, config_path: str | None) -> int:
     problem = config.listen_problem()
     if problem:
         raise ConfigError([problem])
-    notifier = Notifier()
+    notifier = Notifier.from_environ()
     app = build_app(config)
     runtime = app[RUNTIME]
     runner = web.AppRunner(
@@ -64,7 +64,7 @@ async def serve(config: Config, config_path: str | None) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload, runtime, config_path)
+        loop.add_signal_handler(signal.SIGHUP, reload, runtime, config_path, notifier)
         notifier.ready()
         pinger = asyncio.create_task(watchdog_loop(notifier))
         await stop.wait()
@@ -84,16 +84,29 @@ async def serve(config: Config, config_path: str | None) -> int:
     return 0
 
 
-def reload(runtime: Runtime, config_path: str | None) -> None:
+def reload(runtime: Runtime, config_path: str | None, notifier: Notifier | None = None) -> None:
     """Apply the reloadable sections of a freshly loaded configuration, or keep the old one."""
+    if notifier is not None:
+        notifier.reloading()
+    try:
+        _apply(runtime, config_path)
+    finally:
+        if notifier is not None:
+            notifier.ready()
+
+
+def _apply(runtime: Runtime, config_path: str | None) -> None:
     try:
         fresh = config_module.load(config_path, os.environ)
     except ConfigError as exc:
         log.error("reload_refused", problems=exc.problems)
         return
     old = runtime.config
-    changed = [s for s in ("server", "auth", "storage", "delivery", "metrics", "shutdown")
-               if getattr(fresh, s) != getattr(old, s)]
+    changed = [
+        s
+        for s in ("server", "auth", "storage", "delivery", "metrics", "shutdown")
+        if getattr(fresh, s) != getattr(old, s)
+    ]
     if changed:
         log.warning("reload_needs_restart", sections=changed)
     updated = old.model_copy(update={name: getattr(fresh, name) for name in RELOADABLE})
@@ -101,5 +114,9 @@ def reload(runtime: Runtime, config_path: str | None) -> None:
     logs.configure(updated.logging.level, updated.logging.format)
     if runtime.delivery is not None:
         runtime.delivery.replace_sinks(build_sinks(updated))
-    log.info("reloaded", sections=list(RELOADABLE), dry_run=updated.dry_run, path=str(Path(
-        config_module.config_path(config_path, os.environ))))
+    log.info(
+        "reloaded",
+        sections=list(RELOADABLE),
+        dry_run=updated.dry_run,
+        path=str(Path(config_module.config_path(config_path, os.environ))),
+    )

@@ -1,0 +1,62 @@
+"""Fixtures shared by the integration tests: the strict fake Segment and a real bridge app.
+
+The bridge under test is the real aiohttp application (bridge.app.build_app) with a real SQLite
+file in tmp_path; only the Segment endpoint is local (tests/fakesegment.py).
+"""
+
+from __future__ import annotations
+
+import json
+from base64 import b64encode
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge import config as config_module
+from bridge.config import Config
+from tests.fakesegment import FakeSegment
+
+WRITE_KEY = "test-write-key"
+USER = "synap"
+PASSWORD = "correct horse battery staple"
+FIXTURES = Path(__file__).parent / "fixtures" / "synap"
+
+
+def basic_auth(user: str = USER, password: str = PASSWORD) -> dict[str, str]:
+    token = b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def fixture_body(code: str) -> dict[str, Any]:
+    """The documented-shape payload for ``code`` (tests/fixtures/synap/<code>.json)."""
+    loaded: dict[str, Any] = json.loads((FIXTURES / f"{code}.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+def make_config(tmp_path: Path, segment_url: str | None = None, **sections: Any) -> Config:
+    """A test configuration: SQLite in tmp_path, Basic auth on, Segment at the fake (or dry-run)."""
+    data: dict[str, Any] = {
+        "auth": {"username": USER, "password": PASSWORD},
+        "storage": {"path": str(tmp_path / "bridge.db")},
+        "delivery": {"batch": {"timeout_secs": 0.01}, "retry": {"initial_backoff_secs": 0.01}},
+        "logging": {"format": "json"},
+    }
+    if segment_url is not None:
+        data["segment"] = {"write_key": WRITE_KEY, "endpoint": segment_url, "timeout_secs": 5}
+    return config_module.parse(config_module.merge(data, sections))
+
+
+@pytest.fixture
+async def fake_segment() -> AsyncIterator[FakeSegment]:
+    async with FakeSegment(write_key=WRITE_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def config_factory(tmp_path: Path) -> Callable[..., Config]:
+    def factory(segment_url: str | None = None, **sections: Any) -> Config:
+        return make_config(tmp_path, segment_url, **sections)
+
+    return factory
