@@ -6,6 +6,7 @@ file in tmp_path; only the Segment endpoint is local (tests/fakesegment.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from base64 import b64encode
 from collections.abc import AsyncIterator, Callable
@@ -60,3 +61,14 @@ def config_factory(tmp_path: Path) -> Callable[..., Config]:
         return make_config(tmp_path, segment_url, **sections)
 
     return factory
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait, bounded, for state that another task changes and that has no event to wait on.
+
+    It only yields to the event loop between looks (no timed sleep decides anything): the
+    condition is true as soon as the other task has run, or the test fails after ``within``.
+    """
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - no Event exists for these states
+            await asyncio.sleep(0)

@@ -36,7 +36,7 @@ class BridgeProcess:
         self._reader: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
-    async def start(self, timeout: float = 20.0) -> int:
+    async def start(self, within: float = 20.0) -> int:
         self.lines.clear()
         self._listening = asyncio.Event()
         self.proc = await asyncio.create_subprocess_exec(
@@ -54,7 +54,7 @@ class BridgeProcess:
         self._reader = asyncio.create_task(self._read(self.proc))
         waiter = asyncio.create_task(self._listening.wait())
         done, _ = await asyncio.wait(
-            {waiter, self._reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            {waiter, self._reader}, timeout=within, return_when=asyncio.FIRST_COMPLETED
         )
         if waiter not in done:
             waiter.cancel()
@@ -90,14 +90,14 @@ class BridgeProcess:
         self.proc.kill()
         await self.wait()
 
-    async def terminate(self, timeout: float = 30.0) -> int:
+    async def terminate(self, within: float = 30.0) -> int:
         assert self.proc is not None
         self.proc.terminate()
-        return await self.wait(timeout)
+        return await self.wait(within)
 
-    async def wait(self, timeout: float = 30.0) -> int:
+    async def wait(self, within: float = 30.0) -> int:
         assert self.proc is not None
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             code = await self.proc.wait()
             if self._reader is not None:
                 await self._reader

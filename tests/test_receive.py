@@ -6,7 +6,6 @@ goes to the strict fake Segment.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from bridge.app import build_app
 from bridge.config import Config
 from bridge.runtime import RUNTIME
 from bridge.sqlite_store import SQLiteStore
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, eventually
 from tests.fakesegment import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
@@ -268,19 +267,18 @@ class TestHealth:
         )
         assert 'outcome="invalid"' in text
         assert "synap_bridge_messages_enqueued_total 1.0" in text
-        await _until(lambda: bridge.app[RUNTIME].metrics.delivered.labels("default")._value.get())
+        await eventually(lambda: delivered_count(bridge) == 1)
         text = await (await bridge.get("/metrics")).text()
         assert 'synap_bridge_messages_delivered_total{destination="default"} 1.0' in text
         assert 'synap_bridge_delivery_attempts_total{result="ok"}' in text
+
+
+def delivered_count(client: Client) -> float:
+    value: float = client.app[RUNTIME].metrics.delivered.labels("default")._value.get()
+    return value
 
 
 def _all() -> Any:
     from bridge.store import DeadLetterFilter
 
     return DeadLetterFilter()
-
-
-async def _until(condition: Callable[[], Any], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0)
