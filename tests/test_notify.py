@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +200,78 @@ class TestWatchdogLoop:
             task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def free_port() -> int:
+    """A port nobody listens on right now: bind port 0, read it, let it go."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class TestRealServe:
+    """``python -m bridge serve`` under a fake systemd: READY=1, watchdog pings, STOPPING=1."""
+
+    START_TIMEOUT = 30.0
+    STOP_TIMEOUT = 30.0
+
+    def test_ready_then_stopping_on_sigterm(self, systemd: FakeSystemd, tmp_path: Path) -> None:
+        port = free_port()
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            "server:\n"
+            "  host: 127.0.0.1\n"
+            f"  port: {port}\n"
+            "storage:\n"
+            f"  path: {tmp_path / 'state' / 'bridge.db'}\n"
+            "logging:\n"
+            "  format: json\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "WATCHDOG_"))}
+        env.update(
+            NOTIFY_SOCKET=systemd.env_value,
+            WATCHDOG_USEC="60000000",
+            PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+        )
+        log_path = tmp_path / "serve.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge", "--config", str(config), "serve"],
+                cwd=tmp_path,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            first = self.receive_or_explain(systemd, proc, log_path)
+            assert first == b"READY=1"
+            # READY means the port is bound: a liveness probe must succeed right away.
+            url = f"http://127.0.0.1:{port}/healthz"
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                assert answer.status == 200
+            # The watchdog task pings from the event loop as soon as it starts.
+            assert self.receive_or_explain(systemd, proc, log_path) == b"WATCHDOG=1"
+            proc.send_signal(signal.SIGTERM)
+            assert self.receive_or_explain(systemd, proc, log_path) == b"STOPPING=1"
+            assert proc.wait(timeout=self.STOP_TIMEOUT) == 0, log_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=self.STOP_TIMEOUT)
+
+    def receive_or_explain(
+        self, systemd: FakeSystemd, proc: subprocess.Popen[bytes], log_path: Path
+    ) -> bytes:
+        """The next datagram; fail at once with the log if the process died first."""
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                return systemd.receive(timeout=min(0.25, left))
+            except TimeoutError:
+                if proc.poll() is not None:
+                    break
+        pytest.fail(
+            f"no notification (exit status {proc.poll()}):\n" + log_path.read_text(),
+            pytrace=False,
+        )

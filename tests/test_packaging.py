@@ -113,6 +113,11 @@ class TestSystemdUnit:
         assert service("NotifyAccess") == ["main"]
         assert seconds(service("WatchdogSec")[0]) > 0
 
+    def test_runs_as_its_own_unprivileged_user(self) -> None:
+        assert service("User") == ["synap-bridge"]
+        assert service("CapabilityBoundingSet") == [""]
+        assert service("NoNewPrivileges") == ["yes"]
+
     def test_bad_config_is_not_restarted(self) -> None:
         assert service("Restart") == ["on-failure"]
         assert service("RestartPreventExitStatus") == ["78"]
