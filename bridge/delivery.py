@@ -1,0 +1,400 @@
+"""The delivery loop: claim due messages, batch them, upload, and record every outcome.
+
+Outcomes (per batch; one canonical ``batch`` log line each):
+
+* **2xx** - ack: the messages are delivered.
+* **transient** (network, 408/410/429/460, 5xx but 501/505) - the messages go back to the store,
+  due again after the retry policy's backoff (never before ``Retry-After``), and the whole
+  destination pauses until then, so an outage costs one probe per backoff, not a flood.
+* **permanent** - Segment refuses the request. One bad message spoils a whole batch, so the
+  batch is split in halves, each sent again, recursively, until the culprits stand alone; only
+  single messages that are refused become dead letters (``rejected_by_segment``).
+* a message older than ``retry.max_age_secs`` when a try fails becomes a dead letter
+  (``max_age_exceeded``), never nothing.
+
+At-least-once: the store leases what we claim; if the process dies, the lease expires and the
+messages are claimed again. Resends collapse in Segment (deterministic messageIds).
+
+Time comes from the injected ``clock`` (tests simulate hours of outage without sleeping); only
+:meth:`Delivery.run`'s waits for new arrivals use real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+from bridge import logs
+from bridge.batching import Batch, plan
+from bridge.config import DeliveryConfig
+from bridge.errors import DeliveryError, PermanentDelivery, StorageUnavailable, TransientDelivery
+from bridge.metrics import Metrics
+from bridge.retry import RetryPolicy
+from bridge.segment import Sink
+from bridge.store import ClaimedMessage, DeadReason, Store
+
+log = logs.get(__name__)
+
+DEFAULT_LEASE_SECS = 120.0
+PRUNE_EVERY_SECS = 600.0
+IDLE_MAX_SECS = 60.0  # re-check the store at least this often, even without a wake-up
+HAND_BACK_SECS = 5.0  # after the grace period, time allowed to return unfinished batches
+ERROR_PAUSE_SECS = 1.0  # after the store failed us
+
+
+@dataclass
+class DrainReport:
+    claimed: int = 0
+    delivered: int = 0
+    retried: int = 0  # handed back to the store for a later try
+    dead: int = 0
+    batches: int = 0  # uploads attempted (split halves included)
+
+    def add(self, other: DrainReport) -> None:
+        self.claimed += other.claimed
+        self.delivered += other.delivered
+        self.retried += other.retried
+        self.dead += other.dead
+        self.batches += other.batches
+
+
+@dataclass
+class _Destination:
+    failures: int = 0  # transient failures in a row
+    paused_until: float = 0.0
+
+
+Outcome = Literal["delivered", "transient", "permanent"]
+
+
+class Delivery:
+    def __init__(
+        self,
+        store: Store,
+        sinks: Mapping[str, Sink],
+        config: DeliveryConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        lease_secs: float = DEFAULT_LEASE_SECS,
+        retention_secs: float | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self._store = store
+        self._sinks = dict(sinks)
+        self._config = config
+        self._clock = clock
+        self._metrics = metrics
+        self._lease_secs = lease_secs
+        self._retention_secs = retention_secs
+        self._policy = policy or RetryPolicy.from_config(config.retry)
+        self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="segment")
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._destinations = {name: _Destination() for name in self._sinks}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._runner: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._pruned_at: float | None = None
+
+    # ---- the public surface ------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New messages were committed: look now instead of at the next due time."""
+        self._wake.set()
+
+    def paused_until(self, destination: str) -> float:
+        return self._destinations[destination].paused_until
+
+    async def run_once(self) -> DrainReport:
+        """Claim what is due now and deliver it (no waiting to fill a batch)."""
+        now = self._clock()
+        if self._stopping or self._all_paused(now):
+            return DrainReport()
+        claimed = await self._store.claim(now, self._claim_limit(), self._lease_secs)
+        return await self._process(claimed)
+
+    async def drain(self, max_rounds: int = 10_000) -> DrainReport:
+        """``run_once`` until a round finds nothing to do (tests, the CLI); bounded."""
+        total = DrainReport()
+        for _ in range(max_rounds):
+            report = await self.run_once()
+            total.add(report)
+            if report.claimed == 0:
+                break
+        return total
+
+    async def run(self) -> None:
+        """The background loop, until :meth:`stop`. Never dies of an error: it logs and waits."""
+        self._runner = asyncio.current_task()
+        while not self._stopping:
+            try:
+                claimed = await self._gather()
+                if claimed:
+                    await self._process(claimed)
+                else:
+                    await self._idle()
+                await self._maybe_prune()
+            except StorageUnavailable as exc:
+                log.warning("delivery_storage_unavailable", detail=str(exc))
+                await self._wait(ERROR_PAUSE_SECS)
+            except Exception:
+                log.exception("delivery_loop_error")
+                await self._wait(ERROR_PAUSE_SECS)
+
+    async def stop(self, grace_secs: float) -> None:
+        """Stop claiming; let batches in flight finish within ``grace_secs``, else hand them back.
+
+        A batch handed back is due again at once; the store counts that as an attempt. If even
+        that fails (store gone), nothing is lost: the lease expires and the batch is claimed
+        again after a restart.
+        """
+        self._stopping = True
+        self._wake.set()
+        runner = self._runner
+        waiting: set[asyncio.Task[None]] = set(self._inflight)
+        if runner is not None and not runner.done() and runner is not asyncio.current_task():
+            waiting.add(runner)
+        if waiting:
+            await asyncio.wait(waiting, timeout=grace_secs)
+        leftovers = [task for task in self._inflight if not task.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=HAND_BACK_SECS)
+        if runner is not None and not runner.done():
+            await asyncio.wait({runner}, timeout=HAND_BACK_SECS)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- claiming ----------------------------------------------------------------------
+
+    def _claim_limit(self) -> int:
+        return self._config.concurrency * self._config.batch.max_events
+
+    def _all_paused(self, now: float) -> bool:
+        return bool(self._destinations) and all(
+            d.paused_until > now for d in self._destinations.values()
+        )
+
+    async def _gather(self) -> list[ClaimedMessage]:
+        """Claim due messages; if fewer than a batch, wait for more until the oldest is
+        ``batch.timeout_secs`` old (flush by size or age). Retries are old: they go at once."""
+        now = self._clock()
+        if self._all_paused(now):
+            return []
+        self._wake.clear()
+        claimed = await self._store.claim(now, self._claim_limit(), self._lease_secs)
+        if not claimed:
+            return claimed
+        deadline = min(m.enqueued_at for m in claimed) + self._config.batch.timeout_secs
+        while len(claimed) < self._config.batch.max_events and not self._stopping:
+            remaining = deadline - self._clock()
+            if remaining <= 0 or not await self._wait(remaining):
+                break
+            limit = self._claim_limit() - len(claimed)
+            claimed += await self._store.claim(self._clock(), limit, self._lease_secs)
+        return claimed
+
+    async def _idle(self) -> None:
+        """Nothing to send now: sleep until the next due time, a pause ends, or a wake-up."""
+        now = self._clock()
+        if self._all_paused(now):
+            resume = min(d.paused_until for d in self._destinations.values())
+            timeout = resume - now
+        else:
+            due = await self._store.next_due_at()
+            if due is None:
+                timeout = IDLE_MAX_SECS
+            elif due > now:
+                timeout = due - now
+            else:  # due, yet nothing was claimable (leased elsewhere): do not spin
+                timeout = self._config.batch.timeout_secs
+        await self._wait(min(timeout, IDLE_MAX_SECS))
+
+    async def _wait(self, seconds: float) -> bool:
+        """Wait for a wake-up (True) or ``seconds`` of real time (False)."""
+        if not self._wake.is_set() and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
+        woke = self._wake.is_set()
+        self._wake.clear()
+        return woke
+
+    async def _maybe_prune(self) -> None:
+        if self._retention_secs is None:
+            return
+        now = self._clock()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY_SECS:
+            return
+        self._pruned_at = now
+        pruned = await self._store.prune_delivered(now - self._retention_secs)
+        if pruned:
+            log.info("pruned_delivered", rows=pruned)
+
+    # ---- sending -----------------------------------------------------------------------
+
+    async def _process(self, claimed: Sequence[ClaimedMessage]) -> DrainReport:
+        report = DrainReport(claimed=len(claimed))
+        unknown = [m for m in claimed if m.destination not in self._sinks]
+        if unknown:
+            names = sorted({m.destination for m in unknown})
+            why = DeadReason("unknown_destination", f"no destination configured named {names}")
+            await self._bury(unknown, why, report)
+        known = [m for m in claimed if m.destination in self._sinks]
+        work = plan(
+            known,
+            self._config.batch.max_events,
+            self._config.batch.max_bytes,
+            lambda name: self._sinks[name].envelope_bytes,
+        )
+        if work.oversized:
+            why = DeadReason("message_too_large", "message is larger than Segment's 32 KB")
+            await self._bury(work.oversized, why, report)
+        tasks = [asyncio.create_task(self._deliver(batch, report)) for batch in work.batches]
+        self._inflight.update(tasks)
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._inflight.difference_update(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("delivery_batch_error", exc_info=task.exception())
+        return report
+
+    async def _deliver(self, batch: Batch, report: DrainReport) -> None:
+        refused = await self._upload(batch, report)
+        if refused and len(batch.messages) > 1:
+            envelope = self._sinks[batch.destination].envelope_bytes
+            await asyncio.gather(*(self._deliver(half, report) for half in batch.halves(envelope)))
+
+    async def _upload(self, batch: Batch, report: DrainReport) -> bool:
+        """Send one batch and record the outcome; True when Segment refused it permanently."""
+        sink = self._sinks[batch.destination]
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._slots:
+                resume = self._destinations[batch.destination].paused_until
+                if resume > self._clock():  # a sibling batch just met an outage
+                    await self._hand_back(batch.messages, resume, "destination paused", report)
+                    return False
+                report.batches += 1
+                started = time.perf_counter()
+                error: DeliveryError | None = None
+                try:
+                    await loop.run_in_executor(self._executor, sink.send, batch.payloads)
+                except DeliveryError as exc:
+                    error = exc
+                except Exception as exc:  # a bug in a sink must not lose the batch
+                    log.exception("sink_error", destination=batch.destination)
+                    error = TransientDelivery(f"sink error: {type(exc).__name__}")
+                latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        except asyncio.CancelledError:
+            now = self._clock()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._store.retry_later(batch.ids, now, "delivery stopped", now)
+                )
+            raise
+        await asyncio.shield(self._record(batch, error, latency_ms, report))
+        return isinstance(error, PermanentDelivery)
+
+    # ---- recording outcomes ------------------------------------------------------------
+
+    async def _record(
+        self, batch: Batch, error: DeliveryError | None, latency_ms: float, report: DrainReport
+    ) -> None:
+        now = self._clock()
+        state = self._destinations[batch.destination]
+        outcome: Outcome
+        if error is None:
+            outcome = "delivered"
+            await self._store.ack(batch.ids, now)
+            state.failures, state.paused_until = 0, 0.0
+            report.delivered += len(batch.messages)
+            if self._metrics:
+                self._metrics.delivered.labels(batch.destination).inc(len(batch.messages))
+                self._metrics.last_delivery.set(now)
+        elif isinstance(error, TransientDelivery):
+            outcome = "transient"
+            await self._transient(batch, error, state, now, report)
+        else:
+            outcome = "permanent"
+            if len(batch.messages) == 1:
+                why = DeadReason("rejected_by_segment", error.detail)
+                await self._bury(batch.messages, why, report, error=error.detail)
+        self._observe(batch, outcome, error, latency_ms)
+
+    async def _transient(
+        self,
+        batch: Batch,
+        error: TransientDelivery,
+        state: _Destination,
+        now: float,
+        report: DrainReport,
+    ) -> None:
+        if state.paused_until <= now:  # siblings failing in the same outage count once
+            state.failures += 1
+            state.paused_until = now + self._policy.delay(state.failures, error.retry_after)
+        elif error.retry_after is not None:
+            state.paused_until = max(state.paused_until, now + error.retry_after)
+        expired = [m for m in batch.messages if self._policy.expired(m.enqueued_at, now)]
+        if expired:
+            detail = f"not delivered within {self._policy.max_age_secs:.0f}s; last: {error.detail}"
+            why = DeadReason("max_age_exceeded", detail)
+            await self._bury(expired, why, report, error=error.detail)
+        live = [m for m in batch.messages if not self._policy.expired(m.enqueued_at, now)]
+        await self._hand_back(live, state.paused_until, error.detail, report)
+
+    async def _hand_back(
+        self, messages: Sequence[ClaimedMessage], due_at: float, error: str, report: DrainReport
+    ) -> None:
+        if messages:
+            await self._store.retry_later([m.id for m in messages], due_at, error, self._clock())
+            report.retried += len(messages)
+
+    async def _bury(
+        self,
+        messages: Sequence[ClaimedMessage],
+        why: DeadReason,
+        report: DrainReport,
+        error: str | None = None,
+    ) -> None:
+        await self._store.bury([m.id for m in messages], why, error or why.detail, self._clock())
+        report.dead += len(messages)
+        if self._metrics:
+            self._metrics.dead_lettered.labels(why.reason).inc(len(messages))
+        log.warning(
+            "dead_letter",
+            reason=why.reason,
+            detail=why.detail,
+            messages=len(messages),
+            message_ids=[m.message_id for m in messages[:10]],
+        )
+
+    def _observe(
+        self, batch: Batch, outcome: Outcome, error: DeliveryError | None, latency_ms: float
+    ) -> None:
+        size = len(batch.messages)
+        sink_dry = self._sinks[batch.destination].dry_run
+        if self._metrics:
+            result = "ok" if outcome == "delivered" else outcome
+            self._metrics.attempts.labels(result).inc()
+            self._metrics.batch_messages.observe(size)
+            self._metrics.batch_bytes.observe(batch.body_bytes)
+        emit = log.info if error is None else log.warning
+        emit(
+            "batch",
+            destination=batch.destination,
+            messages=size,
+            bytes=batch.body_bytes,
+            outcome=outcome,
+            attempt=max(m.attempts for m in batch.messages) + 1,
+            status=error.status if error is not None else (None if sink_dry else 200),
+            latency_ms=latency_ms,
+            **({"detail": error.detail} if error is not None else {}),
+        )

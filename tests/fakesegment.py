@@ -1,0 +1,352 @@
+"""A strict Segment-compatible ``/v1/batch`` server, for tests and benchmarks.
+
+Why strict: the real Segment answers 200 to almost anything, which would let a sloppy bridge pass
+every test. This fake enforces what Segment documents (Basic auth with the write key, 500 KB per
+request, 2500 messages per batch, 32 KB per message, the required fields per call) and rejects a
+whole batch with 400 when any message in it is invalid, storing nothing, so the bridge's
+split-to-find-the-culprit path is exercised for real. It can also misbehave on demand (5xx,
+429 with ``Retry-After``, a connection reset, a "poison" messageId) and then recover.
+
+In-process::
+
+    async with FakeSegment(write_key="k") as fake:
+        ...  # fake.url, fake.messages, fake.fail(503, times=3), fake.poison.add(id)
+
+As a process (benchmarks, subprocess tests)::
+
+    python -m tests.fakesegment --port 0 --write-key K     # prints the port on stdout
+    GET  /_stats      {"requests", "batches", "accepted", "unique", "rejected"}
+    GET  /_received   {"messages": [...]}   (``?ids=1``: messageIds only)
+    POST /_mode       {"fail": [{"status": 503, "times": 2}, {"reset": true, "times": 1},
+                                {"status": 429, "retry_after": "3", "times": 1}],
+                       "poison": ["messageId", ...]}
+    POST /_clear      forget everything received, failures and poison
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import signal
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+MAX_BODY_BYTES = 500_000
+MAX_BATCH_MESSAGES = 2500
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_MESSAGE_ID_CHARS = 100
+TYPES = frozenset({"identify", "track", "group", "page", "screen", "alias"})
+OBJECT_FIELDS = ("traits", "properties", "context", "integrations")
+
+
+class Invalid(Exception):
+    """One reason a request is refused with 400."""
+
+
+@dataclass
+class Failure:
+    """Answer the next ``times`` batch requests this way instead of processing them."""
+
+    times: int
+    status: int = 503
+    retry_after: str | None = None
+    reset: bool = False
+
+
+def check_message(msg: Any, index: int) -> None:
+    """Raise :class:`Invalid` unless ``msg`` is a message Segment would accept."""
+    if not isinstance(msg, dict):
+        raise Invalid(f"batch[{index}] is not an object")
+    if len(orjson.dumps(msg)) > MAX_MESSAGE_BYTES:
+        raise Invalid(f"batch[{index}] is larger than 32KB")
+    kind = msg.get("type")
+    if kind not in TYPES:
+        raise Invalid(f"batch[{index}].type {kind!r} is not a Segment call")
+    if not _present(msg.get("userId")) and not _present(msg.get("anonymousId")):
+        raise Invalid(f"batch[{index}] has neither userId nor anonymousId")
+    mid = msg.get("messageId")
+    if not isinstance(mid, str) or not mid or len(mid) > MAX_MESSAGE_ID_CHARS:
+        raise Invalid(f"batch[{index}].messageId must be a string of 1-100 characters")
+    if not _iso8601(msg.get("timestamp")):
+        raise Invalid(f"batch[{index}].timestamp is not ISO-8601")
+    if kind == "track" and not _present(msg.get("event")):
+        raise Invalid(f"batch[{index}] is a track without event")
+    if kind == "group" and not _present(msg.get("groupId")):
+        raise Invalid(f"batch[{index}] is a group without groupId")
+    for name in OBJECT_FIELDS:
+        if name in msg and not isinstance(msg[name], dict):
+            raise Invalid(f"batch[{index}].{name} must be an object")
+
+
+def _present(value: Any) -> bool:
+    return (isinstance(value, str) and value != "") or (
+        isinstance(value, int) and not isinstance(value, bool)
+    )
+
+
+def _iso8601(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) < 10:
+        return False
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+class FakeSegment:
+    """The fake server. Everything it saw is readable as attributes."""
+
+    def __init__(
+        self, write_key: str = "test-write-key", *, port: int = 0, keep_bodies: bool = True
+    ) -> None:
+        self.write_key = write_key
+        self.port = port
+        self.keep_bodies = keep_bodies
+        expected = base64.b64encode(f"{write_key}:".encode()).decode()
+        self._auth = f"Basic {expected}"
+        self._runner: web.AppRunner | None = None
+        self.clear()
+
+    # ---- what was received -------------------------------------------------------------
+
+    def clear(self) -> None:
+        self.requests = 0  # every POST /v1/batch, whatever the answer
+        self.batches = 0  # accepted batches
+        self.accepted = 0  # accepted messages, duplicates included
+        self.messages: list[dict[str, Any]] = []  # accepted messages in order (keep_bodies)
+        self.ids: dict[str, int] = {}  # messageId -> times accepted
+        self.rejected: list[tuple[int, str]] = []  # (status, message) of refused requests
+        self.batch_sizes: list[int] = []
+        self.failures: deque[Failure] = deque()
+        self.poison: set[str] = set()
+        self.changed = asyncio.Event() if _has_loop() else None
+
+    @property
+    def unique(self) -> int:
+        return len(self.ids)
+
+    def fail(
+        self,
+        status: int = 503,
+        *,
+        times: int = 1,
+        retry_after: str | None = None,
+        reset: bool = False,
+    ) -> None:
+        """Queue a misbehaviour for the next ``times`` requests (queued ones run in order)."""
+        self.failures.append(Failure(times, status, retry_after, reset))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "batches": self.batches,
+            "accepted": self.accepted,
+            "unique": self.unique,
+            "rejected": len(self.rejected),
+        }
+
+    async def wait_for(self, unique: int, within: float = 10.0) -> None:
+        """Wait until ``unique`` distinct messageIds have been accepted (bounded)."""
+        async with asyncio.timeout(within):
+            while self.unique < unique:
+                event = self.changed = asyncio.Event()
+                await event.wait()
+
+    # ---- serving -----------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=4 * MAX_BODY_BYTES)
+        app.router.add_post("/v1/batch", self._batch)
+        app.router.add_get("/_stats", self._stats)
+        app.router.add_get("/_received", self._received)
+        app.router.add_post("/_mode", self._mode)
+        app.router.add_post("/_clear", self._clear)
+        return app
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        # We decompress ourselves, to apply the 500 KB limit to the decompressed body.
+        self._runner = web.AppRunner(self.app(), auto_decompress=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        self.changed = asyncio.Event()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeSegment:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # ---- handlers ----------------------------------------------------------------------
+
+    async def _batch(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        raw = await request.read()
+        if self.failures:
+            failure = self.failures[0]
+            failure.times -= 1
+            if failure.times <= 0:
+                self.failures.popleft()
+            if failure.reset:
+                assert request.transport is not None
+                request.transport.abort()  # no answer at all: the client sees a reset
+                raise asyncio.CancelledError
+            headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+            self.rejected.append((failure.status, "programmed failure"))
+            return _error(failure.status, "programmed failure", headers)
+        if request.headers.get("Authorization") != self._auth:
+            self.rejected.append((401, "bad auth"))
+            return _error(401, "invalid write key", code="unauthorized")
+        try:
+            batch = self._parse(raw, request.headers.get("Content-Encoding"))
+        except Invalid as exc:
+            self.rejected.append((400, str(exc)))
+            return _error(400, str(exc))
+        self._accept(batch)
+        return web.json_response({"success": True})
+
+    def _parse(self, raw: bytes, encoding: str | None) -> list[dict[str, Any]]:
+        body = _decompress(raw) if encoding == "gzip" else raw
+        if encoding not in (None, "gzip", "identity"):
+            raise Invalid(f"unsupported Content-Encoding {encoding}")
+        if len(body) > MAX_BODY_BYTES:
+            raise Invalid("request body larger than 500KB")
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Invalid("body is not JSON") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("batch"), list):
+            raise Invalid("body must be an object with a batch array")
+        batch: list[Any] = doc["batch"]
+        if len(batch) > MAX_BATCH_MESSAGES:
+            raise Invalid("batch has more than 2500 messages")
+        if not isinstance(doc.get("sentAt"), str) or not _iso8601(doc["sentAt"]):
+            raise Invalid("sentAt is missing or not ISO-8601")
+        for index, msg in enumerate(batch):
+            check_message(msg, index)
+        poisoned = [m["messageId"] for m in batch if m["messageId"] in self.poison]
+        if poisoned:
+            raise Invalid(f"rejected messageId {poisoned[0]}")
+        return batch
+
+    def _accept(self, batch: list[dict[str, Any]]) -> None:
+        self.batches += 1
+        self.accepted += len(batch)
+        self.batch_sizes.append(len(batch))
+        ids = self.ids
+        for msg in batch:
+            mid = msg["messageId"]
+            ids[mid] = ids.get(mid, 0) + 1
+        if self.keep_bodies:
+            self.messages.extend(batch)
+        if self.changed is not None:
+            self.changed.set()
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _received(self, request: web.Request) -> web.Response:
+        if request.query.get("ids"):
+            return _json({"ids": list(self.ids)})
+        return _json({"messages": self.messages})
+
+    async def _mode(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        for item in doc.get("fail", []):
+            self.fail(
+                int(item.get("status", 503)),
+                times=int(item.get("times", 1)),
+                retry_after=item.get("retry_after"),
+                reset=bool(item.get("reset", False)),
+            )
+        self.poison.update(doc.get("poison", []))
+        return web.json_response({"ok": True})
+
+    async def _clear(self, request: web.Request) -> web.Response:
+        self.clear()
+        self.changed = asyncio.Event()
+        return web.json_response({"ok": True})
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _decompress(raw: bytes) -> bytes:
+    """Gunzip, stopping just past the limit so a gzip bomb costs nothing."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(raw, MAX_BODY_BYTES + 1)
+    except zlib.error as exc:
+        raise Invalid("body is not valid gzip") from exc
+    if len(body) <= MAX_BODY_BYTES and not inflater.eof:
+        raise Invalid("body is truncated gzip")
+    return body
+
+
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, code: str = "invalid_request"
+) -> web.Response:
+    return _json({"code": code, "message": message}, status=status, headers=headers)
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(doc), status=status, headers=headers, content_type="application/json"
+    )
+
+
+async def _serve(port: int, write_key: str, keep_bodies: bool) -> None:
+    fake = FakeSegment(write_key, port=port, keep_bodies=keep_bodies)
+    await fake.start()
+    print(fake.port, flush=True)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        await done.wait()
+    finally:
+        await fake.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Strict fake Segment /v1/batch server")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--write-key", default="test-write-key")
+    parser.add_argument(
+        "--no-bodies", action="store_true", help="count and dedupe only (benchmarks)"
+    )
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args.port, args.write_key, not args.no_bodies))
+
+
+if __name__ == "__main__":
+    main()
