@@ -6,17 +6,16 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bridge.notify import Notifier, socket_address, watchdog_loop, watchdog_usec
+from tests.process import BridgeProcess, write_config
 
 RECV_TIMEOUT = 5.0
 
@@ -31,6 +30,14 @@ class FakeSystemd:
     def receive(self, timeout: float = RECV_TIMEOUT) -> bytes:
         self.sock.settimeout(timeout)
         return self.sock.recv(4096)
+
+    async def areceive(self, within: float = RECV_TIMEOUT) -> bytes:
+        self.sock.setblocking(False)
+        try:
+            async with asyncio.timeout(within):
+                return await asyncio.get_running_loop().sock_recv(self.sock, 4096)
+        finally:
+            self.sock.setblocking(True)
 
     def nothing_waiting(self) -> bool:
         self.sock.setblocking(False)
@@ -202,76 +209,37 @@ class TestWatchdogLoop:
             await task
 
 
-def free_port() -> int:
-    """A port nobody listens on right now: bind port 0, read it, let it go."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class TestRealServe:
-    """``python -m bridge serve`` under a fake systemd: READY=1, watchdog pings, STOPPING=1."""
+    """``python -m bridge serve`` under a fake systemd: READY=1, a watchdog ping, STOPPING=1."""
 
-    START_TIMEOUT = 30.0
-    STOP_TIMEOUT = 30.0
-
-    def test_ready_then_stopping_on_sigterm(self, systemd: FakeSystemd, tmp_path: Path) -> None:
-        port = free_port()
-        config = tmp_path / "config.yaml"
-        config.write_text(
-            "server:\n"
-            "  host: 127.0.0.1\n"
-            f"  port: {port}\n"
-            "storage:\n"
-            f"  path: {tmp_path / 'state' / 'bridge.db'}\n"
-            "logging:\n"
-            "  format: json\n"
+    async def test_ready_then_stopping_on_sigterm(
+        self, systemd: FakeSystemd, tmp_path: Path
+    ) -> None:
+        config = write_config(
+            tmp_path / "config.yaml",
+            {
+                "server": {"host": "127.0.0.1", "port": 0},
+                "storage": {"path": str(tmp_path / "state" / "bridge.db")},
+                "logging": {"format": "json"},
+            },
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "WATCHDOG_"))}
-        env.update(
-            NOTIFY_SOCKET=systemd.env_value,
-            WATCHDOG_USEC="60000000",
-            PYTHONPATH=str(Path(__file__).resolve().parent.parent),
-        )
-        log_path = tmp_path / "serve.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "--config", str(config), "serve"],
-                cwd=tmp_path,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+        env = {"NOTIFY_SOCKET": systemd.env_value, "WATCHDOG_USEC": "60000000"}
+        bridge = BridgeProcess(config, env=env)
+        bridge.env.pop("WATCHDOG_PID", None)  # in case the test runner itself has a watchdog
         try:
-            first = self.receive_or_explain(systemd, proc, log_path)
-            assert first == b"READY=1"
-            # READY means the port is bound: a liveness probe must succeed right away.
-            url = f"http://127.0.0.1:{port}/healthz"
-            with urllib.request.urlopen(url, timeout=5) as answer:
+            port = await bridge.start()
+            assert await systemd.areceive() == b"READY=1"
+            # READY=1 came after the bind: the liveness probe answers.
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/healthz") as answer,
+            ):
                 assert answer.status == 200
-            # The watchdog task pings from the event loop as soon as it starts.
-            assert self.receive_or_explain(systemd, proc, log_path) == b"WATCHDOG=1"
-            proc.send_signal(signal.SIGTERM)
-            assert self.receive_or_explain(systemd, proc, log_path) == b"STOPPING=1"
-            assert proc.wait(timeout=self.STOP_TIMEOUT) == 0, log_path.read_text()
+            # The watchdog task pings from the event loop as soon as it runs.
+            assert await systemd.areceive() == b"WATCHDOG=1"
+            assert bridge.proc is not None
+            bridge.proc.send_signal(signal.SIGTERM)
+            assert await systemd.areceive() == b"STOPPING=1"
+            assert await bridge.wait() == 0, "\n".join(bridge.raw)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=self.STOP_TIMEOUT)
-
-    def receive_or_explain(
-        self, systemd: FakeSystemd, proc: subprocess.Popen[bytes], log_path: Path
-    ) -> bytes:
-        """The next datagram; fail at once with the log if the process died first."""
-        deadline = time.monotonic() + self.START_TIMEOUT
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                return systemd.receive(timeout=min(0.25, left))
-            except TimeoutError:
-                if proc.poll() is not None:
-                    break
-        pytest.fail(
-            f"no notification (exit status {proc.poll()}):\n" + log_path.read_text(),
-            pytrace=False,
-        )
+            await bridge.close()
