@@ -1,0 +1,179 @@
+"""Synap webhook -> Segment messages: the one entry point the receiver and the replay call.
+
+Pure: no I/O, no clock (``received_at`` is passed in). The per-family mappers
+(mapping_attempts, mapping_users, mapping_activity) turn a body into a :class:`Draft`; this
+module applies everything generic once:
+
+1. the code: known (else ``unknown_code``) and enabled (else ``code_disabled``: kept as a dead
+   letter, replayable once re-enabled, rather than thrown away);
+2. the portal: the body's ``portal.id``, else the URL's ``?portal=``, else
+   ``mapping.default_portal_id``; the destination: bridge.routing;
+3. per call: the per-code switches, the event rename, drops (global then per code), static
+   additions (config wins over a mapped value of the same name);
+4. the Segment envelope: ``userId``, a deterministic ``messageId`` (portal, family, natural id,
+   call), the event's own ``timestamp``, a copy of CONTEXT (plus ``groupId`` when known);
+5. the size limit (bridge.sizing), with the reasons returned in ``Mapped.trimmed``.
+
+Any exception other than Unmappable is a bug; it is still turned into a dead letter
+(``mapping_failed``) so an authenticated webhook is never lost to it, and replay can map it again
+once the bug is fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bridge import codes
+from bridge.config import CodeMapping, Config, MappingConfig
+from bridge.errors import Unmappable
+from bridge.mapping_activity import (
+    map_assignment,
+    map_flag,
+    map_invite,
+    map_learning_record,
+    map_purchase,
+)
+from bridge.mapping_attempts import map_attempt, map_certificate, map_override
+from bridge.mapping_base import Call, Draft
+from bridge.mapping_users import map_added_to_group, map_registered_for_exam, map_user
+from bridge.messages import CONTEXT, OutgoingMessage, message_id
+from bridge.routing import route
+from bridge.sizing import fit
+from bridge.values import as_id, clean
+
+Mapper = Callable[[str, Mapping[str, Any], datetime, MappingConfig], Draft]
+
+MAPPERS: dict[str, Mapper] = {
+    codes.ATTEMPT_STARTED: map_attempt,
+    codes.EXAM_STARTED: map_attempt,
+    codes.ATTEMPT_SUBMITTED: map_attempt,
+    codes.EXAM_SUBMITTED: map_attempt,
+    codes.ATTEMPT_COMPLETED: map_attempt,
+    codes.EXAM_COMPLETED: map_attempt,
+    codes.USER_REGISTERED: map_user,
+    codes.USER_UPDATED: map_user,
+    codes.USER_ADDED_TO_GROUP: map_added_to_group,
+    codes.USER_REGISTERED_FOR_EXAM: map_registered_for_exam,
+    codes.ASSIGNMENT_COMPLETED: map_assignment,
+    codes.ASSIGNMENT_COMPLETE: map_assignment,
+    codes.ATTEMPT_OVERRIDE_CREATED: map_override,
+    codes.ATTEMPT_CERTIFICATE_GENERATED: map_certificate,
+    codes.FLAG_PLANTED: map_flag,
+    codes.STORE_PURCHASE: map_purchase,
+    codes.INVITE_SENT: map_invite,
+    codes.LEARNING_RECORD_CREATED: map_learning_record,
+}
+#: Where each call kind keeps its data in a Segment message.
+FIELD = {"track": "properties", "identify": "traits", "group": "traits"}
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """What one webhook becomes. ``trimmed``: why something was cut to fit (caller logs it)."""
+
+    portal_id: str | None
+    messages: list[OutgoingMessage]
+    trimmed: list[str]
+
+
+def known_codes(config: Config) -> list[str]:
+    """Every code the bridge accepts with this configuration (disabled ones included: they are
+    accepted and kept as dead letters)."""
+    return codes.all_codes(config.mapping.exam_results_released_code)
+
+
+def map_webhook(
+    code: str,
+    payload: Mapping[str, Any],
+    received_at: datetime,
+    config: Config,
+    portal_hint: str | None = None,
+) -> Mapped:
+    """The Segment messages for one Synap webhook; raises Unmappable(reason, detail) otherwise."""
+    try:
+        return _map(code, payload, received_at, config, portal_hint)
+    except Unmappable:
+        raise
+    except Exception as exc:  # a bug must not lose the webhook: dead letter, replay after a fix
+        detail = f"{type(exc).__name__} while mapping {code!r}: {exc}"
+        raise Unmappable("mapping_failed", detail[:500]) from exc
+
+
+def _map(
+    code: str,
+    payload: Mapping[str, Any],
+    received_at: datetime,
+    config: Config,
+    portal_hint: str | None,
+) -> Mapped:
+    settings = config.mapping
+    if not isinstance(payload, Mapping):
+        raise Unmappable("not_an_object", f"the body is a {type(payload).__name__}, not an object")
+    if code == settings.exam_results_released_code:
+        mapper: Mapper = map_attempt
+    elif code in MAPPERS:
+        mapper = MAPPERS[code]
+    else:
+        raise Unmappable("unknown_code", f"{code!r} is not a Synap event code this bridge maps")
+    switches = settings.codes.get(code, CodeMapping())
+    if not switches.enabled:
+        raise Unmappable("code_disabled", f"{code!r} is disabled by mapping.codes.{code}.enabled")
+    draft = mapper(code, payload, received_at, settings)
+    portal = draft.portal_id or as_id(portal_hint) or settings.default_portal_id
+    calls = [call for call in draft.calls if getattr(switches, call.kind)]
+    if not calls:
+        return Mapped(portal, [], [])
+    destination = route(config.routing, portal, draft.sub_portal_id)
+    messages, trimmed = [], []
+    for call in calls:
+        body = _message(call, draft, portal, switches, settings)
+        trimmed.extend(fit(body, FIELD[call.kind], call.essentials))
+        messages.append(OutgoingMessage.build(destination, body))
+    return Mapped(portal, messages, trimmed)
+
+
+def _message(
+    call: Call, draft: Draft, portal: str | None, switches: CodeMapping, settings: MappingConfig
+) -> dict[str, Any]:
+    context = copy.deepcopy(CONTEXT)
+    if draft.context_group_id is not None:
+        context["groupId"] = draft.context_group_id
+    body: dict[str, Any] = {
+        "type": call.kind,
+        "userId": draft.user_id,
+        "messageId": message_id(portal or "", draft.family, *draft.natural, call.kind),
+        "timestamp": draft.timestamp,
+        "context": context,
+    }
+    if call.kind == "track":
+        body["event"] = switches.event or call.event
+        body["properties"] = _properties(call.data, draft, portal, switches, settings)
+    else:
+        if call.kind == "group":
+            body["groupId"] = call.group_id
+        dropped = set(settings.drop_traits)
+        body["traits"] = {key: value for key, value in call.data.items() if key not in dropped}
+    return body
+
+
+def _properties(
+    data: dict[str, Any],
+    draft: Draft,
+    portal: str | None,
+    switches: CodeMapping,
+    settings: MappingConfig,
+) -> dict[str, Any]:
+    properties = dict(data)
+    if portal is not None:
+        properties["portalId"] = portal
+    if draft.sub_portal_id is not None:
+        properties["subPortalId"] = draft.sub_portal_id
+    dropped = {*settings.drop_properties, *switches.drop_properties}
+    properties = {key: value for key, value in properties.items() if key not in dropped}
+    properties.update(clean(settings.add_properties))
+    properties.update(clean(switches.add_properties))
+    return properties

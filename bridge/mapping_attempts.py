@@ -1,0 +1,258 @@
+"""Attempts and exams: Began/Submitted/Completed Test, results released, overrides, certificates.
+
+The one rule that shapes this module: ``attempt.*`` fires for every attempt, exams included, and
+``exam.*`` fires again for exam attempts. Both webhooks of one attempt and stage map to the same
+family (``test.<stage>``) and natural id (the attempt id), hence the same messageId, so the store
+and Segment keep one event. docs/mapping.md explains which details survive and the
+``mapping.exam_attempts_from`` switch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from bridge import codes
+from bridge.config import MappingConfig
+from bridge.mapping_base import (
+    Call,
+    Draft,
+    compact,
+    event_time,
+    first,
+    iso_or_none,
+    need,
+    user_id,
+)
+from bridge.synap import (
+    Attempt,
+    AttemptPayload,
+    CertificatePayload,
+    Exam,
+    GroupRef,
+    OverridePayload,
+    OverrideValue,
+    State,
+)
+from bridge.values import as_text, as_texts, clean, content_hash
+
+#: code -> (stage, default track event)
+STAGES: dict[str, tuple[str, str]] = {
+    codes.ATTEMPT_STARTED: ("started", "Began Test"),
+    codes.EXAM_STARTED: ("started", "Began Test"),
+    codes.ATTEMPT_SUBMITTED: ("submitted", "Submitted Test"),
+    codes.EXAM_SUBMITTED: ("submitted", "Submitted Test"),
+    codes.ATTEMPT_COMPLETED: ("completed", "Completed Test"),
+    codes.EXAM_COMPLETED: ("completed", "Completed Test"),
+}
+ATTEMPT_CODES = (codes.ATTEMPT_STARTED, codes.ATTEMPT_SUBMITTED, codes.ATTEMPT_COMPLETED)
+RESULTS_RELEASED = ("resultsReleased", "Exam Results Released")
+ESSENTIALS = ("testId", "attemptId", "isExam", "examId")
+
+
+def map_attempt(
+    code: str, payload: Mapping[str, Any], received_at: datetime, settings: MappingConfig
+) -> Draft:
+    """attempt.* / exam.* / the exam results released code -> one track."""
+    body = AttemptPayload.model_validate(payload)
+    stage, event = STAGES.get(code, RESULTS_RELEASED)
+    attempt = body.attempt
+    state = attempt.state
+    exam = body.exam
+    who = user_id(body.user.id, attempt.user.id, where="user.id")
+    attempt_id = need(
+        first(attempt.id, body.id), "missing_natural_id", "no attempt id (attempt.id or id)"
+    )
+    from_exam_code = code not in ATTEMPT_CODES
+    is_exam = first(attempt.isExam, True if from_exam_code else None)
+    if settings.exam_attempts_from == "exam_codes" and is_exam is True and not from_exam_code:
+        calls: list[Call] = []  # the exam.* webhook of this attempt makes the event
+    else:
+        data = _attempt_properties(body, attempt, state, exam, is_exam, settings)
+        data.update(_stage_extras(stage, body, attempt, exam))
+        calls = [Call("track", compact(data), event=event, essentials=ESSENTIALS)]
+    group = _group(body)
+    return Draft(
+        user_id=who,
+        family=f"test.{stage}",
+        natural=(attempt_id,),
+        timestamp=event_time(received_at, *_time_candidates(stage, body, attempt, state)),
+        calls=calls,
+        portal_id=body.portal.id,
+        sub_portal_id=body.user.subPortalId,
+        context_group_id=first(group.id, group.objectId),
+    )
+
+
+def _group(body: AttemptPayload) -> GroupRef:
+    """exam.completed has ``userGroup`` at the top level, exam.submitted inside ``exam``."""
+    top = body.userGroup
+    return top if (top.id or top.objectId or top.name) else body.exam.userGroup
+
+
+def _time_candidates(stage: str, body: AttemptPayload, attempt: Attempt, state: State) -> list[Any]:
+    meta = body.meta.timestamp
+    started = [attempt.timeStarted, body.timeStarted, state.timeStarted]
+    completed = [attempt.timeCompleted, body.timeCompleted, state.timeCompleted]
+    released = [attempt.audit.releasedAt]
+    if stage == "started":
+        return [meta, *started]
+    return [meta, *released, *completed]
+
+
+def _attempt_properties(
+    body: AttemptPayload,
+    attempt: Attempt,
+    state: State,
+    exam: Exam,
+    is_exam: bool | None,
+    settings: MappingConfig,
+) -> dict[str, Any]:
+    test = body.test
+    group = _group(body)
+    marks = attempt.marks
+    grade = attempt.grade
+    results = state.results
+    data: dict[str, Any] = {
+        "testId": first(test.id, test.objectId),
+        "testTitle": test.title,
+        "attemptId": first(attempt.id, body.id),
+        "isExam": is_exam,
+        "examId": first(exam.id, exam.objectId),
+        "examName": exam.name,
+        "resitCount": first(attempt.resitCount, exam.resitCount),
+        "sourceTests": exam.sourceTests,
+        "userGroupId": first(group.id, group.objectId),
+        "userGroupName": group.name,
+        "score": first(attempt.score, body.score),
+        "scoreFrac": first(attempt.scoreFrac, body.scoreFrac),
+        "points": marks.points,
+        "maxPoints": marks.maxPoints,
+        "credits": marks.credits,
+        "penalties": marks.penalties,
+        "grade": grade.label,
+        "isPass": grade.isPass,
+        "totalQuestions": attempt.totalQuestions,
+        "totalAnswered": attempt.totalAnswered,
+        "totalAnsweredCorrectly": attempt.totalAnsweredCorrectly,
+        "timeStartedAt": iso_or_none(
+            first(attempt.timeStarted, body.timeStarted, state.timeStarted)
+        ),
+        "timeCompletedAt": iso_or_none(
+            first(attempt.timeCompleted, body.timeCompleted, state.timeCompleted)
+        ),
+        "timeSpentInMs": first(attempt.timeSpentInMs, body.timeSpentInMs, state.timeSpentInMs),
+        "isRevoked": state.isRevoked,
+        "resultsStatus": results.status,
+        "markingStatus": results.markingStatus,
+        "pendingMarks": results.pendingMarks,
+        "certificateUrl": body.certificate.url,
+        "tags": compact({str(key): as_texts(value) for key, value in attempt.tags.items()}),
+        "sections": [_section(section, settings) for section in state.sections],
+        "sectionGrades": clean(exam.sectionGrades),
+    }
+    if settings.include_question_data:
+        data["responseQuestionMap"] = clean(state.responseQuestionMap)
+    return data
+
+
+def _section(section: Any, settings: MappingConfig) -> dict[str, Any]:
+    marks = section.marks
+    data = {
+        "sectionId": section.sectionId,
+        "isCompleted": section.isCompleted,
+        "score": section.score,
+        "scoreFrac": section.scoreFrac,
+        "totalCorrect": section.totalCorrect,
+        "totalQuestionsCompleted": section.totalQuestionsCompleted,
+        "totalQuestionsSkipped": section.totalQuestionsSkipped,
+        "timeSpentInMs": section.timeSpentInMs,
+        "points": marks.points,
+        "maxPoints": marks.maxPoints,
+    }
+    if settings.include_question_data:
+        data["responseIds"] = clean(section.responseIds)
+    return compact(data)
+
+
+def _stage_extras(stage: str, body: AttemptPayload, attempt: Attempt, exam: Exam) -> dict[str, Any]:
+    if stage != RESULTS_RELEASED[0]:
+        return {}
+    audit = attempt.audit
+    return {
+        "status": attempt.status,
+        "examStatus": attempt.examStatus,
+        "proctorStatus": attempt.proctorStatus,
+        "finalisedBy": audit.finalisedBy,
+        "finalisedAt": iso_or_none(audit.finalisedAt),
+        "releasedBy": audit.releasedBy,
+        "releasedAt": iso_or_none(audit.releasedAt),
+        "examAttributes": clean(exam.attr),
+    }
+
+
+def map_override(
+    code: str, payload: Mapping[str, Any], received_at: datetime, settings: MappingConfig
+) -> Draft:
+    """attemptOverride.created -> track Test Result Overridden (old and new values)."""
+    body = OverridePayload.model_validate(payload)
+    attempt = body.attempt
+    who = user_id(body.user.id, attempt.user.id, where="user.id")
+    attempt_id = need(attempt.id, "missing_natural_id", "no attempt.id")
+    meta_time = body.meta.timestamp
+    # Two overrides of one attempt differ by their time; without one, by their content.
+    moment = as_text(meta_time) or content_hash(payload)
+    data: dict[str, Any] = {
+        "attemptId": attempt_id,
+        "examId": first(body.exam.id, body.exam.objectId),
+        "actionType": body.actionType,
+    }
+    for name in ("score", "points", "credits", "penalties"):
+        value: OverrideValue = getattr(body, name)
+        title = name[0].upper() + name[1:]
+        data[f"old{title}"] = value.oldValue
+        data[f"new{title}"] = value.newValue
+        data[f"{name}IsOriginal"] = value.isOriginal
+    return Draft(
+        user_id=who,
+        family="test.overridden",
+        natural=(attempt_id, moment),
+        timestamp=event_time(received_at, meta_time),
+        calls=[Call("track", compact(data), "Test Result Overridden", essentials=("attemptId",))],
+        portal_id=body.portal.id,
+        sub_portal_id=body.user.subPortalId,
+    )
+
+
+def map_certificate(
+    code: str, payload: Mapping[str, Any], received_at: datetime, settings: MappingConfig
+) -> Draft:
+    """attemptCertificate.generated -> track Certificate Generated."""
+    body = CertificatePayload.model_validate(payload)
+    attempt = body.attempt
+    who = user_id(body.user.id, attempt.user.id, where="user.id")
+    certificate_id = need(
+        first(body.id, body.certificate.id), "missing_natural_id", "no certificate id (id)"
+    )
+    grade = attempt.grade
+    data: dict[str, Any] = {
+        "certificateId": certificate_id,
+        "attemptId": attempt.id,
+        "examId": first(body.exam.id, body.exam.objectId),
+        "testId": first(body.test.id, body.test.objectId),
+        "grade": grade.label,
+        "isPass": grade.isPass,
+        "certificateUrl": body.certificate.url,
+    }
+    return Draft(
+        user_id=who,
+        family="certificate.generated",
+        natural=(certificate_id,),
+        timestamp=event_time(received_at, body.meta.timestamp),
+        calls=[
+            Call("track", compact(data), "Certificate Generated", essentials=("certificateId",))
+        ],
+        portal_id=body.portal.id,
+        sub_portal_id=body.user.subPortalId,
+    )

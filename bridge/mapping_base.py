@@ -1,0 +1,104 @@
+"""What the per-family mappers return, and the small helpers they share.
+
+Why an intermediate "draft": the family mappers (mapping_attempts, mapping_users,
+mapping_activity) only know Synap. They say *what happened* (whose event, which fact, when, which
+calls with which data); bridge.mapping then applies everything generic in one place: the
+configuration (renames, switches, drops, additions), the portal and routing, message ids, the
+Segment envelope and the size limit. So a new event never re-implements any of that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from bridge.errors import Unmappable
+from bridge.messages import iso8601, parse_time
+
+Kind = Literal["identify", "track", "group"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One Segment call of a webhook, before configuration and envelope.
+
+    ``data`` is the track's properties or the identify/group traits. ``essentials`` are the keys
+    that survive the last-resort trim (the ids that make the event useful).
+    """
+
+    kind: Kind
+    data: dict[str, Any]
+    event: str | None = None
+    group_id: str | None = None
+    essentials: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A webhook understood: whose fact it is, which fact (family + natural id), when, and calls.
+
+    ``family`` and ``natural`` feed the messageId, so two webhooks describing the same fact must
+    give the same pair (attempt.* and exam.* for one attempt and stage do).
+    """
+
+    user_id: str
+    family: str
+    natural: tuple[str, ...]
+    timestamp: str
+    calls: list[Call]
+    portal_id: str | None = None
+    sub_portal_id: str | None = None
+    context_group_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def need(value: str | None, reason: str, detail: str) -> str:
+    """The value, or the Unmappable that says precisely what was missing."""
+    if value is None:
+        raise Unmappable(reason, detail)
+    return value
+
+
+def user_id(*candidates: str | None, where: str) -> str:
+    for candidate in candidates:
+        if candidate is not None:
+            return candidate
+    raise Unmappable("missing_user_id", f"no usable Synap user id in {where}")
+
+
+def event_time(received_at: datetime, *candidates: Any) -> str:
+    """The first candidate that parses as a time, else the receipt time (ISO-8601, UTC, ms)."""
+    for candidate in candidates:
+        moment = parse_time(candidate)
+        if moment is None:
+            continue
+        try:
+            return iso8601(moment)
+        except (OverflowError, ValueError):  # e.g. year 9999 with a negative offset
+            continue
+    return iso8601(received_at)
+
+
+def iso_or_none(value: Any) -> str | None:
+    """A payload time as ISO-8601 for a property, or None when it does not parse."""
+    moment = parse_time(value)
+    if moment is None:
+        return None
+    try:
+        return iso8601(moment)
+    except (OverflowError, ValueError):
+        return None
+
+
+def first(*values: Any) -> Any:
+    """The first value that is not None (Synap repeats some fields at two levels)."""
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def compact(data: dict[str, Any]) -> dict[str, Any]:
+    """Without None values and empty lists/dicts: a missing optional part sends no key."""
+    return {key: value for key, value in data.items() if value not in (None, [], {})}
