@@ -1,0 +1,333 @@
+"""The SQL of the SQLite store: plain functions over a connection, run in a worker thread.
+
+Writes run inside a transaction the writer thread opened (see :mod:`bridge.sqlite_writer`);
+reads run on the reader's connection. Sets of ids are passed as one JSON array parameter
+(``json_each``), so a statement handles any number of rows in one round trip and stays one
+cached prepared statement.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import orjson
+
+from bridge.messages import OutgoingMessage
+from bridge.store import (
+    ClaimedMessage,
+    DeadLetter,
+    DeadLetterDetail,
+    DeadLetterFilter,
+    DeadReason,
+    EnqueueReceipt,
+    StoreStats,
+    Webhook,
+)
+
+MAX_ERROR_CHARS = 4000
+
+_INSERT_WEBHOOK = "INSERT INTO webhooks (code, portal_id, received_at, raw_body) VALUES (?,?,?,?)"
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (webhook_id, message_id, destination, user_id, payload, state,"
+    " attempts, due_at, enqueued_at) VALUES (?,?,?,?,?,'pending',0,?,?)"
+    " ON CONFLICT (message_id) DO NOTHING"
+)
+_INSERT_DEAD = (
+    "INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts, created_at)"
+    " VALUES (?,?,?,?,?,?)"
+)
+#: Sets of ids travel as one JSON array parameter: "id IN (SELECT value FROM json_each(?))".
+
+
+def webhook_ref(row_id: int) -> str:
+    return f"wh_{row_id}"
+
+
+def _ids(ids: Iterable[int]) -> bytes:
+    return orjson.dumps([int(i) for i in ids])
+
+
+def _error(text: str) -> str:
+    return text[:MAX_ERROR_CHARS]
+
+
+# ---- writes (inside the writer's transaction) ----------------------------------------------
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    webhook: Webhook,
+    messages: Sequence[OutgoingMessage],
+    dead: DeadReason | None,
+) -> EnqueueReceipt:
+    cursor = conn.execute(
+        _INSERT_WEBHOOK, (webhook.code, webhook.portal_id, webhook.received_at, webhook.raw_body)
+    )
+    row_id = cursor.lastrowid
+    assert row_id is not None
+    if dead is not None:
+        conn.execute(_INSERT_DEAD, (row_id, None, dead.reason, dead.detail, 0, webhook.received_at))
+        return EnqueueReceipt(webhook_ref(row_id), 0, 0)
+    if not messages:
+        return EnqueueReceipt(webhook_ref(row_id), 0, 0)
+    at = webhook.received_at
+    cursor = conn.executemany(
+        _INSERT_MESSAGE,
+        [(row_id, m.message_id, m.destination, m.user_id, m.payload, at, at) for m in messages],
+    )
+    stored = max(cursor.rowcount, 0)
+    return EnqueueReceipt(webhook_ref(row_id), stored, len(messages) - stored)
+
+
+def claim(
+    conn: sqlite3.Connection, now: float, limit: int, lease_secs: float
+) -> list[ClaimedMessage]:
+    """The ``limit`` earliest-due open rows (pending and due, or in flight past their lease)."""
+    rows = conn.execute(
+        "UPDATE messages SET state = 'inflight', due_at = ? WHERE id IN"
+        " (SELECT id FROM messages WHERE state IN ('pending', 'inflight') AND due_at <= ?"
+        " ORDER BY due_at, id LIMIT ?)"
+        " RETURNING id, message_id, destination, user_id, payload, attempts, enqueued_at",
+        (now + lease_secs, now, limit),
+    ).fetchall()
+    rows.sort()
+    return [ClaimedMessage(*row) for row in rows]
+
+
+def ack(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> None:
+    changed = conn.execute(
+        "UPDATE messages SET state = 'delivered', delivered_at = ?, due_at = NULL"
+        " WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('pending', 'inflight')",
+        (now, _ids(ids)),
+    ).rowcount
+    if changed:
+        conn.execute(
+            "UPDATE meta SET value = max(coalesce(value, ?), ?) WHERE key = 'last_delivered_at'",
+            (now, now),
+        )
+
+
+def retry_later(conn: sqlite3.Connection, ids: Sequence[int], due_at: float, error: str) -> None:
+    conn.execute(
+        "UPDATE messages SET state = 'pending', due_at = ?, attempts = attempts + 1,"
+        " last_error = ? WHERE id IN (SELECT value FROM json_each(?)) AND state = 'inflight'",
+        (due_at, _error(error), _ids(ids)),
+    )
+
+
+def bury(
+    conn: sqlite3.Connection, ids: Sequence[int], dead: DeadReason, error: str, now: float
+) -> None:
+    buried = conn.execute(
+        "UPDATE messages SET state = 'dead', due_at = NULL, attempts = attempts + 1,"
+        " last_error = ? WHERE id IN (SELECT value FROM json_each(?))"
+        " AND state IN ('pending', 'inflight') RETURNING id, webhook_id, attempts",
+        (_error(error), _ids(ids)),
+    ).fetchall()
+    conn.executemany(
+        _INSERT_DEAD,
+        [(webhook, row, dead.reason, dead.detail, tries, now) for row, webhook, tries in buried],
+    )
+
+
+def probe(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writable_probe'")
+
+
+def delete_letters(conn: sqlite3.Connection, letters: Sequence[int]) -> int:
+    """Delete dead letters, then their dead messages and webhooks nothing refers to any more."""
+    gone = conn.execute(
+        "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(?))"
+        " RETURNING webhook_id, message_row",
+        (_ids(letters),),
+    ).fetchall()
+    conn.execute(
+        "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) AND state = 'dead'"
+        " AND NOT EXISTS"
+        " (SELECT 1 FROM dead_letters d WHERE d.message_row = messages.id)",
+        (_ids(row for _, row in gone if row is not None),),
+    )
+    delete_orphan_webhooks(conn, {webhook for webhook, _ in gone})
+    return len(gone)
+
+
+def delete_orphan_webhooks(conn: sqlite3.Connection, webhooks: Iterable[int]) -> None:
+    conn.execute(
+        "DELETE FROM webhooks WHERE id IN (SELECT value FROM json_each(?))"
+        " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = webhooks.id)"
+        " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.webhook_id = webhooks.id)",
+        (_ids(webhooks),),
+    )
+
+
+def purge_dead(conn: sqlite3.Connection, older_than: float, chunk: int) -> int:
+    """Delete up to ``chunk`` dead letters created before ``older_than``; how many went."""
+    letters = conn.execute(
+        "SELECT id FROM dead_letters WHERE created_at < ? ORDER BY created_at LIMIT ?",
+        (older_than, chunk),
+    ).fetchall()
+    return delete_letters(conn, [letter for (letter,) in letters])
+
+
+def prune_delivered(conn: sqlite3.Connection, before: float, chunk: int) -> int:
+    """Delete up to ``chunk`` messages delivered before ``before``; how many went."""
+    webhooks = conn.execute(
+        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE state = 'delivered'"
+        " AND delivered_at < ? LIMIT ?) RETURNING webhook_id",
+        (before, chunk),
+    ).fetchall()
+    delete_orphan_webhooks(conn, {webhook for (webhook,) in webhooks})
+    return len(webhooks)
+
+
+def replay_chunk(
+    conn: sqlite3.Connection,
+    outcomes: Sequence[tuple[int, int, Sequence[OutgoingMessage] | DeadReason]],
+    now: float,
+) -> tuple[int, int, int]:
+    """Apply remapped dead letters ``(letter id, webhook row, result)``: counts as ReplayOutcome."""
+    replayed = still_dead = made = 0
+    for letter, webhook, result in outcomes:
+        if conn.execute("SELECT 1 FROM dead_letters WHERE id = ?", (letter,)).fetchone() is None:
+            continue  # replayed meanwhile (another CLI run, or revived with a sibling letter)
+        if isinstance(result, DeadReason):
+            conn.execute(
+                "UPDATE dead_letters SET reason = ?, detail = ? WHERE id = ?",
+                (result.reason, result.detail, letter),
+            )
+            still_dead += 1
+            continue
+        for message in result:
+            made += _revive_or_insert(conn, webhook, message, now)
+        delete_letters(conn, [letter])  # may already be gone: reviving its message removed it
+        replayed += 1
+    return replayed, still_dead, made
+
+
+def _revive_or_insert(
+    conn: sqlite3.Connection, webhook: int, message: OutgoingMessage, now: float
+) -> int:
+    """Insert a new message, or revive a dead one (attempts kept); others are left alone."""
+    found = conn.execute(
+        "SELECT id, state FROM messages WHERE message_id = ?", (message.message_id,)
+    ).fetchone()
+    if found is None:
+        conn.execute(
+            _INSERT_MESSAGE,
+            (
+                webhook,
+                message.message_id,
+                message.destination,
+                message.user_id,
+                message.payload,
+                now,
+                now,
+            ),
+        )
+        return 1
+    row, state = found
+    if state != "dead":
+        return 0  # delivered (never send twice) or already on its way
+    conn.execute("DELETE FROM dead_letters WHERE message_row = ?", (row,))
+    conn.execute(
+        "UPDATE messages SET state = 'pending', destination = ?, user_id = ?, payload = ?,"
+        " due_at = ?, enqueued_at = ? WHERE id = ?",
+        (message.destination, message.user_id, message.payload, now, now, row),
+    )
+    return 1
+
+
+# ---- reads (reader connection) ---------------------------------------------------------------
+
+_LETTER_COLUMNS = (
+    "d.id, d.webhook_id, w.code, w.portal_id, m.message_id, d.reason, d.detail, d.attempts,"
+    " d.created_at"
+)
+_LETTER_FROM = (
+    "FROM dead_letters d JOIN webhooks w ON w.id = d.webhook_id"
+    " LEFT JOIN messages m ON m.id = d.message_row"
+)
+
+
+def _letter(row: Sequence[object]) -> DeadLetter:
+    letter_id, webhook, *rest = row
+    return DeadLetter(letter_id, webhook_ref(webhook), *rest)  # type: ignore[arg-type]
+
+
+def dead_letters(conn: sqlite3.Connection, which: DeadLetterFilter) -> list[DeadLetter]:
+    where: list[str] = ["1"]
+    params: list[str | bytes] = []
+    if which.code is not None:
+        where.append("w.code = ?")
+        params.append(which.code)
+    if which.reason is not None:
+        where.append("d.reason = ?")
+        params.append(which.reason)
+    if which.ids:
+        where.append("d.id IN (SELECT value FROM json_each(?))")
+        params.append(_ids(which.ids))
+    limit = -1 if which.limit is None else which.limit
+    # Built only from the constant fragments above; every value is a bound parameter.
+    sql = f"SELECT {_LETTER_COLUMNS} {_LETTER_FROM} WHERE {' AND '.join(where)}"
+    rows = conn.execute(f"{sql} ORDER BY d.id LIMIT ?", (*params, limit)).fetchall()
+    return [_letter(row) for row in rows]
+
+
+def dead_letter(conn: sqlite3.Connection, letter_id: int) -> DeadLetterDetail | None:
+    row = conn.execute(
+        f"SELECT {_LETTER_COLUMNS}, w.raw_body, m.payload, m.last_error {_LETTER_FROM}"
+        " WHERE d.id = ?",
+        (letter_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return DeadLetterDetail(_letter(row[:9]), row[9], row[10], row[11])
+
+
+def webhooks_of_letters(
+    conn: sqlite3.Connection, letters: Sequence[int]
+) -> list[tuple[int, int, Webhook]]:
+    rows = conn.execute(
+        "SELECT d.id, w.id, w.code, w.portal_id, w.received_at, w.raw_body FROM dead_letters d"
+        " JOIN webhooks w ON w.id = d.webhook_id"
+        " WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id",
+        (_ids(letters),),
+    ).fetchall()
+    return [(letter, webhook, Webhook(*rest)) for letter, webhook, *rest in rows]
+
+
+def next_due_at(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(
+        "SELECT min(due_at) FROM messages WHERE state IN ('pending', 'inflight')"
+    ).fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def stats(conn: sqlite3.Connection, since: float, storage_bytes: int) -> StoreStats:
+    """One read transaction, so the numbers agree with each other. All O(log n) but
+    ``delivered_since``, which counts the index range since ``since``."""
+    conn.execute("BEGIN")
+    try:
+        counts = dict(conn.execute("SELECT name, n FROM counters").fetchall())
+        (oldest,) = conn.execute(
+            "SELECT min(enqueued_at) FROM messages WHERE state IN ('pending', 'inflight')"
+        ).fetchone()
+        (recent,) = conn.execute(
+            "SELECT count(*) FROM messages WHERE state = 'delivered' AND delivered_at >= ?",
+            (since,),
+        ).fetchone()
+        dead = dict(conn.execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason"))
+        (last,) = conn.execute("SELECT value FROM meta WHERE key = 'last_delivered_at'").fetchone()
+    finally:
+        conn.execute("COMMIT")
+    return StoreStats(
+        pending=counts["pending"],
+        in_flight=counts["inflight"],
+        oldest_pending_at=oldest,
+        delivered_total=counts["delivered_total"],
+        delivered_since=recent,
+        dead_letters=dead,
+        storage_bytes=storage_bytes,
+        last_delivered_at=last,
+    )

@@ -1,0 +1,199 @@
+"""One writer thread with its own SQLite connection, and group commit.
+
+Why a thread: sqlite3 blocks (an fsync per commit with ``synchronous=FULL``), and the event loop
+must never wait on a disk. Why one: SQLite has one writer at a time anyway; a single thread with
+a queue serialises writes without lock contention and lets us batch.
+
+Group commit: jobs arriving while a transaction commits wait in the queue; the next round takes
+all of them, and consecutive *groupable* jobs (``enqueue``) share ONE transaction, so 64
+concurrent requests cost one fsync, not 64. Nobody is acknowledged before COMMIT returns. If the
+shared transaction fails, it is rolled back and each job is tried again in its own transaction,
+so one bad item (say, a body too large for the space left) cannot fail the others; a job that did
+not commit gets :class:`~bridge.errors.StorageUnavailable`. A busy/locked database is not retried
+item by item (each retry would wait a full busy_timeout again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.sqlite_schema import is_busy, translate
+
+Work = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(slots=True)
+class Job:
+    """``work`` runs inside a write transaction on the writer's connection.
+
+    ``own_transaction=False`` (groupable) jobs may share a transaction with their neighbours.
+    ``raw=True`` jobs get the connection outside any transaction (open/migrate, close).
+    """
+
+    work: Work
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    doing: str
+    groupable: bool = False
+    raw: bool = False
+    outcome: tuple[bool, Any] = field(default=(False, None))
+
+
+class Writer:
+    """The writer thread. ``submit`` from the event loop; results come back as futures."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
+        self._connect = connect
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._conn: sqlite3.Connection | None = None
+        self.commits = 0  # write transactions committed (group commit makes this < calls)
+
+    @property
+    def backlog(self) -> int:
+        """Jobs waiting for the writer (approximate): a measure of write pressure."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(
+        self, work: Work, doing: str, *, groupable: bool = False, raw: bool = False
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        job = Job(work, loop.create_future(), loop, doing, groupable, raw)
+        self._queue.put(job)
+        return job.future
+
+    def stop(self) -> None:
+        """Ask the thread to finish the queued jobs, close its connection and exit."""
+        self._queue.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # ---- inside the thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        running = True
+        while running:
+            batch: list[Job] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    running = False
+                    break
+                batch.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._process(batch)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _process(self, batch: list[Job]) -> None:
+        start = 0
+        while start < len(batch):
+            end = start + 1
+            if batch[start].groupable:
+                while end < len(batch) and batch[end].groupable:
+                    end += 1
+            group = batch[start:end]
+            if group[0].raw:
+                self._run_raw(group[0])
+            elif len(group) == 1:
+                self._transaction(group)
+            elif not self._transaction(group, settle_failures=False):
+                self._one_by_one(group)
+            start = end
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _run_raw(self, job: Job) -> None:
+        try:
+            job.outcome = (True, job.work(self._connection()))
+        except Exception as exc:
+            job.outcome = (False, _failure(exc, job.doing))
+        _resolve([job])
+
+    def _transaction(self, jobs: list[Job], settle_failures: bool = True) -> bool:
+        """Run ``jobs`` in one transaction; True once they are settled (committed or failed).
+
+        With ``settle_failures=False`` a failure leaves the jobs unsettled (False) so the
+        caller can retry them one by one, unless the database was busy: then all fail now.
+        """
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                job.outcome = (True, job.work(conn))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            _rollback(conn)
+            if not settle_failures and not is_busy(exc):
+                return False
+            for job in jobs:  # nothing committed: nobody is acknowledged
+                job.outcome = (False, _failure(exc, job.doing))
+            _resolve(jobs)
+            return True
+        self.commits += 1
+        _resolve(jobs)
+        return True
+
+    def _one_by_one(self, jobs: list[Job]) -> None:
+        for index, job in enumerate(jobs):
+            self._transaction([job])
+            ok, error = job.outcome
+            if not ok and is_busy(error.__cause__ or error):
+                for rest in jobs[index + 1 :]:
+                    rest.outcome = (False, error)
+                _resolve(jobs[index + 1 :])
+                return
+
+
+def _failure(exc: Exception, doing: str) -> Exception:
+    """sqlite3 errors become StorageUnavailable; our own bugs keep their type."""
+    if isinstance(exc, sqlite3.Error | OSError):
+        return translate(exc, doing)
+    return exc
+
+
+def _rollback(conn: sqlite3.Connection | None) -> None:
+    if conn is not None and conn.in_transaction:
+        # SQLite may already have rolled back (e.g. after SQLITE_FULL): nothing left to undo.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _resolve(jobs: list[Job]) -> None:
+    """Hand outcomes back to their loops, one wake-up per loop (not one per job)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+    for job in jobs:
+        by_loop.setdefault(job.loop, []).append(job)
+    for loop, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: its callers are gone
+            loop.call_soon_threadsafe(_settle, mine)
+
+
+def _settle(jobs: list[Job]) -> None:
+    for job in jobs:
+        if job.future.done():
+            continue  # the caller was cancelled; the work itself stands (or not) regardless
+        ok, value = job.outcome
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)

@@ -1,0 +1,492 @@
+"""SQLiteStore against real SQLite files in tmp_path: the Store contract, group commit, failures.
+
+A second raw sqlite3 connection plays "another process": it checks what is really on disk and
+holds the write lock to make the store wait (or fail past its busy_timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bridge.config import StorageConfig
+from bridge.errors import StorageUnavailable
+from bridge.messages import OutgoingMessage
+from bridge.sqlite_schema import SCHEMA_VERSION
+from bridge.sqlite_store import CHUNK, SQLiteStore
+from bridge.store import DeadLetterFilter, DeadReason, Store, Webhook
+
+NOW = 10_000.0
+
+
+def hook(n: int, body: bytes | None = None, code: str = "exam.finished") -> Webhook:
+    return Webhook(code, "portal-1", 1000.0 + n, body if body is not None else b'{"n": %d}' % n)
+
+
+def msg(message_id: str, version: int = 1) -> OutgoingMessage:
+    body = {"messageId": message_id, "userId": "u1", "type": "track", "v": version}
+    return OutgoingMessage.build("default", body)
+
+
+def query(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+@contextmanager
+def write_lock(path: Path) -> Iterator[None]:
+    """Another connection holding the write lock, as a CLI in a long transaction would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (bounded, 5 s) for a condition another thread makes true."""
+    deadline = time.monotonic() + 5.0
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "bridge.db"  # the directory does not exist yet
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(db)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+class TestRoundTrip:
+    async def test_enqueue_claim_ack(self, store: SQLiteStore, db: Path) -> None:
+        typed: Store = store  # satisfies the protocol
+        receipt = await typed.enqueue(hook(1), [msg("a"), msg("b")])
+        assert receipt.webhook_id.startswith("wh_")
+        assert (receipt.stored, receipt.duplicates) == (2, 0)
+
+        claimed = await store.claim(NOW, 10, 30)
+        assert [m.message_id for m in claimed] == ["a", "b"]
+        assert claimed[0].attempts == 0
+        assert claimed[0].enqueued_at == 1001.0
+        assert orjson.loads(claimed[0].payload)["messageId"] == "a"
+        assert (await store.stats(NOW, 0)).in_flight == 2
+
+        await store.ack([m.id for m in claimed], NOW + 1)
+        stats = await store.stats(NOW, NOW)
+        assert (stats.pending, stats.in_flight, stats.delivered_total) == (0, 0, 2)
+        assert stats.delivered_since == 2
+        assert stats.last_delivered_at == NOW + 1
+        assert await store.claim(NOW + 100, 10, 30) == []
+        assert query(db, "SELECT raw_body FROM webhooks") == [(b'{"n": 1}',)]
+
+    async def test_unmappable_webhook_is_a_dead_letter(self, store: SQLiteStore) -> None:
+        receipt = await store.enqueue(hook(1), [], dead=DeadReason("no_user", "no user id"))
+        assert (receipt.stored, receipt.duplicates) == (0, 0)
+        [letter] = await store.dead_letters(DeadLetterFilter())
+        assert (letter.webhook_id, letter.message_id, letter.reason) == (
+            receipt.webhook_id,
+            None,
+            "no_user",
+        )
+        detail = await store.dead_letter(letter.id)
+        assert detail is not None
+        assert (detail.raw_body, detail.payload) == (b'{"n": 1}', None)
+        assert await store.claim(NOW, 10, 30) == []
+        assert await store.dead_letter(letter.id + 1) is None
+
+    async def test_messages_and_dead_reason_together_is_a_bug(self, store: SQLiteStore) -> None:
+        with pytest.raises(ValueError, match="either"):
+            await store.enqueue(hook(1), [msg("a")], dead=DeadReason("x", "y"))
+
+    async def test_from_config_and_closed_store(self, db: Path) -> None:
+        store = SQLiteStore.from_config(StorageConfig(path=db, synchronous="NORMAL"))
+        assert (store.path, store.synchronous) == (db, "NORMAL")
+        with pytest.raises(StorageUnavailable, match="not open"):
+            await store.enqueue(hook(1), [msg("a")])
+        await store.open()
+        await store.close()
+        with pytest.raises(StorageUnavailable, match="not open"):
+            await store.stats(NOW, 0)
+        assert query(db, "PRAGMA journal_mode") == [("wal",)]
+
+
+class TestDedupe:
+    async def test_same_message_id_is_stored_once(self, store: SQLiteStore, db: Path) -> None:
+        first = await store.enqueue(hook(1), [msg("a"), msg("b")])
+        second = await store.enqueue(hook(2), [msg("a", version=2), msg("c")])
+        assert (first.stored, first.duplicates) == (2, 0)
+        assert (second.stored, second.duplicates) == (1, 1)
+        assert first.webhook_id != second.webhook_id
+        assert query(db, "SELECT count(*) FROM webhooks") == [(2,)]  # raw bodies both kept
+        assert query(db, "SELECT message_id, webhook_id FROM messages ORDER BY id") == [
+            ("a", 1),
+            ("b", 1),
+            ("c", 2),
+        ]
+
+    async def test_duplicates_inside_one_group(self, store: SQLiteStore) -> None:
+        receipts = await asyncio.gather(*(store.enqueue(hook(i), [msg("same")]) for i in range(20)))
+        assert sum(r.stored for r in receipts) == 1
+        assert sum(r.duplicates for r in receipts) == 19
+
+
+class TestGroupCommit:
+    async def test_concurrent_enqueues_share_a_commit(self, store: SQLiteStore, db: Path) -> None:
+        before = store.commits
+        with write_lock(db):  # the writer waits, so the calls pile up behind it
+            tasks = [
+                asyncio.create_task(store.enqueue(hook(i), [msg(f"m{i}")])) for i in range(100)
+            ]
+            await asyncio.sleep(0)  # let every task submit its write
+            assert not any(task.done() for task in tasks)  # nobody acknowledged before COMMIT
+        receipts = await asyncio.gather(*tasks)
+        assert all(r.stored == 1 for r in receipts)
+        assert len({r.webhook_id for r in receipts}) == 100
+        assert store.commits - before <= 2 < 100
+        assert query(db, "SELECT count(*) FROM messages") == [(100,)]
+
+    async def test_one_bad_item_does_not_fail_its_group(self, db: Path) -> None:
+        store = SQLiteStore(db, max_page_count=200)  # 800 KB
+        await store.open()
+        try:
+            before = store.commits
+            with write_lock(db):
+                first = asyncio.create_task(store.enqueue(hook(1), [msg("a")]))
+                await asyncio.sleep(0)  # let it submit its write
+                await until(lambda: store.backlog == 0)  # the writer holds it, waiting
+                big = asyncio.create_task(store.enqueue(hook(2, b"x" * 2_000_000), [msg("b")]))
+                small = asyncio.create_task(store.enqueue(hook(3), [msg("c")]))
+                await until(lambda: store.backlog == 2)
+            assert (await first).stored == 1
+            assert (await small).stored == 1
+            with pytest.raises(StorageUnavailable, match="disk full"):
+                await big
+            assert store.commits - before == 2
+        finally:
+            await store.close()
+        assert query(db, "SELECT message_id FROM messages ORDER BY id") == [("a",), ("c",)]
+        assert query(db, "SELECT count(*) FROM webhooks") == [(2,)]
+
+
+class TestClaim:
+    async def test_order_and_limit(self, store: SQLiteStore) -> None:
+        for i in range(5):
+            await store.enqueue(hook(i), [msg(f"m{i}")])
+        first = await store.claim(NOW, 3, 30)
+        assert [m.message_id for m in first] == ["m0", "m1", "m2"]
+        assert [m.id for m in first] == sorted(m.id for m in first)
+        rest = await store.claim(NOW, 3, 30)
+        assert [m.message_id for m in rest] == ["m3", "m4"]
+        assert await store.claim(NOW, 3, 30) == []
+        assert await store.claim(NOW, 0, 30) == []
+
+    async def test_not_yet_received_is_not_due(self, store: SQLiteStore) -> None:
+        await store.enqueue(hook(5), [msg("later")])  # received at 1005
+        assert await store.claim(1004.0, 10, 30) == []
+        assert await store.next_due_at() == 1005.0
+
+    async def test_expired_lease_comes_back_after_a_restart(self, db: Path) -> None:
+        store = SQLiteStore(db)
+        await store.open()
+        await store.enqueue(hook(1), [msg("a"), msg("b")])
+        claimed = await store.claim(NOW, 10, 30)
+        assert len(claimed) == 2
+        await store.close()  # "crash": claimed, never acknowledged
+
+        restarted = SQLiteStore(db)
+        await restarted.open()
+        try:
+            assert await restarted.claim(NOW + 29, 10, 30) == []
+            assert await restarted.next_due_at() == NOW + 30
+            again = await restarted.claim(NOW + 30, 10, 30)
+            assert [m.id for m in again] == [m.id for m in claimed]
+            assert [m.attempts for m in again] == [0, 0]
+        finally:
+            await restarted.close()
+
+    async def test_retry_later(self, store: SQLiteStore, db: Path) -> None:
+        await store.enqueue(hook(1), [msg("a")])
+        [claimed] = await store.claim(NOW, 10, 30)
+        await store.retry_later([claimed.id], NOW + 60, "503 from Segment", NOW)
+        assert await store.next_due_at() == NOW + 60
+        assert await store.claim(NOW + 59, 10, 30) == []
+        [again] = await store.claim(NOW + 60, 10, 30)
+        assert again.attempts == 1
+        await store.retry_later([again.id], NOW + 200, "timeout", NOW + 60)
+        [third] = await store.claim(NOW + 200, 10, 30)
+        assert third.attempts == 2
+        assert query(db, "SELECT last_error FROM messages") == [("timeout",)]
+
+    async def test_next_due_at_empty(self, store: SQLiteStore) -> None:
+        assert await store.next_due_at() is None
+
+
+class TestBury:
+    async def test_bury_makes_a_dead_letter(self, store: SQLiteStore) -> None:
+        await store.enqueue(hook(1, code="user.created"), [msg("a"), msg("b")])
+        claimed = await store.claim(NOW, 10, 30)
+        await store.bury([claimed[0].id], DeadReason("rejected", "400: bad"), "HTTP 400", NOW)
+        await store.ack([claimed[1].id], NOW)
+        [letter] = await store.dead_letters(DeadLetterFilter())
+        assert (letter.message_id, letter.reason, letter.detail) == ("a", "rejected", "400: bad")
+        assert (letter.code, letter.portal_id, letter.attempts) == ("user.created", "portal-1", 1)
+        detail = await store.dead_letter(letter.id)
+        assert detail is not None
+        assert detail.last_error == "HTTP 400"
+        assert detail.payload == claimed[0].payload
+        assert (await store.stats(NOW, 0)).dead_letters == {"rejected": 1}
+        assert await store.claim(NOW + 1000, 10, 30) == []
+
+    async def test_dead_letter_filters(self, store: SQLiteStore) -> None:
+        await store.enqueue(hook(1, code="a"), [], dead=DeadReason("r1", "d"))
+        await store.enqueue(hook(2, code="b"), [], dead=DeadReason("r2", "d"))
+        await store.enqueue(hook(3, code="b"), [], dead=DeadReason("r1", "d"))
+        everything = await store.dead_letters(DeadLetterFilter())
+        assert [d.code for d in everything] == ["a", "b", "b"]
+        assert len(await store.dead_letters(DeadLetterFilter(code="b"))) == 2
+        assert len(await store.dead_letters(DeadLetterFilter(code="b", reason="r1"))) == 1
+        ids = [everything[0].id, everything[2].id]
+        assert [d.id for d in await store.dead_letters(DeadLetterFilter(ids=ids))] == ids
+        assert len(await store.dead_letters(DeadLetterFilter(limit=1))) == 1
+
+
+class TestDurability:
+    async def test_reopen_keeps_everything(self, db: Path) -> None:
+        store = SQLiteStore(db)
+        await store.open()
+        await store.enqueue(hook(1), [msg("a"), msg("b"), msg("c")])
+        await store.enqueue(hook(2), [], dead=DeadReason("bad", "x"))
+        claimed = await store.claim(NOW, 2, 30)
+        await store.ack([claimed[0].id], NOW)
+        await store.bury([claimed[1].id], DeadReason("rejected", "y"), "400", NOW)
+        stats = await store.stats(NOW, 0)
+        letters = await store.dead_letters(DeadLetterFilter())
+        await store.close()
+
+        reopened = SQLiteStore(db)
+        await reopened.open()
+        try:
+            again = await reopened.stats(NOW, 0)
+            assert replace(again, storage_bytes=0) == replace(stats, storage_bytes=0)
+            assert await reopened.dead_letters(DeadLetterFilter()) == letters
+            [left] = await reopened.claim(NOW, 10, 30)
+            assert left.message_id == "c"
+        finally:
+            await reopened.close()
+        assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+    async def test_newer_schema_is_refused(self, db: Path) -> None:
+        db.parent.mkdir()
+        query(db, "PRAGMA user_version = 99")
+        store = SQLiteStore(db)
+        with pytest.raises(StorageUnavailable, match="newer"):
+            await store.open()
+        await store.close()
+
+    async def test_two_stores_on_one_file(self, db: Path) -> None:
+        """The daemon and the CLI at the same time: WAL lets both work."""
+        daemon, cli = SQLiteStore(db), SQLiteStore(db)
+        await daemon.open()
+        await cli.open()
+        try:
+            await daemon.enqueue(hook(1), [msg("a")])
+            [claimed] = await cli.claim(NOW, 10, 30)
+            await cli.ack([claimed.id], NOW)
+            assert (await daemon.stats(NOW, 0)).delivered_total == 1
+        finally:
+            await cli.close()
+            await daemon.close()
+
+
+class TestFailures:
+    async def test_disk_full(self, db: Path) -> None:
+        store = SQLiteStore(db, max_page_count=64)  # 256 KB
+        await store.open()
+        try:
+            for i in range(20):  # delivered earlier: what retention will free
+                await store.enqueue(hook(-i, b"x" * 2000), [msg(f"old{i}")])
+            claimed = await store.claim(NOW, 100, 30)
+            await store.ack([m.id for m in claimed], NOW)
+            stored = 0
+            with pytest.raises(StorageUnavailable, match="disk full") as caught:
+                for i in range(10_000):
+                    await store.enqueue(hook(i, b"x" * 2000), [msg(f"m{i}-{j}") for j in range(3)])
+                    stored += 1
+            assert isinstance(caught.value.__cause__, sqlite3.Error)
+            assert stored > 5
+            # Nothing half-written: every stored webhook has all its messages, counters agree.
+            assert query(db, "SELECT count(*) FROM webhooks") == [(20 + stored,)]
+            assert query(db, "SELECT count(*) FROM messages") == [(20 + 3 * stored,)]
+            assert (await store.stats(NOW, 0)).pending == 3 * stored
+            assert query(db, "PRAGMA integrity_check") == [("ok",)]
+
+            assert await store.prune_delivered(NOW + 1) == 20
+            receipt = await store.enqueue(hook(0, b"x" * 2000), [msg("again")])
+            assert receipt.stored == 1
+            await store.check_writable()
+        finally:
+            await store.close()
+
+    async def test_locked_past_busy_timeout(self, db: Path) -> None:
+        store = SQLiteStore(db, busy_timeout_secs=0.05)
+        await store.open()
+        try:
+            with write_lock(db):
+                with pytest.raises(StorageUnavailable, match="locked"):
+                    await store.enqueue(hook(1), [msg("a")])
+                with pytest.raises(StorageUnavailable, match="locked"):
+                    await store.check_writable()
+                with pytest.raises(StorageUnavailable, match="locked"):
+                    await store.claim(NOW, 10, 30)
+                assert (await store.stats(NOW, 0)).pending == 0  # reads still work
+            await store.check_writable()
+            assert (await store.enqueue(hook(1), [msg("a")])).stored == 1
+        finally:
+            await store.close()
+        assert query(db, "SELECT count(*) FROM webhooks") == [(1,)]
+
+
+async def _bury_all(store: SQLiteStore, reason: str = "rejected") -> None:
+    claimed = await store.claim(NOW, 100_000, 30)
+    await store.bury([m.id for m in claimed], DeadReason(reason, "d"), "400", NOW)
+
+
+def remap_to(messages: Sequence[OutgoingMessage]) -> Callable[[Webhook], Sequence[OutgoingMessage]]:
+    return lambda _webhook: messages
+
+
+class TestReplay:
+    async def test_revives_dead_and_leaves_delivered_alone(
+        self, store: SQLiteStore, db: Path
+    ) -> None:
+        await store.enqueue(hook(1), [msg("a"), msg("b")])
+        a, b = await store.claim(NOW, 10, 30)
+        await store.ack([a.id], NOW)
+        await store.bury([b.id], DeadReason("rejected", "x"), "400", NOW)
+
+        outcome = await store.replay(
+            DeadLetterFilter(), remap_to([msg("a", 2), msg("b", 2), msg("new", 2)]), NOW + 5
+        )
+        assert (outcome.replayed, outcome.still_dead, outcome.messages) == (1, 0, 2)
+        assert await store.dead_letters(DeadLetterFilter()) == []
+        rows = query(db, "SELECT message_id, state, attempts, payload FROM messages ORDER BY id")
+        assert [(m, s, n) for m, s, n, _ in rows] == [
+            ("a", "delivered", 0),
+            ("b", "pending", 1),
+            ("new", "pending", 0),
+        ]
+        assert orjson.loads(rows[0][3])["v"] == 1  # delivered: never replaced or sent again
+        assert orjson.loads(rows[1][3])["v"] == 2
+        claimed = await store.claim(NOW + 5, 10, 30)
+        assert [m.message_id for m in claimed] == ["b", "new"]
+
+    async def test_unmappable_maps_now(self, store: SQLiteStore) -> None:
+        await store.enqueue(hook(1), [], dead=DeadReason("no_route", "x"))
+        seen: list[Webhook] = []
+
+        def remap(webhook: Webhook) -> Sequence[OutgoingMessage]:
+            seen.append(webhook)
+            return [msg("a")]
+
+        outcome = await store.replay(DeadLetterFilter(), remap, NOW)
+        assert (outcome.replayed, outcome.messages) == (1, 1)
+        assert seen == [hook(1)]
+        [claimed] = await store.claim(NOW, 10, 30)
+        assert claimed.message_id == "a"
+
+    async def test_still_dead_updates_the_reason(self, store: SQLiteStore) -> None:
+        await store.enqueue(hook(1), [], dead=DeadReason("no_route", "x"))
+        outcome = await store.replay(
+            DeadLetterFilter(), lambda _: DeadReason("no_user", "still no user"), NOW
+        )
+        assert (outcome.replayed, outcome.still_dead, outcome.messages) == (0, 1, 0)
+        [letter] = await store.dead_letters(DeadLetterFilter())
+        assert (letter.reason, letter.detail) == ("no_user", "still no user")
+
+    async def test_thousands_of_letters(self, store: SQLiteStore) -> None:
+        count = CHUNK + 500
+        await asyncio.gather(*(store.enqueue(hook(i), [msg(f"m{i}")]) for i in range(count)))
+        await _bury_all(store)
+        outcome = await store.replay(
+            DeadLetterFilter(reason="rejected"),
+            lambda w: [msg(f"m{int(w.received_at) - 1000}")],
+            NOW,
+        )
+        assert (outcome.replayed, outcome.messages) == (count, count)
+        assert (await store.stats(NOW, 0)).pending == count
+        assert await store.dead_letters(DeadLetterFilter()) == []
+
+
+class TestRetention:
+    async def test_purge_dead(self, store: SQLiteStore, db: Path) -> None:
+        await store.enqueue(hook(1), [], dead=DeadReason("old", "x"))  # created at 1001
+        await store.enqueue(hook(2), [msg("a")])
+        await _bury_all(store)  # created at NOW
+        assert await store.purge_dead(older_than=2000.0) == 1
+        [left] = await store.dead_letters(DeadLetterFilter())
+        assert left.message_id == "a"
+        assert await store.purge_dead(older_than=NOW + 1) == 1
+        assert query(db, "SELECT count(*) FROM messages") == [(0,)]
+        assert query(db, "SELECT count(*) FROM webhooks") == [(0,)]
+        assert (await store.stats(NOW, 0)).dead_letters == {}
+
+    async def test_prune_delivered(self, store: SQLiteStore, db: Path) -> None:
+        await store.enqueue(hook(1), [msg("a"), msg("b")])
+        await store.enqueue(hook(2), [msg("c")])
+        a, _b, c = await store.claim(NOW, 10, 30)
+        await store.ack([a.id], 100.0)
+        await store.ack([c.id], 300.0)
+        assert await store.prune_delivered(before=200.0) == 1
+        # webhook 1 still has "b" (in flight), so its raw body stays
+        assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,), (2,)]
+        assert await store.prune_delivered(before=400.0) == 1
+        assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,)]
+        stats = await store.stats(NOW, 0)
+        assert (stats.delivered_total, stats.in_flight) == (2, 1)  # lifetime total
+
+
+class TestStats:
+    async def test_numbers(self, store: SQLiteStore) -> None:
+        for i in range(4):
+            await store.enqueue(hook(i), [msg(f"m{i}")])
+        await store.enqueue(hook(9), [], dead=DeadReason("no_user", "x"))
+        m0, m1 = await store.claim(NOW, 2, 30)
+        await store.ack([m0.id], 500.0)
+        await store.bury([m1.id], DeadReason("rejected", "x"), "400", NOW)
+        [m2] = await store.claim(NOW, 1, 30)
+        stats = await store.stats(NOW, since=400.0)
+        assert (stats.pending, stats.in_flight) == (1, 1)
+        assert stats.oldest_pending_at == 1002.0  # m2, in flight, is the oldest undelivered
+        assert (stats.delivered_total, stats.delivered_since) == (1, 1)
+        assert (await store.stats(NOW, since=600.0)).delivered_since == 0
+        assert stats.dead_letters == {"no_user": 1, "rejected": 1}
+        assert stats.storage_bytes > 0
+        assert stats.last_delivered_at == 500.0
+        await store.ack([m2.id], 400.0)  # an earlier clock never moves it back
+        assert (await store.stats(NOW, 0)).last_delivered_at == 500.0
+
+    async def test_empty(self, store: SQLiteStore) -> None:
+        stats = await store.stats(NOW, 0)
+        assert (stats.pending, stats.in_flight, stats.delivered_total) == (0, 0, 0)
+        assert (stats.oldest_pending_at, stats.last_delivered_at) == (None, None)
