@@ -8,7 +8,9 @@ after every ``:`` and ``,``, and it escapes every non-ASCII character (``é`` be
 an emoji twelve). :func:`wire_bytes` therefore bounds a message's size on the wire from above
 without serialising it again: the stored length, plus one byte per ``:`` or ``,`` (those inside
 strings are counted too, which only errs on the safe side), plus two bytes per non-ASCII byte
-(a UTF-8 sequence of n bytes becomes at most 3n escaped bytes). The envelope (``sentAt``,
+(a UTF-8 sequence of n bytes becomes at most 3n escaped bytes), plus five per DEL (``\x7f``,
+which orjson writes as is and ``json`` as ``\u007f``), plus one per ``e-`` (``1.5e-7`` is
+``1.5e-07`` to ``json``). The envelope (``sentAt``,
 ``writeKey``, brackets) is counted exactly by the sink (``Sink.envelope_bytes``). Segment allows
 500 KB; ``batch.max_bytes`` defaults to 475,000 like the library's own consumer.
 
@@ -32,7 +34,8 @@ _SEPARATOR = 2
 
 def wire_bytes(payload: bytes) -> int:
     """An upper bound of the bytes ``json.dumps`` gives for this message (see module doc)."""
-    size = len(payload) + payload.count(b":") + payload.count(b",")
+    size = len(payload) + payload.count(b":") + payload.count(b",") + payload.count(b"e-")
+    size += 5 * payload.count(b"\x7f")
     if not payload.isascii():
         size += 2 * (len(payload) - len(payload.translate(None, _NON_ASCII)))
     return size

@@ -31,6 +31,7 @@ import base64
 import signal
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -129,7 +130,11 @@ class FakeSegment:
         self.batch_sizes: list[int] = []
         self.failures: deque[Failure] = deque()
         self.poison: set[str] = set()
-        self.changed = asyncio.Event() if _has_loop() else None
+        self.active = 0  # requests being handled right now
+        self.max_active = 0
+        self._gate: asyncio.Event | None = None  # set by hold(): requests wait until release()
+        self._barrier: tuple[int, float] | None = None  # set by require_concurrency()
+        self._changed: asyncio.Event | None = None
 
     @property
     def unique(self) -> int:
@@ -155,12 +160,42 @@ class FakeSegment:
             "rejected": len(self.rejected),
         }
 
+    def hold(self) -> None:
+        """Keep every request waiting, unanswered, until :meth:`release` (tests of shutdown)."""
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
+
+    def require_concurrency(self, parties: int, within: float = 5.0) -> None:
+        """The next ``parties`` requests are answered only once all of them have arrived, i.e.
+        only a client that really has ``parties`` requests in flight at once gets through;
+        otherwise they are answered 503 after ``within`` seconds."""
+        self._barrier = (parties, within)
+        self._arrived: asyncio.Barrier = asyncio.Barrier(parties)
+        self._to_pass = parties
+
     async def wait_for(self, unique: int, within: float = 10.0) -> None:
         """Wait until ``unique`` distinct messageIds have been accepted (bounded)."""
+        await self.wait_until(lambda: self.unique >= unique, within)
+
+    async def wait_until(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
+        """Wait until ``predicate()`` holds, re-checked after every request (bounded)."""
         async with asyncio.timeout(within):
-            while self.unique < unique:
-                event = self.changed = asyncio.Event()
+            while True:
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                event = self._changed
+                if predicate():
+                    return
                 await event.wait()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     # ---- serving -----------------------------------------------------------------------
 
@@ -184,9 +219,9 @@ class FakeSegment:
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        self.changed = asyncio.Event()
 
     async def stop(self) -> None:
+        self.release()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -204,7 +239,31 @@ class FakeSegment:
 
     async def _batch(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        self._notify()
+        try:
+            return await self._handle(request)
+        finally:
+            self.active -= 1
+            self._notify()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        if self._gate is not None:
+            await self._gate.wait()
+        if self._barrier is not None:
+            parties, within = self._barrier
+            try:
+                async with asyncio.timeout(within):
+                    await self._arrived.wait()
+            except TimeoutError:
+                self._barrier = None
+                self.rejected.append((503, "concurrency not reached"))
+                return _error(503, f"fewer than {parties} requests arrived together")
+            self._to_pass -= 1
+            if self._to_pass <= 0:
+                self._barrier = None
         if self.failures:
             failure = self.failures[0]
             failure.times -= 1
@@ -262,8 +321,6 @@ class FakeSegment:
             ids[mid] = ids.get(mid, 0) + 1
         if self.keep_bodies:
             self.messages.extend(batch)
-        if self.changed is not None:
-            self.changed.set()
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
@@ -286,17 +343,9 @@ class FakeSegment:
         return web.json_response({"ok": True})
 
     async def _clear(self, request: web.Request) -> web.Response:
+        self.release()
         self.clear()
-        self.changed = asyncio.Event()
         return web.json_response({"ok": True})
-
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _decompress(raw: bytes) -> bytes:

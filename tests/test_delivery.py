@@ -1,0 +1,337 @@
+"""The delivery loop end to end: a real SQLite store, the real sink, the strict fake Segment.
+
+Time is an injected clock: an outage of minutes or a max age of an hour passes in no time.
+Only the tests of :meth:`Delivery.run` use the real clock, and they wait on conditions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bridge.config import DeliveryConfig
+from bridge.delivery import Delivery
+from bridge.messages import OutgoingMessage
+from bridge.metrics import Metrics
+from bridge.retry import RetryPolicy
+from bridge.segment import DryRunSink, SegmentSink, Sink
+from bridge.sqlite_store import SQLiteStore
+from bridge.store import DeadLetterFilter, Webhook
+from tests.fakesegment import FakeSegment
+
+KEY = "delivery-test-key"
+START = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def body(n: int, destination: str = "default", pad: int = 0) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": "Exam Completed",
+        "userId": f"user-{n}",
+        "messageId": f"{destination}-track-{n:06d}",
+        "timestamp": "2024-05-01T10:00:00.000Z",
+        "properties": {"n": n, "examId": "E-1", "pad": "p" * pad},
+        "context": {"library": {"name": "synap-segment-bridge", "version": "0.1.0"}},
+    }
+
+
+async def enqueue(
+    store: SQLiteStore,
+    at: float,
+    numbers: range,
+    destination: str = "default",
+    pad: int = 0,
+    per_webhook: int = 100,
+) -> list[str]:
+    ids = []
+    items = list(numbers)
+    for start in range(0, len(items), per_webhook):
+        chunk = [
+            OutgoingMessage.build(destination, body(n, destination, pad))
+            for n in items[start : start + per_webhook]
+        ]
+        webhook = Webhook(code="test.event", portal_id="p-1", received_at=at, raw_body=b"{}")
+        await store.enqueue(webhook, chunk)
+        ids += [m.message_id for m in chunk]
+    return ids
+
+
+def settings(
+    concurrency: int = 1, max_events: int = 100, timeout: float = 1.0, max_age: float = 3600.0
+) -> DeliveryConfig:
+    return DeliveryConfig.model_validate(
+        {
+            "concurrency": concurrency,
+            "batch": {"max_events": max_events, "timeout_secs": timeout},
+            "retry": {
+                "initial_backoff_secs": 1.0,
+                "max_backoff_secs": 300.0,
+                "max_age_secs": max_age,
+            },
+        }
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    db = SQLiteStore(tmp_path / "bridge.db")
+    await db.open()
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSegment]:
+    async with FakeSegment(KEY) as server:
+        yield server
+
+
+MakeDelivery = Callable[..., Delivery]
+
+
+@pytest.fixture
+def make(store: SQLiteStore, fake: FakeSegment) -> MakeDelivery:
+    def factory(
+        config: DeliveryConfig | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        sinks: dict[str, Sink] | None = None,
+        metrics: Metrics | None = None,
+    ) -> Delivery:
+        config = config or settings()
+        return Delivery(
+            store,
+            sinks if sinks is not None else {"default": SegmentSink(KEY, fake.url, 5.0, True)},
+            config,
+            clock=clock or Clock(),
+            metrics=metrics,
+            policy=RetryPolicy.from_config(config.retry, random.Random(3)),
+        )
+
+    return factory
+
+
+class TestDrain:
+    async def test_everything_arrives_once_in_limits(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        ids = await enqueue(store, START, range(1234))
+        metrics = Metrics()
+        delivery = make(settings(concurrency=2, max_events=500), metrics=metrics)
+        report = await delivery.drain()
+        assert (report.delivered, report.dead, report.retried) == (1234, 0, 0)
+        assert fake.accepted == 1234 and set(fake.ids) == set(ids)
+        assert max(fake.batch_sizes) <= 500 and report.batches == len(fake.batch_sizes) == 3
+        stats = await store.stats(START, START)
+        assert (stats.pending, stats.in_flight, stats.delivered_total) == (0, 0, 1234)
+        sample = metrics.registry.get_sample_value
+        assert sample("synap_bridge_messages_delivered_total", {"destination": "default"}) == 1234
+        assert sample("synap_bridge_delivery_attempts_total", {"result": "ok"}) == 3
+
+    async def test_one_batch_log_line_without_the_key(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        await enqueue(store, START, range(3))
+        with capture_logs() as lines:
+            await make().drain()
+        batches = [line for line in lines if line["event"] == "batch"]
+        assert len(batches) == 1
+        line = batches[0]
+        assert {
+            k: line[k] for k in ("destination", "messages", "outcome", "attempt", "status")
+        } == {
+            "destination": "default",
+            "messages": 3,
+            "outcome": "delivered",
+            "attempt": 1,
+            "status": 200,
+        }
+        assert line["bytes"] > 0 and line["latency_ms"] >= 0
+        assert KEY not in repr(lines)
+
+    async def test_concurrent_batches(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        await enqueue(store, START, range(100))
+        # The fake answers only once four requests are in flight together.
+        fake.require_concurrency(4)
+        report = await make(settings(concurrency=4, max_events=25)).drain()
+        assert report.delivered == 100 and fake.rejected == []
+        assert fake.max_active >= 4
+
+    async def test_dry_run_acks_and_logs(self, store: SQLiteStore, make: MakeDelivery) -> None:
+        await enqueue(store, START, range(30))
+        with capture_logs() as lines:
+            report = await make(sinks={"default": DryRunSink()}).drain()
+        assert report.delivered == 30
+        dry = [line for line in lines if line["event"] == "dry_run_message"]
+        assert len(dry) == 30 and dry[0]["message_id"] == "default-track-000000"
+        assert (await store.stats(START, START)).pending == 0
+
+
+class TestFailures:
+    async def test_outage_backs_off_and_loses_nothing(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        ids = await enqueue(store, START, range(250))
+        fake.fail(503, times=2)
+        fake.fail(reset=True)
+        fake.fail(429, retry_after="30")
+        clock = Clock()
+        delivery = make(clock=clock)
+        waits = []
+        for _ in range(20):
+            await delivery.drain()
+            if fake.unique == 250:
+                break
+            resume = delivery.paused_until("default")
+            waits.append(resume - clock.now)
+            requests = fake.requests
+            assert (await delivery.drain()).claimed == 0  # paused: nothing is even claimed
+            assert fake.requests == requests
+            clock.now = resume
+        assert set(fake.ids) == set(ids) and fake.accepted == 250
+        # One probe per backoff, growing (1s, 2s, 4s + up to 1s jitter), then Retry-After: 30.
+        assert fake.requests == 4 + 3
+        assert len(waits) == 4
+        assert 1.0 <= waits[0] <= 2.0 and 2.0 <= waits[1] <= 3.0 and 4.0 <= waits[2] <= 5.0
+        assert waits[3] >= 30.0
+        stats = await store.stats(clock.now, START)
+        assert stats.dead_letters == {} and stats.pending == 0
+
+    async def test_poison_message_is_found_and_buried_alone(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        ids = await enqueue(store, START, range(1000))
+        poison = {ids[437], ids[901]}
+        fake.poison.update(poison)
+        report = await make(settings(max_events=1000)).drain()
+        assert (report.delivered, report.dead) == (998, 2)
+        assert set(fake.ids) == set(ids) - poison
+        # Binary search: about two requests per halving per culprit, not one per message.
+        assert fake.requests <= 4 * 10 + 1
+        letters = await store.dead_letters(DeadLetterFilter())
+        assert {letter.message_id for letter in letters} == poison
+        assert {letter.reason for letter in letters} == {"rejected_by_segment"}
+        assert all("400" in letter.detail for letter in letters)
+
+    async def test_max_age_makes_dead_letters(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        await enqueue(store, START, range(10))
+        fake.fail(503, times=100)
+        clock = Clock()
+        delivery = make(settings(max_age=3600.0), clock=clock)
+        first = await delivery.drain()
+        assert (first.retried, first.dead) == (10, 0)
+        clock.now = START + 3600.0
+        second = await delivery.drain()
+        assert (second.retried, second.dead) == (0, 10)
+        letters = await store.dead_letters(DeadLetterFilter(reason="max_age_exceeded"))
+        assert len(letters) == 10 and "503" in letters[0].detail
+        assert await store.next_due_at() is None
+
+    async def test_oversized_and_unknown_destination_are_buried(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        await enqueue(store, START, range(1), pad=33_000)
+        await enqueue(store, START, range(1, 2), destination="removed")
+        await enqueue(store, START, range(2, 4))
+        report = await make().drain()
+        assert (report.delivered, report.dead) == (2, 2)
+        reasons = await store.stats(START, START)
+        assert reasons.dead_letters == {"message_too_large": 1, "unknown_destination": 1}
+
+
+class TestStop:
+    async def test_unfinished_batch_is_handed_back(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        await enqueue(store, START, range(5))
+        fake.hold()
+        delivery = make()
+        running = asyncio.create_task(delivery.run_once())
+        await fake.wait_until(lambda: fake.active >= 1)
+        await delivery.stop(grace_secs=0.05)
+        report = await asyncio.wait_for(running, 5)
+        assert report.delivered == 0
+        stats = await store.stats(START, START)
+        assert (stats.pending, stats.in_flight) == (5, 0)
+        assert await store.next_due_at() == START  # due again at once
+        assert (await delivery.run_once()).claimed == 0  # stopped: claims nothing more
+
+    async def test_batch_in_flight_finishes_within_grace(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        await enqueue(store, START, range(5))
+        fake.hold()
+        delivery = make()
+        running = asyncio.create_task(delivery.run_once())
+        await fake.wait_until(lambda: fake.active >= 1)
+        stopping = asyncio.create_task(delivery.stop(grace_secs=10.0))
+        await asyncio.sleep(0)  # let stop() begin waiting before the answer comes
+        fake.release()
+        await asyncio.wait_for(stopping, 10)
+        assert (await running).delivered == 5
+        assert (await store.stats(START, START)).pending == 0
+
+
+class TestRunLoop:
+    async def test_wake_delivers_and_stop_ends_the_loop(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        delivery = make(settings(max_events=3, timeout=30.0), clock=time.time)
+        loop = asyncio.create_task(delivery.run())
+        started = time.monotonic()
+        for n in range(3):  # three commits, three wake-ups: a full batch flushes at once
+            await enqueue(store, time.time(), range(n, n + 1))
+            delivery.wake()
+        await fake.wait_for(3)
+        assert time.monotonic() - started < 20.0  # flushed by size, not by the 30 s age
+        assert fake.batch_sizes == [3]
+        await delivery.stop(grace_secs=5.0)
+        await asyncio.wait_for(loop, 5)
+
+    async def test_partial_batch_flushes_by_age(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        delivery = make(settings(max_events=100, timeout=0.2), clock=time.time)
+        loop = asyncio.create_task(delivery.run())
+        enqueued = time.time()
+        await enqueue(store, enqueued, range(2))
+        delivery.wake()
+        await fake.wait_for(2)
+        assert fake.batch_sizes == [2]
+        assert time.time() - enqueued >= 0.2  # it waited for more, up to the batch age
+        await delivery.stop(grace_secs=5.0)
+        await asyncio.wait_for(loop, 5)
+
+    async def test_retry_due_time_wakes_the_loop(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        config = DeliveryConfig.model_validate(
+            {"batch": {"timeout_secs": 0.01}, "retry": {"initial_backoff_secs": 0.05}}
+        )
+        delivery = make(config, clock=time.time)
+        fake.fail(503)
+        await enqueue(store, time.time(), range(4))
+        loop = asyncio.create_task(delivery.run())
+        await fake.wait_for(4)  # no wake(): the loop slept until the retry fell due
+        assert fake.requests == 2
+        await delivery.stop(grace_secs=5.0)
+        await asyncio.wait_for(loop, 5)

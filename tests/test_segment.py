@@ -1,0 +1,182 @@
+"""The sink against the strict fake: every answer lands in the right class of the error tree."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from bridge import config as config_module
+from bridge.errors import PermanentDelivery, TransientDelivery
+from bridge.segment import DryRunSink, SegmentSink, build_sinks, is_transient_status
+from tests.fakesegment import FakeSegment
+
+KEY = "sink-test-write-key-0123456789"
+
+
+def payload(n: int, **changes: object) -> bytes:
+    body: dict[str, Any] = {
+        "type": "track",
+        "event": "Exam Completed",
+        "userId": f"u{n}",
+        "messageId": f"m{n}",
+        "timestamp": "2024-05-01T10:00:00.000Z",
+        "properties": {"n": n, "name": "Zoë"},
+        "context": {"library": {"name": "synap-segment-bridge", "version": "0.1.0"}},
+    }
+    body.update(changes)
+    return orjson.dumps(body)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSegment]:
+    async with FakeSegment(KEY) as server:
+        yield server
+
+
+def sink(
+    fake: FakeSegment, *, key: str = KEY, gzip: bool = True, timeout: float = 5.0
+) -> SegmentSink:
+    return SegmentSink(key, fake.url, timeout, gzip)
+
+
+async def send(target: SegmentSink, items: list[bytes]) -> None:
+    await asyncio.to_thread(target.send, items)
+
+
+class TestSuccess:
+    @pytest.mark.parametrize("gzip", [True, False])
+    async def test_2xx_returns_and_messages_arrive_intact(
+        self, fake: FakeSegment, gzip: bool
+    ) -> None:
+        await send(sink(fake, gzip=gzip), [payload(1), payload(2)])
+        assert [m["messageId"] for m in fake.messages] == ["m1", "m2"]
+        assert fake.messages[0]["properties"] == {"n": 1, "name": "Zoë"}
+
+    async def test_repr_hides_the_key(self, fake: FakeSegment) -> None:
+        assert KEY not in repr(sink(fake))
+
+
+class TestClassification:
+    @pytest.mark.parametrize("status", [408, 410, 429, 460, 500, 502, 503, 504, 599])
+    async def test_transient_statuses(self, fake: FakeSegment, status: int) -> None:
+        fake.fail(status)
+        with pytest.raises(TransientDelivery) as caught:
+            await send(sink(fake), [payload(1)])
+        assert caught.value.status == status and caught.value.retry_after is None
+        assert fake.messages == []
+
+    @pytest.mark.parametrize("status", [400, 403, 404, 413, 501, 505])
+    async def test_permanent_statuses(self, fake: FakeSegment, status: int) -> None:
+        fake.fail(status)
+        with pytest.raises(PermanentDelivery) as caught:
+            await send(sink(fake), [payload(1)])
+        assert caught.value.status == status
+
+    async def test_429_carries_retry_after(self, fake: FakeSegment) -> None:
+        fake.fail(429, retry_after="7")
+        with pytest.raises(TransientDelivery) as caught:
+            await send(sink(fake), [payload(1)])
+        assert caught.value.status == 429 and caught.value.retry_after == 7.0
+
+    async def test_invalid_message_is_permanent_400(self, fake: FakeSegment) -> None:
+        with pytest.raises(PermanentDelivery) as caught:
+            await send(sink(fake), [payload(1), payload(2, timestamp="not a time")])
+        assert caught.value.status == 400 and "timestamp" in caught.value.detail
+
+    async def test_wrong_key_is_401_and_never_echoed(self, fake: FakeSegment) -> None:
+        wrong = "wrong-key-that-must-not-leak"
+        with pytest.raises(PermanentDelivery) as caught:
+            await send(sink(fake, key=wrong), [payload(1)])
+        assert caught.value.status == 401
+        assert wrong not in str(caught.value) and wrong not in caught.value.detail
+
+    async def test_connection_reset_is_transient(self, fake: FakeSegment) -> None:
+        fake.fail(reset=True)
+        with pytest.raises(TransientDelivery) as caught:
+            await send(sink(fake), [payload(1)])
+        assert caught.value.status is None and "ConnectionError" in caught.value.detail
+
+    async def test_timeout_is_transient(self, fake: FakeSegment) -> None:
+        fake.hold()
+        try:
+            with pytest.raises(TransientDelivery) as caught:
+                await send(sink(fake, timeout=0.2), [payload(1)])
+        finally:
+            fake.release()
+        assert "Timeout" in caught.value.detail
+
+    async def test_connection_refused_is_transient(self) -> None:
+        with socket.socket() as probe:  # a port nobody listens on once closed
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        target = SegmentSink(KEY, f"http://127.0.0.1:{port}", 2.0, True)
+        with pytest.raises(TransientDelivery):
+            await asyncio.to_thread(target.send, [payload(1)])
+
+    def test_status_table(self) -> None:
+        assert [s for s in range(400, 600) if is_transient_status(s)] == [
+            408,
+            410,
+            429,
+            460,
+            500,
+            502,
+            503,
+            504,
+            *range(506, 600),
+        ]
+
+
+class TestDryRun:
+    def test_logs_one_line_per_message_and_never_raises(self) -> None:
+        dry = DryRunSink("eu")
+        with capture_logs() as lines:
+            dry.send([payload(1), payload(2, type="identify"), b"not json"])
+        assert [(line["event"], line.get("message_id")) for line in lines] == [
+            ("dry_run_message", "m1"),
+            ("dry_run_message", "m2"),
+            ("dry_run_message", None),
+        ]
+        assert lines[0]["type"] == "track" and lines[0]["segment_event"] == "Exam Completed"
+        assert lines[0]["user_id"] == "u1" and lines[0]["destination"] == "eu"
+        assert dry.dry_run is True
+
+
+class TestBuildSinks:
+    def test_dry_run_without_keys(self) -> None:
+        sinks = build_sinks(config_module.parse({}))
+        assert list(sinks) == ["default"] and sinks["default"].dry_run
+
+    def test_one_sink_per_destination(self) -> None:
+        cfg = config_module.parse(
+            {
+                "segment": {"write_key": KEY, "endpoint": "http://127.0.0.1:9", "gzip": False},
+                "routing": {
+                    "destinations": {
+                        "eu": {
+                            "write_key": "eu-key",
+                            "endpoint": "https://events.eu1.segmentapis.com",
+                            "portal_ids": ["p-eu"],
+                        },
+                        "staging": {"portal_ids": ["p-test"]},
+                    }
+                },
+            }
+        )
+        sinks = build_sinks(cfg)
+        assert {name: s.dry_run for name, s in sinks.items()} == {
+            "default": False,
+            "eu": False,
+            "staging": True,
+        }
+        eu = sinks["eu"]
+        assert isinstance(eu, SegmentSink)
+        assert eu.endpoint == "https://events.eu1.segmentapis.com" and eu.name == "eu"
+        assert eu.gzip is False  # gzip and timeout come from the segment section
+        assert all(name == s.name for name, s in sinks.items())
