@@ -29,7 +29,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 # The wheels are bind-mounted from the builder, so they never land in a layer of this image.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index /wheels/*.whl
+    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl
 
 # A fixed, unprivileged identity so a volume's ownership means the same thing on every host.
 RUN groupadd --system --gid 10001 bridge \
