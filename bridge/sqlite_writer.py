@@ -157,9 +157,10 @@ class Writer:
         for index, job in enumerate(jobs):
             self._transaction([job])
             ok, error = job.outcome
-            if not ok and is_busy(error.__cause__ or error):
-                for rest in jobs[index + 1 :]:
-                    rest.outcome = (False, error)
+            cause = error.__cause__ if not ok else None
+            if isinstance(cause, sqlite3.Error) and is_busy(cause):
+                for rest in jobs[index + 1 :]:  # each would wait a busy_timeout again
+                    rest.outcome = (False, _failure(cause, rest.doing))
                 _resolve(jobs[index + 1 :])
                 return
 
