@@ -125,7 +125,7 @@ def _delivery_context(
             metrics=runtime.metrics,
             retention_secs=config.storage.delivered_retention_secs,
         )
-        task = asyncio.create_task(runtime.delivery.run(), name="delivery")
+        task = runtime.delivery_task = asyncio.create_task(runtime.delivery.run(), name="delivery")
         try:
             yield
         finally:

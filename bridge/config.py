@@ -344,7 +344,8 @@ def _describe(exc: ValidationError) -> list[str]:
 
 def masked(config: Config) -> dict[str, Any]:
     """The configuration as plain data with every secret shown as ``***`` (or null if unset)."""
-    return _mask(config.model_dump(mode="python"))
+    shown: dict[str, Any] = _mask(config.model_dump(mode="python"))
+    return shown
 
 
 def _mask(value: Any) -> Any:

@@ -31,7 +31,7 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"storage not writable: {exc}")
     if runtime.backpressure:
         problems.append(runtime.backpressure)
-    if runtime.delivery is None or not runtime.delivery.running:
+    if not runtime.delivering:
         problems.append("delivery task not running")
     if problems:
         return web.json_response({"status": "unready", "problems": problems}, status=503)

@@ -6,6 +6,7 @@ routing, log level), so a request in flight keeps the configuration it started w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ class Runtime:
     metrics: Metrics
     clock: Callable[[], float]
     delivery: Delivery | None = None
+    delivery_task: asyncio.Task[None] | None = None
     #: Why intake refuses right now (back-pressure), refreshed by the watcher; None = accepting.
     backpressure: str | None = None
     stopping: bool = False
@@ -37,6 +39,10 @@ class Runtime:
         if self.stopping:
             return "the bridge is shutting down"
         return self.backpressure
+
+    @property
+    def delivering(self) -> bool:
+        return self.delivery_task is not None and not self.delivery_task.done()
 
     def wake_delivery(self) -> None:
         if self.delivery is not None:
