@@ -117,6 +117,9 @@ def _delivery_context(
                     destination=name,
                     detail="no write key: messages are logged and marked delivered, not sent",
                 )
+        recovered = await runtime.store.recover(runtime.clock())
+        if recovered:
+            log.warning("claims_recovered", messages=recovered, detail="sent again, same ids")
         runtime.delivery = Delivery(
             runtime.store,
             chosen,

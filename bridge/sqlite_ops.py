@@ -95,6 +95,13 @@ def claim(
     return [ClaimedMessage(*row) for row in rows]
 
 
+def recover(conn: sqlite3.Connection, now: float) -> int:
+    """Make every claim claimable now (the claims of a process that is gone)."""
+    return conn.execute(
+        "UPDATE messages SET due_at = ? WHERE state = 'inflight' AND due_at > ?", (now, now)
+    ).rowcount
+
+
 def ack(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> None:
     changed = conn.execute(
         "UPDATE messages SET state = 'delivered', delivered_at = ?, due_at = NULL"

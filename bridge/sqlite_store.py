@@ -190,6 +190,10 @@ class SQLiteStore:
         work = partial(ops.claim, now=now, limit=limit, lease_secs=lease_secs)
         return await self._write(work, "claim messages")
 
+    async def recover(self, now: float) -> int:
+        """Release the claims a previous process left (one delivering ``serve`` per file)."""
+        return await self._write(lambda conn: ops.recover(conn, now), "recover claims")
+
     async def ack(self, ids: Sequence[int], now: float) -> None:
         if ids:
             await self._write(partial(ops.ack, ids=tuple(ids), now=now), "mark delivered")

@@ -137,11 +137,19 @@ class Store(Protocol):
         """Take up to ``limit`` due messages in arrival order, leased until ``now+lease_secs``."""
         ...
 
+    async def recover(self, now: float) -> int:
+        """Make claims left by a process that is gone claimable now; returns how many.
+
+        Called once by ``serve`` before its delivery starts. With SQLite exactly one ``serve``
+        delivers from a database file, so every claim found at start is a dead process's: its
+        messages go out again at once (same messageIds) instead of after the lease. A store
+        shared by several live replicas implements this as a no-op and relies on lease expiry.
+        """
+        ...
+
     async def ack(self, ids: Sequence[int], now: float) -> None: ...
 
-    async def retry_later(
-        self, ids: Sequence[int], due_at: float, error: str, now: float
-    ) -> None:
+    async def retry_later(self, ids: Sequence[int], due_at: float, error: str, now: float) -> None:
         """Hand claimed messages back, due again at ``due_at``; counts one attempt each."""
         ...
 
@@ -163,9 +171,7 @@ class Store(Protocol):
 
     async def dead_letter(self, letter_id: int) -> DeadLetterDetail | None: ...
 
-    async def replay(
-        self, which: DeadLetterFilter, remap: Remapper, now: float
-    ) -> ReplayOutcome:
+    async def replay(self, which: DeadLetterFilter, remap: Remapper, now: float) -> ReplayOutcome:
         """Map the dead letters' raw bodies again and make the results pending.
 
         A message already delivered is not sent again; one that is dead is revived with the new

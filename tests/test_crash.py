@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import PASSWORD, USER, WRITE_KEY
+from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth
 from tests.fakesegment import FakeSegment
 from tests.process import BridgeProcess, write_config
 
@@ -42,7 +42,7 @@ def webhook(n: int) -> dict[str, Any]:
 async def post_round(
     url: str, numbers: range, acked: set[int], kill_after: int, killer: asyncio.Event
 ) -> None:
-    auth = aiohttp.BasicAuth(USER, PASSWORD)
+    auth = basic_auth()
     queue = list(numbers)
     timeout = aiohttp.ClientTimeout(total=10)
 
@@ -51,7 +51,7 @@ async def post_round(
             n = queue.pop(0)
             try:
                 async with session.post(
-                    f"{url}/webhooks/synap/attempt.completed", json=webhook(n), auth=auth
+                    f"{url}/webhooks/synap/attempt.completed", json=webhook(n), headers=auth
                 ) as response:
                     if response.status == 200:
                         acked.add(n)

@@ -225,6 +225,24 @@ class TestClaim:
         finally:
             await restarted.close()
 
+    async def test_recover_releases_a_dead_process_claims_at_once(self, db: Path) -> None:
+        store = SQLiteStore(db)
+        await store.open()
+        await store.enqueue(hook(1), [msg("a"), msg("b"), msg("c")])
+        claimed = await store.claim(NOW, 2, 120)
+        await store.close()  # "SIGKILL" with two messages claimed
+
+        restarted = SQLiteStore(db)
+        await restarted.open()
+        try:
+            assert await restarted.recover(NOW + 1) == 2
+            assert await restarted.recover(NOW + 1) == 0  # nothing left to release
+            again = await restarted.claim(NOW + 1, 10, 120)
+            assert [m.message_id for m in again] == ["a", "b", "c"]
+            assert [m.id for m in again][:2] == [m.id for m in claimed]
+        finally:
+            await restarted.close()
+
     async def test_retry_later(self, store: SQLiteStore, db: Path) -> None:
         await store.enqueue(hook(1), [msg("a")])
         [claimed] = await store.claim(NOW, 10, 30)
