@@ -90,7 +90,7 @@ async def test_redelivered_webhook_is_one_event_in_segment(
 async def test_dry_run_logs_and_marks_delivered(
     aiohttp_client: MakeClient,
     config_factory: Callable[..., Config],
-    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = build_app(config_factory())  # no write key: dry-run
     client = await aiohttp_client(app)
@@ -100,7 +100,7 @@ async def test_dry_run_logs_and_marks_delivered(
     await eventually(lambda: delivered(runtime) == 2)
     stats = await runtime.store.stats(runtime.clock(), 0)
     assert (stats.pending, stats.in_flight, stats.delivered_total) == (0, 0, 2)
-    logged = capsys.readouterr().out
+    logged = caplog.text
     assert "dry_run_message" in logged
     assert "User Registered" in logged
     assert USER_ID in logged
