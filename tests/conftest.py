@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bridge import config as config_module
+from bridge import logs
 from bridge.config import Config
 from tests.fakesegment import FakeSegment
 
@@ -47,6 +48,13 @@ def make_config(tmp_path: Path, segment_url: str | None = None, **sections: Any)
     if segment_url is not None:
         data["segment"] = {"write_key": WRITE_KEY, "endpoint": segment_url, "timeout_secs": 5}
     return config_module.parse(config_module.merge(data, sections))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _structured_logging() -> None:
+    """Route structlog through the stdlib logging, as serve does, so caplog sees every record
+    whatever the test order (unconfigured structlog would print straight to stdout)."""
+    logs.configure("info", "json")
 
 
 @pytest.fixture
