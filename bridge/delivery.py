@@ -112,40 +112,57 @@ class Delivery:
         return self._destinations[destination].paused_until
 
     async def run_once(self) -> DrainReport:
-        """Claim what is due now and deliver it (no waiting to fill a batch)."""
-        now = self._clock()
-        if self._stopping or self._all_paused(now):
-            return DrainReport()
-        claimed = await self._store.claim(now, self._claim_limit(), self._lease_secs)
-        return await self._process(claimed)
+        """One round: claim what is due now, deliver it, and wait for every outcome."""
+        report = DrainReport()
+        claimed = await self._claim(self._claim_limit())
+        tasks = await self._start(claimed, report)
+        await self._settle(tasks)
+        return report
 
-    async def drain(self, max_rounds: int = 10_000) -> DrainReport:
-        """``run_once`` until a round finds nothing to do (tests, the CLI); bounded."""
-        total = DrainReport()
-        for _ in range(max_rounds):
-            report = await self.run_once()
-            total.add(report)
-            if report.claimed == 0:
-                break
-        return total
+    async def drain(self) -> DrainReport:
+        """Deliver until nothing is due (tests, the CLI, benchmarks): the pipeline of
+        :meth:`run` without its waits. Ends when a claim finds nothing and no batch is in flight
+        (a paused destination claims nothing), so it is bounded by the backlog."""
+        return await self._pump(wait=False)
 
     async def run(self) -> None:
         """The background loop, until :meth:`stop`. Never dies of an error: it logs and waits."""
         self._runner = asyncio.current_task()
         while not self._stopping:
             try:
-                claimed = await self._gather()
-                if claimed:
-                    await self._process(claimed)
-                else:
-                    await self._idle()
-                await self._maybe_prune()
+                await self._pump(wait=True)
             except StorageUnavailable as exc:
                 log.warning("delivery_storage_unavailable", detail=str(exc))
                 await self._wait(ERROR_PAUSE_SECS)
             except Exception:
                 log.exception("delivery_loop_error")
                 await self._wait(ERROR_PAUSE_SECS)
+
+    async def _pump(self, *, wait: bool) -> DrainReport:
+        """Keep up to ``concurrency`` batches in flight, claiming more as each one finishes, so
+        the store's claim and ack overlap with uploads instead of alternating with them."""
+        report = DrainReport()
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                free = self._config.concurrency - len(tasks)
+                claimed: list[ClaimedMessage] = []
+                if free > 0:
+                    limit = free * self._config.batch.max_events
+                    claimed = await (self._gather(limit) if wait else self._claim(limit))
+                if claimed:
+                    tasks |= await self._start(claimed, report)
+                elif tasks:
+                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    self._log_failures(done)
+                elif wait:
+                    await self._idle()
+                    await self._maybe_prune()
+                else:
+                    break
+        finally:
+            await self._settle(tasks)
+        return report
 
     async def stop(self, grace_secs: float) -> None:
         """Stop claiming; let batches in flight finish within ``grace_secs``, else hand them back.
@@ -181,14 +198,17 @@ class Delivery:
             d.paused_until > now for d in self._destinations.values()
         )
 
-    async def _gather(self) -> list[ClaimedMessage]:
+    async def _claim(self, limit: int) -> list[ClaimedMessage]:
+        now = self._clock()
+        if self._stopping or self._all_paused(now):
+            return []
+        return await self._store.claim(now, limit, self._lease_secs)
+
+    async def _gather(self, limit: int) -> list[ClaimedMessage]:
         """Claim due messages; if fewer than a batch, wait for more until the oldest is
         ``batch.timeout_secs`` old (flush by size or age). Retries are old: they go at once."""
-        now = self._clock()
-        if self._all_paused(now):
-            return []
         self._wake.clear()
-        claimed = await self._store.claim(now, self._claim_limit(), self._lease_secs)
+        claimed = await self._claim(limit)
         if not claimed:
             return claimed
         deadline = min(m.enqueued_at for m in claimed) + self._config.batch.timeout_secs
@@ -196,8 +216,7 @@ class Delivery:
             remaining = deadline - self._clock()
             if remaining <= 0 or not await self._wait(remaining):
                 break
-            limit = self._claim_limit() - len(claimed)
-            claimed += await self._store.claim(self._clock(), limit, self._lease_secs)
+            claimed += await self._claim(limit - len(claimed))
         return claimed
 
     async def _idle(self) -> None:
@@ -226,20 +245,28 @@ class Delivery:
         return woke
 
     async def _maybe_prune(self) -> None:
-        if self._retention_secs is None:
-            return
+        """Prune when idle, at most every PRUNE_EVERY_SECS: never competes with a backlog."""
         now = self._clock()
-        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY_SECS:
-            return
-        self._pruned_at = now
-        pruned = await self._store.prune_delivered(now - self._retention_secs)
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_SECS:
+            self._pruned_at = now
+            await self.prune()
+
+    async def prune(self) -> int:
+        """Forget delivered messages older than the retention (none without one)."""
+        if self._retention_secs is None:
+            return 0
+        pruned = await self._store.prune_delivered(self._clock() - self._retention_secs)
         if pruned:
             log.info("pruned_delivered", rows=pruned)
+        return pruned
 
     # ---- sending -----------------------------------------------------------------------
 
-    async def _process(self, claimed: Sequence[ClaimedMessage]) -> DrainReport:
-        report = DrainReport(claimed=len(claimed))
+    async def _start(
+        self, claimed: Sequence[ClaimedMessage], report: DrainReport
+    ) -> set[asyncio.Task[None]]:
+        """Bury what cannot be sent, batch the rest and start one task per batch."""
+        report.claimed += len(claimed)
         unknown = [m for m in claimed if m.destination not in self._sinks]
         if unknown:
             names = sorted({m.destination for m in unknown})
@@ -255,16 +282,23 @@ class Delivery:
         if work.oversized:
             why = DeadReason("message_too_large", "message is larger than Segment's 32 KB")
             await self._bury(work.oversized, why, report)
-        tasks = [asyncio.create_task(self._deliver(batch, report)) for batch in work.batches]
-        self._inflight.update(tasks)
-        try:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            self._inflight.difference_update(tasks)
+        tasks = {asyncio.create_task(self._deliver(batch, report)) for batch in work.batches}
+        for task in tasks:
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return tasks
+
+    async def _settle(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Wait for every batch task (stop() may cancel them: they hand their batch back)."""
+        if tasks:
+            await asyncio.wait(tasks)
+            self._log_failures(tasks)
+
+    @staticmethod
+    def _log_failures(tasks: set[asyncio.Task[None]]) -> None:
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 log.error("delivery_batch_error", exc_info=task.exception())
-        return report
 
     async def _deliver(self, batch: Batch, report: DrainReport) -> None:
         refused = await self._upload(batch, report)

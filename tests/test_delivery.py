@@ -112,6 +112,7 @@ def make(store: SQLiteStore, fake: FakeSegment) -> MakeDelivery:
         clock: Callable[[], float] | None = None,
         sinks: dict[str, Sink] | None = None,
         metrics: Metrics | None = None,
+        retention_secs: float | None = None,
     ) -> Delivery:
         config = config or settings()
         return Delivery(
@@ -120,6 +121,7 @@ def make(store: SQLiteStore, fake: FakeSegment) -> MakeDelivery:
             config,
             clock=clock or Clock(),
             metrics=metrics,
+            retention_secs=retention_secs,
             policy=RetryPolicy.from_config(config.retry, random.Random(3)),
         )
 
@@ -193,7 +195,8 @@ class TestFailures:
         fake.fail(reset=True)
         fake.fail(429, retry_after="30")
         clock = Clock()
-        delivery = make(clock=clock)
+        metrics = Metrics()
+        delivery = make(clock=clock, metrics=metrics)
         waits = []
         for _ in range(20):
             await delivery.drain()
@@ -213,6 +216,9 @@ class TestFailures:
         assert waits[3] >= 30.0
         stats = await store.stats(clock.now, START)
         assert stats.dead_letters == {} and stats.pending == 0
+        sample = metrics.registry.get_sample_value
+        assert sample("synap_bridge_delivery_attempts_total", {"result": "transient"}) == 4
+        assert sample("synap_bridge_delivery_attempts_total", {"result": "ok"}) == 3
 
     async def test_poison_message_is_found_and_buried_alone(
         self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
@@ -220,7 +226,8 @@ class TestFailures:
         ids = await enqueue(store, START, range(1000))
         poison = {ids[437], ids[901]}
         fake.poison.update(poison)
-        report = await make(settings(max_events=1000)).drain()
+        metrics = Metrics()
+        report = await make(settings(max_events=1000), metrics=metrics).drain()
         assert (report.delivered, report.dead) == (998, 2)
         assert set(fake.ids) == set(ids) - poison
         # Binary search: about two requests per halving per culprit, not one per message.
@@ -229,6 +236,10 @@ class TestFailures:
         assert {letter.message_id for letter in letters} == poison
         assert {letter.reason for letter in letters} == {"rejected_by_segment"}
         assert all("400" in letter.detail for letter in letters)
+        dead = metrics.registry.get_sample_value(
+            "synap_bridge_dead_letters_total", {"reason": "rejected_by_segment"}
+        )
+        assert dead == 2
 
     async def test_max_age_makes_dead_letters(
         self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
@@ -256,6 +267,36 @@ class TestFailures:
         assert (report.delivered, report.dead) == (2, 2)
         reasons = await store.stats(START, START)
         assert reasons.dead_letters == {"message_too_large": 1, "unknown_destination": 1}
+
+
+class TestRetention:
+    async def test_prune_forgets_old_deliveries_only(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        await enqueue(store, START, range(3))
+        clock = Clock()
+        delivery = make(clock=clock, retention_secs=3600.0)
+        await delivery.drain()
+        assert await delivery.prune() == 0  # delivered just now
+        clock.now = START + 3601.0
+        assert await delivery.prune() == 3
+        # Forgotten: the same messageIds are new to the store again.
+        receipt = await store.enqueue(
+            Webhook("test.event", "p-1", clock.now, b"{}"),
+            [OutgoingMessage.build("default", body(n)) for n in range(3)],
+        )
+        assert (receipt.stored, receipt.duplicates) == (3, 0)
+
+    async def test_no_retention_keeps_everything(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        await enqueue(store, START, range(2))
+        clock = Clock()
+        delivery = make(clock=clock)
+        await delivery.drain()
+        clock.now = START + 1e9
+        assert await delivery.prune() == 0
+        assert (await store.stats(clock.now, START)).delivered_total == 2
 
 
 class TestStop:
@@ -306,6 +347,20 @@ class TestRunLoop:
         assert fake.batch_sizes == [3]
         await delivery.stop(grace_secs=5.0)
         await asyncio.wait_for(loop, 5)
+
+    async def test_stop_during_run_hands_back_the_batch(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        delivery = make(settings(timeout=0.01), clock=time.time)
+        loop = asyncio.create_task(delivery.run())
+        fake.hold()
+        await enqueue(store, time.time(), range(4))
+        delivery.wake()
+        await fake.wait_until(lambda: fake.active >= 1)
+        await delivery.stop(grace_secs=0.05)
+        await asyncio.wait_for(loop, 5)
+        stats = await store.stats(time.time(), 0.0)
+        assert (stats.pending, stats.in_flight, stats.delivered_total) == (4, 0, 0)
 
     async def test_partial_batch_flushes_by_age(
         self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
