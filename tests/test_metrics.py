@@ -1,0 +1,102 @@
+"""/metrics: the series operators alert on exist, move when webhooks flow, can be protected
+by their own credentials and served on a separate port."""
+
+from __future__ import annotations
+
+from base64 import b64encode
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from bridge.app import build_app, metrics_app
+from bridge.config import Config
+from bridge.runtime import RUNTIME
+from tests.conftest import basic_auth, eventually, fixture_body
+from tests.fakesegment import FakeSegment
+
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[..., Awaitable[Client]]
+
+SERIES = (
+    "synap_bridge_webhooks_received_total",
+    "synap_bridge_request_duration_seconds_bucket",
+    "synap_bridge_messages_enqueued_total",
+    "synap_bridge_messages_delivered_total",
+    "synap_bridge_dead_letters_total",
+    "synap_bridge_delivery_attempts_total",
+    "synap_bridge_batch_size_messages_bucket",
+    "synap_bridge_batch_size_bytes_bucket",
+    "synap_bridge_pending_messages",
+    "synap_bridge_oldest_pending_age_seconds",
+    "synap_bridge_last_delivery_timestamp_seconds",
+)
+
+
+def sample(client: Client, name: str, **labels: str) -> float:
+    value = client.app[RUNTIME].metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+async def test_every_series_is_reported_and_moves(
+    aiohttp_client: MakeClient, fake_segment: FakeSegment, config_factory: Callable[..., Config]
+) -> None:
+    client = await aiohttp_client(build_app(config_factory(fake_segment.url)))
+    before = await (await client.get("/metrics")).text()
+    assert "synap_bridge_pending_messages 0.0" in before
+
+    fake_segment.fail(503, times=1)  # one transient failure first
+    for code in ("attempt.completed", "user.registered"):
+        response = await client.post(
+            f"/webhooks/synap/{code}", json=fixture_body(code), headers=basic_auth()
+        )
+        assert response.status == 200
+    dead = await client.post("/webhooks/synap/no.such", json={}, headers=basic_auth())
+    assert dead.status == 202
+    await fake_segment.wait_for(3)
+    await eventually(
+        lambda: sample(client, "synap_bridge_messages_delivered_total", destination="default") == 3
+    )
+    text = await (await client.get("/metrics")).text()
+    for name in SERIES:
+        assert name in text, name
+    assert sample(client, "synap_bridge_messages_enqueued_total") == 3
+    assert sample(client, "synap_bridge_delivery_attempts_total", result="transient") == 1
+    assert sample(client, "synap_bridge_delivery_attempts_total", result="ok") >= 1
+    assert sample(client, "synap_bridge_dead_letters_total", reason="unknown_code") == 1
+    assert (
+        sample(
+            client, "synap_bridge_webhooks_received_total", code="no.such", outcome="dead_lettered"
+        )
+        == 1
+    )
+    assert sample(client, "synap_bridge_request_duration_seconds_count") == 3
+    assert sample(client, "synap_bridge_last_delivery_timestamp_seconds") > 0
+    assert sample(client, "synap_bridge_pending_messages") == 0
+
+
+async def test_metrics_credentials(
+    aiohttp_client: MakeClient, config_factory: Callable[..., Config]
+) -> None:
+    config = config_factory(metrics={"username": "prom", "password": "scrape-secret"})
+    client = await aiohttp_client(build_app(config))
+    assert (await client.get("/metrics")).status == 401
+    wrong = {"Authorization": "Basic " + b64encode(b"prom:nope").decode()}
+    assert (await client.get("/metrics", headers=wrong)).status == 401
+    right = {"Authorization": "Basic " + b64encode(b"prom:scrape-secret").decode()}
+    response = await client.get("/metrics", headers=right)
+    assert response.status == 200
+    assert "synap_bridge_pending_messages" in await response.text()
+
+
+async def test_separate_metrics_port(
+    aiohttp_client: MakeClient, config_factory: Callable[..., Config]
+) -> None:
+    app = build_app(config_factory(metrics={"port": 9108}))
+    main = await aiohttp_client(app)
+    assert (await main.get("/metrics")).status == 404  # not on the webhook port
+    side = await aiohttp_client(metrics_app(app[RUNTIME]))
+    response = await side.get("/metrics")
+    assert response.status == 200
+    assert "synap_bridge_webhooks_received_total" in await response.text()
+    assert (await side.post("/webhooks/synap/attempt.completed", json={})).status == 404
