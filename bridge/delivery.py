@@ -1,6 +1,6 @@
 """The delivery loop: claim due messages, batch them, upload, and record every outcome.
 
-Outcomes (per batch; one canonical ``batch`` log line each):
+Outcomes (per batch; one canonical ``batch`` log line each; recorded by :mod:`bridge.outcomes`):
 
 * **2xx** - ack: the messages are delivered.
 * **transient** (network, 408/410/429/460, 5xx but 501/505) - the messages go back to the store,
@@ -26,17 +26,18 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Literal
 
 from bridge import logs
 from bridge.batching import Batch, plan
 from bridge.config import DeliveryConfig
 from bridge.errors import DeliveryError, PermanentDelivery, StorageUnavailable, TransientDelivery
 from bridge.metrics import Metrics
+from bridge.outcomes import DrainReport, Outcomes
 from bridge.retry import RetryPolicy
 from bridge.segment import Sink
 from bridge.store import ClaimedMessage, DeadReason, Store
+
+__all__ = ["Delivery", "DrainReport"]
 
 log = logs.get(__name__)
 
@@ -45,31 +46,6 @@ PRUNE_EVERY_SECS = 600.0
 IDLE_MAX_SECS = 60.0  # re-check the store at least this often, even without a wake-up
 HAND_BACK_SECS = 5.0  # after the grace period, time allowed to return unfinished batches
 ERROR_PAUSE_SECS = 1.0  # after the store failed us
-
-
-@dataclass
-class DrainReport:
-    claimed: int = 0
-    delivered: int = 0
-    retried: int = 0  # handed back to the store for a later try
-    dead: int = 0
-    batches: int = 0  # uploads attempted (split halves included)
-
-    def add(self, other: DrainReport) -> None:
-        self.claimed += other.claimed
-        self.delivered += other.delivered
-        self.retried += other.retried
-        self.dead += other.dead
-        self.batches += other.batches
-
-
-@dataclass
-class _Destination:
-    failures: int = 0  # transient failures in a row
-    paused_until: float = 0.0
-
-
-Outcome = Literal["delivered", "transient", "permanent"]
 
 
 class Delivery:
@@ -89,13 +65,14 @@ class Delivery:
         self._sinks = dict(sinks)
         self._config = config
         self._clock = clock
-        self._metrics = metrics
         self._lease_secs = lease_secs
         self._retention_secs = retention_secs
-        self._policy = policy or RetryPolicy.from_config(config.retry)
+        policy = policy or RetryPolicy.from_config(config.retry)
+        dry_run = {name: sink.dry_run for name, sink in self._sinks.items()}
+        self._outcomes = Outcomes(store, policy, clock, metrics, dry_run)
+        self._destinations = self._outcomes.destinations
         self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="segment")
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._destinations = {name: _Destination() for name in self._sinks}
         self._wake = asyncio.Event()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
@@ -271,7 +248,7 @@ class Delivery:
         if unknown:
             names = sorted({m.destination for m in unknown})
             why = DeadReason("unknown_destination", f"no destination configured named {names}")
-            await self._bury(unknown, why, report)
+            await self._outcomes.bury(unknown, why, report)
         known = [m for m in claimed if m.destination in self._sinks]
         work = plan(
             known,
@@ -281,7 +258,7 @@ class Delivery:
         )
         if work.oversized:
             why = DeadReason("message_too_large", "message is larger than Segment's 32 KB")
-            await self._bury(work.oversized, why, report)
+            await self._outcomes.bury(work.oversized, why, report)
         tasks = {asyncio.create_task(self._deliver(batch, report)) for batch in work.batches}
         for task in tasks:
             self._inflight.add(task)
@@ -314,7 +291,9 @@ class Delivery:
             async with self._slots:
                 resume = self._destinations[batch.destination].paused_until
                 if resume > self._clock():  # a sibling batch just met an outage
-                    await self._hand_back(batch.messages, resume, "destination paused", report)
+                    await self._outcomes.hand_back(
+                        batch.messages, resume, "destination paused", report
+                    )
                     return False
                 report.batches += 1
                 started = time.perf_counter()
@@ -334,101 +313,5 @@ class Delivery:
                     self._store.retry_later(batch.ids, now, "delivery stopped", now)
                 )
             raise
-        await asyncio.shield(self._record(batch, error, latency_ms, report))
+        await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report))
         return isinstance(error, PermanentDelivery)
-
-    # ---- recording outcomes ------------------------------------------------------------
-
-    async def _record(
-        self, batch: Batch, error: DeliveryError | None, latency_ms: float, report: DrainReport
-    ) -> None:
-        now = self._clock()
-        state = self._destinations[batch.destination]
-        outcome: Outcome
-        if error is None:
-            outcome = "delivered"
-            await self._store.ack(batch.ids, now)
-            state.failures, state.paused_until = 0, 0.0
-            report.delivered += len(batch.messages)
-            if self._metrics:
-                self._metrics.delivered.labels(batch.destination).inc(len(batch.messages))
-                self._metrics.last_delivery.set(now)
-        elif isinstance(error, TransientDelivery):
-            outcome = "transient"
-            await self._transient(batch, error, state, now, report)
-        else:
-            outcome = "permanent"
-            if len(batch.messages) == 1:
-                why = DeadReason("rejected_by_segment", error.detail)
-                await self._bury(batch.messages, why, report, error=error.detail)
-        self._observe(batch, outcome, error, latency_ms)
-
-    async def _transient(
-        self,
-        batch: Batch,
-        error: TransientDelivery,
-        state: _Destination,
-        now: float,
-        report: DrainReport,
-    ) -> None:
-        if state.paused_until <= now:  # siblings failing in the same outage count once
-            state.failures += 1
-            state.paused_until = now + self._policy.delay(state.failures, error.retry_after)
-        elif error.retry_after is not None:
-            state.paused_until = max(state.paused_until, now + error.retry_after)
-        expired = [m for m in batch.messages if self._policy.expired(m.enqueued_at, now)]
-        if expired:
-            detail = f"not delivered within {self._policy.max_age_secs:.0f}s; last: {error.detail}"
-            why = DeadReason("max_age_exceeded", detail)
-            await self._bury(expired, why, report, error=error.detail)
-        live = [m for m in batch.messages if not self._policy.expired(m.enqueued_at, now)]
-        await self._hand_back(live, state.paused_until, error.detail, report)
-
-    async def _hand_back(
-        self, messages: Sequence[ClaimedMessage], due_at: float, error: str, report: DrainReport
-    ) -> None:
-        if messages:
-            await self._store.retry_later([m.id for m in messages], due_at, error, self._clock())
-            report.retried += len(messages)
-
-    async def _bury(
-        self,
-        messages: Sequence[ClaimedMessage],
-        why: DeadReason,
-        report: DrainReport,
-        error: str | None = None,
-    ) -> None:
-        await self._store.bury([m.id for m in messages], why, error or why.detail, self._clock())
-        report.dead += len(messages)
-        if self._metrics:
-            self._metrics.dead_lettered.labels(why.reason).inc(len(messages))
-        log.warning(
-            "dead_letter",
-            reason=why.reason,
-            detail=why.detail,
-            messages=len(messages),
-            message_ids=[m.message_id for m in messages[:10]],
-        )
-
-    def _observe(
-        self, batch: Batch, outcome: Outcome, error: DeliveryError | None, latency_ms: float
-    ) -> None:
-        size = len(batch.messages)
-        sink_dry = self._sinks[batch.destination].dry_run
-        if self._metrics:
-            result = "ok" if outcome == "delivered" else outcome
-            self._metrics.attempts.labels(result).inc()
-            self._metrics.batch_messages.observe(size)
-            self._metrics.batch_bytes.observe(batch.body_bytes)
-        emit = log.info if error is None else log.warning
-        emit(
-            "batch",
-            destination=batch.destination,
-            messages=size,
-            bytes=batch.body_bytes,
-            outcome=outcome,
-            attempt=max(m.attempts for m in batch.messages) + 1,
-            status=error.status if error is not None else (None if sink_dry else 200),
-            latency_ms=latency_ms,
-            **({"detail": error.detail} if error is not None else {}),
-        )

@@ -1,0 +1,161 @@
+"""What happens after an upload: the store, the destination's pause, metrics, one log line.
+
+Kept apart from :mod:`bridge.delivery` (which decides *when* to send) so the rules that decide a
+message's fate read in one place:
+
+* delivered - ack; the destination's failure streak ends.
+* transient - the destination pauses for the retry policy's backoff (never shorter than
+  ``Retry-After``); sibling batches failing in the same outage extend it but count once. Every
+  message goes back to the store due at the end of the pause, except those past ``max_age``,
+  which become ``max_age_exceeded`` dead letters.
+* permanent - only a single message is buried here (``rejected_by_segment``); a larger batch is
+  split by the caller until the culprit stands alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from bridge import logs
+from bridge.batching import Batch
+from bridge.errors import DeliveryError, TransientDelivery
+from bridge.metrics import Metrics
+from bridge.retry import RetryPolicy
+from bridge.store import ClaimedMessage, DeadReason, Store
+
+log = logs.get("bridge.delivery")
+
+Outcome = Literal["delivered", "transient", "permanent"]
+
+
+@dataclass
+class DrainReport:
+    claimed: int = 0
+    delivered: int = 0
+    retried: int = 0  # handed back to the store for a later try
+    dead: int = 0
+    batches: int = 0  # uploads attempted (split halves included)
+
+
+@dataclass
+class DestinationState:
+    failures: int = 0  # transient failures in a row
+    paused_until: float = 0.0
+
+
+class Outcomes:
+    """Writes each upload's outcome to the store and keeps the destinations' pause state."""
+
+    def __init__(
+        self,
+        store: Store,
+        policy: RetryPolicy,
+        clock: Callable[[], float],
+        metrics: Metrics | None,
+        dry_run: Mapping[str, bool],
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._clock = clock
+        self._metrics = metrics
+        self._dry_run = dict(dry_run)
+        self.destinations = {name: DestinationState() for name in dry_run}
+
+    async def record(
+        self, batch: Batch, error: DeliveryError | None, latency_ms: float, report: DrainReport
+    ) -> None:
+        now = self._clock()
+        state = self.destinations[batch.destination]
+        outcome: Outcome
+        if error is None:
+            outcome = "delivered"
+            await self._store.ack(batch.ids, now)
+            state.failures, state.paused_until = 0, 0.0
+            report.delivered += len(batch.messages)
+            if self._metrics:
+                self._metrics.delivered.labels(batch.destination).inc(len(batch.messages))
+                self._metrics.last_delivery.set(now)
+        elif isinstance(error, TransientDelivery):
+            outcome = "transient"
+            await self._transient(batch, error, state, now, report)
+        else:
+            outcome = "permanent"
+            if len(batch.messages) == 1:
+                why = DeadReason("rejected_by_segment", error.detail)
+                await self.bury(batch.messages, why, report, error=error.detail)
+        self._observe(batch, outcome, error, latency_ms)
+
+    async def _transient(
+        self,
+        batch: Batch,
+        error: TransientDelivery,
+        state: DestinationState,
+        now: float,
+        report: DrainReport,
+    ) -> None:
+        if state.paused_until <= now:
+            state.failures += 1
+            state.paused_until = now + self._policy.delay(state.failures, error.retry_after)
+        elif error.retry_after is not None:
+            state.paused_until = max(state.paused_until, now + error.retry_after)
+        expired = [m for m in batch.messages if self._policy.expired(m.enqueued_at, now)]
+        if expired:
+            detail = f"not delivered within {self._policy.max_age_secs:.0f}s; last: {error.detail}"
+            why = DeadReason("max_age_exceeded", detail)
+            await self.bury(expired, why, report, error=error.detail)
+        live = [m for m in batch.messages if not self._policy.expired(m.enqueued_at, now)]
+        await self.hand_back(live, state.paused_until, error.detail, report)
+
+    async def hand_back(
+        self, messages: Sequence[ClaimedMessage], due_at: float, error: str, report: DrainReport
+    ) -> None:
+        if messages:
+            await self._store.retry_later([m.id for m in messages], due_at, error, self._clock())
+            report.retried += len(messages)
+
+    async def bury(
+        self,
+        messages: Sequence[ClaimedMessage],
+        why: DeadReason,
+        report: DrainReport,
+        error: str | None = None,
+    ) -> None:
+        await self._store.bury([m.id for m in messages], why, error or why.detail, self._clock())
+        report.dead += len(messages)
+        if self._metrics:
+            self._metrics.dead_lettered.labels(why.reason).inc(len(messages))
+        log.warning(
+            "dead_letter",
+            reason=why.reason,
+            detail=why.detail,
+            messages=len(messages),
+            message_ids=[m.message_id for m in messages[:10]],
+        )
+
+    def _observe(
+        self, batch: Batch, outcome: Outcome, error: DeliveryError | None, latency_ms: float
+    ) -> None:
+        """The canonical ``batch`` line (never the write key: no sink detail carries it)."""
+        size = len(batch.messages)
+        if self._metrics:
+            self._metrics.attempts.labels("ok" if outcome == "delivered" else outcome).inc()
+            self._metrics.batch_messages.observe(size)
+            self._metrics.batch_bytes.observe(batch.body_bytes)
+        if error is None:
+            status = None if self._dry_run[batch.destination] else 200
+        else:
+            status = error.status
+        emit = log.info if error is None else log.warning
+        emit(
+            "batch",
+            destination=batch.destination,
+            messages=size,
+            bytes=batch.body_bytes,
+            outcome=outcome,
+            attempt=max(m.attempts for m in batch.messages) + 1,
+            status=status,
+            latency_ms=latency_ms,
+            **({"detail": error.detail} if error is not None else {}),
+        )
