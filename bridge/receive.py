@@ -6,7 +6,7 @@ name their event code. Answers (every error is JSON ``{"error", "detail"}``):
 ====  ===========================================================================
 200   committed: ``{"accepted": true, "webhook_id", "messages"}``
 202   committed as a dead letter: ``{"accepted": true, "dead_lettered": true, "reason"}``
-400   not JSON / not an object / ``meta.eventName`` names another code
+400   not JSON / not an object / ``meta.eventName`` names another code / undecodable body
 401   missing or wrong Basic credentials (with ``WWW-Authenticate``)
 413   body (after gzip inflation) over ``server.max_body_bytes``; not read past the limit
 503   storage cannot commit, or intake is refusing (back-pressure, shutting down);
@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from bridge import intake, logs
 from bridge.auth import CHALLENGE, credentials_match
@@ -35,7 +36,9 @@ READ_CHUNK = 64 * 1024
 RETRY_AFTER_SECS = 5
 
 
-def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+def error(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
@@ -44,17 +47,24 @@ def unavailable(code: str, detail: str) -> web.Response:
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The (inflated) body, or None as soon as it proves longer than ``limit`` bytes."""
+    """The (inflated) body, or None as soon as it proves longer than ``limit`` bytes.
+
+    A body aiohttp cannot decode (``Content-Encoding: gzip`` over bytes that are not gzip, a
+    broken chunked encoding) is the client's fault: InvalidPayload (400), not a 500.
+    """
     declared = request.content_length
     if declared is not None and declared > limit and "Content-Encoding" not in request.headers:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    except RequestPayloadError as exc:
+        raise InvalidPayload("invalid_body", f"the body cannot be read: {exc}") from exc
     return b"".join(chunks)
 
 
@@ -94,7 +104,12 @@ async def _handle(
         fields["reason"] = refusal
         return "refused", unavailable("unavailable", refusal)
     limit = config.server.max_body_bytes
-    raw = await read_limited(request, limit)
+    try:
+        raw = await read_limited(request, limit)
+    except InvalidPayload as exc:
+        refused = error(400, exc.code, exc.detail)
+        refused.force_close()  # the rest of the stream is unreadable: no keep-alive on it
+        return "invalid", refused
     if raw is None:
         return "too_large", error(
             413, "payload_too_large", f"the body is larger than {limit} bytes"
@@ -103,7 +118,9 @@ async def _handle(
     try:
         result = intake.process(code, raw, received_at, config, request.query.get("portal"))
     except InvalidPayload as exc:
-        return "invalid", error(400, exc.code, exc.detail)
+        refused = error(400, exc.code, exc.detail)
+        refused.force_close()  # the rest of the stream is unreadable: no keep-alive on it
+        return "invalid", refused
     fields["portal"] = result.webhook.portal_id
     for reason in result.trimmed:
         log.warning("message_trimmed", code=code, reason=reason)
