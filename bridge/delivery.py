@@ -41,6 +41,7 @@ __all__ = ["Delivery", "DrainReport"]
 
 log = logs.get(__name__)
 
+#: How long a claim is ours. After a crash, its messages are claimed again once it expires.
 DEFAULT_LEASE_SECS = 120.0
 PRUNE_EVERY_SECS = 600.0
 IDLE_MAX_SECS = 60.0  # re-check the store at least this often, even without a wake-up
@@ -57,7 +58,7 @@ class Delivery:
         *,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
-        lease_secs: float = DEFAULT_LEASE_SECS,
+        lease_secs: float | None = None,
         retention_secs: float | None = None,
         policy: RetryPolicy | None = None,
     ) -> None:
@@ -65,7 +66,9 @@ class Delivery:
         self._sinks = dict(sinks)
         self._config = config
         self._clock = clock
-        self._lease_secs = lease_secs
+        # A claim must outlive the wait for a full batch plus the uploads (a split included),
+        # or our own next claim would take the same messages again.
+        self._lease_secs = lease_secs or max(DEFAULT_LEASE_SECS, 2 * config.batch.timeout_secs + 60)
         self._retention_secs = retention_secs
         policy = policy or RetryPolicy.from_config(config.retry)
         dry_run = {name: sink.dry_run for name, sink in self._sinks.items()}

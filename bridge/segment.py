@@ -12,8 +12,15 @@ once. ``request.post`` uses one module-level ``requests.Session``. We share it o
 Session's connection pool (urllib3) is thread-safe, the cookie jar takes a lock, and our posts
 change no other Session state; sharing keeps TLS connections alive between batches. The one
 thing to fix is the pool size (10 by default): with more concurrent batches than that, urllib3
-would open extra connections and throw them away after each request, so :func:`widen_pool`
+would open extra connections and throw them away after each request, so :func:`tune_library`
 mounts adapters sized for the largest allowed concurrency.
+
+Gzip: ``request.post`` compresses with ``GzipFile``'s default level, 9. On the bridge's JSON that
+costs four times the CPU of zlib's usual level 6 for bodies under 1 % smaller (measured on 500
+realistic messages, 258 KB: 9.7 ms at level 9, 2.3 ms at level 6, 42.4 KB vs 42.7 KB), and it
+was the largest single cost of a backlog drain. The library offers no setting, so
+:func:`tune_library` points the name ``GzipFile`` inside ``segment.analytics.request`` at a
+level-6 ``GzipFile``: same upload path, same format, a different level.
 
 Secrets: the write key goes into ``request.post`` and nowhere else. No exception text or log
 line carries it (``_scrub`` removes it from any text that comes back from the network as a last
@@ -23,6 +30,8 @@ the key, is held at WARNING by :mod:`bridge.logs`.
 
 from __future__ import annotations
 
+import functools
+import gzip as gzip_module
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -46,6 +55,8 @@ MAX_CONNECTIONS = 32
 #: What ``request.post`` puts in ``sentAt``: ``datetime.now(tzutc()).isoformat()``.
 _SAMPLE_SENT_AT = "2024-01-01T00:00:00.000000+00:00"
 _DETAIL_CHARS = 300
+#: zlib's default; see the module docstring for why not the library's 9.
+GZIP_LEVEL = 6
 
 
 class Sink(Protocol):
@@ -69,8 +80,10 @@ def envelope_bytes(write_key: str) -> int:
     return len(json.dumps(body).encode("utf-8"))
 
 
-def widen_pool(size: int = MAX_CONNECTIONS) -> None:
-    """Size the library's shared Session pool for ``size`` concurrent uploads (idempotent)."""
+def tune_library(size: int = MAX_CONNECTIONS) -> None:
+    """Size the library's shared Session pool for ``size`` concurrent uploads and set its gzip
+    level (module docstring). Idempotent; called by every SegmentSink."""
+    segment_request.GzipFile = functools.partial(gzip_module.GzipFile, compresslevel=GZIP_LEVEL)
     session = segment_request._session
     current = session.get_adapter("https://")
     if getattr(current, "_pool_maxsize", 0) >= size:
@@ -101,7 +114,7 @@ class SegmentSink:
         self.gzip = gzip
         self.name = name
         self.envelope_bytes = envelope_bytes(write_key)
-        widen_pool()
+        tune_library()
 
     def __repr__(self) -> str:
         return f"SegmentSink(name={self.name!r}, endpoint={self.endpoint!r}, gzip={self.gzip})"

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
+from segment.analytics import request as segment_request
 from structlog.testing import capture_logs
 
 from bridge import config as config_module
 from bridge.errors import PermanentDelivery, TransientDelivery
-from bridge.segment import DryRunSink, SegmentSink, build_sinks, is_transient_status
+from bridge.segment import (
+    MAX_CONNECTIONS,
+    DryRunSink,
+    SegmentSink,
+    build_sinks,
+    is_transient_status,
+)
 from tests.fakesegment import FakeSegment
 
 KEY = "sink-test-write-key-0123456789"
@@ -60,6 +68,18 @@ class TestSuccess:
 
     async def test_repr_hides_the_key(self, fake: FakeSegment) -> None:
         assert KEY not in repr(sink(fake))
+
+    async def test_library_gzips_at_level_6_with_a_pool_for_every_worker(
+        self, fake: FakeSegment
+    ) -> None:
+        sink(fake)
+        buf = io.BytesIO()
+        with segment_request.GzipFile(fileobj=buf, mode="w") as zipped:
+            zipped.write(b"{}")
+        # Byte 8 of a gzip header (XFL) is 2 at level 9, 4 at level 1, 0 in between.
+        assert buf.getvalue()[8] == 0
+        adapter = segment_request._session.get_adapter("http://")
+        assert adapter._pool_maxsize >= MAX_CONNECTIONS
 
 
 class TestClassification:
