@@ -88,6 +88,13 @@ class Delivery:
         """New messages were committed: look now instead of at the next due time."""
         self._wake.set()
 
+    def replace_sinks(self, sinks: Mapping[str, Sink]) -> None:
+        """Use new destinations (SIGHUP reload); batches in flight finish with the old sinks."""
+        self._sinks = dict(sinks)
+        self._outcomes.reconfigure({name: sink.dry_run for name, sink in self._sinks.items()})
+        self._destinations = self._outcomes.destinations
+        self._wake.set()
+
     def paused_until(self, destination: str) -> float:
         return self._destinations[destination].paused_until
 

@@ -63,6 +63,12 @@ class Outcomes:
         self._dry_run = dict(dry_run)
         self.destinations = {name: DestinationState() for name in dry_run}
 
+    def reconfigure(self, dry_run: Mapping[str, bool]) -> None:
+        """New sinks after a reload: new destinations start fresh, and every pause ends, so a
+        destination paused for a wrong write key is tried again at once with the new one."""
+        self._dry_run = dict(dry_run)
+        self.destinations = {name: DestinationState() for name in dry_run}
+
     async def record(
         self, batch: Batch, error: DeliveryError | None, latency_ms: float, report: DrainReport
     ) -> None:

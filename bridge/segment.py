@@ -4,8 +4,9 @@ Everything that leaves the bridge goes through :meth:`SegmentSink.send`, which u
 with ``segment.analytics.request.post`` and translates every outcome into the bridge's own terms:
 it returns on 2xx, raises :class:`~bridge.errors.TransientDelivery` when trying again later may
 work (network errors, timeouts, 408/410/429/460 and 5xx except 501/505, with the server's
-``Retry-After``), and :class:`~bridge.errors.PermanentDelivery` when the same request will never
-be accepted. This is the classification of Segment's own libraries (segment-facts.md).
+``Retry-After``; and 401/403, a refused write key, see :data:`AUTH_STATUSES`), and
+:class:`~bridge.errors.PermanentDelivery` when the same request will never be accepted. This is
+the classification of Segment's own libraries (segment-facts.md), but for the write key.
 
 Threads: ``send`` is synchronous and runs in a worker thread, up to ``delivery.concurrency`` at
 once. ``request.post`` uses one module-level ``requests.Session``. We share it on purpose: a
@@ -49,6 +50,11 @@ log = logs.get(__name__)
 
 #: Statuses worth retrying besides 5xx (segment-facts.md); 501 and 505 will not get better.
 TRANSIENT_STATUSES = frozenset({408, 410, 429, 460})
+#: The write key itself was refused. Not the batch's fault: every batch would fail alike, so
+#: splitting and burying would turn one configuration mistake into thousands of dead letters.
+#: The destination pauses with backoff instead (messages wait, an error line says why) until a
+#: reload brings the right key, or ``max_age_secs`` makes them dead letters after all.
+AUTH_STATUSES = frozenset({401, 403})
 PERMANENT_5XX = frozenset({501, 505})
 #: Largest ``delivery.concurrency`` the configuration allows: the connection pool holds as many.
 MAX_CONNECTIONS = 32
@@ -154,6 +160,9 @@ class SegmentSink:
                 parsed = segment_request.parse_retry_after(exc.response)
                 retry_after = float(parsed) if parsed is not None else None
             return TransientDelivery(detail, status=status, retry_after=retry_after)
+        if status in AUTH_STATUSES:
+            detail = f"{detail} - Segment refused the write key: check it; delivery is paused"
+            return TransientDelivery(detail[: _DETAIL_CHARS + 80], status=status)
         return PermanentDelivery(detail, status=status)
 
     def _scrub(self, text: str) -> str:

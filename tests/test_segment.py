@@ -91,7 +91,7 @@ class TestClassification:
         assert caught.value.status == status and caught.value.retry_after is None
         assert fake.messages == []
 
-    @pytest.mark.parametrize("status", [400, 403, 404, 413, 501, 505])
+    @pytest.mark.parametrize("status", [400, 404, 413, 501, 505])
     async def test_permanent_statuses(self, fake: FakeSegment, status: int) -> None:
         fake.fail(status)
         with pytest.raises(PermanentDelivery) as caught:
@@ -109,12 +109,20 @@ class TestClassification:
             await send(sink(fake), [payload(1), payload(2, timestamp="not a time")])
         assert caught.value.status == 400 and "timestamp" in caught.value.detail
 
-    async def test_wrong_key_is_401_and_never_echoed(self, fake: FakeSegment) -> None:
+    async def test_wrong_key_pauses_and_is_never_echoed(self, fake: FakeSegment) -> None:
+        """A refused write key is the destination's problem, not the batch's: transient."""
         wrong = "wrong-key-that-must-not-leak"
-        with pytest.raises(PermanentDelivery) as caught:
+        with pytest.raises(TransientDelivery) as caught:
             await send(sink(fake, key=wrong), [payload(1)])
         assert caught.value.status == 401
+        assert "write key" in caught.value.detail
         assert wrong not in str(caught.value) and wrong not in caught.value.detail
+
+    async def test_forbidden_pauses_too(self, fake: FakeSegment) -> None:
+        fake.fail(403)
+        with pytest.raises(TransientDelivery) as caught:
+            await send(sink(fake), [payload(1)])
+        assert caught.value.status == 403
 
     async def test_connection_reset_is_transient(self, fake: FakeSegment) -> None:
         fake.fail(reset=True)
