@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from bridge import logs
 from bridge.batching import Batch, plan
@@ -36,6 +35,7 @@ from bridge.outcomes import DrainReport, Outcomes
 from bridge.retry import RetryPolicy
 from bridge.segment import Sink
 from bridge.store import ClaimedMessage, DeadReason, Store
+from bridge.threads import run_in_daemon_thread
 
 __all__ = ["Delivery", "DrainReport"]
 
@@ -74,7 +74,6 @@ class Delivery:
         dry_run = {name: sink.dry_run for name, sink in self._sinks.items()}
         self._outcomes = Outcomes(store, policy, clock, metrics, dry_run)
         self._destinations = self._outcomes.destinations
-        self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="segment")
         self._slots = asyncio.Semaphore(config.concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -173,7 +172,6 @@ class Delivery:
             await asyncio.wait(leftovers, timeout=HAND_BACK_SECS)
         if runner is not None and not runner.done():
             await asyncio.wait({runner}, timeout=HAND_BACK_SECS)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- claiming ----------------------------------------------------------------------
 
@@ -296,7 +294,6 @@ class Delivery:
     async def _upload(self, batch: Batch, report: DrainReport) -> bool:
         """Send one batch and record the outcome; True when Segment refused it permanently."""
         sink = self._sinks[batch.destination]
-        loop = asyncio.get_running_loop()
         try:
             async with self._slots:
                 resume = self._destinations[batch.destination].paused_until
@@ -309,7 +306,7 @@ class Delivery:
                 started = time.perf_counter()
                 error: DeliveryError | None = None
                 try:
-                    await loop.run_in_executor(self._executor, sink.send, batch.payloads)
+                    await run_in_daemon_thread("segment-upload", sink.send, batch.payloads)
                 except DeliveryError as exc:
                     error = exc
                 except Exception as exc:  # a bug in a sink must not lose the batch
