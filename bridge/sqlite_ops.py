@@ -8,6 +8,7 @@ cached prepared statement.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -109,10 +110,21 @@ def ack(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> None:
         (now, _ids(ids)),
     ).rowcount
     if changed:
+        _move(conn, changed, "open", "delivered", "delivered_total")
         conn.execute(
             "UPDATE meta SET value = max(coalesce(value, ?), ?) WHERE key = 'last_delivered_at'",
             (now, now),
         )
+
+
+def _move(conn: sqlite3.Connection, count: int, source: str, *targets: str) -> None:
+    """Counters for ``count`` messages that changed class: one statement, not one per row
+    (the schema's comment on ``counters`` says why there is no trigger for updates)."""
+    conn.execute(
+        "UPDATE counters SET n = n + CASE WHEN name = ? THEN -? ELSE ? END"
+        " WHERE name IN (SELECT value FROM json_each(?))",
+        (source, count, count, json.dumps([source, *targets])),
+    )
 
 
 def retry_later(conn: sqlite3.Connection, ids: Sequence[int], due_at: float, error: str) -> None:
@@ -132,6 +144,8 @@ def bury(
         " AND state IN ('pending', 'inflight') RETURNING id, webhook_id, attempts",
         (_error(error), _ids(ids)),
     ).fetchall()
+    if buried:
+        _move(conn, len(buried), "open", "dead")
     conn.executemany(
         _INSERT_DEAD,
         [(webhook, row, dead.reason, dead.detail, tries, now) for row, webhook, tries in buried],
@@ -242,6 +256,7 @@ def _revive_or_insert(
         " due_at = ?, enqueued_at = ? WHERE id = ?",
         (message.destination, message.user_id, message.payload, now, now, row),
     )
+    _move(conn, 1, "dead", "open")
     return 1
 
 
@@ -324,13 +339,16 @@ def stats(conn: sqlite3.Connection, since: float, storage_bytes: int) -> StoreSt
             "SELECT count(*) FROM messages WHERE state = 'delivered' AND delivered_at >= ?",
             (since,),
         ).fetchone()
+        (in_flight,) = conn.execute(
+            "SELECT count(*) FROM messages WHERE state = 'inflight'"
+        ).fetchone()
         dead = dict(conn.execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason"))
         (last,) = conn.execute("SELECT value FROM meta WHERE key = 'last_delivered_at'").fetchone()
     finally:
         conn.execute("COMMIT")
     return StoreStats(
-        pending=counts["pending"],
-        in_flight=counts["inflight"],
+        pending=counts["open"] - in_flight,
+        in_flight=in_flight,
         oldest_pending_at=oldest,
         delivered_total=counts["delivered_total"],
         delivered_since=recent,
