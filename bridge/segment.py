@@ -24,13 +24,14 @@ was the largest single cost of a backlog drain. The library offers no setting, s
 level-6 ``GzipFile``: same upload path, same format, a different level.
 
 Secrets: the write key goes into ``request.post`` and nowhere else. No exception text or log
-line carries it (``_scrub`` removes it from any text that comes back from the network as a last
-line of defence), and the library's own debug log, which prints whole request bodies including
-the key, is held at WARNING by :mod:`bridge.logs`.
+line carries it (``_scrub`` removes it, raw or as the Basic token, from any text that comes
+back from the network, as a last line of defence), and the library's own debug log, which
+prints whole request bodies including the key, is held at WARNING by :mod:`bridge.logs`.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import gzip as gzip_module
 import json
@@ -115,6 +116,8 @@ class SegmentSink:
         if not write_key:
             raise ValueError("write_key is empty")
         self._write_key = write_key
+        token = base64.b64encode(f"{write_key}:".encode()).decode()
+        self._secrets = (token, token.rstrip("="), write_key)
         self.endpoint = endpoint
         self.timeout_secs = timeout_secs
         self.gzip = gzip
@@ -166,7 +169,11 @@ class SegmentSink:
         return PermanentDelivery(detail, status=status)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._write_key, "***")[:_DETAIL_CHARS]
+        """Remove the write key in every form it travels in (raw, and as the Basic token) from
+        text a server sent back: an error page may echo our request."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:_DETAIL_CHARS]
 
 
 class DryRunSink:
