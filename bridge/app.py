@@ -132,7 +132,7 @@ def _delivery_context(
         try:
             yield
         finally:
-            await runtime.delivery.stop(config.shutdown.grace_secs)
+            await runtime.delivery.stop(runtime.grace_left())
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -7,6 +7,7 @@ routing, log level), so a request in flight keeps the configuration it started w
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,6 +33,9 @@ class Runtime:
     #: Why intake refuses right now (back-pressure), refreshed by the watcher; None = accepting.
     backpressure: str | None = None
     stopping: bool = False
+    #: Monotonic time by which shutdown must be done (set by serve on SIGTERM): the requests in
+    #: flight and the delivery's batch share one ``shutdown.grace_secs``, not one each.
+    shutdown_deadline: float | None = None
     storage_ok: bool = True
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -39,6 +43,12 @@ class Runtime:
         if self.stopping:
             return "the bridge is shutting down"
         return self.backpressure
+
+    def grace_left(self) -> float:
+        """What remains of the shutdown grace (the whole grace when no deadline is set)."""
+        if self.shutdown_deadline is None:
+            return self.config.shutdown.grace_secs
+        return max(0.0, self.shutdown_deadline - time.monotonic())
 
     @property
     def delivering(self) -> bool:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -71,6 +72,7 @@ async def serve(config: Config, config_path: str | None) -> int:
         log.info("stopping", grace_secs=config.shutdown.grace_secs)
         notifier.stopping()
         runtime.stopping = True
+        runtime.shutdown_deadline = time.monotonic() + config.shutdown.grace_secs
         pinger.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pinger
