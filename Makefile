@@ -31,7 +31,16 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+# wrk (Debian) drives the HTTP load; py-spy samples the hot paths. Neither is a dependency of
+# the bridge, so they are installed here, for the benchmarks only.
+bench-deps: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; \
+	  else echo "make bench needs wrk: sudo apt-get install wrk" >&2; exit 1; fi; }
+	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy
+
+bench: bench-deps
 	$(BIN)/python -m bench.run
 
 # systemd-analyze (Debian package systemd) for tests/test_packaging.py; hadolint comes from the

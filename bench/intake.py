@@ -1,0 +1,83 @@
+"""Intake: durable webhooks per second and latency, the bridge beside a bare aiohttp app.
+
+Both servers get the same wrk script, the same ~6 KB ``exam.completed`` bodies with Basic auth,
+the same connection counts and durations. The bridge runs as it does in production: the real
+``synap-bridge serve``, ``synchronous=FULL``, and its delivery loop running, uploading what it
+receives to the fake Segment (a separate process) while intake is measured.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import procs, profile, wrk
+from bench.procs import OUT
+
+PATH = "/webhooks/synap/exam.completed"
+
+
+@dataclass
+class IntakeResult:
+    bare: list[wrk.WrkResult] = field(default_factory=list)
+    bridge: list[wrk.WrkResult] = field(default_factory=list)
+    acknowledged: int = 0  # 2xx answers counted by wrk, warm-ups included
+    stored: int = 0  # webhook rows in the database afterwards
+    delivered_during: int = 0  # messages the fake Segment accepted meanwhile
+    rss_kb: int = 0  # the bridge's peak RSS after the series
+    profile: profile.Profile | None = None
+    profiled: wrk.WrkResult | None = None  # the load during the profile (not in the table)
+
+
+def _series(
+    url: str, levels: tuple[int, ...], seconds: float, tag: str
+) -> tuple[list[wrk.WrkResult], int]:
+    """One warm-up (2 s) and one measured run per level; also the 2xx answers of all runs."""
+    results = []
+    acknowledged = 0
+    for connections in levels:
+        auth = procs.basic_auth()
+        warm = wrk.run(url, connections, min(2.0, seconds), f"{tag}w{connections}", auth)
+        measured = wrk.run(url, connections, seconds, f"{tag}c{connections}", auth)
+        results.append(measured)
+        acknowledged += warm.acknowledged + measured.acknowledged
+    return results, acknowledged
+
+
+def _stored(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM webhooks").fetchone()
+    return int(count)
+
+
+def run(levels: tuple[int, ...], seconds: float, profile_seconds: float) -> IntakeResult:
+    result = IntakeResult()
+    with procs.running(procs.bare_app()) as bare:
+        result.bare, _ = _series(bare.url + PATH, levels, seconds, "bare")
+    db = OUT / "intake.db"
+    for stale in OUT.glob("intake.db*"):
+        stale.unlink()
+    with procs.running(procs.fake_segment("fake-intake")) as fake:
+        config = procs.bridge_config(db, procs.free_port(), fake.url)
+        bridge = procs.bridge("bridge-intake", config)
+        try:
+            result.bridge, result.acknowledged = _series(
+                bridge.url + PATH, levels, seconds, "bridge"
+            )
+            result.rss_kb = bridge.memory_kb()["VmHWM"]
+            if profile_seconds > 0:
+                out = OUT / "intake.profile.txt"
+                sampler = profile.start(bridge.pid, profile_seconds, out)
+                load = wrk.run(
+                    bridge.url + PATH, max(levels), profile_seconds + 1, "prof", procs.basic_auth()
+                )
+                result.profiled = load
+                result.acknowledged += load.acknowledged
+                if sampler is not None and sampler.wait(60) == 0 and out.exists():
+                    result.profile = profile.summarise(out, profile_seconds)
+            result.delivered_during = int(procs.get_json(fake.url + "/_stats")["unique"])
+        finally:
+            bridge.stop()
+    result.stored = _stored(db)
+    return result

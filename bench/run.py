@@ -1,0 +1,288 @@
+"""``make bench``: every benchmark with its baseline, then docs/benchmarks.md.
+
+    python -m bench.run            # the full run (about 5 minutes on 2 cores)
+    python -m bench.run --quick    # smaller and shorter, writes bench/out/benchmarks-quick.md
+    python -m bench.run --only intake,drain
+
+Order: intake, drain, memory, end-to-end. Each part starts its own processes and stops them,
+so the parts do not disturb each other. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import Any
+
+from bench import drain, e2e, intake, memory, profile, report, wrk
+from bench.procs import OUT, REPO
+
+PARTS = ("intake", "drain", "memory", "e2e")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    levels: tuple[int, ...] = (1, 16, 64)
+    intake_secs: float = 10.0
+    profile_secs: float = 8.0
+    drain_count: int = 100_000
+    memory_small: int = 10_000
+    memory_large: int = 1_000_000
+    memory_load_secs: float = 5.0
+    e2e_rate: float = 200.0
+    e2e_secs: float = 20.0
+
+
+QUICK = Sizes(
+    intake_secs=3.0,
+    profile_secs=3.0,
+    drain_count=10_000,
+    memory_small=1_000,
+    memory_large=20_000,
+    memory_load_secs=2.0,
+    e2e_secs=5.0,
+)
+
+
+def machine(command: str) -> list[tuple[str, str]]:
+    cpu = "?"
+    for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):  # noqa: SIM115
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in open("/proc/meminfo", encoding="ascii"):  # noqa: SIM115
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    wrk_version = subprocess.run(
+        ["wrk", "-v"], capture_output=True, text=True, check=False, timeout=10
+    ).stdout.splitlines()
+    return [
+        ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("command", f"`{command}`"),
+        ("machine", f"{os.cpu_count()} CPUs (nproc), {cpu}, {mem_kb / 1024 / 1024:.1f} GiB RAM"),
+        ("system", f"{platform.system()} {platform.release()}"),
+        (
+            "software",
+            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, aiohttp "
+            f"{version('aiohttp')}, segment-analytics-python "
+            f"{version('segment-analytics-python')}, {(wrk_version or ['wrk ?'])[0].strip()}",
+        ),
+    ]
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def intake_section(res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any]) -> list[str]:
+    lines = ["## 1. Intake", ""]
+    lines += [
+        f"wrk, one thread, {sizes.intake_secs:g} s per point after a 2 s warm-up, a fresh "
+        "~6 KB `exam.completed` body per request (own user and attempt id), Basic auth. "
+        "Bridge: `synap-bridge serve`, `synchronous=FULL`, delivery running against the fake "
+        "Segment (a separate process), log level warning. Bare: aiohttp reading the body and "
+        "answering 200, same interpreter.",
+        "",
+        "| connections | bridge webhooks/s | p50 ms | p99 ms | bare aiohttp req/s | p50 ms "
+        "| p99 ms | bridge / bare | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b, a in zip(res.bridge, res.bare, strict=True):
+        share = ratio(b.rate, a.rate)
+        lines.append(
+            f"| {b.connections} | {report.fmt(b.rate)} | {report.fmt(b.p50_ms)} | "
+            f"{report.fmt(b.p99_ms)} | {report.fmt(a.rate)} | {report.fmt(a.p50_ms)} | "
+            f"{report.fmt(a.p99_ms)} | {share:.2f} | {b.errors} / {a.errors} |"
+        )
+        fig[f"intake c{b.connections} webhooks/s"] = round(b.rate, 1)
+        fig[f"intake c{b.connections} p99 ms"] = round(b.p99_ms, 2)
+        fig[f"bare c{b.connections} req/s"] = round(a.rate, 1)
+        fig[f"intake c{b.connections} / bare"] = round(share, 3)
+    top_b, top_a = res.bridge[-1], res.bare[-1]
+    stored_ok = (
+        "every acknowledged webhook is stored"
+        if res.stored >= res.acknowledged
+        else "SOME ACKNOWLEDGED WEBHOOKS ARE MISSING"
+    )
+    share = ratio(top_b.rate, top_a.rate)
+    lines += [
+        "",
+        f"Target at {top_b.connections} connections: >= 0.5 of bare and p99 < 50 ms. "
+        f"Ratio {share:.2f}: {verdict(share >= 0.5)}; p99 {report.fmt(top_b.p99_ms)} ms: "
+        f"{verdict(top_b.p99_ms < 50)}.",
+        "",
+        f"Durability check: wrk counted {res.acknowledged:,} 2xx answers (warm-ups included); "
+        f"the database holds {res.stored:,} webhooks afterwards "
+        f"({stored_ok}). "
+        f"The fake Segment had accepted {res.delivered_during:,} messages meanwhile. "
+        f"Bridge peak RSS {res.rss_kb / 1024:.0f} MB.",
+        "",
+    ]
+    if res.profile is not None:
+        load = res.profiled
+        lines += [
+            f"### Intake profile (py-spy, {sizes.profile_secs:g} s, {max(sizes.levels)} "
+            f"connections{f', {load.rate:,.0f} webhooks/s while sampled' if load else ''})",
+            "",
+        ]
+        lines += profile.table(res.profile)
+    return lines
+
+
+def drain_section(res: drain.DrainResult, fig: dict[str, Any]) -> list[str]:
+    share = ratio(res.bridge_rate, res.client_rate)
+    fig["drain bridge msg/s"] = round(res.bridge_rate, 1)
+    fig["drain Client msg/s"] = round(res.client_rate, 1)
+    fig["drain bridge / Client"] = round(share, 3)
+    lines = ["## 2. Drain", ""]
+    lines += [
+        f"A backlog of {res.count:,} messages (the ~2 KB `Completed Test` track call the mapping "
+        f"makes of the benchmark body, one webhook each) built through `SQLiteStore.enqueue` in "
+        f"{res.build_secs:.1f} s, then `synap-bridge serve` started on it with the default "
+        "delivery settings, pointed at the fake Segment (a separate process). Baseline: "
+        "segment-analytics-python's `Client` (defaults, `gzip=True`) sending the same messages "
+        "to a fresh fake from its own process.",
+        "",
+        "| sender | messages | seconds | messages/s | notes |",
+        "|---|---:|---:|---:|---|",
+        f"| bridge | {res.count:,} | {res.bridge_secs:.2f} | {report.fmt(res.bridge_rate)} | "
+        f"from process start; {res.count / res.bridge_first_secs:,.0f}/s from the first "
+        f"arrival; CPU: bridge {res.bridge_cpu_secs:.1f} s, fake {res.fake_cpu_secs:.1f} s; "
+        f"peak RSS {res.bridge_rss_kb / 1024:.0f} MB |",
+        f"| `Client` | {res.client_counted:,} | {res.client_secs:.2f} | "
+        f"{report.fmt(res.client_rate)} | first call to `flush()` done; queue full "
+        f"{res.client_retries:,} times (retried after 1 ms) |",
+        "",
+        f"Target: >= 10,000 messages/s: {verdict(res.bridge_rate >= 10_000)}; >= 2x the "
+        f"`Client`: {share:.2f}x, {verdict(share >= 2)}.",
+        "",
+    ]
+    if res.profile is not None:
+        lines += ["### Drain profile (py-spy, 5 s, a second copy of the backlog)", ""]
+        lines += profile.table(res.profile)
+    return lines
+
+
+def memory_section(
+    points: tuple[memory.MemoryPoint, memory.MemoryPoint], fig: dict[str, Any]
+) -> list[str]:
+    small, large = points
+    growth = ratio(large.hwm_kb, small.hwm_kb)
+    fig["memory small backlog MB"] = round(small.hwm_kb / 1024, 1)
+    fig["memory large backlog MB"] = round(large.hwm_kb / 1024, 1)
+    fig["memory large / small"] = round(growth, 3)
+    lines = ["## 3. Memory", ""]
+    lines += [
+        "Peak RSS (VmHWM from /proc) of `synap-bridge serve` holding a backlog, with delivery "
+        "pointed at a fake Segment that answers 503 to every upload (the outage case: the "
+        "backlog stays), after 2 s of delivery attempts, /metrics and /readyz, and a burst of "
+        "intake (wrk, 16 connections). Backlog rows: 100 messages per webhook row (setup "
+        "speed), realistic ~2 KB messages.",
+        "",
+        "| backlog | setup s | peak RSS MB | RSS at end MB | intake during, webhooks/s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        lines.append(
+            f"| {p.backlog:,} | {p.build_secs:.1f} | {p.hwm_kb / 1024:.1f} | "
+            f"{p.rss_kb / 1024:.1f} | {report.fmt(p.intake_rate)} |"
+        )
+    lines += [
+        "",
+        f"Target: flat (<= 1.2x): {growth:.2f}x, {verdict(growth <= 1.2)}; < 150 MB: "
+        f"{large.hwm_kb / 1024:.0f} MB, {verdict(large.hwm_kb < 150 * 1024)}.",
+        "",
+    ]
+    return lines
+
+
+def e2e_section(res: e2e.E2EResult, fig: dict[str, Any]) -> list[str]:
+    fig["e2e p50 ms"] = round(res.p50_ms, 1)
+    fig["e2e p99 ms"] = round(res.p99_ms, 1)
+    return [
+        "## 4. End-to-end latency",
+        "",
+        f"{res.rate:g} webhooks/s for {res.seconds:g} s, open loop (Python aiohttp client), "
+        "default batch settings (`delivery.batch.timeout_secs` 1.0, `max_events` 500): from the "
+        "POST to the message's arrival at the fake Segment.",
+        "",
+        "| sent | answered 200 | arrived | p50 ms | p99 ms | max ms | answer p50 ms "
+        "| answer p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {res.sent:,} | {res.ok:,} | {res.arrived:,} | {report.fmt(res.p50_ms)} | "
+        f"{report.fmt(res.p99_ms)} | {report.fmt(res.max_ms)} | {report.fmt(res.answer_p50_ms)} | "
+        f"{report.fmt(res.answer_p99_ms)} |",
+        "",
+        "With a partial batch waiting up to `timeout_secs` for companions, the latency is bounded "
+        "by about that timeout plus one upload; lower it for lower latency.",
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small and short (a smoke run)")
+    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy samples")
+    args = parser.parse_args(argv)
+    parts = [p for p in args.only.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    if not wrk.available():
+        print("wrk is not installed: run `make bench-deps` (apt-get install wrk)", file=sys.stderr)
+        return 2
+    with_profile = not args.no_profile and profile.available() is not None
+    sizes = QUICK if args.quick else Sizes()
+    OUT.mkdir(parents=True, exist_ok=True)
+    wrk.write_template()
+    command = (
+        "make bench"
+        if argv is None and not sys.argv[1:]
+        else shlex.join(["python", "-m", "bench.run", *sys.argv[1:]])
+    )
+    started = time.monotonic()
+    figures: dict[str, Any] = {"_date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    sections: list[str] = []
+    if "intake" in parts:
+        print("intake ...", flush=True)
+        res_i = intake.run(
+            sizes.levels, sizes.intake_secs, sizes.profile_secs if with_profile else 0
+        )
+        sections += intake_section(res_i, sizes, figures)
+    if "drain" in parts:
+        print("drain ...", flush=True)
+        sections += drain_section(drain.run(sizes.drain_count, with_profile), figures)
+    if "memory" in parts:
+        print("memory ...", flush=True)
+        points = memory.run(sizes.memory_small, sizes.memory_large, sizes.memory_load_secs)
+        sections += memory_section(points, figures)
+    if "e2e" in parts:
+        print("end-to-end ...", flush=True)
+        sections += e2e_section(e2e.run(sizes.e2e_rate, sizes.e2e_secs), figures)
+    elapsed = time.monotonic() - started
+    sections.append(f"The whole run took {elapsed / 60:.1f} minutes.\n")
+    target = OUT / "benchmarks-quick.md" if args.quick else REPO / "docs" / "benchmarks.md"
+    report.write(target, machine(command), sections, figures)
+    for stale in OUT.glob("*.db*"):
+        stale.unlink()
+    print(f"wrote {target} in {elapsed:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
