@@ -37,6 +37,26 @@ def fixture_body(code: str) -> dict[str, Any]:
     return loaded
 
 
+def attempt_completed(
+    n: int | str, *, user: str | None = None, score: float = 5, pad: int = 0
+) -> dict[str, Any]:
+    """A small ``attempt.completed`` body that maps to exactly one Segment message ("Completed
+    Test"): attempt ``att-<n>`` of ``user`` (default ``user-<n>``); ``pad`` bytes of ballast."""
+    body: dict[str, Any] = {
+        "id": f"att-{n}",
+        "score": score,
+        "timeCompleted": "2026-11-01T10:00:00Z",
+        "test": {"id": "t-1", "title": "Algebra"},
+        "attempt": {"id": f"att-{n}", "isExam": False},
+        "user": {"id": user or f"user-{n}", "name": "Ada", "email": "ada@example.org"},
+        "portal": {"id": "portal-1"},
+        "meta": {"timestamp": "2026-11-01T10:00:01Z"},
+    }
+    if pad:
+        body["pad"] = "x" * pad
+    return body
+
+
 def make_config(tmp_path: Path, segment_url: str | None = None, **sections: Any) -> Config:
     """A test configuration: SQLite in tmp_path, Basic auth on, Segment at the fake (or dry-run)."""
     data: dict[str, Any] = {

@@ -13,7 +13,6 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -23,6 +22,7 @@ from bridge import backpressure
 from bridge.app import build_app
 from bridge.config import Config, StorageConfig
 from bridge.runtime import RUNTIME
+from tests.conftest import attempt_completed as attempt
 from tests.conftest import basic_auth, eventually
 from tests.fakesegment import FakeSegment
 
@@ -30,20 +30,6 @@ Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
 URL = "/webhooks/synap/attempt.completed"
-
-
-def attempt(n: int) -> dict[str, Any]:
-    """One attempt.completed webhook; it maps to exactly one Segment message."""
-    return {
-        "id": f"att-{n}",
-        "score": 5,
-        "timeCompleted": "2026-11-01T10:00:00Z",
-        "test": {"id": "t-1", "title": "Algebra"},
-        "attempt": {"id": f"att-{n}", "isExam": False},
-        "user": {"id": f"user-{n}", "name": "Ada", "email": "ada@example.org"},
-        "portal": {"id": "portal-1"},
-        "meta": {"timestamp": "2026-11-01T10:00:01Z"},
-    }
 
 
 class TestRefusalRule:

@@ -30,7 +30,7 @@ from bridge.runtime import RUNTIME
 from bridge.segment import SegmentSink
 from bridge.sqlite_store import SQLiteStore
 from bridge.store import DeadLetterFilter
-from tests.conftest import WRITE_KEY, basic_auth
+from tests.conftest import WRITE_KEY, attempt_completed, basic_auth
 from tests.fakesegment import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
@@ -49,20 +49,6 @@ def registered(user: str) -> dict[str, Any]:
         "timeRegistered": "2026-11-01T09:00:00Z",
         "usergroups": [],
         "customAttributes": {},
-    }
-
-
-def completed(user: str, n: int) -> dict[str, Any]:
-    """attempt.completed: one track ("Completed Test")."""
-    return {
-        "id": f"att-{user}-{n}",
-        "score": n,
-        "timeCompleted": "2026-11-01T10:00:00Z",
-        "test": {"id": "t-1", "title": "Algebra"},
-        "attempt": {"id": f"att-{user}-{n}", "isExam": False},
-        "user": {"id": user, "name": "Ada", "email": f"{user}@example.org"},
-        "portal": {"id": "portal-1"},
-        "meta": {"timestamp": "2026-11-01T10:00:01Z"},
     }
 
 
@@ -125,6 +111,11 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def completed(user: str, n: int) -> dict[str, Any]:
+    """attempt.completed: one track ("Completed Test") of ``user``."""
+    return attempt_completed(f"{user}-{n}", user=user, score=n)
 
 
 async def enqueue(

@@ -22,6 +22,7 @@ from bridge.config import BatchConfig, Config, DeliveryConfig
 from bridge.runtime import RUNTIME
 from bridge.store import DeadLetterFilter
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth, eventually
+from tests.conftest import attempt_completed as completed
 from tests.fakesegment import FakeSegment
 from tests.process import write_config
 from tests.test_cli_ops import run_cli
@@ -31,20 +32,6 @@ MakeClient = Callable[..., Awaitable[Client]]
 
 COUNT = 150
 POISONED = 97
-
-
-def completed(n: int) -> dict[str, Any]:
-    """attempt.completed: exactly one Segment message (a track)."""
-    return {
-        "id": f"att-{n}",
-        "score": n % 10,
-        "timeCompleted": "2026-11-01T10:00:00Z",
-        "test": {"id": "t-1", "title": "Algebra"},
-        "attempt": {"id": f"att-{n}", "isExam": False},
-        "user": {"id": f"user-{n}", "name": "Ada", "email": "ada@example.org"},
-        "portal": {"id": "portal-1"},
-        "meta": {"timestamp": "2026-11-01T10:00:01Z"},
-    }
 
 
 async def test_poison_message_in_a_big_batch(

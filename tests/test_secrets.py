@@ -25,6 +25,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from tests.conftest import attempt_completed
 from tests.process import REPO, BridgeProcess, write_config
 
 PASSWORD = "pw-Zq8Lk2-very-secret-password"
@@ -96,19 +97,6 @@ async def echo() -> AsyncIterator[EchoingSegment]:
         yield server
 
 
-def completed(n: int, user: str) -> dict[str, Any]:
-    return {
-        "id": f"att-{n}",
-        "score": 5,
-        "timeCompleted": "2026-11-01T10:00:00Z",
-        "test": {"id": "t-1", "title": "Algebra"},
-        "attempt": {"id": f"att-{n}", "isExam": False},
-        "user": {"id": user, "name": "Ada", "email": "ada@example.org"},
-        "portal": {"id": "portal-1"},
-        "meta": {"timestamp": "2026-11-01T10:00:01Z"},
-    }
-
-
 async def cli(config: Path, env: dict[str, str], *args: str) -> tuple[str, str]:
     """Run a command; (stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
@@ -163,10 +151,14 @@ async def test_secrets_stay_out_of_logs_and_cli_output(
         hook = f"{url}/webhooks/synap/attempt.completed"
         async with aiohttp.ClientSession() as session:
             for headers in wrong:
-                async with session.post(hook, json=completed(0, "u"), headers=headers) as r:
+                async with session.post(
+                    hook, json=attempt_completed(0, user="u"), headers=headers
+                ) as r:
                     assert r.status == 401
             for n, user in enumerate(["user-1", "user-2", POISON_USER, "user-3"], start=1):
-                async with session.post(hook, json=completed(n, user), headers=good) as r:
+                async with session.post(
+                    hook, json=attempt_completed(n, user=user), headers=good
+                ) as r:
                     assert r.status == 200
             unknown = f"{url}/webhooks/synap/course.finished"
             async with session.post(unknown, json={"note": PASSWORD}, headers=good) as r:

@@ -32,25 +32,13 @@ import pytest
 
 from bridge.sqlite_store import SQLiteStore
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth
+from tests.conftest import attempt_completed as completed
 from tests.fakesegment import FakeSegment
 from tests.process import BridgeProcess, write_config
 
 GRACE = 2.0
 #: Process start-up and interpreter exit on a loaded CI machine, on top of the grace period.
 EXIT_SLACK = 3.0
-
-
-def completed(n: int) -> dict[str, Any]:
-    return {
-        "id": f"att-{n}",
-        "score": 5,
-        "timeCompleted": "2026-11-01T10:00:00Z",
-        "test": {"id": "t-1", "title": "Algebra"},
-        "attempt": {"id": f"att-{n}", "isExam": False},
-        "user": {"id": f"user-{n}", "name": "Ada", "email": "ada@example.org"},
-        "portal": {"id": "portal-1"},
-        "meta": {"timestamp": "2026-11-01T10:00:01Z"},
-    }
 
 
 @pytest.fixture

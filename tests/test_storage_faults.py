@@ -30,27 +30,13 @@ from bridge.config import Config
 from bridge.runtime import RUNTIME
 from bridge.sqlite_store import SQLiteStore
 from bridge.store import DeadLetterFilter
+from tests.conftest import attempt_completed as attempt
 from tests.conftest import basic_auth
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
 URL = "/webhooks/synap/attempt.completed"
-
-
-def attempt(n: int, pad: int = 0) -> dict[str, Any]:
-    """One attempt.completed webhook (one Segment message); ``pad`` bytes of ballast."""
-    return {
-        "id": f"att-{n}",
-        "score": 5,
-        "timeCompleted": "2026-11-01T10:00:00Z",
-        "test": {"id": "t-1", "title": "Algebra"},
-        "attempt": {"id": f"att-{n}", "isExam": False},
-        "user": {"id": f"user-{n}", "name": "Ada", "email": "ada@example.org"},
-        "portal": {"id": "portal-1"},
-        "meta": {"timestamp": "2026-11-01T10:00:01Z"},
-        "pad": "x" * pad,
-    }
 
 
 def integrity(path: Path) -> str:
