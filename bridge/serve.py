@@ -43,6 +43,13 @@ async def serve(config: Config, config_path: str | None) -> int:
     notifier = Notifier.from_environ()
     app = build_app(config)
     runtime = app[RUNTIME]
+    # Signals are ours before anything can be seen from outside: a SIGTERM sent as soon as the
+    # "listening" line appears must stop the bridge gracefully, not kill it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload, runtime, config_path, notifier)
     runner = web.AppRunner(
         app, handle_signals=False, shutdown_timeout=config.shutdown.grace_secs, access_log=None
     )
@@ -61,11 +68,6 @@ async def serve(config: Config, config_path: str | None) -> int:
             runners.append(side)
         for address in (addr for r in runners for addr in r.addresses):
             log.info("listening", host=address[0], port=address[1], dry_run=config.dry_run)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload, runtime, config_path, notifier)
         notifier.ready()
         pinger = asyncio.create_task(watchdog_loop(notifier))
         await stop.wait()
