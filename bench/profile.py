@@ -147,7 +147,7 @@ def table(profile: Profile, top: int = 8) -> list[str]:
         incl = [
             (name, count)
             for name, count in thread.inclusive.most_common()
-            if count < 0.9 * thread.samples
+            if count < 0.8 * thread.samples and not name.startswith(("<module>", "main ("))
         ][:top]
         for index in range(max(len(selfs), len(incl))):
             left = selfs[index] if index < len(selfs) else None
