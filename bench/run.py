@@ -66,6 +66,7 @@ def machine(command: str) -> list[tuple[str, str]]:
     wrk_version = subprocess.run(
         ["wrk", "-v"], capture_output=True, text=True, check=False, timeout=10
     ).stdout.splitlines()
+    wrk_name = (wrk_version or ["wrk ?"])[0].split(" [")[0].strip()
     return [
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("command", f"`{command}`"),
@@ -75,7 +76,7 @@ def machine(command: str) -> list[tuple[str, str]]:
             "software",
             f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, aiohttp "
             f"{version('aiohttp')}, segment-analytics-python "
-            f"{version('segment-analytics-python')}, {(wrk_version or ['wrk ?'])[0].strip()}",
+            f"{version('segment-analytics-python')}, {wrk_name}",
         ),
     ]
 
