@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean packaging-deps
+.PHONY: run test lint typecheck pytest bench bench-deps clean packaging-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

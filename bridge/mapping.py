@@ -21,7 +21,6 @@ once the bug is fixed.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -139,7 +138,9 @@ def _map(
 def _message(
     call: Call, draft: Draft, portal: str | None, switches: CodeMapping, settings: MappingConfig
 ) -> dict[str, Any]:
-    context = copy.deepcopy(CONTEXT)
+    # A fresh two-level copy (the message is serialised at once and never shared); deepcopy
+    # was a measurable share of intake in the profile.
+    context: dict[str, Any] = {key: dict(value) for key, value in CONTEXT.items()}
     if draft.context_group_id is not None:
         context["groupId"] = draft.context_group_id
     body: dict[str, Any] = {

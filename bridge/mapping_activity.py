@@ -105,7 +105,7 @@ def map_purchase(
         }
     )
     unlocks = [
-        compact({"type": item.get("type"), "targetId": item.get("targetId")})
+        compact({"type": clean(item.get("type")), "targetId": clean(item.get("targetId"))})
         for item in body.unlockActions
     ]
     properties = compact(

@@ -70,7 +70,8 @@ def as_number(value: Any) -> int | float | None:
             return None
         if not math.isfinite(number):
             return None
-        return int(number) if number.is_integer() and "." not in value else number
+        whole = number.is_integer() and "." not in value and abs(number) < 2**63
+        return int(number) if whole else number
     return None
 
 

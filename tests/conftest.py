@@ -91,12 +91,15 @@ def config_factory(tmp_path: Path) -> Callable[..., Config]:
     return factory
 
 
-async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait, bounded, for state that another task changes and that has no event to wait on.
+#: How often ``eventually`` looks. Not a wait for correctness (the bound is ``within``): a
+#: busy loop of ``sleep(0)`` keeps the main thread hot and starves the bridge's SQLite and
+#: upload threads of the GIL (each of their calls releases and retakes it), which made such
+#: waits take seconds or time out.
+POLL_INTERVAL_SECS = 0.005
 
-    It only yields to the event loop between looks (no timed sleep decides anything): the
-    condition is true as soon as the other task has run, or the test fails after ``within``.
-    """
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait, bounded, for state that another task changes and that has no event to wait on."""
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - no Event exists for these states
-            await asyncio.sleep(0)
+            await asyncio.sleep(POLL_INTERVAL_SECS)

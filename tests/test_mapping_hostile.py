@@ -291,3 +291,25 @@ class TestShapesTheDocsLeaveOpen:
         first, again = run("attemptOverride.created", body), run("attemptOverride.created", body)
         assert first[0]["messageId"] == again[0]["messageId"]
         assert first[0]["timestamp"] == RECEIVED_ISO
+
+
+class TestOutOfRangeIntegers:
+    """Found by the property test: a number past 64 bits in a nested part of store.purchase
+    reached orjson raw. Every such value must come out as text, never as a mapping_failed."""
+
+    def test_unlock_action_values(self) -> None:
+        import json
+        from datetime import UTC, datetime
+        from pathlib import Path
+
+        from bridge.config import Config
+        from bridge.mapping import map_webhook
+        from bridge.values import as_number
+
+        path = Path(__file__).parent / "fixtures" / "synap" / "store.purchase.json"
+        body = json.loads(path.read_text(encoding="utf-8"))
+        body["unlockActions"] = [{"type": -(2**63) - 1, "targetId": 2**70}]
+        mapped = map_webhook("store.purchase", body, datetime.now(UTC), Config())
+        (unlock,) = mapped.messages[0].body()["properties"]["unlockActions"]
+        assert unlock == {"type": str(-(2**63) - 1), "targetId": str(2**70)}
+        assert as_number("1e30") == 1e30

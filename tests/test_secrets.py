@@ -25,7 +25,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import attempt_completed
+from tests.conftest import attempt_completed, eventually
 from tests.process import REPO, BridgeProcess, write_config
 
 PASSWORD = "pw-Zq8Lk2-very-secret-password"
@@ -164,9 +164,8 @@ async def test_secrets_stay_out_of_logs_and_cli_output(
             async with session.post(unknown, json={"note": PASSWORD}, headers=good) as r:
                 assert r.status == 202  # a dead letter (whose raw body happens to hold it)
         await echo.wait_for(3)
-        async with asyncio.timeout(20):  # the poison message is buried after the others
-            while not bridge.events("dead_letter"):  # noqa: ASYNC110 - log lines, no event
-                await asyncio.sleep(0)
+        # the poison message is buried after the others
+        await eventually(lambda: bool(bridge.events("dead_letter")), within=20)
 
         outputs["check-config"] = await cli(config, env, "check-config")
         outputs["stats"] = await cli(config, env, "stats", "--json")

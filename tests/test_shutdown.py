@@ -31,7 +31,7 @@ import aiohttp
 import pytest
 
 from bridge.sqlite_store import SQLiteStore
-from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth
+from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth, eventually
 from tests.conftest import attempt_completed as completed
 from tests.fakesegment import FakeSegment
 from tests.process import BridgeProcess, write_config
@@ -121,9 +121,7 @@ class HalfSentRequest:
 
 async def wait_for_log(process: BridgeProcess, event: str, within: float = 10.0) -> None:
     """Bounded wait for a log line; the reader task appends lines as they come."""
-    async with asyncio.timeout(within):
-        while not process.events(event):  # noqa: ASYNC110 - the log has no event to wait on
-            await asyncio.sleep(0)
+    await eventually(lambda: bool(process.events(event)), within=within)
 
 
 async def readyz_not_ready(url: str) -> bool:

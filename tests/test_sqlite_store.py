@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,6 +23,7 @@ from bridge.messages import OutgoingMessage
 from bridge.sqlite_schema import SCHEMA_VERSION
 from bridge.sqlite_store import CHUNK, SQLiteStore
 from bridge.store import DeadLetterFilter, DeadReason, Store, Webhook
+from tests.conftest import eventually
 
 NOW = 10_000.0
 
@@ -59,10 +59,7 @@ def write_lock(path: Path) -> Iterator[None]:
 
 async def until(condition: Callable[[], bool]) -> None:
     """Wait (bounded, 5 s) for a condition another thread makes true."""
-    deadline = time.monotonic() + 5.0
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0)
+    await eventually(condition, within=5.0)
 
 
 @pytest.fixture
