@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tests.fakesegment import FakeSegment
+from tests.fakesegment import FakeSegment, serve_until_signalled
 
 
 class TimedFake(FakeSegment):
@@ -54,14 +53,7 @@ class TimedFake(FakeSegment):
 async def _serve(port: int, write_key: str) -> None:
     fake = TimedFake(write_key, port=port)
     await fake.start()
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, done.set)
-    try:
-        await done.wait()
-    finally:
-        await fake.stop()
+    await serve_until_signalled(fake)
 
 
 def main(argv: list[str] | None = None) -> None:

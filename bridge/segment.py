@@ -212,26 +212,14 @@ def build_sinks(config: Config) -> dict[str, Sink]:
     A destination without a write key is a dry run: its messages are logged and acked.
     """
     seg = config.segment
-    sinks: dict[str, Sink] = {}
-    if seg.write_key is None:
-        sinks[DEFAULT_DESTINATION] = DryRunSink(DEFAULT_DESTINATION)
-    else:
-        sinks[DEFAULT_DESTINATION] = SegmentSink(
-            seg.write_key.get_secret_value(),
-            seg.endpoint,
-            seg.timeout_secs,
-            seg.gzip,
-            name=DEFAULT_DESTINATION,
-        )
+    endpoints = {DEFAULT_DESTINATION: (seg.write_key, seg.endpoint)}
     for name, dest in config.routing.destinations.items():
-        if dest.write_key is None:
+        endpoints[name] = (dest.write_key, dest.endpoint)
+    sinks: dict[str, Sink] = {}
+    for name, (write_key, endpoint) in endpoints.items():
+        if write_key is None:
             sinks[name] = DryRunSink(name)
         else:
-            sinks[name] = SegmentSink(
-                dest.write_key.get_secret_value(),
-                dest.endpoint,
-                seg.timeout_secs,
-                seg.gzip,
-                name=name,
-            )
+            secret = write_key.get_secret_value()
+            sinks[name] = SegmentSink(secret, endpoint, seg.timeout_secs, seg.gzip, name=name)
     return sinks

@@ -376,6 +376,11 @@ async def _serve(port: int, write_key: str, keep_bodies: bool) -> None:
     fake = FakeSegment(write_key, port=port, keep_bodies=keep_bodies)
     await fake.start()
     print(fake.port, flush=True)
+    await serve_until_signalled(fake)
+
+
+async def serve_until_signalled(fake: FakeSegment) -> None:
+    """Keep a started fake serving until SIGTERM or SIGINT, then stop it (process mode)."""
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
