@@ -1,40 +1,35 @@
-"""The Segment sink: the one module that knows HTTP statuses and the segment library's exceptions.
+"""The Segment sink: the one module that knows HTTP statuses and Segment's error answers.
 
 Everything that leaves the bridge goes through :meth:`SegmentSink.send`, which uploads one batch
-with ``segment.analytics.request.post`` and translates every outcome into the bridge's own terms:
-it returns on 2xx, raises :class:`~bridge.errors.TransientDelivery` when trying again later may
-work (network errors, timeouts, 408/410/429/460 and 5xx except 501/505, with the server's
+to ``{endpoint}/v1/batch`` and translates every outcome into the bridge's own terms: it returns
+on 2xx, raises :class:`~bridge.errors.TransientDelivery` when trying again later may work
+(network errors, timeouts, 408/410/429/460 and 5xx except 501/505, with the server's
 ``Retry-After``; and 401/403, a refused write key, see :data:`AUTH_STATUSES`), and
 :class:`~bridge.errors.PermanentDelivery` when the same request will never be accepted. This is
 the classification of Segment's own libraries (segment-facts.md), but for the write key.
 
+Why not ``segment.analytics.request.post``: it takes the batch as Python objects and encodes it
+with the standard ``json`` module, so every stored message had to be parsed and encoded again
+per upload: with its level-9 gzip, that was 40 % of a backlog drain's CPU and held the drain at
+6,600 messages/s (docs/benchmarks.md). The stored bytes already are the messages' JSON, so
+:mod:`bridge.wire` splices them into the same request (same URL, keys, Basic auth, gzip) and this
+module posts it with ``requests``, as ``request.post`` does. What we still take from the library
+is its reading of ``Retry-After`` (:func:`segment.analytics.request.parse_retry_after`: seconds
+or an HTTP date, capped at 300 s) and its error-body convention (``{"code", "message"}``).
+
 Threads: ``send`` is synchronous and runs in a worker thread, up to ``delivery.concurrency`` at
-once. ``request.post`` uses one module-level ``requests.Session``. We share it on purpose: a
-Session's connection pool (urllib3) is thread-safe, the cookie jar takes a lock, and our posts
-change no other Session state; sharing keeps TLS connections alive between batches. The one
-thing to fix is the pool size (10 by default): with more concurrent batches than that, urllib3
-would open extra connections and throw them away after each request, so :func:`tune_library`
-mounts adapters sized for the largest allowed concurrency.
+once, all sharing one module-level ``requests.Session``: its connection pool (urllib3) is
+thread-safe, the cookie jar takes a lock, and our posts change no other Session state; sharing
+keeps TLS connections alive between batches. The pool holds :data:`MAX_CONNECTIONS`, the largest
+concurrency the configuration allows (the default 10 would open and discard extra connections).
 
-Gzip: ``request.post`` compresses with ``GzipFile``'s default level, 9. On the bridge's JSON that
-costs four times the CPU of zlib's usual level 6 for bodies under 1 % smaller (measured on 500
-realistic messages, 258 KB: 9.7 ms at level 9, 2.3 ms at level 6, 42.4 KB vs 42.7 KB), and it
-was the largest single cost of a backlog drain. The library offers no setting, so
-:func:`tune_library` points the name ``GzipFile`` inside ``segment.analytics.request`` at a
-level-6 ``GzipFile``: same upload path, same format, a different level.
-
-Secrets: the write key goes into ``request.post`` and nowhere else. No exception text or log
-line carries it (``_scrub`` removes it, raw or as the Basic token, from any text that comes
-back from the network, as a last line of defence), and the library's own debug log, which
-prints whole request bodies including the key, is held at WARNING by :mod:`bridge.logs`.
+Secrets: the write key goes into the request and nowhere else. No exception text or log line
+carries it: ``_scrub`` removes it, raw or as the Basic token, from any text that comes back
+from the network, as a last line of defence.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
-import gzip as gzip_module
-import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -43,7 +38,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from segment.analytics import request as segment_request
 
-from bridge import logs
+from bridge import logs, wire
 from bridge.config import DEFAULT_DESTINATION, Config
 from bridge.errors import PermanentDelivery, TransientDelivery
 
@@ -59,11 +54,19 @@ AUTH_STATUSES = frozenset({401, 403})
 PERMANENT_5XX = frozenset({501, 505})
 #: Largest ``delivery.concurrency`` the configuration allows: the connection pool holds as many.
 MAX_CONNECTIONS = 32
-#: What ``request.post`` puts in ``sentAt``: ``datetime.now(tzutc()).isoformat()``.
-_SAMPLE_SENT_AT = "2024-01-01T00:00:00.000000+00:00"
 _DETAIL_CHARS = 300
-#: zlib's default; see the module docstring for why not the library's 9.
-GZIP_LEVEL = 6
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=MAX_CONNECTIONS)
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, adapter)
+    return session
+
+
+#: Shared by every sink and worker thread (module docstring).
+SESSION = _session()
 
 
 class Sink(Protocol):
@@ -71,7 +74,7 @@ class Sink(Protocol):
 
     name: str
     dry_run: bool
-    #: Bytes the request body adds around the messages (``{"batch": [...], "sentAt"...}``).
+    #: Bytes the request body adds around the messages (``{"batch":[...],"sentAt"...}``).
     envelope_bytes: int
 
     def send(self, batch: Sequence[bytes]) -> None: ...
@@ -81,22 +84,14 @@ def is_transient_status(status: int) -> bool:
     return status in TRANSIENT_STATUSES or (500 <= status <= 599 and status not in PERMANENT_5XX)
 
 
-def envelope_bytes(write_key: str) -> int:
-    """Size of the request body ``request.post`` builds for an empty batch, exactly."""
-    body = {"batch": [], "sentAt": _SAMPLE_SENT_AT, "writeKey": write_key}
-    return len(json.dumps(body).encode("utf-8"))
-
-
-def tune_library(size: int = MAX_CONNECTIONS) -> None:
-    """Size the library's shared Session pool for ``size`` concurrent uploads and set its gzip
-    level (module docstring). Idempotent; called by every SegmentSink."""
-    segment_request.GzipFile = functools.partial(gzip_module.GzipFile, compresslevel=GZIP_LEVEL)
-    session = segment_request._session
-    current = session.get_adapter("https://")
-    if getattr(current, "_pool_maxsize", 0) >= size:
-        return
-    for prefix in ("https://", "http://"):
-        session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=size))
+def error_code_and_message(response: requests.Response) -> tuple[str, str]:
+    """Segment's error body is ``{"code": ..., "message": ...}``; anything else is "unknown"
+    with the text (the library's convention, so log lines read the same)."""
+    try:
+        doc = response.json()
+        return str(doc["code"]), str(doc["message"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown", response.text
 
 
 class SegmentSink:
@@ -116,14 +111,15 @@ class SegmentSink:
         if not write_key:
             raise ValueError("write_key is empty")
         self._write_key = write_key
-        token = base64.b64encode(f"{write_key}:".encode()).decode()
+        token = wire.basic_token(write_key)
         self._secrets = (token, token.rstrip("="), write_key)
+        self._headers = wire.headers(write_key, gzipped=gzip)
         self.endpoint = endpoint
+        self.url = endpoint.rstrip("/") + "/v1/batch"
         self.timeout_secs = timeout_secs
         self.gzip = gzip
         self.name = name
-        self.envelope_bytes = envelope_bytes(write_key)
-        tune_library()
+        self.envelope_bytes = wire.envelope_bytes(write_key)
 
     def __repr__(self) -> str:
         return f"SegmentSink(name={self.name!r}, endpoint={self.endpoint!r}, gzip={self.gzip})"
@@ -131,37 +127,46 @@ class SegmentSink:
     def send(self, batch: Sequence[bytes]) -> None:
         """Upload ``batch`` (each item the JSON of one message); raise a DeliveryError if not 2xx.
 
-        The stored bytes are parsed with orjson (fast) because ``request.post`` serialises the
-        body itself with ``json.dumps``; a fresh ``sentAt`` is added by the library per attempt.
+        ``sentAt`` is fresh per attempt, so Segment's clock-skew correction sees the real send
+        time of a retried batch.
         """
-        messages = [orjson.loads(item) for item in batch]
+        data = wire.body(batch, wire.sent_at(), self._write_key)
+        if self.gzip:
+            data = wire.compress(data)
         try:
-            segment_request.post(
-                self._write_key,
-                host=self.endpoint,
-                gzip=self.gzip,
+            response = SESSION.post(
+                self.url,
+                data=data,
+                headers=self._headers,
                 timeout=self.timeout_secs,
-                batch=messages,
+                allow_redirects=False,
             )
-        except segment_request.APIError as exc:
-            raise self._translate_api_error(exc) from exc
         except requests.RequestException as exc:
             # Connection refused/reset, DNS, TLS, timeouts, a truncated body: all are the
             # network's doing. Anything else requests raises (an invalid URL) cannot come from
             # a validated endpoint, and retrying until max_age is safer than burying it.
             detail = self._scrub(f"{type(exc).__name__}: {exc}")
             raise TransientDelivery(detail) from exc
+        if not 200 <= response.status_code < 300:
+            raise self._translate(response)
 
-    def _translate_api_error(
-        self, exc: segment_request.APIError
-    ) -> TransientDelivery | PermanentDelivery:
-        status = int(exc.status)
-        detail = self._scrub(f"HTTP {status} {exc.code}: {exc.message}")
+    def _translate(self, response: requests.Response) -> TransientDelivery | PermanentDelivery:
+        status = response.status_code
+        if 300 <= status < 400:
+            # Nothing was uploaded. Following would resend the write key wherever the answer
+            # points (and turn the POST into a GET for 301/302). Like a refused key, this is the
+            # destination's configuration, not the batch's fault: pause, never bury.
+            where = response.headers.get("Location") or "nowhere"
+            detail = self._scrub(
+                f"HTTP {status}: the endpoint redirects to {where}; set the destination's "
+                "endpoint to the final address; delivery is paused"
+            )
+            return TransientDelivery(detail, status=status)
+        code, message = error_code_and_message(response)
+        detail = self._scrub(f"HTTP {status} {code}: {message}")
         if is_transient_status(status):
-            retry_after = None
-            if exc.response is not None:
-                parsed = segment_request.parse_retry_after(exc.response)
-                retry_after = float(parsed) if parsed is not None else None
+            parsed = segment_request.parse_retry_after(response)
+            retry_after = float(parsed) if parsed is not None else None
             return TransientDelivery(detail, status=status, retry_after=retry_after)
         if status in AUTH_STATUSES:
             detail = f"{detail} - Segment refused the write key: check it; delivery is paused"
@@ -183,7 +188,7 @@ class DryRunSink:
 
     def __init__(self, name: str = DEFAULT_DESTINATION) -> None:
         self.name = name
-        self.envelope_bytes = envelope_bytes("")
+        self.envelope_bytes = wire.envelope_bytes("")
 
     def __repr__(self) -> str:
         return f"DryRunSink(name={self.name!r})"

@@ -60,6 +60,7 @@ class Failure:
     status: int = 503
     retry_after: str | None = None
     reset: bool = False
+    location: str | None = None  # for a 3xx: where the redirect points
 
 
 def check_message(msg: Any, index: int) -> None:
@@ -147,9 +148,10 @@ class FakeSegment:
         times: int = 1,
         retry_after: str | None = None,
         reset: bool = False,
+        location: str | None = None,
     ) -> None:
         """Queue a misbehaviour for the next ``times`` requests (queued ones run in order)."""
-        self.failures.append(Failure(times, status, retry_after, reset))
+        self.failures.append(Failure(times, status, retry_after, reset, location))
 
     def stats(self) -> dict[str, int]:
         return {
@@ -274,6 +276,8 @@ class FakeSegment:
                 request.transport.abort()  # no answer at all: the client sees a reset
                 raise asyncio.CancelledError
             headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+            if failure.location:
+                headers["Location"] = failure.location
             self.rejected.append((failure.status, "programmed failure"))
             return _error(failure.status, "programmed failure", headers)
         if request.headers.get("Authorization") != self._auth:

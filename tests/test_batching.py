@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.batching import Batch, make_batch, plan, wire_bytes
+from bridge import wire
+from bridge.batching import Batch, make_batch, plan
 from bridge.messages import MAX_MESSAGE_BYTES
-from bridge.segment import envelope_bytes
 from bridge.store import ClaimedMessage
 
 WRITE_KEY = "wk_0123456789abcdef0123456789abcdef"
@@ -33,56 +32,16 @@ def message(
 
 
 def envelope(destination: str) -> int:
-    return envelope_bytes(WRITE_KEY)
+    return wire.envelope_bytes(WRITE_KEY)
 
 
-def library_body(batch: Batch) -> bytes:
-    """The body segment.analytics.request.post would send for this batch (its json.dumps)."""
-    doc = {
-        "batch": [orjson.loads(m.payload) for m in batch.messages],
-        "sentAt": SENT_AT,
-        "writeKey": WRITE_KEY,
-    }
-    return json.dumps(doc).encode("utf-8")
+def request_body(batch: Batch) -> bytes:
+    """The body the sink sends for this batch."""
+    return wire.body(batch.payloads, SENT_AT, WRITE_KEY)
 
 
 def ids(batches: Sequence[Batch]) -> list[list[int]]:
     return [[m.id for m in b.messages] for b in batches]
-
-
-class TestWireBytes:
-    def test_ascii_bound_covers_json_dumps_spacing(self) -> None:
-        msg = message(1)
-        exact = len(json.dumps(orjson.loads(msg.payload)).encode())
-        assert exact <= wire_bytes(msg.payload)
-
-    def test_non_ascii_is_counted_as_escaped(self) -> None:
-        msg = message(2, text="élève 日本語 🎓" * 50)
-        exact = len(json.dumps(orjson.loads(msg.payload)).encode())
-        assert len(msg.payload) < exact <= wire_bytes(msg.payload)
-
-    def test_floats_and_delete_characters(self) -> None:
-        payload = orjson.dumps({"tiny": [1.5e-7, 2e-9, 1e16], "del": "a\x7fb"})
-        assert len(json.dumps(orjson.loads(payload)).encode()) <= wire_bytes(payload)
-
-    @settings(max_examples=200, deadline=None)
-    @given(
-        st.recursive(
-            st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(),
-            lambda inner: (
-                st.lists(inner, max_size=4)
-                | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-            ),
-            max_leaves=20,
-        )
-    )
-    def test_bound_holds_for_any_json(self, value: object) -> None:
-        payload = orjson.dumps({"v": value})
-        assert len(json.dumps(orjson.loads(payload)).encode()) <= wire_bytes(payload)
-
-    def test_envelope_is_exact(self) -> None:
-        empty = {"batch": [], "sentAt": SENT_AT, "writeKey": WRITE_KEY}
-        assert envelope_bytes(WRITE_KEY) == len(json.dumps(empty))
 
 
 class TestPlan:
@@ -91,21 +50,37 @@ class TestPlan:
         assert ids(result.batches) == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
         assert result.oversized == []
 
-    def test_byte_limit_counts_the_real_request_body(self) -> None:
-        messages = [message(i, pad=20_000) for i in range(1, 61)]
+    def test_byte_limit_counts_the_real_request_body_exactly(self) -> None:
+        messages = [message(i, pad=20_000, text="élève 🎓") for i in range(1, 61)]
         result = plan(messages, 2500, 100_000, envelope)
         assert len(result.batches) > 1
         for batch in result.batches:
-            body = library_body(batch)
-            assert len(body) <= batch.body_bytes <= 100_000
+            assert len(request_body(batch)) == batch.body_bytes <= 100_000
         assert [m for b in result.batches for m in b.messages] == messages
 
-    def test_batches_are_nearly_full(self) -> None:
+    def test_batches_are_full_to_the_byte(self) -> None:
         messages = [message(i, pad=9_000) for i in range(1, 101)]
         result = plan(messages, 2500, 475_000, envelope)
         # Every batch but the last is closed only because the next message would not fit.
-        for batch in result.batches[:-1]:
-            assert batch.body_bytes + wire_bytes(messages[0].payload) + 2 > 475_000
+        for batch, after in zip(result.batches, result.batches[1:], strict=False):
+            following = len(after.messages[0].payload)
+            assert batch.body_bytes + wire.SEPARATOR_BYTES + following > 475_000
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        sizes=st.lists(st.integers(0, 31_000), min_size=1, max_size=60),
+        max_bytes=st.integers(40_000, 500_000),
+        max_events=st.integers(1, 30),
+    )
+    def test_every_body_is_exact_and_within_the_limits(
+        self, sizes: list[int], max_bytes: int, max_events: int
+    ) -> None:
+        messages = [message(i, pad=size) for i, size in enumerate(sizes)]
+        result = plan(messages, max_events, max_bytes, envelope)
+        assert [m for b in result.batches for m in b.messages] == messages
+        for batch in result.batches:
+            assert len(request_body(batch)) == batch.body_bytes <= max_bytes
+            assert 1 <= len(batch.messages) <= max_events
 
     def test_per_destination_and_ordered_by_first_message(self) -> None:
         messages = [

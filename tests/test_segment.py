@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-from segment.analytics import request as segment_request
+from requests.adapters import HTTPAdapter
 from structlog.testing import capture_logs
 
 from bridge import config as config_module
 from bridge.errors import PermanentDelivery, TransientDelivery
 from bridge.segment import (
     MAX_CONNECTIONS,
+    SESSION,
     DryRunSink,
     SegmentSink,
     build_sinks,
@@ -69,17 +69,16 @@ class TestSuccess:
     async def test_repr_hides_the_key(self, fake: FakeSegment) -> None:
         assert KEY not in repr(sink(fake))
 
-    async def test_library_gzips_at_level_6_with_a_pool_for_every_worker(
-        self, fake: FakeSegment
-    ) -> None:
-        sink(fake)
-        buf = io.BytesIO()
-        with segment_request.GzipFile(fileobj=buf, mode="w") as zipped:
-            zipped.write(b"{}")
-        # Byte 8 of a gzip header (XFL) is 2 at level 9, 4 at level 1, 0 in between.
-        assert buf.getvalue()[8] == 0
-        adapter = segment_request._session.get_adapter("http://")
-        assert adapter._pool_maxsize >= MAX_CONNECTIONS
+    async def test_non_ascii_text_arrives_as_stored(self, fake: FakeSegment) -> None:
+        text = "élève 日本語 🎓 \u2028"
+        await send(sink(fake), [payload(1, properties={"text": text})])
+        assert fake.messages[0]["properties"] == {"text": text}
+
+    def test_one_connection_pool_for_every_worker(self) -> None:
+        for prefix in ("http://", "https://"):
+            adapter = SESSION.get_adapter(prefix)
+            assert isinstance(adapter, HTTPAdapter)
+            assert adapter._pool_maxsize >= MAX_CONNECTIONS  # type: ignore[attr-defined]
 
 
 class TestClassification:
@@ -123,6 +122,25 @@ class TestClassification:
         with pytest.raises(TransientDelivery) as caught:
             await send(sink(fake), [payload(1)])
         assert caught.value.status == 403
+
+    @pytest.mark.parametrize("status", [301, 302, 307, 308])
+    async def test_redirect_pauses_names_the_target_and_is_not_followed(
+        self, fake: FakeSegment, status: int
+    ) -> None:
+        """A redirect is the endpoint's configuration: like a refused key, pause, never bury;
+        following it would send the write key elsewhere."""
+        fake.fail(status, location="https://elsewhere.example/v1/batch")
+        with pytest.raises(TransientDelivery) as caught:
+            await send(sink(fake), [payload(1)])
+        assert caught.value.status == status
+        assert "https://elsewhere.example/v1/batch" in caught.value.detail
+        assert fake.requests == 1 and fake.messages == []
+
+    async def test_error_body_code_and_message_reach_the_detail(self, fake: FakeSegment) -> None:
+        fake.fail(400)
+        with pytest.raises(PermanentDelivery) as caught:
+            await send(sink(fake), [payload(1)])
+        assert "programmed failure" in caught.value.detail
 
     async def test_connection_reset_is_transient(self, fake: FakeSegment) -> None:
         fake.fail(reset=True)
