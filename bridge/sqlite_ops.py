@@ -30,10 +30,11 @@ MAX_ERROR_CHARS = 4000
 
 _INSERT_WEBHOOK = "INSERT INTO webhooks (code, portal_id, received_at, raw_body) VALUES (?,?,?,?)"
 _INSERT_MESSAGE = (
-    "INSERT INTO messages (webhook_id, message_id, destination, user_id, payload, state,"
-    " attempts, due_at, enqueued_at) VALUES (?,?,?,?,?,'pending',0,?,?)"
-    " ON CONFLICT (message_id) DO NOTHING"
+    "INSERT INTO messages (webhook_id, message_id, destination, user_id, state,"
+    " attempts, due_at, enqueued_at) VALUES (?,?,?,?,'pending',0,?,?)"
+    " ON CONFLICT (message_id) DO NOTHING RETURNING id"
 )
+_INSERT_PAYLOAD = "INSERT INTO message_payloads (id, payload) VALUES (?,?)"
 _INSERT_DEAD = (
     "INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts, created_at)"
     " VALUES (?,?,?,?,?,?)"
@@ -72,13 +73,21 @@ def enqueue(
         return EnqueueReceipt(webhook_ref(row_id), 0, 0)
     if not messages:
         return EnqueueReceipt(webhook_ref(row_id), 0, 0)
-    at = webhook.received_at
-    cursor = conn.executemany(
-        _INSERT_MESSAGE,
-        [(row_id, m.message_id, m.destination, m.user_id, m.payload, at, at) for m in messages],
-    )
-    stored = max(cursor.rowcount, 0)
+    stored = sum(_insert_message(conn, row_id, m, webhook.received_at) for m in messages)
     return EnqueueReceipt(webhook_ref(row_id), stored, len(messages) - stored)
+
+
+def _insert_message(
+    conn: sqlite3.Connection, webhook: int, message: OutgoingMessage, at: float
+) -> int:
+    """Store one message and its body; 0 when its messageId is already stored."""
+    inserted = conn.execute(
+        _INSERT_MESSAGE, (webhook, message.message_id, message.destination, message.user_id, at, at)
+    ).fetchone()
+    if inserted is None:
+        return 0
+    conn.execute(_INSERT_PAYLOAD, (inserted[0], message.payload))
+    return 1
 
 
 def claim(
@@ -89,11 +98,22 @@ def claim(
         "UPDATE messages SET state = 'inflight', due_at = ? WHERE id IN"
         " (SELECT id FROM messages WHERE state IN ('pending', 'inflight') AND due_at <= ?"
         " ORDER BY due_at, id LIMIT ?)"
-        " RETURNING id, message_id, destination, user_id, payload, attempts, enqueued_at",
+        " RETURNING id, message_id, destination, user_id, attempts, enqueued_at",
         (now + lease_secs, now, limit),
     ).fetchall()
+    if not rows:
+        return []
     rows.sort()
-    return [ClaimedMessage(*row) for row in rows]
+    bodies = dict(
+        conn.execute(
+            "SELECT id, payload FROM message_payloads WHERE id IN (SELECT value FROM json_each(?))",
+            (_ids(row[0] for row in rows),),
+        ).fetchall()
+    )
+    return [
+        ClaimedMessage(row_id, message_id, destination, user, bodies[row_id], attempts, enqueued)
+        for row_id, message_id, destination, user, attempts, enqueued in rows
+    ]
 
 
 def recover(conn: sqlite3.Connection, now: float) -> int:
@@ -234,28 +254,17 @@ def _revive_or_insert(
         "SELECT id, state FROM messages WHERE message_id = ?", (message.message_id,)
     ).fetchone()
     if found is None:
-        conn.execute(
-            _INSERT_MESSAGE,
-            (
-                webhook,
-                message.message_id,
-                message.destination,
-                message.user_id,
-                message.payload,
-                now,
-                now,
-            ),
-        )
-        return 1
+        return _insert_message(conn, webhook, message, now)
     row, state = found
     if state != "dead":
         return 0  # delivered (never send twice) or already on its way
     conn.execute("DELETE FROM dead_letters WHERE message_row = ?", (row,))
     conn.execute(
-        "UPDATE messages SET state = 'pending', destination = ?, user_id = ?, payload = ?,"
+        "UPDATE messages SET state = 'pending', destination = ?, user_id = ?,"
         " due_at = ?, enqueued_at = ? WHERE id = ?",
-        (message.destination, message.user_id, message.payload, now, now, row),
+        (message.destination, message.user_id, now, now, row),
     )
+    conn.execute("UPDATE message_payloads SET payload = ? WHERE id = ?", (message.payload, row))
     _move(conn, 1, "dead", "open")
     return 1
 
@@ -269,6 +278,7 @@ _LETTER_COLUMNS = (
 _LETTER_FROM = (
     "FROM dead_letters d JOIN webhooks w ON w.id = d.webhook_id"
     " LEFT JOIN messages m ON m.id = d.message_row"
+    " LEFT JOIN message_payloads p ON p.id = d.message_row"
 )
 
 
@@ -298,7 +308,7 @@ def dead_letters(conn: sqlite3.Connection, which: DeadLetterFilter) -> list[Dead
 
 def dead_letter(conn: sqlite3.Connection, letter_id: int) -> DeadLetterDetail | None:
     row = conn.execute(
-        f"SELECT {_LETTER_COLUMNS}, w.raw_body, m.payload, m.last_error {_LETTER_FROM}"
+        f"SELECT {_LETTER_COLUMNS}, w.raw_body, p.payload, m.last_error {_LETTER_FROM}"
         " WHERE d.id = ?",
         (letter_id,),
     ).fetchone()

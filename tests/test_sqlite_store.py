@@ -20,7 +20,7 @@ import pytest
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailable
 from bridge.messages import OutgoingMessage
-from bridge.sqlite_schema import SCHEMA_VERSION
+from bridge.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from bridge.sqlite_store import CHUNK, SQLiteStore
 from bridge.store import DeadLetterFilter, DeadReason, Store, Webhook
 from tests.conftest import eventually
@@ -311,6 +311,38 @@ class TestDurability:
             await reopened.close()
         assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
+    async def test_a_version_1_database_keeps_its_messages(self, db: Path) -> None:
+        """Upgrading from schema 1 (bodies inside ``messages``) moves every body across."""
+        db.parent.mkdir()
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO webhooks VALUES (1, 'exam.finished', 'p', 1.0, x'7b7d')")
+        for n, state in enumerate(["pending", "delivered", "dead"], start=1):
+            conn.execute(
+                "INSERT INTO messages (id, webhook_id, message_id, destination, user_id,"
+                " payload, state, due_at, enqueued_at) VALUES (?, 1, ?, 'default', 'u1', ?,"
+                " ?, ?, 1.0)",
+                (n, f"m{n}", msg(f"m{n}").payload, state, 1.0 if state == "pending" else None),
+            )
+        conn.execute("INSERT INTO dead_letters VALUES (1, 1, 3, 'rejected', 'x', 1, 1.0)")
+        conn.close()
+
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            [claimed] = await store.claim(NOW, 10, 30)
+            assert claimed.payload == msg("m1").payload
+            [letter] = await store.dead_letters(DeadLetterFilter())
+            detail = await store.dead_letter(letter.id)
+            assert detail is not None and detail.payload == msg("m3").payload
+        finally:
+            await store.close()
+        assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert query(db, "SELECT count(*) FROM message_payloads") == [(3,)]
+        columns = [row[1] for row in query(db, "PRAGMA table_info(messages)")]
+        assert "payload" not in columns
+
     async def test_newer_schema_is_refused(self, db: Path) -> None:
         db.parent.mkdir()
         query(db, "PRAGMA user_version = 99")
@@ -405,7 +437,11 @@ class TestReplay:
         )
         assert (outcome.replayed, outcome.still_dead, outcome.messages) == (1, 0, 2)
         assert await store.dead_letters(DeadLetterFilter()) == []
-        rows = query(db, "SELECT message_id, state, attempts, payload FROM messages ORDER BY id")
+        rows = query(
+            db,
+            "SELECT message_id, state, attempts, payload FROM messages JOIN message_payloads"
+            " USING (id) ORDER BY id",
+        )
         assert [(m, s, n) for m, s, n, _ in rows] == [
             ("a", "delivered", 0),
             ("b", "pending", 1),
@@ -463,6 +499,7 @@ class TestRetention:
         assert left.message_id == "a"
         assert await store.purge_dead(older_than=NOW + 1) == 1
         assert query(db, "SELECT count(*) FROM messages") == [(0,)]
+        assert query(db, "SELECT count(*) FROM message_payloads") == [(0,)]
         assert query(db, "SELECT count(*) FROM webhooks") == [(0,)]
         assert (await store.stats(NOW, 0)).dead_letters == {}
 
@@ -473,6 +510,7 @@ class TestRetention:
         await store.ack([a.id], 100.0)
         await store.ack([c.id], 300.0)
         assert await store.prune_delivered(before=200.0) == 1
+        assert query(db, "SELECT id FROM message_payloads ORDER BY id") == [(_b.id,), (c.id,)]
         # webhook 1 still has "b" (in flight), so its raw body stays
         assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,), (2,)]
         assert await store.prune_delivered(before=400.0) == 1
