@@ -112,8 +112,13 @@ def connect(
     busy_timeout_secs: float,
     max_page_count: int | None = None,
     readonly: bool = False,
+    autocheckpoint: bool = True,
 ) -> sqlite3.Connection:
-    """A connection in autocommit mode (we issue BEGIN/COMMIT ourselves), WAL, foreign keys."""
+    """A connection in autocommit mode (we issue BEGIN/COMMIT ourselves), WAL, foreign keys.
+
+    ``autocheckpoint=False``: this connection's commits never checkpoint the WAL; something else
+    must (:mod:`bridge.sqlite_checkpoint`).
+    """
     if synchronous not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
     conn = sqlite3.connect(
@@ -127,6 +132,8 @@ def connect(
         else:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA journal_size_limit = 67108864")
+            if not autocheckpoint:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         if max_page_count is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")

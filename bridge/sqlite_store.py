@@ -25,6 +25,7 @@ from bridge import sqlite_ops as ops
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailable
 from bridge.messages import OutgoingMessage
+from bridge.sqlite_checkpoint import Checkpointer
 from bridge.sqlite_schema import SYNCHRONOUS_MODES, connect, migrate, translate
 from bridge.sqlite_writer import Writer
 from bridge.store import (
@@ -70,6 +71,7 @@ class SQLiteStore:
         self.busy_timeout_secs = busy_timeout_secs
         self.max_page_count = max_page_count
         self._writer: Writer | None = None
+        self._checkpointer: Checkpointer | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None  # touched by the reader thread only
         self._commits_before = 0
@@ -94,7 +96,12 @@ class SQLiteStore:
         """Create the file and its directory if needed, and migrate the schema."""
         if self._writer is not None:
             return
-        writer = Writer(self._connect_writer, name=f"sqlite-writer:{self.path.name}")
+        checkpointer = Checkpointer(self._connect_checkpointer, f"sqlite-wal:{self.path.name}")
+        checkpointer.start()
+        self._checkpointer = checkpointer
+        writer = Writer(
+            self._connect_writer, f"sqlite-writer:{self.path.name}", on_commit=checkpointer.poke
+        )
         writer.start()
         self._writer = writer
         try:
@@ -118,6 +125,9 @@ class SQLiteStore:
             writer.stop()
             await asyncio.to_thread(writer.join)
             self._commits_before += writer.commits
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await asyncio.to_thread(checkpointer.stop)
 
     def _connect_writer(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +136,12 @@ class SQLiteStore:
             synchronous=self.synchronous,
             busy_timeout_secs=self.busy_timeout_secs,
             max_page_count=self.max_page_count,
+            autocheckpoint=False,  # the checkpointer's job (bridge.sqlite_checkpoint)
+        )
+
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        return connect(
+            self.path, synchronous=self.synchronous, busy_timeout_secs=self.busy_timeout_secs
         )
 
     def _close_reader(self) -> None:

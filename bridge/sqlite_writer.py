@@ -49,8 +49,14 @@ class Job:
 class Writer:
     """The writer thread. ``submit`` from the event loop; results come back as futures."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        name: str,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
         self._connect = connect
+        self._on_commit = on_commit  # after every COMMIT, on this thread (the checkpointer)
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._conn: sqlite3.Connection | None = None
@@ -151,6 +157,8 @@ class Writer:
             return True
         self.commits += 1
         _resolve(jobs)
+        if self._on_commit is not None:
+            self._on_commit()
         return True
 
     def _one_by_one(self, jobs: list[Job]) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from bridge import cli, config
 from bridge.errors import ConfigError
@@ -154,3 +156,13 @@ class TestCheckConfigCommand:
         assert cli.main(["--config", str(path), "serve"]) == cli.EX_CONFIG
         assert "auth.password" in capsys.readouterr().err
         assert not (tmp_path / "db").exists()  # refused before opening anything
+
+
+class TestEventLoop:
+    def test_serve_runs_on_uvloop(self) -> None:
+        """``serve`` runs its coroutine on uvloop (the benchmark's event-loop share shrank)."""
+
+        async def which_loop() -> int:
+            return 1 if isinstance(asyncio.get_running_loop(), uvloop.Loop) else 0
+
+        assert cli.run_event_loop(which_loop()) == 1

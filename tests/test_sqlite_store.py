@@ -16,11 +16,13 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailable
 from bridge.messages import OutgoingMessage
-from bridge.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from bridge.sqlite_checkpoint import Checkpointer
+from bridge.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, connect
 from bridge.sqlite_store import CHUNK, SQLiteStore
 from bridge.store import DeadLetterFilter, DeadReason, Store, Webhook
 from tests.conftest import eventually
@@ -55,6 +57,10 @@ def write_lock(path: Path) -> Iterator[None]:
     finally:
         conn.execute("ROLLBACK")
         conn.close()
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -364,6 +370,54 @@ class TestDurability:
         finally:
             await cli.close()
             await daemon.close()
+
+
+class TestCheckpoints:
+    async def test_the_wal_is_copied_back_off_the_commit_path(self, db: Path) -> None:
+        """Commits never checkpoint (``wal_autocheckpoint = 0`` on the writer), yet the
+        database file receives the committed pages: the checkpointer thread copies them."""
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            size_before = file_size(db)
+            body = b"x" * 20_000
+            await asyncio.gather(*(store.enqueue(hook(n, body), [msg(f"m{n}")]) for n in range(50)))
+            await until(lambda: file_size(db) > size_before + 50 * len(body))
+            assert store._checkpointer is not None and store._checkpointer.checkpoints >= 1
+        finally:
+            await store.close()
+
+    def test_writer_connections_leave_checkpoints_to_the_checkpointer(self, db: Path) -> None:
+        db.parent.mkdir()
+        writer = connect(db, synchronous="FULL", busy_timeout_secs=1, autocheckpoint=False)
+        other = connect(db, synchronous="FULL", busy_timeout_secs=1)
+        try:
+            assert writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+            assert other.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+        finally:
+            writer.close()
+            other.close()
+
+    async def test_a_failing_checkpoint_is_logged_and_retried(self, db: Path) -> None:
+        """Nothing is lost or refused when checkpoints fail: the WAL just waits."""
+        attempts: list[int] = []
+
+        def broken() -> sqlite3.Connection:
+            attempts.append(1)
+            raise sqlite3.OperationalError("unable to open database file")
+
+        checkpointer = Checkpointer(broken, "test-wal")
+        checkpointer.start()
+        try:
+            with capture_logs() as lines:
+                checkpointer.poke()
+                await until(lambda: len(attempts) >= 1)
+                checkpointer.poke()
+                await until(lambda: len(attempts) >= 2)
+            assert checkpointer.checkpoints == 0
+            assert [line["event"] for line in lines][:2] == ["wal_checkpoint_failed"] * 2
+        finally:
+            await asyncio.to_thread(checkpointer.stop)
 
 
 class TestFailures:
