@@ -41,7 +41,7 @@ from bridge.mapping_base import Call, Draft
 from bridge.mapping_users import map_added_to_group, map_registered_for_exam, map_user
 from bridge.messages import CONTEXT, OutgoingMessage, message_id
 from bridge.routing import route
-from bridge.sizing import fit
+from bridge.sizing import fitted
 from bridge.values import as_id, clean
 
 Mapper = Callable[[str, Mapping[str, Any], datetime, MappingConfig], Draft]
@@ -68,6 +68,8 @@ MAPPERS: dict[str, Mapper] = {
 }
 #: Where each call kind keeps its data in a Segment message.
 FIELD = {"track": "properties", "identify": "traits", "group": "traits"}
+#: The switches of a code with no ``mapping.codes`` entry (built once: a model is not free).
+NO_SWITCHES = CodeMapping()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,7 @@ def _map(
         mapper = MAPPERS[code]
     else:
         raise Unmappable("unknown_code", f"{code!r} is not a Synap event code this bridge maps")
-    switches = settings.codes.get(code, CodeMapping())
+    switches = settings.codes.get(code, NO_SWITCHES)
     if not switches.enabled:
         raise Unmappable("code_disabled", f"{code!r} is disabled by mapping.codes.{code}.enabled")
     draft = mapper(code, payload, received_at, settings)
@@ -130,8 +132,9 @@ def _map(
     messages, trimmed = [], []
     for call in calls:
         body = _message(call, draft, portal, switches, settings)
-        trimmed.extend(fit(body, FIELD[call.kind], call.essentials))
-        messages.append(OutgoingMessage.build(destination, body))
+        serialised, cuts = fitted(body, FIELD[call.kind], call.essentials)
+        trimmed.extend(cuts)
+        messages.append(OutgoingMessage.build(destination, body, serialised))
     return Mapped(portal, messages, trimmed)
 
 
@@ -156,8 +159,13 @@ def _message(
     else:
         if call.kind == "group":
             body["groupId"] = call.group_id
-        dropped = set(settings.drop_traits)
-        body["traits"] = {key: value for key, value in call.data.items() if key not in dropped}
+        dropped = settings.drop_traits
+        traits = call.data
+        body["traits"] = (
+            {key: value for key, value in traits.items() if key not in dropped}
+            if dropped
+            else dict(traits)
+        )
     return body
 
 
@@ -173,8 +181,11 @@ def _properties(
         properties["portalId"] = portal
     if draft.sub_portal_id is not None:
         properties["subPortalId"] = draft.sub_portal_id
-    dropped = {*settings.drop_properties, *switches.drop_properties}
-    properties = {key: value for key, value in properties.items() if key not in dropped}
-    properties.update(clean(settings.add_properties))
-    properties.update(clean(switches.add_properties))
+    if settings.drop_properties or switches.drop_properties:
+        dropped = {*settings.drop_properties, *switches.drop_properties}
+        properties = {key: value for key, value in properties.items() if key not in dropped}
+    if settings.add_properties:
+        properties.update(clean(settings.add_properties))
+    if switches.add_properties:
+        properties.update(clean(switches.add_properties))
     return properties

@@ -2,21 +2,29 @@
 
 Why lenient: Synap's documentation is inconsistent (undefined types, cut-off interfaces, a code
 spelled two ways) and says nothing about nulls. A body is an authenticated fact we must not
-throw away, so every field here is optional and every field type is wrapped in a "before"
-validator that turns what it cannot use into ``None`` (or an empty container) instead of an
-error: a number where text was documented becomes text, text where a number was documented is
-parsed if it can be, an object where a list was documented is ignored. Only the mapping decides
+throw away, so every field here is optional and every field type is wrapped in a validator
+that turns what it cannot use into ``None`` (or an empty container) instead of an error: a
+number where text was documented becomes text, text where a number was documented is parsed if
+it can be, an object where a list was documented is ignored. Only the mapping decides
 what is truly missing (above all: whose event it is), and says so with a precise reason.
 
 Extra keys are ignored (``extra="ignore"``); free-form parts (custom attributes, ``attr``,
 ``tags``) are kept as plain dicts and cleaned by :func:`bridge.values.clean` on the way out.
+
+Scalars (and the lists of texts or raw items) use a "plain" validator: the ``as_*`` function's
+result is the value, already of the declared type, so checking it again was pure cost. Free-form
+objects keep a "before" validator, so pydantic still copies them and checks their keys.
+
+Defaults that hold a container (a dict, a list, or a part that has one) are ``default_factory``
+rather than a literal: pydantic deep-copies an unhashable literal default on every validation,
+which was a measurable share of intake (and most of the cost of a sparse body).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 
 from bridge.values import (
     as_flag,
@@ -30,15 +38,15 @@ from bridge.values import (
     as_time,
 )
 
-Text = Annotated[str | None, BeforeValidator(as_text)]
-Id = Annotated[str | None, BeforeValidator(as_id)]
-Num = Annotated[int | float | None, BeforeValidator(as_number)]
-Flag = Annotated[bool | None, BeforeValidator(as_flag)]
+Text = Annotated[str | None, PlainValidator(as_text)]
+Id = Annotated[str | None, PlainValidator(as_id)]
+Num = Annotated[int | float | None, PlainValidator(as_number)]
+Flag = Annotated[bool | None, PlainValidator(as_flag)]
 Obj = Annotated[dict[str, Any], BeforeValidator(as_object)]
-Texts = Annotated[list[str], BeforeValidator(as_texts)]
+Texts = Annotated[list[str], PlainValidator(as_texts)]
 Objs = Annotated[list[dict[str, Any]], BeforeValidator(as_objects)]
-Raw = Annotated[Any, BeforeValidator(as_time)]
-Anything = Annotated[list[Any] | None, BeforeValidator(as_list_or_none)]
+Raw = Annotated[Any, PlainValidator(as_time)]
+Anything = Annotated[list[Any] | None, PlainValidator(as_list_or_none)]
 #: A nested part: anything but an object validates as the empty part (all fields None).
 _SUB = BeforeValidator(as_object)
 
@@ -53,7 +61,7 @@ class User(Lenient):
     name: Text = None
     email: Text = None
     subPortalId: Id = None
-    customAttributes: Obj = {}
+    customAttributes: Obj = Field(default_factory=dict)
 
 
 class Portal(Lenient):
@@ -120,7 +128,7 @@ class State(Lenient):
     timeCompleted: Raw = None
     timeSpentInMs: Num = None
     results: Annotated[Results, _SUB] = Results()
-    sections: Annotated[list[Section], BeforeValidator(_sections)] = []
+    sections: Annotated[list[Section], BeforeValidator(_sections)] = Field(default_factory=list)
 
 
 class Test(Lenient):
@@ -146,11 +154,11 @@ class Exam(Lenient):
     name: Text = None
     url: Text = None
     resitCount: Num = None
-    sourceTests: Texts = []
-    sectionGrades: Objs = []
+    sourceTests: Texts = Field(default_factory=list)
+    sectionGrades: Objs = Field(default_factory=list)
     userGroup: Annotated[GroupRef, _SUB] = GroupRef()
     schedule: Annotated[Schedule, _SUB] = Schedule()
-    attr: Obj = {}
+    attr: Obj = Field(default_factory=dict)
 
 
 class Audit(Lenient):
@@ -171,16 +179,16 @@ class Attempt(Lenient):
     timeStarted: Raw = None
     timeCompleted: Raw = None
     timeSpentInMs: Num = None
-    state: Annotated[State, _SUB] = State()
+    state: Annotated[State, _SUB] = Field(default_factory=State)
     marks: Annotated[Marks, _SUB] = Marks()
-    tags: Obj = {}
+    tags: Obj = Field(default_factory=dict)
     grade: Annotated[Grade, BeforeValidator(as_grade)] = Grade()
     status: Text = None
     examStatus: Text = None
     proctorStatus: Text = None
     resitCount: Num = None
     audit: Annotated[Audit, _SUB] = Audit()
-    user: Annotated[User, _SUB] = User()
+    user: Annotated[User, _SUB] = Field(default_factory=User)
 
 
 class Certificate(Lenient):
@@ -192,7 +200,7 @@ class Certificate(Lenient):
 class Envelope(Lenient):
     """The common parts: whose event, on which portal, when."""
 
-    user: Annotated[User, _SUB] = User()
+    user: Annotated[User, _SUB] = Field(default_factory=User)
     portal: Annotated[Portal, _SUB] = Portal()
     meta: Annotated[Meta, _SUB] = Meta()
 
@@ -207,8 +215,8 @@ class AttemptPayload(Envelope):
     timeCompleted: Raw = None
     timeSpentInMs: Num = None
     test: Annotated[Test, _SUB] = Test()
-    attempt: Annotated[Attempt, _SUB] = Attempt()
-    exam: Annotated[Exam, _SUB] = Exam()
+    attempt: Annotated[Attempt, _SUB] = Field(default_factory=Attempt)
+    exam: Annotated[Exam, _SUB] = Field(default_factory=Exam)
     userGroup: Annotated[GroupRef, _SUB] = GroupRef()
     certificate: Annotated[Certificate, _SUB] = Certificate()
 
@@ -225,14 +233,14 @@ class OverridePayload(Envelope):
     points: Annotated[OverrideValue, _SUB] = OverrideValue()
     credits: Annotated[OverrideValue, _SUB] = OverrideValue()
     penalties: Annotated[OverrideValue, _SUB] = OverrideValue()
-    exam: Annotated[Exam, _SUB] = Exam()
-    attempt: Annotated[Attempt, _SUB] = Attempt()
+    exam: Annotated[Exam, _SUB] = Field(default_factory=Exam)
+    attempt: Annotated[Attempt, _SUB] = Field(default_factory=Attempt)
 
 
 class CertificatePayload(Envelope):
     id: Id = None
-    exam: Annotated[Exam, _SUB] = Exam()
-    attempt: Annotated[Attempt, _SUB] = Attempt()
+    exam: Annotated[Exam, _SUB] = Field(default_factory=Exam)
+    attempt: Annotated[Attempt, _SUB] = Field(default_factory=Attempt)
     test: Annotated[Test, _SUB] = Test()
     certificate: Annotated[Certificate, _SUB] = Certificate()
 
@@ -245,9 +253,9 @@ class FlatUserPayload(Envelope):
     name: Text = None
     email: Text = None
     subPortalId: Id = None
-    usergroups: Texts = []
+    usergroups: Texts = Field(default_factory=list)
     timeRegistered: Raw = None
-    customAttributes: Obj = {}
+    customAttributes: Obj = Field(default_factory=dict)
 
 
 class GroupPayload(Envelope):
@@ -263,7 +271,7 @@ class GroupPayload(Envelope):
 
 
 class ExamRegistrationPayload(Envelope):
-    exam: Annotated[Exam, _SUB] = Exam()
+    exam: Annotated[Exam, _SUB] = Field(default_factory=Exam)
     userGroup: Annotated[GroupRef, _SUB] = GroupRef()
 
 
@@ -287,7 +295,7 @@ class Question(Lenient):
 
 class FlagPayload(Envelope):
     objectId: Id = None
-    planter: Annotated[User, _SUB] = User()
+    planter: Annotated[User, _SUB] = Field(default_factory=User)
     comment: Text = None
     createdAt: Raw = None
     question: Annotated[Question, _SUB] = Question()
@@ -300,7 +308,7 @@ class PurchasePayload(Envelope):
     shortDescription: Text = None
     purchaseMethod: Text = None
     purchasedAt: Raw = None
-    unlockActions: Objs = []
+    unlockActions: Objs = Field(default_factory=list)
     price: Num = None
     revenue: Num = None
     currency: Text = None
@@ -325,8 +333,8 @@ class LearningRecord(Lenient):
     score: Num = None
     visibleToStudent: Flag = None
     achievedOn: Raw = None
-    attr: Obj = {}
+    attr: Obj = Field(default_factory=dict)
 
 
 class LearningRecordPayload(Envelope):
-    learningRecord: Annotated[LearningRecord, _SUB] = LearningRecord()
+    learningRecord: Annotated[LearningRecord, _SUB] = Field(default_factory=LearningRecord)

@@ -28,6 +28,8 @@ MAX_ID_CHARS = 256
 
 def safe_text(value: str) -> str:
     """The text with lone surrogates replaced, so it always encodes as UTF-8."""
+    if value.isascii():  # the common case, and much cheaper than trying to encode
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -37,7 +39,7 @@ def safe_text(value: str) -> str:
 
 def as_text(value: Any) -> str | None:
     if isinstance(value, str):
-        return safe_text(value)
+        return value if value.isascii() else safe_text(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, float) and not math.isfinite(value):
@@ -49,7 +51,7 @@ def as_text(value: Any) -> str | None:
 
 
 def as_id(value: Any) -> str | None:
-    text = as_text(value)
+    text = value if type(value) is str and value.isascii() else as_text(value)
     if text is None:
         return None
     text = text.strip()
@@ -57,6 +59,11 @@ def as_id(value: Any) -> str | None:
 
 
 def as_number(value: Any) -> int | float | None:
+    kind = type(value)  # exact types first: the common case, checked without isinstance calls
+    if kind is int:
+        return value if -(2**63) < value < 2**63 else None
+    if kind is float:
+        return value if math.isfinite(value) else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -100,7 +107,10 @@ def as_objects(value: Any) -> list[dict[str, Any]]:
 
 
 def as_texts(value: Any) -> list[str]:
-    texts = (as_text(item) for item in as_list(value))
+    if not isinstance(value, list):
+        return []
+    # ASCII text (nearly every item) is kept as it is without a call to as_text.
+    texts = [item if type(item) is str and item.isascii() else as_text(item) for item in value]
     return [text for text in texts if text is not None]
 
 
@@ -115,6 +125,17 @@ def as_list_or_none(value: Any) -> list[Any] | None:
 
 def clean(value: Any, depth: int = 0) -> Any:
     """``value`` as plain JSON data that orjson can always serialise (see the module docstring)."""
+    kind = type(value)  # exact JSON types first, without the isinstance chain (same results)
+    if kind is str:
+        return value if value.isascii() else safe_text(value)
+    if kind is int:
+        return value if -(2**63) < value < 2**63 else as_text(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is dict and depth < MAX_DEPTH:
+        return {safe_text(str(key)): clean(item, depth + 1) for key, item in value.items()}
+    if kind is list and depth < MAX_DEPTH:
+        return [clean(item, depth + 1) for item in value]
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):

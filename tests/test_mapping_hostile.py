@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -313,3 +314,81 @@ class TestOutOfRangeIntegers:
         (unlock,) = mapped.messages[0].body()["properties"]["unlockActions"]
         assert unlock == {"type": str(-(2**63) - 1), "targetId": str(2**70)}
         assert as_number("1e30") == 1e30
+
+
+class TestFastPathsAgreeWithTheGeneralRules:
+    """The hot helpers check exact JSON types first; each shortcut must give what the general
+    rule gives, including at the edges (64-bit bounds, lone surrogates, years before 1000)."""
+
+    @pytest.mark.parametrize(
+        "value",
+        [0, 2**63 - 1, 2**63, -(2**63) + 1, -(2**63), 1.5, float("nan"), float("inf"), True,
+         "7", " 7 ", "7.0", "x", None, [1]],
+    )  # fmt: skip
+    def test_as_number(self, value: Any) -> None:
+        from bridge.values import as_number
+
+        expected: Any = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            expected = value if abs(value) < 2**63 else None
+        elif isinstance(value, float):
+            expected = value if value == value and abs(value) != float("inf") else None
+        elif value == "7" or value == " 7 ":
+            expected = 7
+        elif value == "7.0":
+            expected = 7.0
+        assert as_number(value) == expected
+        assert type(as_number(value)) is type(expected)
+
+    def test_texts_ids_and_clean(self) -> None:
+        from bridge.values import as_id, as_text, as_texts, clean
+
+        assert as_text("a\ud800b") == "a?b"
+        assert as_id(" a\ud800 ") == "a?"
+        assert as_id("  ") is None
+        assert as_texts(["a", "é", "\ud800", 3, None, True]) == ["a", "é", "?", "3"]
+        edges = [2**64, -(2**63), -(2**63) + 1, float("nan"), "\ud800", {"x": 1}]
+        assert clean({"k\ud800": edges}) == {
+            "k?": [str(2**64), str(-(2**63)), -(2**63) + 1, None, "?", {"x": 1}]
+        }
+        deep: Any = 1
+        for _ in range(20):
+            deep = {"k": deep}
+        cut = clean(deep)
+        for _ in range(15):
+            cut = cut["k"]
+        assert cut == {"k": None}
+
+    def test_compact(self) -> None:
+        from bridge.mapping_base import compact
+
+        kept: dict[str, Any] = {"d": 0, "e": "", "f": False, "g": (), "h": [0]}
+        assert compact({"a": None, "b": [], "c": {}, **kept}) == kept
+
+    @pytest.mark.parametrize(
+        "moment",
+        [
+            datetime(2024, 5, 14, 9, 41, 28, 999999, tzinfo=UTC),
+            datetime(2024, 5, 14, 9, 41, 28),
+            datetime(2024, 5, 14, 1, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+            datetime(385, 7, 25, 7, 6, 40, 1000, tzinfo=UTC),
+            datetime(9999, 12, 31, 23, 59, 59, 999999),
+        ],
+    )
+    def test_iso8601(self, moment: datetime) -> None:
+        from bridge.messages import iso8601
+
+        utc = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        expected = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+        assert iso8601(moment) == expected
+
+    def test_fitted_serialises_once_or_after_the_cut(self) -> None:
+        from bridge.sizing import fitted
+
+        small = {"type": "track", "properties": {"attemptId": "a", "x": "y"}}
+        assert fitted(small, "properties", ("attemptId",)) == (orjson.dumps(small), [])
+        big = {"type": "track", "properties": {"attemptId": "a", "x": "y" * 5_000}}
+        payload, reasons = fitted(big, "properties", ("attemptId",), limit=2_000)
+        assert len(payload) <= 2_000
+        assert payload == orjson.dumps(big)
+        assert reasons
