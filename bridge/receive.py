@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -36,10 +37,19 @@ READ_CHUNK = 64 * 1024
 RETRY_AFTER_SECS = 5
 
 
+def answer(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer, encoded by orjson (``web.json_response`` uses the slower stdlib json)."""
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
 def error(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+    return answer({"error": code, "detail": detail}, status, headers)
 
 
 def unavailable(code: str, detail: str) -> web.Response:
@@ -142,10 +152,10 @@ async def _handle(
             "reason": result.dead.reason,
             "detail": result.dead.detail,
         }
-        return "dead_lettered", web.json_response(body, status=202)
+        return "dead_lettered", answer(body, 202)
     runtime.metrics.enqueued.inc(receipt.stored)
     runtime.wake_delivery()
     body = {"accepted": True, "webhook_id": receipt.webhook_id, "messages": len(result.messages)}
     return ("duplicate" if receipt.duplicates and not receipt.stored else "accepted"), (
-        web.json_response(body, status=200)
+        answer(body)
     )
