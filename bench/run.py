@@ -96,7 +96,7 @@ def intake_section(res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any]) 
         "~6 KB `exam.completed` body per request (own user and attempt id), Basic auth. "
         "Bridge: `synap-bridge serve`, `synchronous=FULL`, delivery running against the fake "
         "Segment (a separate process), log level warning. Bare: aiohttp reading the body and "
-        "answering 200, same interpreter.",
+        "answering 200, same interpreter, same event loop (uvloop).",
         "",
         "| connections | bridge webhooks/s | p50 ms | p99 ms | bare aiohttp req/s | p50 ms "
         "| p99 ms | bridge / bare | errors |",
