@@ -154,7 +154,7 @@ async def _handle(
         }
         return "dead_lettered", answer(body, 202)
     runtime.metrics.enqueued.inc(receipt.stored)
-    runtime.wake_delivery()
+    runtime.wake_delivery(receipt.stored)
     body = {"accepted": True, "webhook_id": receipt.webhook_id, "messages": len(result.messages)}
     return ("duplicate" if receipt.duplicates and not receipt.stored else "accepted"), (
         answer(body)

@@ -54,9 +54,9 @@ class Runtime:
     def delivering(self) -> bool:
         return self.delivery_task is not None and not self.delivery_task.done()
 
-    def wake_delivery(self) -> None:
+    def wake_delivery(self, arrived: int) -> None:
         if self.delivery is not None:
-            self.delivery.wake()
+            self.delivery.wake(arrived)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

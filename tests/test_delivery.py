@@ -23,7 +23,8 @@ from bridge.metrics import Metrics
 from bridge.retry import RetryPolicy
 from bridge.segment import DryRunSink, SegmentSink, Sink
 from bridge.sqlite_store import SQLiteStore
-from bridge.store import DeadLetterFilter, Webhook
+from bridge.store import ClaimedMessage, DeadLetterFilter, Webhook
+from tests.conftest import eventually
 from tests.fakesegment import FakeSegment
 
 KEY = "delivery-test-key"
@@ -361,6 +362,36 @@ class TestRunLoop:
         await asyncio.wait_for(loop, 5)
         stats = await store.stats(time.time(), 0.0)
         assert (stats.pending, stats.in_flight, stats.delivered_total) == (4, 0, 0)
+
+    async def test_a_gathering_batch_claims_again_only_when_arrivals_can_fill_it(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        """Claiming on every commit cost a write transaction (an fsync) per intake round."""
+        claimed: list[int] = []
+        original = store.claim
+
+        async def counted(now: float, limit: int, lease_secs: float) -> list[ClaimedMessage]:
+            got = await original(now, limit, lease_secs)
+            claimed.append(len(got))
+            return got
+
+        store.claim = counted  # type: ignore[method-assign]  # the real claim, counted
+        delivery = make(settings(max_events=10, timeout=30.0), clock=time.time)
+        loop = asyncio.create_task(delivery.run())
+        await enqueue(store, time.time(), range(1))
+        delivery.wake(1)
+        await eventually(lambda: 1 in claimed)  # the batch has started gathering
+        before = len(claimed)
+        for n in range(1, 9):  # eight arrivals: not enough to fill the batch, no claim
+            await enqueue(store, time.time(), range(n, n + 1))
+            delivery.wake(1)
+        await enqueue(store, time.time(), range(9, 10))
+        delivery.wake(1)  # the ninth fills it: one claim takes all nine
+        await fake.wait_for(10)
+        assert fake.batch_sizes == [10]  # flushed by size, long before the 30 s age
+        assert claimed[before] == 9
+        await delivery.stop(grace_secs=5.0)
+        await asyncio.wait_for(loop, 5)
 
     async def test_partial_batch_flushes_by_age(
         self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
