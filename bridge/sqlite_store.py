@@ -100,7 +100,10 @@ class SQLiteStore:
         checkpointer.start()
         self._checkpointer = checkpointer
         writer = Writer(
-            self._connect_writer, f"sqlite-writer:{self.path.name}", on_commit=checkpointer.poke
+            self._connect_writer,
+            f"sqlite-writer:{self.path.name}",
+            on_commit=checkpointer.poke,
+            between=checkpointer.restart_if_wanted,
         )
         writer.start()
         self._writer = writer

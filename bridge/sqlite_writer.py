@@ -54,9 +54,12 @@ class Writer:
         connect: Callable[[], sqlite3.Connection],
         name: str,
         on_commit: Callable[[], None] | None = None,
+        between: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self._connect = connect
         self._on_commit = on_commit  # after every COMMIT, on this thread (the checkpointer)
+        # After each round, outside any transaction, once its jobs are answered (WAL restart).
+        self._between = between
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._conn: sqlite3.Connection | None = None
@@ -102,6 +105,8 @@ class Writer:
                 except queue.Empty:
                     break
             self._process(batch)
+            if self._between is not None and self._conn is not None:
+                self._between(self._conn)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
