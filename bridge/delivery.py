@@ -218,8 +218,7 @@ class Delivery:
             deadline = min(m.enqueued_at for m in claimed) + batch.timeout_secs
             while len(claimed) < batch.max_events and not self._stopping:
                 self._wanted = batch.max_events - len(claimed)
-                if self._arrived >= self._wanted:
-                    self._wake.set()
+                self.wake(0)  # arrivals during the claim may already fill the batch
                 remaining = deadline - self._clock()
                 woke = remaining > 0 and await self._wait(remaining)
                 if self._arrived:  # enough to fill the batch, or the batch is due: take them

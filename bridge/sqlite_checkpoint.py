@@ -49,14 +49,8 @@ RESTART_WAIT_SECS = 1.0
 class Checkpointer:
     """``poke()`` after commits (any thread, cheap); the thread checkpoints soon after."""
 
-    def __init__(
-        self,
-        connect: Callable[[], sqlite3.Connection],
-        name: str,
-        restart_frames: int | None = None,
-    ) -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
         self._connect = connect
-        self._restart_frames = restart_frames or RESTART_FRAMES
         self._poked = threading.Event()
         self._stopping = threading.Event()
         self._restart_wanted = threading.Event()
@@ -107,7 +101,7 @@ class Checkpointer:
                 except sqlite3.Error as exc:
                     log.warning("wal_checkpoint_failed", error=str(exc))
                 else:
-                    if frames >= self._restart_frames:
+                    if frames >= RESTART_FRAMES:
                         self._restarted.clear()
                         self._restart_wanted.set()
                         self._restarted.wait(RESTART_WAIT_SECS)  # no checkpoint meanwhile
