@@ -21,10 +21,10 @@ from pathlib import Path
 
 from bench import body
 from bridge import config as config_module
-from bridge import intake
+from bridge.mapping import intake
 from bridge.messages import OutgoingMessage
-from bridge.sqlite_store import SQLiteStore
 from bridge.store import Webhook
+from bridge.store.sqlite.store import SQLiteStore
 
 USER_MARK = "u-BENCHUSERMARK"
 ATTEMPT_MARK = "a-BENCHATTEMPTMARK"

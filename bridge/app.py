@@ -15,15 +15,17 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge import backpressure, health, logs, receive
+from bridge import logs
 from bridge.config import Config
-from bridge.delivery import Delivery
+from bridge.delivery.loop import Delivery
+from bridge.delivery.sinks import Sink, build_sinks
 from bridge.errors import StorageUnavailable
 from bridge.metrics import Metrics
-from bridge.runtime import RUNTIME, Runtime
-from bridge.segment import Sink, build_sinks
-from bridge.sqlite_store import SQLiteStore
+from bridge.receive import backpressure, health
+from bridge.receive import webhook as receive
+from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.store import Store
+from bridge.store.sqlite.store import SQLiteStore
 
 log = logs.get(__name__)
 

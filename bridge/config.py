@@ -31,8 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from bridge import codes as synap_codes
 from bridge.errors import ConfigError
+from bridge.synap import codes as synap_codes
 
 ENV_PREFIX = "BRIDGE_"
 ENV_CONFIG_PATH = "BRIDGE_CONFIG"

@@ -10,7 +10,7 @@
     │                            than its URL (intake answers 400; nothing is stored)
     ├── Unmappable               an authenticated JSON object that cannot become Segment
     │                            messages; ``reason`` is a short code kept with the dead letter
-    └── DeliveryError            raised by the Segment sink only (bridge.segment), which
+    └── DeliveryError            raised by the Segment sink only (bridge.delivery.sinks), which
         │                        translates HTTP statuses and library exceptions into these
         ├── TransientDelivery    worth retrying: network, timeouts, 408/410/429/460, 5xx but
         │                        501/505; ``retry_after`` carries the server's wish, if any

@@ -26,10 +26,10 @@ from bridge import config as config_module
 from bridge import logs
 from bridge.app import build_app, metrics_app
 from bridge.config import Config
+from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError, StorageUnavailable
-from bridge.notify import Notifier, watchdog_loop
-from bridge.runtime import RUNTIME, Runtime
-from bridge.segment import build_sinks
+from bridge.receive.runtime import RUNTIME, Runtime
+from bridge.systemd import Notifier, watchdog_loop
 
 log = logs.get(__name__)
 

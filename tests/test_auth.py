@@ -7,7 +7,7 @@ from base64 import b64encode
 
 import pytest
 
-from bridge import auth
+from bridge.receive import auth
 
 
 def basic(user: str, password: str) -> str:
@@ -48,6 +48,6 @@ class TestCredentials:
             calls.append((a, b))
             return real(a, b)
 
-        monkeypatch.setattr(hmac, "compare_digest", spy)  # the module bridge.auth calls
+        monkeypatch.setattr(hmac, "compare_digest", spy)  # the module bridge.receive.auth calls
         assert not auth.credentials_match(basic("bad-user", "secret"), "synap", "secret")
         assert calls == [(b"bad-user", b"synap"), (b"secret", b"secret")]

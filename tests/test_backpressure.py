@@ -18,10 +18,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from bridge import backpressure
 from bridge.app import build_app
 from bridge.config import Config, StorageConfig
-from bridge.runtime import RUNTIME
+from bridge.receive import backpressure
+from bridge.receive.runtime import RUNTIME
 from tests.conftest import attempt_completed as attempt
 from tests.conftest import basic_auth, eventually
 from tests.fakesegment import FakeSegment

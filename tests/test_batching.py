@@ -8,8 +8,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import wire
-from bridge.batching import Batch, make_batch, plan
+from bridge.delivery import wire
+from bridge.delivery.batching import Batch, make_batch, plan
 from bridge.messages import MAX_MESSAGE_BYTES
 from bridge.store import ClaimedMessage
 

@@ -1,6 +1,6 @@
 """The operator commands: ``stats`` and ``dead-letters {list,show,replay,purge}``.
 
-The commands run in-process (``bridge.cli.main`` in a worker thread, as the console script
+The commands run in-process (``bridge.cli.command`` in a worker thread, as the console script
 would, on its own event loop) or as a real subprocess where the terminal matters. The database
 is a real SQLite file filled through the real intake path and store, with known times, or the
 file of a real ``synap-bridge serve`` running at the same moment.
@@ -31,10 +31,11 @@ import orjson
 import pytest
 import structlog
 
-from bridge import cli, intake
+from bridge.cli import command as cli
 from bridge.config import Config
-from bridge.sqlite_store import SQLiteStore
+from bridge.mapping import intake
 from bridge.store import DeadLetterFilter, DeadReason
+from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth
 from tests.fakesegment import FakeSegment
 from tests.process import REPO, BridgeProcess, write_config

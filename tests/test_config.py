@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from bridge import cli, config
+from bridge import config
+from bridge.cli import command as cli
 from bridge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

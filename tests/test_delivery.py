@@ -17,13 +17,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.config import DeliveryConfig
-from bridge.delivery import Delivery
+from bridge.delivery.loop import Delivery
+from bridge.delivery.retry import RetryPolicy
+from bridge.delivery.sinks import DryRunSink, SegmentSink, Sink
 from bridge.messages import OutgoingMessage
 from bridge.metrics import Metrics
-from bridge.retry import RetryPolicy
-from bridge.segment import DryRunSink, SegmentSink, Sink
-from bridge.sqlite_store import SQLiteStore
 from bridge.store import ClaimedMessage, DeadLetterFilter, Webhook
+from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import eventually
 from tests.fakesegment import FakeSegment
 

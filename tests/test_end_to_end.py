@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from bridge import __version__
 from bridge.app import build_app
 from bridge.config import Config
-from bridge.runtime import RUNTIME, Runtime
+from bridge.receive.runtime import RUNTIME, Runtime
 from tests.conftest import basic_auth, eventually, fixture_body
 from tests.fakesegment import FakeSegment
 

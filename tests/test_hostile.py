@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from bridge.app import build_app
 from bridge.config import Config
-from bridge.runtime import RUNTIME
+from bridge.receive.runtime import RUNTIME
 from tests.conftest import PASSWORD, USER, basic_auth, fixture_body
 from tests.fakesegment import FakeSegment
 

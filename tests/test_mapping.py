@@ -17,11 +17,11 @@ import orjson
 import pytest
 
 from bridge import config as config_module
-from bridge.codes import STATIC_CODES
 from bridge.config import Config
 from bridge.errors import ConfigError, Unmappable
-from bridge.mapping import Mapped, known_codes, map_webhook
+from bridge.mapping.webhook import Mapped, known_codes, map_webhook
 from bridge.messages import MAX_MESSAGE_BYTES, MAX_MESSAGE_ID_CHARS
+from bridge.synap.codes import STATIC_CODES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "synap"
 RECEIVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

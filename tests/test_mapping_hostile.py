@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from bridge.errors import Unmappable
-from bridge.mapping import map_webhook
+from bridge.mapping.sizing import fit
+from bridge.mapping.webhook import map_webhook
 from bridge.messages import MAX_MESSAGE_BYTES
-from bridge.sizing import fit
 from tests.test_mapping import ALL_CODES, RECEIVED, RECEIVED_ISO, cfg, check_message, load, run
 
 Path = tuple[str | int, ...]
@@ -304,8 +304,8 @@ class TestOutOfRangeIntegers:
         from pathlib import Path
 
         from bridge.config import Config
-        from bridge.mapping import map_webhook
-        from bridge.values import as_number
+        from bridge.mapping.webhook import map_webhook
+        from bridge.synap.values import as_number
 
         path = Path(__file__).parent / "fixtures" / "synap" / "store.purchase.json"
         body = json.loads(path.read_text(encoding="utf-8"))
@@ -326,7 +326,7 @@ class TestFastPathsAgreeWithTheGeneralRules:
          "7", " 7 ", "7.0", "x", None, [1]],
     )  # fmt: skip
     def test_as_number(self, value: Any) -> None:
-        from bridge.values import as_number
+        from bridge.synap.values import as_number
 
         expected: Any = None
         if isinstance(value, int) and not isinstance(value, bool):
@@ -341,7 +341,7 @@ class TestFastPathsAgreeWithTheGeneralRules:
         assert type(as_number(value)) is type(expected)
 
     def test_texts_ids_and_clean(self) -> None:
-        from bridge.values import as_id, as_text, as_texts, clean
+        from bridge.synap.values import as_id, as_text, as_texts, clean
 
         assert as_text("a\ud800b") == "a?b"
         assert as_id(" a\ud800 ") == "a?"
@@ -360,7 +360,7 @@ class TestFastPathsAgreeWithTheGeneralRules:
         assert cut == {"k": None}
 
     def test_compact(self) -> None:
-        from bridge.mapping_base import compact
+        from bridge.mapping.draft import compact
 
         kept: dict[str, Any] = {"d": 0, "e": "", "f": False, "g": (), "h": [0]}
         assert compact({"a": None, "b": [], "c": {}, **kept}) == kept
@@ -383,7 +383,7 @@ class TestFastPathsAgreeWithTheGeneralRules:
         assert iso8601(moment) == expected
 
     def test_fitted_serialises_once_or_after_the_cut(self) -> None:
-        from bridge.sizing import fitted
+        from bridge.mapping.sizing import fitted
 
         small = {"type": "track", "properties": {"attemptId": "a", "x": "y"}}
         assert fitted(small, "properties", ("attemptId",)) == (orjson.dumps(small), [])

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import Unmappable
-from bridge.mapping import map_webhook
+from bridge.mapping.webhook import map_webhook
 from tests.test_mapping import ALL_CODES, RECEIVED, cfg, check_message, load
 from tests.test_mapping_hostile import paths
 

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app, metrics_app
 from bridge.config import Config
-from bridge.runtime import RUNTIME
+from bridge.receive.runtime import RUNTIME
 from tests.conftest import basic_auth, eventually, fixture_body
 from tests.fakesegment import FakeSegment
 

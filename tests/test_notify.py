@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bridge.notify import Notifier, socket_address, watchdog_loop, watchdog_usec
+from bridge.systemd import Notifier, socket_address, watchdog_loop, watchdog_usec
 from tests.process import BridgeProcess, write_config
 
 RECV_TIMEOUT = 5.0

@@ -21,15 +21,15 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from bridge import intake
 from bridge.app import build_app
 from bridge.config import Config
-from bridge.delivery import Delivery
-from bridge.retry import RetryPolicy
-from bridge.runtime import RUNTIME
-from bridge.segment import SegmentSink
-from bridge.sqlite_store import SQLiteStore
+from bridge.delivery.loop import Delivery
+from bridge.delivery.retry import RetryPolicy
+from bridge.delivery.sinks import SegmentSink
+from bridge.mapping import intake
+from bridge.receive.runtime import RUNTIME
 from bridge.store import DeadLetterFilter
+from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import WRITE_KEY, attempt_completed, basic_auth
 from tests.fakesegment import FakeSegment
 

@@ -301,6 +301,6 @@ class TestBuildContext:
     def test_kept_out(self, path: str) -> None:
         assert ignored(path, dockerignore_patterns())
 
-    @pytest.mark.parametrize("path", ["pyproject.toml", "README.md", "bridge/notify.py"])
+    @pytest.mark.parametrize("path", ["pyproject.toml", "README.md", "bridge/systemd.py"])
     def test_let_in(self, path: str) -> None:
         assert not ignored(path, dockerignore_patterns())

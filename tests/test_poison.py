@@ -16,10 +16,10 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from bridge import intake
 from bridge.app import build_app
 from bridge.config import BatchConfig, Config, DeliveryConfig
-from bridge.runtime import RUNTIME
+from bridge.mapping import intake
+from bridge.receive.runtime import RUNTIME
 from bridge.store import DeadLetterFilter
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth, eventually
 from tests.conftest import attempt_completed as completed

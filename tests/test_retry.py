@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from bridge.config import RetryConfig
-from bridge.retry import RetryPolicy
+from bridge.delivery.retry import RetryPolicy
 
 CONFIG = RetryConfig(initial_backoff_secs=1.0, max_backoff_secs=300.0, max_age_secs=3600.0)
 

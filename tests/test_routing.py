@@ -9,8 +9,8 @@ import pytest
 from bridge import config as config_module
 from bridge.config import Config
 from bridge.errors import ConfigError, Unmappable
-from bridge.mapping import map_webhook
-from bridge.routing import describe_routing, route
+from bridge.mapping.routing import describe_routing, route
+from bridge.mapping.webhook import map_webhook
 from tests.test_mapping import RECEIVED, load
 
 DESTINATIONS: dict[str, Any] = {

@@ -13,8 +13,7 @@ from requests.adapters import HTTPAdapter
 from structlog.testing import capture_logs
 
 from bridge import config as config_module
-from bridge.errors import PermanentDelivery, TransientDelivery
-from bridge.segment import (
+from bridge.delivery.sinks import (
     MAX_CONNECTIONS,
     SESSION,
     DryRunSink,
@@ -22,6 +21,7 @@ from bridge.segment import (
     build_sinks,
     is_transient_status,
 )
+from bridge.errors import PermanentDelivery, TransientDelivery
 from tests.fakesegment import FakeSegment
 
 KEY = "sink-test-write-key-0123456789"

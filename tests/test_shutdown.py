@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.sqlite_store import SQLiteStore
+from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth, eventually
 from tests.conftest import attempt_completed as completed
 from tests.fakesegment import FakeSegment

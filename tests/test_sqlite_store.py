@@ -21,10 +21,10 @@ from structlog.testing import capture_logs
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailable
 from bridge.messages import OutgoingMessage
-from bridge.sqlite_checkpoint import Checkpointer
-from bridge.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, connect
-from bridge.sqlite_store import CHUNK, SQLiteStore
 from bridge.store import DeadLetterFilter, DeadReason, Store, Webhook
+from bridge.store.sqlite.checkpoint import Checkpointer
+from bridge.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, connect
+from bridge.store.sqlite.store import CHUNK, SQLiteStore
 from tests.conftest import eventually
 
 NOW = 10_000.0
@@ -393,7 +393,7 @@ class TestCheckpoints:
         """SQLite rewinds the WAL only when a write transaction begins with every frame copied
         back, which never happens while the writer always has work: the writer rewinds it on
         the checkpointer's request instead, so the WAL does not grow with the load."""
-        monkeypatch.setattr("bridge.sqlite_checkpoint.RESTART_FRAMES", 256)  # 1 MB
+        monkeypatch.setattr("bridge.store.sqlite.checkpoint.RESTART_FRAMES", 256)  # 1 MB
         store = SQLiteStore(db)
         await store.open()
         checkpointer = store._checkpointer

@@ -27,9 +27,9 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app
 from bridge.config import Config
-from bridge.runtime import RUNTIME
-from bridge.sqlite_store import SQLiteStore
+from bridge.receive.runtime import RUNTIME
 from bridge.store import DeadLetterFilter
+from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import attempt_completed as attempt
 from tests.conftest import basic_auth
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from bridge.threads import run_in_daemon_thread
+from bridge.delivery.threads import run_in_daemon_thread
 
 
 class TestDaemonThread:

@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import wire
+from bridge.delivery import wire
 
 KEY = "wk_0123456789abcdef"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from bridge import logs
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailable
-from bridge.runtime import Runtime
+from bridge.receive.runtime import Runtime
 
 log = logs.get(__name__)
 

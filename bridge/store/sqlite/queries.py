@@ -1,6 +1,6 @@
 """The SQL of the SQLite store: plain functions over a connection, run in a worker thread.
 
-Writes run inside a transaction the writer thread opened (see :mod:`bridge.sqlite_writer`);
+Writes run inside a transaction the writer thread opened (see :mod:`bridge.store.sqlite.writer`);
 reads run on the reader's connection. Sets of ids are passed as one JSON array parameter
 (``json_each``), so a statement handles any number of rows in one round trip and stays one
 cached prepared statement.

@@ -23,12 +23,12 @@ from typing import Any
 
 import orjson
 
-from bridge import codes
 from bridge.config import Config
 from bridge.errors import InvalidPayload, Unmappable
-from bridge.mapping import map_webhook
+from bridge.mapping.webhook import map_webhook
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, Remapper, Webhook
+from bridge.synap import codes
 
 
 @dataclass(frozen=True, slots=True)

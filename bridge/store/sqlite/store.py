@@ -1,8 +1,8 @@
 """The SQLite implementation of :class:`bridge.store.Store`: the async face of the database.
 
 No database work runs on the event loop. Writes go to one writer thread (group commit, see
-:mod:`bridge.sqlite_writer`); reads (stats, dead letters, next due time) go to one reader thread
-with its own connection, which WAL lets run beside the writer. Another process (the CLI) may
+:mod:`bridge.store.sqlite.writer`); reads (stats, dead letters, next due time) go to one reader
+thread with its own connection, which WAL lets run beside the writer. Another process (the CLI) may
 open the same file at the same time: WAL plus ``busy_timeout`` make them take turns.
 
 Every sqlite3 or OS error leaves as :class:`bridge.errors.StorageUnavailable`; a failed
@@ -21,13 +21,9 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar, cast
 
-from bridge import sqlite_ops as ops
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailable
 from bridge.messages import OutgoingMessage
-from bridge.sqlite_checkpoint import Checkpointer
-from bridge.sqlite_schema import SYNCHRONOUS_MODES, connect, migrate, translate
-from bridge.sqlite_writer import Writer
 from bridge.store import (
     ClaimedMessage,
     DeadLetter,
@@ -40,6 +36,10 @@ from bridge.store import (
     StoreStats,
     Webhook,
 )
+from bridge.store.sqlite import queries as ops
+from bridge.store.sqlite.checkpoint import Checkpointer
+from bridge.store.sqlite.schema import SYNCHRONOUS_MODES, connect, migrate, translate
+from bridge.store.sqlite.writer import Writer
 
 T = TypeVar("T")
 
@@ -139,7 +139,7 @@ class SQLiteStore:
             synchronous=self.synchronous,
             busy_timeout_secs=self.busy_timeout_secs,
             max_page_count=self.max_page_count,
-            autocheckpoint=False,  # the checkpointer's job (bridge.sqlite_checkpoint)
+            autocheckpoint=False,  # the checkpointer's job (bridge.store.sqlite.checkpoint)
         )
 
     def _connect_checkpointer(self) -> sqlite3.Connection:

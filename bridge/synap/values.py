@@ -1,7 +1,7 @@
 """Value coercion in and value cleaning out: the two places where JSON meets Python types.
 
 In: the ``as_*`` functions are the "before" validators of the lenient payload models
-(bridge/synap.py). They never raise; what they cannot use becomes ``None`` or empty.
+(bridge/synap/payloads.py). They never raise; what they cannot use becomes ``None`` or empty.
 
 Out: :func:`clean` makes any value copied into a Segment message serialisable by orjson, whatever
 the body held: lone surrogates are replaced, integers beyond 64 bits become text, NaN and

@@ -117,7 +117,7 @@ def connect(
     """A connection in autocommit mode (we issue BEGIN/COMMIT ourselves), WAL, foreign keys.
 
     ``autocheckpoint=False``: this connection's commits never checkpoint the WAL; something else
-    must (:mod:`bridge.sqlite_checkpoint`).
+    must (:mod:`bridge.store.sqlite.checkpoint`).
     """
     if synchronous not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")

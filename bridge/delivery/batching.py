@@ -2,9 +2,10 @@
 
 A batch holds messages of one destination, in arrival order, at most ``max_events`` of them, and
 its request body stays within ``max_bytes``. The body is spliced from the stored bytes
-(:mod:`bridge.wire`), so its size is known exactly: the sink's envelope (``Sink.envelope_bytes``:
-``sentAt``, ``writeKey``, brackets) plus every payload plus one comma between two. Segment allows
-500 KB; ``batch.max_bytes`` defaults to 475,000 like the library's own consumer.
+(:mod:`bridge.delivery.wire`), so its size is known exactly: the sink's envelope
+(``Sink.envelope_bytes``: ``sentAt``, ``writeKey``, brackets) plus every payload plus one comma
+between two. Segment allows 500 KB; ``batch.max_bytes`` defaults to 475,000 like the library's own
+consumer.
 
 A message larger than :data:`bridge.messages.MAX_MESSAGE_BYTES` is never put in a batch: Segment
 would reject the whole request. It is reported in ``Plan.oversized`` so the delivery buries it as
@@ -16,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from bridge.delivery.wire import SEPARATOR_BYTES, body_bytes
 from bridge.messages import MAX_MESSAGE_BYTES
 from bridge.store import ClaimedMessage
-from bridge.wire import SEPARATOR_BYTES, body_bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,15 +14,15 @@ from datetime import datetime
 from typing import Any
 
 from bridge.config import MappingConfig
-from bridge.mapping_base import Call, Draft, compact, event_time, first, iso_or_none, need, user_id
-from bridge.synap import (
+from bridge.mapping.draft import Call, Draft, compact, event_time, first, iso_or_none, need, user_id
+from bridge.synap.payloads import (
     AssignmentPayload,
     FlagPayload,
     InvitePayload,
     LearningRecordPayload,
     PurchasePayload,
 )
-from bridge.values import as_text, clean, content_hash
+from bridge.synap.values import as_text, clean, content_hash
 
 
 def map_assignment(

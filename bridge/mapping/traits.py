@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.mapping_base import compact, iso_or_none
-from bridge.values import clean
+from bridge.mapping.draft import compact, iso_or_none
+from bridge.synap.values import clean
 
 
 def split_name(name: str | None) -> tuple[str | None, str | None]:

@@ -11,9 +11,9 @@ import contextlib
 
 from aiohttp import web
 
-from bridge.auth import CHALLENGE, credentials_match
 from bridge.errors import StorageUnavailable
-from bridge.runtime import RUNTIME
+from bridge.receive.auth import CHALLENGE, credentials_match
+from bridge.receive.runtime import RUNTIME
 
 
 async def healthz(request: web.Request) -> web.Response:

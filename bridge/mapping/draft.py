@@ -2,7 +2,7 @@
 
 Why an intermediate "draft": the family mappers (mapping_attempts, mapping_users,
 mapping_activity) only know Synap. They say *what happened* (whose event, which fact, when, which
-calls with which data); bridge.mapping then applies everything generic in one place: the
+calls with which data); bridge.mapping.webhook then applies everything generic in one place: the
 configuration (renames, switches, drops, additions), the portal and routing, message ids, the
 Segment envelope and the size limit. So a new event never re-implements any of that.
 """

@@ -2,7 +2,7 @@
 
 ``--config PATH`` is accepted before or after the subcommand. Subcommands: ``serve``,
 ``check-config``, ``stats``, ``dead-letters {list,show,replay,purge}`` (the last two groups in
-:mod:`bridge.cli_ops`). Secrets are never printed: ``check-config`` masks them.
+:mod:`bridge.cli.ops`). Secrets are never printed: ``check-config`` masks them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any, TextIO
 
 import yaml
 
-from bridge import __version__, cli_ops, logs
+from bridge import __version__, logs
 from bridge import config as config_module
+from bridge.cli import ops as cli_ops
 from bridge.config import Config
 from bridge.errors import ConfigError
 
@@ -98,7 +99,7 @@ def check_config(config: Config, out: TextIO) -> int:
     problem = config.listen_problem()
     if problem:
         return _config_errors(ConfigError([problem]), None)
-    from bridge.routing import describe_routing
+    from bridge.mapping.routing import describe_routing
 
     yaml.safe_dump(config_module.masked(config), out, sort_keys=False, allow_unicode=True)
     out.write("\n# routing\n")

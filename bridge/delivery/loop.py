@@ -1,6 +1,7 @@
 """The delivery loop: claim due messages, batch them, upload, and record every outcome.
 
-Outcomes (per batch; one canonical ``batch`` log line each; recorded by :mod:`bridge.outcomes`):
+Outcomes (per batch; one canonical ``batch`` log line each; recorded by
+:mod:`bridge.delivery.outcomes`):
 
 * **2xx** - ack: the messages are delivered.
 * **transient** (network, 408/410/429/460, 5xx but 501/505) - the messages go back to the store,
@@ -27,15 +28,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from bridge import logs
-from bridge.batching import Batch, plan
 from bridge.config import DeliveryConfig
+from bridge.delivery.batching import Batch, plan
+from bridge.delivery.outcomes import DrainReport, Outcomes
+from bridge.delivery.retry import RetryPolicy
+from bridge.delivery.sinks import Sink
+from bridge.delivery.threads import run_in_daemon_thread
 from bridge.errors import DeliveryError, PermanentDelivery, StorageUnavailable, TransientDelivery
 from bridge.metrics import Metrics
-from bridge.outcomes import DrainReport, Outcomes
-from bridge.retry import RetryPolicy
-from bridge.segment import Sink
 from bridge.store import ClaimedMessage, DeadReason, Store
-from bridge.threads import run_in_daemon_thread
 
 __all__ = ["Delivery", "DrainReport"]
 

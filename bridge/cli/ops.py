@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from bridge.config import Config
 from bridge.errors import StorageUnavailable
-from bridge.intake import remapper
-from bridge.sqlite_store import SQLiteStore
+from bridge.mapping.intake import remapper
 from bridge.store import DeadLetterFilter, Store
+from bridge.store.sqlite.store import SQLiteStore
 
 REPLAY_CHUNK = 200
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

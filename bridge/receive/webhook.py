@@ -25,10 +25,11 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from bridge import intake, logs
-from bridge.auth import CHALLENGE, credentials_match
+from bridge import logs
 from bridge.errors import InvalidPayload, StorageUnavailable
-from bridge.runtime import RUNTIME, Runtime
+from bridge.mapping import intake
+from bridge.receive.auth import CHALLENGE, credentials_match
+from bridge.receive.runtime import RUNTIME, Runtime
 
 log = logs.get(__name__)
 

@@ -12,10 +12,10 @@ Why not ``segment.analytics.request.post``: it takes the batch as Python objects
 with the standard ``json`` module, so every stored message had to be parsed and encoded again
 per upload: with its level-9 gzip, that was 40 % of a backlog drain's CPU and held the drain at
 6,600 messages/s (docs/benchmarks.md). The stored bytes already are the messages' JSON, so
-:mod:`bridge.wire` splices them into the same request (same URL, keys, Basic auth, gzip) and this
-module posts it with ``requests``, as ``request.post`` does. What we still take from the library
-is its reading of ``Retry-After`` (:func:`segment.analytics.request.parse_retry_after`: seconds
-or an HTTP date, capped at 300 s) and its error-body convention (``{"code", "message"}``).
+:mod:`bridge.delivery.wire` splices them into the same request (same URL, keys, Basic auth, gzip)
+and this module posts it with ``requests``, as ``request.post`` does. What we still take from the
+library is its reading of ``Retry-After`` (:func:`segment.analytics.request.parse_retry_after`:
+seconds or an HTTP date, capped at 300 s) and its error-body convention (``{"code", "message"}``).
 
 Threads: ``send`` is synchronous and runs in a worker thread, up to ``delivery.concurrency`` at
 once, all sharing one module-level ``requests.Session``: its connection pool (urllib3) is
@@ -38,8 +38,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from segment.analytics import request as segment_request
 
-from bridge import logs, wire
+from bridge import logs
 from bridge.config import DEFAULT_DESTINATION, Config
+from bridge.delivery import wire
 from bridge.errors import PermanentDelivery, TransientDelivery
 
 log = logs.get(__name__)

@@ -9,7 +9,7 @@ it can be, an object where a list was documented is ignored. Only the mapping de
 what is truly missing (above all: whose event it is), and says so with a precise reason.
 
 Extra keys are ignored (``extra="ignore"``); free-form parts (custom attributes, ``attr``,
-``tags``) are kept as plain dicts and cleaned by :func:`bridge.values.clean` on the way out.
+``tags``) are kept as plain dicts and cleaned by :func:`bridge.synap.values.clean` on the way out.
 
 Scalars (and the lists of texts or raw items) use a "plain" validator: the ``as_*`` function's
 result is the value, already of the declared type, so checking it again was pure cost. Free-form
@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 
-from bridge.values import (
+from bridge.synap.values import (
     as_flag,
     as_id,
     as_list_or_none,

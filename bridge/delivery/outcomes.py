@@ -1,7 +1,7 @@
 """What happens after an upload: the store, the destination's pause, metrics, one log line.
 
-Kept apart from :mod:`bridge.delivery` (which decides *when* to send) so the rules that decide a
-message's fate read in one place:
+Kept apart from :mod:`bridge.delivery.loop` (which decides *when* to send) so the rules that decide
+a message's fate read in one place:
 
 * delivered - ack; the destination's failure streak ends.
 * transient - the destination pauses for the retry policy's backoff (never shorter than
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bridge import logs
-from bridge.batching import Batch
+from bridge.delivery.batching import Batch
+from bridge.delivery.retry import RetryPolicy
 from bridge.errors import DeliveryError, TransientDelivery
 from bridge.metrics import Metrics
-from bridge.retry import RetryPolicy
 from bridge.store import ClaimedMessage, DeadReason, Store
 
-log = logs.get("bridge.delivery")
+log = logs.get("bridge.delivery.loop")
 
 Outcome = Literal["delivered", "transient", "permanent"]
 

@@ -7,12 +7,12 @@ module applies everything generic once:
 1. the code: known (else ``unknown_code``) and enabled (else ``code_disabled``: kept as a dead
    letter, replayable once re-enabled, rather than thrown away);
 2. the portal: the body's ``portal.id``, else the URL's ``?portal=``, else
-   ``mapping.default_portal_id``; the destination: bridge.routing;
+   ``mapping.default_portal_id``; the destination: bridge.mapping.routing;
 3. per call: the per-code switches, the event rename, drops (global then per code), static
    additions (config wins over a mapped value of the same name);
 4. the Segment envelope: ``userId``, a deterministic ``messageId`` (portal, family, natural id,
    call), the event's own ``timestamp``, a copy of CONTEXT (plus ``groupId`` when known);
-5. the size limit (bridge.sizing), with the reasons returned in ``Mapped.trimmed``.
+5. the size limit (bridge.mapping.sizing), with the reasons returned in ``Mapped.trimmed``.
 
 Any exception other than Unmappable is a bug; it is still turned into a dead letter
 (``mapping_failed``) so an authenticated webhook is never lost to it, and replay can map it again
@@ -26,23 +26,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bridge import codes
 from bridge.config import CodeMapping, Config, MappingConfig
 from bridge.errors import Unmappable
-from bridge.mapping_activity import (
+from bridge.mapping.activity import (
     map_assignment,
     map_flag,
     map_invite,
     map_learning_record,
     map_purchase,
 )
-from bridge.mapping_attempts import map_attempt, map_certificate, map_override
-from bridge.mapping_base import Call, Draft
-from bridge.mapping_users import map_added_to_group, map_registered_for_exam, map_user
+from bridge.mapping.attempts import map_attempt, map_certificate, map_override
+from bridge.mapping.draft import Call, Draft
+from bridge.mapping.routing import route
+from bridge.mapping.sizing import fitted
+from bridge.mapping.users import map_added_to_group, map_registered_for_exam, map_user
 from bridge.messages import CONTEXT, OutgoingMessage, message_id
-from bridge.routing import route
-from bridge.sizing import fitted
-from bridge.values import as_id, clean
+from bridge.synap import codes
+from bridge.synap.values import as_id, clean
 
 Mapper = Callable[[str, Mapping[str, Any], datetime, MappingConfig], Draft]
 

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from bridge import codes
 from bridge.config import MappingConfig
-from bridge.mapping_base import Call, Draft, compact, event_time, first, iso_or_none, need, user_id
-from bridge.synap import ExamRegistrationPayload, FlatUserPayload, GroupPayload
-from bridge.traits import identify_traits
-from bridge.values import content_hash
+from bridge.mapping.draft import Call, Draft, compact, event_time, first, iso_or_none, need, user_id
+from bridge.mapping.traits import identify_traits
+from bridge.synap import codes
+from bridge.synap.payloads import ExamRegistrationPayload, FlatUserPayload, GroupPayload
+from bridge.synap.values import content_hash
 
 
 def map_user(

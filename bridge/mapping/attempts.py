@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from bridge import codes
 from bridge.config import MappingConfig
-from bridge.mapping_base import (
+from bridge.mapping.draft import (
     Call,
     Draft,
     compact,
@@ -25,7 +24,8 @@ from bridge.mapping_base import (
     need,
     user_id,
 )
-from bridge.synap import (
+from bridge.synap import codes
+from bridge.synap.payloads import (
     Attempt,
     AttemptPayload,
     CertificatePayload,
@@ -35,7 +35,7 @@ from bridge.synap import (
     OverrideValue,
     State,
 )
-from bridge.values import as_text, as_texts, clean, content_hash
+from bridge.synap.values import as_text, as_texts, clean, content_hash
 
 #: code -> (stage, default track event)
 STAGES: dict[str, tuple[str, str]] = {

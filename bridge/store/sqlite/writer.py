@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.sqlite_schema import is_busy, translate
+from bridge.store.sqlite.schema import is_busy, translate
 
 Work = Callable[[sqlite3.Connection], Any]
 

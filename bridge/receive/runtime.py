@@ -19,7 +19,7 @@ from bridge.metrics import Metrics
 from bridge.store import Store
 
 if TYPE_CHECKING:
-    from bridge.delivery import Delivery
+    from bridge.delivery.loop import Delivery
 
 
 @dataclass

@@ -1,0 +1,8 @@
+"""Stage 1, the HTTP edge: authenticate, bound, decode, hand to mapping and storage, answer.
+
+Holds the webhook endpoint, the health and metrics endpoints, Basic authentication, the
+backpressure rules and the state one running bridge shares between handlers (``runtime``).
+May import: ``bridge.config``, ``bridge.errors``, ``bridge.logs``, ``bridge.metrics``,
+``bridge.mapping`` (intake) and the ``bridge.store`` contract; never a store backend or the
+delivery internals.
+"""

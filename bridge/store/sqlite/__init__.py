@@ -1,0 +1,7 @@
+"""The SQLite backend of :mod:`bridge.store`: one file, one ``serve`` writing it.
+
+``store`` is the async face, ``writer`` the one writer thread with group commit, ``queries`` the
+SQL as plain functions over a connection, ``schema`` the schema, migrations and error
+translation, ``checkpoint`` the WAL checkpointer thread. Nothing outside this package imports
+``sqlite3``.
+"""
