@@ -19,7 +19,7 @@ from bridge import logs
 from bridge.config import Config
 from bridge.delivery.loop import Delivery
 from bridge.delivery.sinks import Sink, build_sinks
-from bridge.errors import StorageUnavailable
+from bridge.errors import StorageUnavailableError
 from bridge.metrics import Metrics
 from bridge.receive import backpressure, health
 from bridge.receive import webhook as receive
@@ -49,7 +49,7 @@ async def json_errors(
         return web.json_response(
             {"error": slug, "detail": detail}, status=exc.status, headers=headers
         )
-    except StorageUnavailable as exc:
+    except StorageUnavailableError as exc:
         log.error("storage_unavailable", path=request.path, error=str(exc))
         return receive.unavailable("storage_unavailable", "the bridge cannot store now")
     except Exception:

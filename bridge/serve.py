@@ -27,7 +27,7 @@ from bridge import logs
 from bridge.app import build_app, metrics_app
 from bridge.config import Config
 from bridge.delivery.sinks import build_sinks
-from bridge.errors import ConfigError, StorageUnavailable
+from bridge.errors import ConfigError, StorageUnavailableError
 from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.systemd import Notifier, watchdog_loop
 
@@ -55,7 +55,7 @@ async def serve(config: Config, config_path: str | None) -> int:
     )
     try:
         await runner.setup()
-    except StorageUnavailable as exc:
+    except StorageUnavailableError as exc:
         log.error("storage_unavailable", error=str(exc), path=str(config.storage.path))
         return 1
     runners = [runner]

@@ -18,7 +18,7 @@ import pytest
 
 from bridge import config as config_module
 from bridge.config import Config
-from bridge.errors import ConfigError, Unmappable
+from bridge.errors import ConfigError, UnmappableError
 from bridge.mapping.webhook import Mapped, known_codes, map_webhook
 from bridge.messages import MAX_MESSAGE_BYTES, MAX_MESSAGE_ID_CHARS
 from bridge.synap.codes import STATIC_CODES
@@ -504,9 +504,9 @@ class TestConfiguration:
 
     def test_switch_off_a_code_keeps_it_as_a_dead_letter(self) -> None:
         config = cfg(codes={"flag.planted": {"enabled": False}})
-        with pytest.raises(Unmappable) as caught:
+        with pytest.raises(UnmappableError) as caught:
             map_webhook("flag.planted", load("flag.planted"), RECEIVED, config)
-        assert caught.value.reason == "code_disabled"
+        assert caught.value.code == "code_disabled"
 
     @pytest.mark.parametrize(
         ("code", "switch", "left"),
@@ -568,9 +568,9 @@ class TestConfiguration:
         assert RELEASED not in known_codes(config)
         (body,) = run("exam.released", load(RELEASED), config)
         assert body["event"] == "Exam Results Released"
-        with pytest.raises(Unmappable) as caught:
+        with pytest.raises(UnmappableError) as caught:
             map_webhook(RELEASED, load(RELEASED), RECEIVED, config)
-        assert caught.value.reason == "unknown_code"
+        assert caught.value.code == "unknown_code"
 
     @pytest.mark.parametrize(
         ("mapping", "key"),
@@ -623,9 +623,9 @@ class TestPortalAndReasons:
         ],
     )
     def test_dead_letter_reasons(self, code: str, payload: Any, reason: str) -> None:
-        with pytest.raises(Unmappable) as caught:
+        with pytest.raises(UnmappableError) as caught:
             map_webhook(code, payload, RECEIVED, cfg())
-        assert caught.value.reason == reason
+        assert caught.value.code == reason
         assert caught.value.detail
 
     def test_mapped_shape(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.errors import Unmappable
+from bridge.errors import UnmappableError
 from bridge.mapping.sizing import fit
 from bridge.mapping.webhook import map_webhook
 from bridge.messages import MAX_MESSAGE_BYTES
@@ -55,8 +55,8 @@ def mutated(body: dict[str, Any], path: Path, value: Any, delete: bool = False) 
 def outcome(code: str, body: Any) -> str:
     try:
         mapped = map_webhook(code, body, RECEIVED, cfg(include_question_data=True))
-    except Unmappable as exc:
-        return exc.reason
+    except UnmappableError as exc:
+        return exc.code
     for message in mapped.messages:
         check_message(message.payload)
     return "mapped"

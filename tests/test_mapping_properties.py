@@ -2,7 +2,7 @@
 
 For any JSON object posted to any code (known or not), map_webhook either returns messages that
 Segment accepts (type, userId, messageId <= 100 chars, ISO timestamp, event / groupId, object
-properties / traits, <= 32,000 bytes serialised) or raises Unmappable with a reason - never
+properties / traits, <= 32,000 bytes serialised) or raises UnmappableError with a reason - never
 anything else, and never the safety net's ``mapping_failed`` (that would be a bug caught late).
 
 Two generators: free JSON with keys drawn partly from Synap's vocabulary (so the mappers get
@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import Unmappable
+from bridge.errors import UnmappableError
 from bridge.mapping.webhook import map_webhook
 from tests.test_mapping import ALL_CODES, RECEIVED, cfg, check_message, load
 from tests.test_mapping_hostile import paths
@@ -92,9 +92,9 @@ FIXTURE_PATHS = {code: list(paths(body)) for code, body in FIXTURES.items()}
 def assert_maps_or_dead_letters(code: str, payload: Any, config_index: int) -> None:
     try:
         mapped = map_webhook(code, payload, RECEIVED, CONFIGS[config_index], "hint")
-    except Unmappable as exc:
-        assert exc.reason != "mapping_failed", exc.detail
-        assert exc.reason
+    except UnmappableError as exc:
+        assert exc.code != "mapping_failed", exc.detail
+        assert exc.code
         assert exc.detail
         return
     for message in mapped.messages:
@@ -137,7 +137,7 @@ def test_a_fixture_with_one_part_replaced_by_any_json(
 def test_anything_but_an_object_is_not_an_object(payload: Any) -> None:
     try:
         map_webhook("attempt.completed", payload, RECEIVED, CONFIGS[0])
-    except Unmappable as exc:
-        assert exc.reason == "not_an_object"
+    except UnmappableError as exc:
+        assert exc.code == "not_an_object"
     else:
         raise AssertionError("a non-object body was mapped")

@@ -8,7 +8,7 @@ import pytest
 
 from bridge import config as config_module
 from bridge.config import Config
-from bridge.errors import ConfigError, Unmappable
+from bridge.errors import ConfigError, UnmappableError
 from bridge.mapping.routing import describe_routing, route
 from bridge.mapping.webhook import map_webhook
 from tests.test_mapping import RECEIVED, load
@@ -51,9 +51,9 @@ class TestRoute:
         assert route(routed("other").routing, "portal_unknown", None) == "other"
 
     def test_unmatched_without_default_is_a_dead_letter(self) -> None:
-        with pytest.raises(Unmappable) as caught:
+        with pytest.raises(UnmappableError) as caught:
             route(routed(None).routing, "portal_unknown", "sub_unknown")
-        assert caught.value.reason == "no_destination"
+        assert caught.value.code == "no_destination"
         assert "portal_unknown" in caught.value.detail
 
     @pytest.mark.parametrize(
@@ -103,9 +103,9 @@ class TestWebhooksAreRouted:
     def test_unroutable_webhook_is_a_dead_letter(self) -> None:
         body = load("invite.sent")
         body["portal"]["id"] = "portal_unknown"
-        with pytest.raises(Unmappable) as caught:
+        with pytest.raises(UnmappableError) as caught:
             map_webhook("invite.sent", body, RECEIVED, routed(None))
-        assert caught.value.reason == "no_destination"
+        assert caught.value.code == "no_destination"
 
     def test_the_portal_is_part_of_the_message_id(self) -> None:
         body = load("invite.sent")

@@ -21,7 +21,7 @@ from bridge.delivery.sinks import (
     build_sinks,
     is_transient_status,
 )
-from bridge.errors import PermanentDelivery, TransientDelivery
+from bridge.errors import PermanentDeliveryError, TransientDeliveryError
 from tests.fakesegment import FakeSegment
 
 KEY = "sink-test-write-key-0123456789"
@@ -85,7 +85,7 @@ class TestClassification:
     @pytest.mark.parametrize("status", [408, 410, 429, 460, 500, 502, 503, 504, 599])
     async def test_transient_statuses(self, fake: FakeSegment, status: int) -> None:
         fake.fail(status)
-        with pytest.raises(TransientDelivery) as caught:
+        with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
         assert caught.value.status == status and caught.value.retry_after is None
         assert fake.messages == []
@@ -93,25 +93,25 @@ class TestClassification:
     @pytest.mark.parametrize("status", [400, 404, 413, 501, 505])
     async def test_permanent_statuses(self, fake: FakeSegment, status: int) -> None:
         fake.fail(status)
-        with pytest.raises(PermanentDelivery) as caught:
+        with pytest.raises(PermanentDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
         assert caught.value.status == status
 
     async def test_429_carries_retry_after(self, fake: FakeSegment) -> None:
         fake.fail(429, retry_after="7")
-        with pytest.raises(TransientDelivery) as caught:
+        with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
         assert caught.value.status == 429 and caught.value.retry_after == 7.0
 
     async def test_invalid_message_is_permanent_400(self, fake: FakeSegment) -> None:
-        with pytest.raises(PermanentDelivery) as caught:
+        with pytest.raises(PermanentDeliveryError) as caught:
             await send(sink(fake), [payload(1), payload(2, timestamp="not a time")])
         assert caught.value.status == 400 and "timestamp" in caught.value.detail
 
     async def test_wrong_key_pauses_and_is_never_echoed(self, fake: FakeSegment) -> None:
         """A refused write key is the destination's problem, not the batch's: transient."""
         wrong = "wrong-key-that-must-not-leak"
-        with pytest.raises(TransientDelivery) as caught:
+        with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake, key=wrong), [payload(1)])
         assert caught.value.status == 401
         assert "write key" in caught.value.detail
@@ -119,7 +119,7 @@ class TestClassification:
 
     async def test_forbidden_pauses_too(self, fake: FakeSegment) -> None:
         fake.fail(403)
-        with pytest.raises(TransientDelivery) as caught:
+        with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
         assert caught.value.status == 403
 
@@ -130,7 +130,7 @@ class TestClassification:
         """A redirect is the endpoint's configuration: like a refused key, pause, never bury;
         following it would send the write key elsewhere."""
         fake.fail(status, location="https://elsewhere.example/v1/batch")
-        with pytest.raises(TransientDelivery) as caught:
+        with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
         assert caught.value.status == status
         assert "https://elsewhere.example/v1/batch" in caught.value.detail
@@ -138,20 +138,20 @@ class TestClassification:
 
     async def test_error_body_code_and_message_reach_the_detail(self, fake: FakeSegment) -> None:
         fake.fail(400)
-        with pytest.raises(PermanentDelivery) as caught:
+        with pytest.raises(PermanentDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
         assert "programmed failure" in caught.value.detail
 
     async def test_connection_reset_is_transient(self, fake: FakeSegment) -> None:
         fake.fail(reset=True)
-        with pytest.raises(TransientDelivery) as caught:
+        with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
         assert caught.value.status is None and "ConnectionError" in caught.value.detail
 
     async def test_timeout_is_transient(self, fake: FakeSegment) -> None:
         fake.hold()
         try:
-            with pytest.raises(TransientDelivery) as caught:
+            with pytest.raises(TransientDeliveryError) as caught:
                 await send(sink(fake, timeout=0.2), [payload(1)])
         finally:
             fake.release()
@@ -162,7 +162,7 @@ class TestClassification:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         target = SegmentSink(KEY, f"http://127.0.0.1:{port}", 2.0, True)
-        with pytest.raises(TransientDelivery):
+        with pytest.raises(TransientDeliveryError):
             await asyncio.to_thread(target.send, [payload(1)])
 
     def test_status_table(self) -> None:

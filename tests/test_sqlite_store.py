@@ -19,7 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.config import StorageConfig
-from bridge.errors import StorageUnavailable
+from bridge.errors import StorageUnavailableError
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadLetterFilter, DeadReason, Store, Webhook
 from bridge.store.sqlite.checkpoint import Checkpointer
@@ -125,11 +125,11 @@ class TestRoundTrip:
     async def test_from_config_and_closed_store(self, db: Path) -> None:
         store = SQLiteStore.from_config(StorageConfig(path=db, synchronous="NORMAL"))
         assert (store.path, store.synchronous) == (db, "NORMAL")
-        with pytest.raises(StorageUnavailable, match="not open"):
+        with pytest.raises(StorageUnavailableError, match="not open"):
             await store.enqueue(hook(1), [msg("a")])
         await store.open()
         await store.close()
-        with pytest.raises(StorageUnavailable, match="not open"):
+        with pytest.raises(StorageUnavailableError, match="not open"):
             await store.stats(NOW, 0)
         assert query(db, "PRAGMA journal_mode") == [("wal",)]
 
@@ -183,7 +183,7 @@ class TestGroupCommit:
                 await until(lambda: store.backlog == 2)
             assert (await first).stored == 1
             assert (await small).stored == 1
-            with pytest.raises(StorageUnavailable, match="disk full"):
+            with pytest.raises(StorageUnavailableError, match="disk full"):
                 await big
             assert store.commits - before == 2
         finally:
@@ -353,7 +353,7 @@ class TestDurability:
         db.parent.mkdir()
         query(db, "PRAGMA user_version = 99")
         store = SQLiteStore(db)
-        with pytest.raises(StorageUnavailable, match="newer"):
+        with pytest.raises(StorageUnavailableError, match="newer"):
             await store.open()
         await store.close()
 
@@ -459,7 +459,7 @@ class TestFailures:
             claimed = await store.claim(NOW, 100, 30)
             await store.ack([m.id for m in claimed], NOW)
             stored = 0
-            with pytest.raises(StorageUnavailable, match="disk full") as caught:
+            with pytest.raises(StorageUnavailableError, match="disk full") as caught:
                 for i in range(10_000):
                     await store.enqueue(hook(i, b"x" * 2000), [msg(f"m{i}-{j}") for j in range(3)])
                     stored += 1
@@ -483,11 +483,11 @@ class TestFailures:
         await store.open()
         try:
             with write_lock(db):
-                with pytest.raises(StorageUnavailable, match="locked"):
+                with pytest.raises(StorageUnavailableError, match="locked"):
                     await store.enqueue(hook(1), [msg("a")])
-                with pytest.raises(StorageUnavailable, match="locked"):
+                with pytest.raises(StorageUnavailableError, match="locked"):
                     await store.check_writable()
-                with pytest.raises(StorageUnavailable, match="locked"):
+                with pytest.raises(StorageUnavailableError, match="locked"):
                     await store.claim(NOW, 10, 30)
                 assert (await store.stats(NOW, 0)).pending == 0  # reads still work
             await store.check_writable()

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from bridge.config import Config
-from bridge.errors import StorageUnavailable
+from bridge.errors import StorageUnavailableError
 from bridge.mapping.intake import remapper
 from bridge.store import DeadLetterFilter, Store
 from bridge.store.sqlite.store import SQLiteStore
@@ -85,7 +85,7 @@ async def _with_store(
             return await handler(store, args, config, out)
         finally:
             await store.close()
-    except StorageUnavailable as exc:
+    except StorageUnavailableError as exc:
         out.write(f"storage unavailable: {exc}\n")
         return 1
 

@@ -34,7 +34,12 @@ from bridge.delivery.outcomes import DrainReport, Outcomes
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sinks import Sink
 from bridge.delivery.threads import run_in_daemon_thread
-from bridge.errors import DeliveryError, PermanentDelivery, StorageUnavailable, TransientDelivery
+from bridge.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    StorageUnavailableError,
+    TransientDeliveryError,
+)
 from bridge.metrics import Metrics
 from bridge.store import ClaimedMessage, DeadReason, Store
 
@@ -132,7 +137,7 @@ class Delivery:
         while not self._stopping:
             try:
                 await self._pump(wait=True)
-            except StorageUnavailable as exc:
+            except StorageUnavailableError as exc:
                 log.warning("delivery_storage_unavailable", detail=str(exc))
                 await self._wait(ERROR_PAUSE_SECS)
             except Exception:
@@ -340,7 +345,7 @@ class Delivery:
                     error = exc
                 except Exception as exc:  # a bug in a sink must not lose the batch
                     log.exception("sink_error", destination=batch.destination)
-                    error = TransientDelivery(f"sink error: {type(exc).__name__}")
+                    error = TransientDeliveryError(f"sink error: {type(exc).__name__}")
                 latency_ms = round((time.perf_counter() - started) * 1000, 1)
         except asyncio.CancelledError:
             now = self._clock()
@@ -350,4 +355,4 @@ class Delivery:
                 )
             raise
         await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report))
-        return isinstance(error, PermanentDelivery)
+        return isinstance(error, PermanentDeliveryError)

@@ -21,7 +21,7 @@ from typing import Literal
 from bridge import logs
 from bridge.delivery.batching import Batch
 from bridge.delivery.retry import RetryPolicy
-from bridge.errors import DeliveryError, TransientDelivery
+from bridge.errors import DeliveryError, TransientDeliveryError
 from bridge.metrics import Metrics
 from bridge.store import ClaimedMessage, DeadReason, Store
 
@@ -83,7 +83,7 @@ class Outcomes:
             if self._metrics:
                 self._metrics.delivered.labels(batch.destination).inc(len(batch.messages))
                 self._metrics.last_delivery.set(now)
-        elif isinstance(error, TransientDelivery):
+        elif isinstance(error, TransientDeliveryError):
             outcome = "transient"
             await self._transient(batch, error, state, now, report)
         else:
@@ -96,7 +96,7 @@ class Outcomes:
     async def _transient(
         self,
         batch: Batch,
-        error: TransientDelivery,
+        error: TransientDeliveryError,
         state: DestinationState,
         now: float,
         report: DrainReport,

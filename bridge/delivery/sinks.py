@@ -2,10 +2,10 @@
 
 Everything that leaves the bridge goes through :meth:`SegmentSink.send`, which uploads one batch
 to ``{endpoint}/v1/batch`` and translates every outcome into the bridge's own terms: it returns
-on 2xx, raises :class:`~bridge.errors.TransientDelivery` when trying again later may work
+on 2xx, raises :class:`~bridge.errors.TransientDeliveryError` when trying again later may work
 (network errors, timeouts, 408/410/429/460 and 5xx except 501/505, with the server's
 ``Retry-After``; and 401/403, a refused write key, see :data:`AUTH_STATUSES`), and
-:class:`~bridge.errors.PermanentDelivery` when the same request will never be accepted. This is
+:class:`~bridge.errors.PermanentDeliveryError` when the same request will never be accepted. This is
 the classification of Segment's own libraries (segment-facts.md), but for the write key.
 
 Why not ``segment.analytics.request.post``: it takes the batch as Python objects and encodes it
@@ -41,7 +41,7 @@ from segment.analytics import request as segment_request
 from bridge import logs
 from bridge.config import DEFAULT_DESTINATION, Config
 from bridge.delivery import wire
-from bridge.errors import PermanentDelivery, TransientDelivery
+from bridge.errors import PermanentDeliveryError, TransientDeliveryError
 
 log = logs.get(__name__)
 
@@ -147,11 +147,13 @@ class SegmentSink:
             # network's doing. Anything else requests raises (an invalid URL) cannot come from
             # a validated endpoint, and retrying until max_age is safer than burying it.
             detail = self._scrub(f"{type(exc).__name__}: {exc}")
-            raise TransientDelivery(detail) from exc
+            raise TransientDeliveryError(detail) from exc
         if not 200 <= response.status_code < 300:
             raise self._translate(response)
 
-    def _translate(self, response: requests.Response) -> TransientDelivery | PermanentDelivery:
+    def _translate(
+        self, response: requests.Response
+    ) -> TransientDeliveryError | PermanentDeliveryError:
         status = response.status_code
         if 300 <= status < 400:
             # Nothing was uploaded. Following would resend the write key wherever the answer
@@ -162,17 +164,17 @@ class SegmentSink:
                 f"HTTP {status}: the endpoint redirects to {where}; set the destination's "
                 "endpoint to the final address; delivery is paused"
             )
-            return TransientDelivery(detail, status=status)
+            return TransientDeliveryError(detail, status=status)
         code, message = error_code_and_message(response)
         detail = self._scrub(f"HTTP {status} {code}: {message}")
         if is_transient_status(status):
             parsed = segment_request.parse_retry_after(response)
             retry_after = float(parsed) if parsed is not None else None
-            return TransientDelivery(detail, status=status, retry_after=retry_after)
+            return TransientDeliveryError(detail, status=status, retry_after=retry_after)
         if status in AUTH_STATUSES:
             detail = f"{detail} - Segment refused the write key: check it; delivery is paused"
-            return TransientDelivery(detail[: _DETAIL_CHARS + 80], status=status)
-        return PermanentDelivery(detail, status=status)
+            return TransientDeliveryError(detail[: _DETAIL_CHARS + 80], status=status)
+        return PermanentDeliveryError(detail, status=status)
 
     def _scrub(self, text: str) -> str:
         """Remove the write key in every form it travels in (raw, and as the Basic token) from

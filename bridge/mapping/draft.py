@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from bridge.errors import Unmappable
+from bridge.errors import UnmappableError
 from bridge.messages import iso8601, parse_time
 
 Kind = Literal["identify", "track", "group"]
@@ -54,9 +54,9 @@ class Draft:
 
 
 def need(value: str | None, reason: str, detail: str) -> str:
-    """The value, or the Unmappable that says precisely what was missing."""
+    """The value, or the UnmappableError that says precisely what was missing."""
     if value is None:
-        raise Unmappable(reason, detail)
+        raise UnmappableError(reason, detail)
     return value
 
 
@@ -64,7 +64,7 @@ def user_id(*candidates: str | None, where: str) -> str:
     for candidate in candidates:
         if candidate is not None:
             return candidate
-    raise Unmappable("missing_user_id", f"no usable Synap user id in {where}")
+    raise UnmappableError("missing_user_id", f"no usable Synap user id in {where}")
 
 
 def event_time(received_at: datetime, *candidates: Any) -> str:

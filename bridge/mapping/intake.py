@@ -6,7 +6,7 @@ configuration.
 
 Three outcomes:
 
-- :class:`bridge.errors.InvalidPayload` - not JSON, not an object, or ``meta.eventName`` names
+- :class:`bridge.errors.InvalidPayloadError` - not JSON, not an object, or ``meta.eventName`` names
   another code than the URL: answered 400, nothing stored (it is not a Synap webhook we can keep
   meaningfully, and Synap gets told at once);
 - an :class:`Intake` with messages - answered 200 once committed;
@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from bridge.config import Config
-from bridge.errors import InvalidPayload, Unmappable
+from bridge.errors import InvalidPayloadError, UnmappableError
 from bridge.mapping.webhook import map_webhook
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, Remapper, Webhook
@@ -40,14 +40,14 @@ class Intake:
 
 
 def decode(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidPayload (``invalid_json`` / ``not_an_object``)."""
+    """The body as a JSON object, or InvalidPayloadError (``invalid_json`` / ``not_an_object``)."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidPayload("invalid_json", f"the body is not valid JSON ({exc})") from exc
+        raise InvalidPayloadError("invalid_json", f"the body is not valid JSON ({exc})") from exc
     if not isinstance(payload, dict):
         kind = type(payload).__name__ if payload is not None else "null"
-        raise InvalidPayload("not_an_object", f"the body must be a JSON object, not {kind}")
+        raise InvalidPayloadError("not_an_object", f"the body must be a JSON object, not {kind}")
     return payload
 
 
@@ -56,7 +56,7 @@ def check_event_name(code: str, payload: Mapping[str, Any]) -> None:
     meta = payload.get("meta")
     named = meta.get("eventName") if isinstance(meta, dict) else None
     if isinstance(named, str) and named and _canonical(named) != _canonical(code):
-        raise InvalidPayload(
+        raise InvalidPayloadError(
             "event_name_mismatch",
             f"the body's meta.eventName is {named!r} but it was posted to the URL for {code!r}",
         )
@@ -76,7 +76,7 @@ def process(
     config: Config,
     portal_hint: str | None = None,
 ) -> Intake:
-    """Decode, check and map one webhook. Raises InvalidPayload for a 400; never anything else."""
+    """Decode, check and map one webhook. Raises InvalidPayloadError (a 400), nothing else."""
     payload = decode(raw)
     check_event_name(code, payload)
     return _mapped(code, payload, raw, received_at, config, portal_hint)
@@ -93,9 +93,9 @@ def _mapped(
     moment = datetime.fromtimestamp(received_at, UTC)
     try:
         mapped = map_webhook(code, payload, moment, config, portal_hint)
-    except Unmappable as exc:
+    except UnmappableError as exc:
         webhook = Webhook(code, _portal_of(payload, portal_hint, config), received_at, raw)
-        return Intake(webhook, [], DeadReason(exc.reason, exc.detail))
+        return Intake(webhook, [], DeadReason(exc.code, exc.detail))
     webhook = Webhook(code, mapped.portal_id, received_at, raw)
     return Intake(webhook, mapped.messages, None, mapped.trimmed)
 
@@ -115,7 +115,7 @@ def remapper(config: Config) -> Remapper:
     def remap(webhook: Webhook) -> Sequence[OutgoingMessage] | DeadReason:
         try:
             payload = decode(webhook.raw_body)
-        except InvalidPayload as exc:
+        except InvalidPayloadError as exc:
             return DeadReason(exc.code, exc.detail)
         intake = _mapped(
             webhook.code, payload, webhook.raw_body, webhook.received_at, config, webhook.portal_id

@@ -11,7 +11,7 @@ never depends on the order of the YAML.
 from __future__ import annotations
 
 from bridge.config import DEFAULT_DESTINATION, Config, RoutingConfig
-from bridge.errors import Unmappable
+from bridge.errors import UnmappableError
 
 
 def route(routing: RoutingConfig, portal_id: str | None, sub_portal_id: str | None) -> str:
@@ -25,7 +25,7 @@ def route(routing: RoutingConfig, portal_id: str | None, sub_portal_id: str | No
             if portal_id in destination.portal_ids:
                 return name
     if routing.default_destination is None:
-        raise Unmappable(
+        raise UnmappableError(
             "no_destination",
             f"portal {portal_id!r} / sub-portal {sub_portal_id!r} matches no routing destination "
             "and routing.default_destination is null",

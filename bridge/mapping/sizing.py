@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from bridge.errors import Unmappable
+from bridge.errors import UnmappableError
 from bridge.messages import MAX_MESSAGE_BYTES
 
 MAX_ROUNDS = 64
@@ -47,7 +47,7 @@ def fit(
 ) -> list[str]:
     """Shrink ``body[field]`` in place until ``body`` serialises to at most ``limit`` bytes.
 
-    Returns the reasons (empty when nothing was cut). Raises Unmappable("too_large") only if
+    Returns the reasons (empty when nothing was cut). Raises UnmappableError("too_large") only if
     even the essentials do not fit, which the id length limits make impossible in practice.
     """
     size = size_of(body)
@@ -75,7 +75,9 @@ def fit(
     body[field] = {key: _short(data[key]) for key in essentials if key in data}
     reasons.append(f"{label}: {field} cut down to its essential keys {list(body[field])}")
     if size_of(body) > limit:
-        raise Unmappable("too_large", f"{label} exceeds {limit} bytes even with essentials only")
+        raise UnmappableError(
+            "too_large", f"{label} exceeds {limit} bytes even with essentials only"
+        )
     return [_tail(reason, original, limit) for reason in reasons]
 
 

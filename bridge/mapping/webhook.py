@@ -14,7 +14,7 @@ module applies everything generic once:
    call), the event's own ``timestamp``, a copy of CONTEXT (plus ``groupId`` when known);
 5. the size limit (bridge.mapping.sizing), with the reasons returned in ``Mapped.trimmed``.
 
-Any exception other than Unmappable is a bug; it is still turned into a dead letter
+Any exception other than UnmappableError is a bug; it is still turned into a dead letter
 (``mapping_failed``) so an authenticated webhook is never lost to it, and replay can map it again
 once the bug is fixed.
 """
@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from bridge.config import CodeMapping, Config, MappingConfig
-from bridge.errors import Unmappable
+from bridge.errors import UnmappableError
 from bridge.mapping.activity import (
     map_assignment,
     map_flag,
@@ -94,14 +94,14 @@ def map_webhook(
     config: Config,
     portal_hint: str | None = None,
 ) -> Mapped:
-    """The Segment messages for one Synap webhook; raises Unmappable(reason, detail) otherwise."""
+    """The Segment messages for one Synap webhook; raises UnmappableError(code, detail)."""
     try:
         return _map(code, payload, received_at, config, portal_hint)
-    except Unmappable:
+    except UnmappableError:
         raise
     except Exception as exc:  # a bug must not lose the webhook: dead letter, replay after a fix
         detail = f"{type(exc).__name__} while mapping {code!r}: {exc}"
-        raise Unmappable("mapping_failed", detail[:500]) from exc
+        raise UnmappableError("mapping_failed", detail[:500]) from exc
 
 
 def _map(
@@ -113,16 +113,22 @@ def _map(
 ) -> Mapped:
     settings = config.mapping
     if not isinstance(payload, Mapping):
-        raise Unmappable("not_an_object", f"the body is a {type(payload).__name__}, not an object")
+        raise UnmappableError(
+            "not_an_object", f"the body is a {type(payload).__name__}, not an object"
+        )
     if code == settings.exam_results_released_code:
         mapper: Mapper = map_attempt
     elif code in MAPPERS:
         mapper = MAPPERS[code]
     else:
-        raise Unmappable("unknown_code", f"{code!r} is not a Synap event code this bridge maps")
+        raise UnmappableError(
+            "unknown_code", f"{code!r} is not a Synap event code this bridge maps"
+        )
     switches = settings.codes.get(code, NO_SWITCHES)
     if not switches.enabled:
-        raise Unmappable("code_disabled", f"{code!r} is disabled by mapping.codes.{code}.enabled")
+        raise UnmappableError(
+            "code_disabled", f"{code!r} is disabled by mapping.codes.{code}.enabled"
+        )
     draft = mapper(code, payload, received_at, settings)
     portal = draft.portal_id or as_id(portal_hint) or settings.default_portal_id
     calls = [call for call in draft.calls if getattr(switches, call.kind)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bridge import logs
 from bridge.config import StorageConfig
-from bridge.errors import StorageUnavailable
+from bridge.errors import StorageUnavailableError
 from bridge.receive.runtime import Runtime
 
 log = logs.get(__name__)
@@ -44,7 +44,7 @@ async def refresh(runtime: Runtime) -> None:
     now = runtime.clock()
     try:
         stats = await runtime.store.stats(now, now - 3600)
-    except StorageUnavailable as exc:
+    except StorageUnavailableError as exc:
         runtime.storage_ok = False
         runtime.backpressure = f"storage unavailable: {exc}"
         return

@@ -11,7 +11,7 @@ import contextlib
 
 from aiohttp import web
 
-from bridge.errors import StorageUnavailable
+from bridge.errors import StorageUnavailableError
 from bridge.receive.auth import CHALLENGE, credentials_match
 from bridge.receive.runtime import RUNTIME
 
@@ -27,7 +27,7 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("shutting down")
     try:
         await runtime.store.check_writable()
-    except StorageUnavailable as exc:
+    except StorageUnavailableError as exc:
         problems.append(f"storage not writable: {exc}")
     if runtime.backpressure:
         problems.append(runtime.backpressure)
@@ -53,7 +53,7 @@ async def metrics(request: web.Request) -> web.Response:
         )
     now = runtime.clock()
     # On a storage error the gauges keep their last values; /readyz reports the problem.
-    with contextlib.suppress(StorageUnavailable):
+    with contextlib.suppress(StorageUnavailableError):
         runtime.metrics.observe_backlog(await runtime.store.stats(now, now - 3600), now)
     return web.Response(
         body=runtime.metrics.render(), headers={"Content-Type": runtime.metrics.content_type}

@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from bridge import logs
-from bridge.errors import InvalidPayload, StorageUnavailable
+from bridge.errors import InvalidPayloadError, StorageUnavailableError
 from bridge.mapping import intake
 from bridge.receive.auth import CHALLENGE, credentials_match
 from bridge.receive.runtime import RUNTIME, Runtime
@@ -61,7 +61,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
     """The (inflated) body, or None as soon as it proves longer than ``limit`` bytes.
 
     A body aiohttp cannot decode (``Content-Encoding: gzip`` over bytes that are not gzip, a
-    broken chunked encoding) is the client's fault: InvalidPayload (400), not a 500.
+    broken chunked encoding) is the client's fault: InvalidPayloadError (400), not a 500.
     """
     declared = request.content_length
     if declared is not None and declared > limit and "Content-Encoding" not in request.headers:
@@ -75,7 +75,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
                 return None
             chunks.append(chunk)
     except RequestPayloadError as exc:
-        raise InvalidPayload("invalid_body", f"the body cannot be read: {exc}") from exc
+        raise InvalidPayloadError("invalid_body", f"the body cannot be read: {exc}") from exc
     return b"".join(chunks)
 
 
@@ -117,7 +117,7 @@ async def _handle(
     limit = config.server.max_body_bytes
     try:
         raw = await read_limited(request, limit)
-    except InvalidPayload as exc:
+    except InvalidPayloadError as exc:
         refused = error(400, exc.code, exc.detail)
         refused.force_close()  # the rest of the stream is unreadable: no keep-alive on it
         return "invalid", refused
@@ -128,7 +128,7 @@ async def _handle(
     received_at = runtime.clock()
     try:
         result = intake.process(code, raw, received_at, config, request.query.get("portal"))
-    except InvalidPayload as exc:
+    except InvalidPayloadError as exc:
         refused = error(400, exc.code, exc.detail)
         refused.force_close()  # the rest of the stream is unreadable: no keep-alive on it
         return "invalid", refused
@@ -137,7 +137,7 @@ async def _handle(
         log.warning("message_trimmed", code=code, reason=reason)
     try:
         receipt = await runtime.store.enqueue(result.webhook, result.messages, result.dead)
-    except StorageUnavailable as exc:
+    except StorageUnavailableError as exc:
         fields["error"] = str(exc)
         return "unavailable", unavailable("storage_unavailable", "the bridge cannot store now")
     fields.update(webhook_id=receipt.webhook_id, messages=receipt.stored)

@@ -5,7 +5,7 @@ The delivery loop calls ``claim`` / ``ack`` / ``retry_later`` / ``bury``. The CL
 ``stats`` and the dead letters and calls ``replay`` / ``purge_dead``. No SQL, no sqlite3
 exception and no file path crosses this interface, so a PostgreSQL implementation (for several
 replicas) can stand behind it unchanged. Every method raises
-:class:`bridge.errors.StorageUnavailable` when the storage cannot do its job.
+:class:`bridge.errors.StorageUnavailableError` when the storage cannot do its job.
 
 Message life cycle::
 
@@ -164,7 +164,7 @@ class Store(Protocol):
     async def stats(self, now: float, since: float) -> StoreStats: ...
 
     async def check_writable(self) -> None:
-        """Raise StorageUnavailable unless a write would succeed now (for /readyz)."""
+        """Raise StorageUnavailableError unless a write would succeed now (for /readyz)."""
         ...
 
     async def dead_letters(self, which: DeadLetterFilter) -> list[DeadLetter]: ...

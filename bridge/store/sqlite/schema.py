@@ -25,7 +25,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from bridge.errors import StorageUnavailable
+from bridge.errors import StorageUnavailableError
 
 SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
@@ -149,7 +149,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise StorageUnavailable(
+            raise StorageUnavailableError(
                 f"database schema version {version} is newer than this bridge knows "
                 f"({SCHEMA_VERSION}): upgrade the bridge"
             )
@@ -195,13 +195,13 @@ def is_busy(exc: BaseException) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
-def translate(exc: BaseException, doing: str) -> StorageUnavailable:
+def translate(exc: BaseException, doing: str) -> StorageUnavailableError:
     """A sqlite3/OS error as the one exception the rest of the bridge knows about."""
-    if isinstance(exc, StorageUnavailable):
+    if isinstance(exc, StorageUnavailableError):
         return exc
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     base = name.split("_")[0:2]
     plain = _PLAIN_WORDS.get(name) or _PLAIN_WORDS.get("_".join(base), "storage error")
-    error = StorageUnavailable(f"storage could not {doing}: {plain} ({name}: {exc})")
+    error = StorageUnavailableError(f"storage could not {doing}: {plain} ({name}: {exc})")
     error.__cause__ = exc  # as ``raise error from exc`` would, also when set on a future
     return error

@@ -5,7 +5,7 @@ No database work runs on the event loop. Writes go to one writer thread (group c
 thread with its own connection, which WAL lets run beside the writer. Another process (the CLI) may
 open the same file at the same time: WAL plus ``busy_timeout`` make them take turns.
 
-Every sqlite3 or OS error leaves as :class:`bridge.errors.StorageUnavailable`; a failed
+Every sqlite3 or OS error leaves as :class:`bridge.errors.StorageUnavailableError`; a failed
 transaction is rolled back whole, so a full disk or an I/O error never leaves half a webhook.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 from bridge.config import StorageConfig
-from bridge.errors import StorageUnavailable
+from bridge.errors import StorageUnavailableError
 from bridge.messages import OutgoingMessage
 from bridge.store import (
     ClaimedMessage,
@@ -158,12 +158,12 @@ class SQLiteStore:
         self, work: Callable[[sqlite3.Connection], T], doing: str, *, groupable: bool = False
     ) -> T:
         if self._writer is None:
-            raise StorageUnavailable(f"storage could not {doing}: the store is not open")
+            raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
         return cast(T, await self._writer.submit(work, doing, groupable=groupable))
 
     async def _read(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         if self._reader is None:
-            raise StorageUnavailable(f"storage could not {doing}: the store is not open")
+            raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, self._in_reader, work, doing)
 

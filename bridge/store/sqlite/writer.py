@@ -9,8 +9,8 @@ all of them, and consecutive *groupable* jobs (``enqueue``) share ONE transactio
 concurrent requests cost one fsync, not 64. Nobody is acknowledged before COMMIT returns. If the
 shared transaction fails, it is rolled back and each job is tried again in its own transaction,
 so one bad item (say, a body too large for the space left) cannot fail the others; a job that did
-not commit gets :class:`~bridge.errors.StorageUnavailable`. A busy/locked database is not retried
-item by item (each retry would wait a full busy_timeout again).
+not commit gets :class:`~bridge.errors.StorageUnavailableError`. A busy/locked database is not
+retried item by item (each retry would wait a full busy_timeout again).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class Writer:
 
 
 def _failure(exc: Exception, doing: str) -> Exception:
-    """sqlite3 errors become StorageUnavailable; our own bugs keep their type."""
+    """sqlite3 errors become StorageUnavailableError; our own bugs keep their type."""
     if isinstance(exc, sqlite3.Error | OSError):
         return translate(exc, doing)
     return exc
