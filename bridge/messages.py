@@ -40,6 +40,13 @@ class OutgoingMessage:
     destination: str
     user_id: str
     payload: bytes
+    #: Not due before ``received_at + hold_secs``: an exam attempt's ``attempt.*`` message waits
+    #: this long for the ``exam.*`` webhook of the same attempt and stage to supersede it.
+    hold_secs: float = 0.0
+    #: How complete this version of the message is. A stored message that is still pending (not
+    #: claimed, delivered or dead) is replaced in place by a later one with the same messageId
+    #: and a higher rank; otherwise the later one is a duplicate.
+    rank: int = 0
 
     @classmethod
     def build(

@@ -50,6 +50,7 @@ class EnqueueReceipt:
     webhook_id: str
     stored: int  # messages newly stored
     duplicates: int  # messages whose messageId was already stored (not stored again)
+    superseded: int = 0  # pending messages replaced in place by a higher-ranked version
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,11 @@ class Store(Protocol):
         """Commit the webhook and its messages (or the webhook as a dead letter) atomically.
 
         Concurrent calls share one commit. A message whose ``message_id`` is already stored is
-        not stored again (counted in ``duplicates``).
+        not stored again (counted in ``duplicates``), with one exception: when the stored one is
+        still pending (not claimed, delivered or dead) and the new one has a higher ``rank``, the
+        new payload, user, destination and webhook replace it in place, due at the earlier of
+        its due time and ``webhook.received_at + hold_secs`` (counted in ``superseded``). A new
+        message is due at ``webhook.received_at + message.hold_secs``.
         """
         ...
 

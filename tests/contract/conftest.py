@@ -1,0 +1,37 @@
+"""The store contract: behaviour every :class:`bridge.store.Store` backend must have.
+
+Each test in this package takes the ``store`` fixture, which is parametrized over every backend
+in :data:`BACKENDS`: a new backend only adds a factory here to run the whole contract. Tests use
+only the protocol (no SQL, no file paths); backend-only behaviour (WAL, checkpoints, file faults,
+advisory locks) lives in that backend's own test module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from bridge.store import Store
+from bridge.store.sqlite.store import SQLiteStore
+
+StoreFactory = Callable[[], Awaitable[Store]]
+
+
+async def _sqlite(tmp_path: Path) -> Store:
+    return SQLiteStore(tmp_path / "contract.db")
+
+
+#: backend name -> how to make a fresh, empty, not yet opened store of it in tmp_path.
+BACKENDS: dict[str, Callable[[Path], Awaitable[Store]]] = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await BACKENDS[request.param](tmp_path)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
