@@ -349,6 +349,35 @@ class TestDurability:
         columns = [row[1] for row in query(db, "PRAGMA table_info(messages)")]
         assert "payload" not in columns
 
+    async def test_a_version_2_database_gets_ranks(self, db: Path) -> None:
+        """Upgrading from schema 2 (no ``rank``): pending messages stay, at rank 0, and a
+        higher-ranked version supersedes them like any new one."""
+        db.parent.mkdir()
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.executescript(MIGRATIONS[0] + MIGRATIONS[1])
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("INSERT INTO webhooks VALUES (1, 'attempt.completed', 'p', 1.0, x'7b7d')")
+        conn.execute(
+            "INSERT INTO messages (id, webhook_id, message_id, destination, user_id, state,"
+            " due_at, enqueued_at) VALUES (1, 1, 'm1', 'default', 'u1', 'pending', 1.0, 1.0)"
+        )
+        conn.execute("INSERT INTO message_payloads VALUES (1, ?)", (msg("m1").payload,))
+        conn.close()
+
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            richer = replace(msg("m1", version=2), user_id="u2", rank=1)
+            receipt = await store.enqueue(hook(2), [richer])
+            assert (receipt.stored, receipt.duplicates, receipt.superseded) == (0, 0, 1)
+            [claimed] = await store.claim(NOW, 10, 30)
+            assert (claimed.message_id, claimed.user_id) == ("m1", "u2")
+            assert claimed.payload == richer.payload
+        finally:
+            await store.close()
+        assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert query(db, "SELECT rank FROM messages") == [(1,)]
+
     async def test_newer_schema_is_refused(self, db: Path) -> None:
         db.parent.mkdir()
         query(db, "PRAGMA user_version = 99")

@@ -31,9 +31,17 @@ MAX_ERROR_CHARS = 4000
 _INSERT_WEBHOOK = "INSERT INTO webhooks (code, portal_id, received_at, raw_body) VALUES (?,?,?,?)"
 _INSERT_MESSAGE = (
     "INSERT INTO messages (webhook_id, message_id, destination, user_id, state,"
-    " attempts, due_at, enqueued_at) VALUES (?,?,?,?,'pending',0,?,?)"
+    " attempts, due_at, enqueued_at, rank) VALUES (?,?,?,?,'pending',0,?,?,?)"
     " ON CONFLICT (message_id) DO NOTHING RETURNING id"
 )
+#: The stored message of the same messageId, if it is still pending (not claimed, delivered or
+#: dead) and less complete: it takes the new version in place (same row, same messageId).
+_SUPERSEDE = (
+    "UPDATE messages SET webhook_id = ?, destination = ?, user_id = ?, rank = ?,"
+    " due_at = min(due_at, ?) WHERE message_id = ? AND state = 'pending' AND rank < ?"
+    " RETURNING id"
+)
+_REPLACE_PAYLOAD = "UPDATE message_payloads SET payload = ? WHERE id = ?"
 _INSERT_PAYLOAD = "INSERT INTO message_payloads (id, payload) VALUES (?,?)"
 _INSERT_DEAD = (
     "INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts, created_at)"
@@ -73,20 +81,61 @@ def enqueue(
         return EnqueueReceipt(webhook_ref(row_id), 0, 0)
     if not messages:
         return EnqueueReceipt(webhook_ref(row_id), 0, 0)
-    stored = sum(_insert_message(conn, row_id, m, webhook.received_at) for m in messages)
-    return EnqueueReceipt(webhook_ref(row_id), stored, len(messages) - stored)
+    stored = superseded = 0
+    for message in messages:
+        if _insert_message(conn, row_id, message, webhook.received_at):
+            stored += 1
+        elif _supersede(conn, row_id, message, webhook.received_at):
+            superseded += 1
+    duplicates = len(messages) - stored - superseded
+    return EnqueueReceipt(webhook_ref(row_id), stored, duplicates, superseded)
 
 
 def _insert_message(
     conn: sqlite3.Connection, webhook: int, message: OutgoingMessage, at: float
 ) -> int:
-    """Store one message and its body; 0 when its messageId is already stored."""
+    """Store one message and its body, due after its hold; 0 when its messageId is stored."""
     inserted = conn.execute(
-        _INSERT_MESSAGE, (webhook, message.message_id, message.destination, message.user_id, at, at)
+        _INSERT_MESSAGE,
+        (
+            webhook,
+            message.message_id,
+            message.destination,
+            message.user_id,
+            at + message.hold_secs,
+            at,
+            message.rank,
+        ),
     ).fetchone()
     if inserted is None:
         return 0
     conn.execute(_INSERT_PAYLOAD, (inserted[0], message.payload))
+    return 1
+
+
+def _supersede(conn: sqlite3.Connection, webhook: int, message: OutgoingMessage, at: float) -> int:
+    """Replace the stored, still pending, lower-ranked message of the same messageId; 0 if none.
+
+    Why in the store and in the writer's transaction: the claim that would send the held
+    version runs on the same single writer, so "still pending" cannot change between the check
+    and the replacement, and a crash loses neither version (both commits are durable).
+    ``enqueued_at`` is kept: a message's age counts from its first arrival.
+    """
+    replaced = conn.execute(
+        _SUPERSEDE,
+        (
+            webhook,
+            message.destination,
+            message.user_id,
+            message.rank,
+            at + message.hold_secs,
+            message.message_id,
+            message.rank,
+        ),
+    ).fetchone()
+    if replaced is None:
+        return 0
+    conn.execute(_REPLACE_PAYLOAD, (message.payload, replaced[0]))
     return 1
 
 
@@ -261,8 +310,8 @@ def _revive_or_insert(
     conn.execute("DELETE FROM dead_letters WHERE message_row = ?", (row,))
     conn.execute(
         "UPDATE messages SET state = 'pending', destination = ?, user_id = ?,"
-        " due_at = ?, enqueued_at = ? WHERE id = ?",
-        (message.destination, message.user_id, now, now, row),
+        " due_at = ?, enqueued_at = ?, rank = ? WHERE id = ?",
+        (message.destination, message.user_id, now, now, message.rank, row),
     )
     conn.execute("UPDATE message_payloads SET payload = ? WHERE id = ?", (message.payload, row))
     _move(conn, 1, "dead", "open")

@@ -17,6 +17,8 @@ Why the schema looks like this (a 1,000,000-message backlog must stay cheap to w
   the WAL. With the body apart, ``messages`` rows are ~100 bytes, tens to a page, and claim + ack
   went from 27,000 to 88,000 messages/s (60,000 realistic messages, claims of 500,
   ``synchronous=FULL``). The body is written once and deleted with its message (cascade).
+* ``messages.rank`` (v3) says how complete a message is, for the hold-and-supersede of exam
+  attempts (see ``enqueue`` in :mod:`bridge.store.sqlite.queries`).
 * ``PRAGMA user_version`` numbers the schema; :data:`MIGRATIONS` holds one script per version.
 """
 
@@ -100,8 +102,15 @@ INSERT INTO message_payloads (id, payload) SELECT id, payload FROM messages;
 ALTER TABLE messages DROP COLUMN payload;
 """
 
+#: v3: how complete a pending message is. An exam attempt's ``attempt.*`` message (rank 0, held
+#: a few seconds) is replaced in place by the ``exam.*`` one (rank 1) of the same messageId
+#: while it is still pending (bridge.store.Store.enqueue). Existing rows are rank 0.
+_V3 = """
+ALTER TABLE messages ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
