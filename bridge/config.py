@@ -147,6 +147,13 @@ class MappingConfig(_Section):
     #: (same messageId). "exam_codes": attempt.* webhooks of exam attempts map to nothing, so the
     #: exam.* webhook (with exam name and user group) always makes the event. docs/mapping.md.
     exam_attempts_from: Literal["any", "exam_codes"] = "any"
+    #: How long an exam attempt's attempt.* message waits in the store for the exam.* webhook
+    #: of the same attempt and stage, which replaces it with the exam details. docs/mapping.md.
+    exam_hold_secs: float = Field(default=10.0, ge=0, le=600)
+    #: Send the acting user's traits (name, email, EI-* attributes) as context.traits on tracks.
+    context_traits: bool = True
+    #: Also send an identify built from the user in every event body (not only user.* codes).
+    identify_from_events: bool = False
     default_portal_id: str | None = None
     codes: dict[str, CodeMapping] = {}
 

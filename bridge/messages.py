@@ -10,6 +10,7 @@ which de-duplicates on ``messageId``.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,9 @@ MAX_MESSAGE_BYTES = 32_000
 #: Segment's limits on one /v1/batch request.
 MAX_BATCH_BYTES = 500_000
 MAX_BATCH_MESSAGES = 2500
+
+#: Epoch seconds or milliseconds written as text ("1715677288", "1715677288020.5").
+EPOCH_TEXT = re.compile(r"^-?\d{9,16}(\.\d+)?$")
 
 CONTEXT: dict[str, Any] = {
     "library": {"name": NAME, "version": __version__},
@@ -50,7 +54,13 @@ class OutgoingMessage:
 
     @classmethod
     def build(
-        cls, destination: str, body: dict[str, Any], payload: bytes | None = None
+        cls,
+        destination: str,
+        body: dict[str, Any],
+        payload: bytes | None = None,
+        *,
+        hold_secs: float = 0.0,
+        rank: int = 0,
     ) -> OutgoingMessage:
         """``payload``: ``body`` already serialised, when the caller has it (else done here)."""
         return cls(
@@ -58,6 +68,8 @@ class OutgoingMessage:
             destination=destination,
             user_id=body["userId"],
             payload=orjson.dumps(body) if payload is None else payload,
+            hold_secs=hold_secs,
+            rank=rank,
         )
 
     def body(self) -> dict[str, Any]:
@@ -87,7 +99,9 @@ def iso8601(moment: datetime) -> str:
 
 
 def parse_time(value: Any) -> datetime | None:
-    """Read a Synap time: ISO-8601 text (``Z`` or offset, date only) or epoch seconds/millis.
+    """Read a Synap time: ISO-8601 text (``Z`` or offset, date only), epoch seconds/millis as a
+    number or as text, or the ``new Date('…')`` form Synap's native source writes. A time
+    without a zone is UTC.
 
     Returns None for anything else, so callers fall back to another field or the receipt time.
     """
@@ -96,20 +110,32 @@ def parse_time(value: Any) -> datetime | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        seconds = value / 1000 if abs(value) > 1e11 else value
-        try:
-            return datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
+        return _from_epoch(value)
     if isinstance(value, str):
         return _parse_text(value)
     return None
 
 
+def _from_epoch(value: float) -> datetime | None:
+    """Epoch seconds, or milliseconds when the number is too large to be seconds."""
+    seconds = value / 1000 if abs(value) > 1e11 else value
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def _parse_text(value: str) -> datetime | None:
     text = value.strip()
+    if text.startswith("new Date(") and text.endswith(")"):
+        text = text[len("new Date(") : -1].strip().strip("'\"").strip()
     if not text:
         return None
+    if EPOCH_TEXT.match(text):
+        try:
+            return _from_epoch(float(text))
+        except ValueError:
+            return None
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:

@@ -80,7 +80,7 @@ async def test_redelivered_webhook_is_one_event_in_segment(
     first = await post(client, "attempt.completed", fixture_body("attempt.completed"))
     await fake_segment.wait_for(1)
     second = await post(client, "attempt.completed", fixture_body("attempt.completed"))
-    assert first["messages"] == second["messages"] == 1
+    assert (first["messages"], second["messages"]) == (1, 0)  # the duplicate says 0, as logged
     assert first["webhook_id"] != second["webhook_id"]  # both raw bodies are kept
     third = await post(client, "user.registered", fixture_body("user.registered"))
     await fake_segment.wait_for(1 + third["messages"])

@@ -22,6 +22,7 @@ from bridge.errors import ConfigError, UnmappableError
 from bridge.mapping.webhook import Mapped, known_codes, map_webhook
 from bridge.messages import MAX_MESSAGE_BYTES, MAX_MESSAGE_ID_CHARS
 from bridge.synap.codes import STATIC_CODES
+from tests.conftest import fixture_body
 
 FIXTURES = Path(__file__).parent / "fixtures" / "synap"
 RECEIVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -33,8 +34,7 @@ STUDENT = "usr_7f3a9c21"
 
 
 def load(code: str) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads((FIXTURES / f"{code}.json").read_text(encoding="utf-8"))
-    return body
+    return fixture_body(code)
 
 
 def cfg(**mapping: Any) -> Config:
@@ -76,14 +76,14 @@ ATTEMPT_KEYS = {"testId": "tst_biology_u3", "attemptId": "att_51c0e8", "portalId
 SCORES = {"score": 70.8, "scoreFrac": 0.708, "points": 17, "maxPoints": 24, "totalAnswered": 12}
 EXAM = {"isExam": True, "examId": "exm_summer24", "examName": "Summer Mock Exams 2024 - Biology"}
 GROUP = {"userGroupId": "grp_y11b", "userGroupName": "Year 11 Biology B"}
-SUBMITTED_AT = "2024-05-14T09:41:28.010Z"
+SUBMITTED_AT = "2024-05-14T09:41:27.880Z"  # attempt.timeCompleted: the submission itself
 COMPLETED_AT = "2024-05-14T09:41:28.020Z"
 
 #: code -> (userId, timestamp, [(type, event or groupId, expected subset of properties/traits)])
 TABLE: dict[str, tuple[str, str, list[tuple[str, str | None, dict[str, Any]]]]] = {
     "attempt.started": (
         STUDENT,
-        "2024-05-14T09:00:03.500Z",
+        "2024-05-14T09:00:03.120Z",  # attempt.timeStarted, not meta.timestamp
         [
             (
                 "track",
@@ -110,7 +110,7 @@ TABLE: dict[str, tuple[str, str, list[tuple[str, str | None, dict[str, Any]]]]] 
     ),
     "exam.started": (
         STUDENT,
-        "2024-05-14T09:00:03.500Z",
+        "2024-05-14T09:00:03.120Z",  # attempt.timeStarted, not meta.timestamp
         [("track", "Began Test", {**ATTEMPT_KEYS, **EXAM, **GROUP})],
     ),
     "attempt.submitted": (
@@ -164,7 +164,7 @@ TABLE: dict[str, tuple[str, str, list[tuple[str, str | None, dict[str, Any]]]]] 
     ),
     RELEASED: (
         STUDENT,
-        "2024-05-21T08:00:00.400Z",
+        "2024-05-21T08:00:00.000Z",
         [
             (
                 "track",
@@ -398,9 +398,13 @@ class TestTable:
             "totalCorrect": 5,
             "totalQuestionsCompleted": 15,
             "totalQuestionsSkipped": 0,
+            "timeStartedAt": "2024-05-14T09:00:03.120Z",
+            "timeCompletedAt": "2024-05-14T09:41:27.880Z",
             "timeSpentInMs": 1242380,
             "points": 9,
             "maxPoints": 12,
+            "credits": 0,
+            "penalties": 0,
         }
         assert "context" not in properties["tags"]  # empty tag lists are not sent
         assert body["context"]["groupId"] == "grp_y11b"
@@ -432,9 +436,10 @@ class TestIdempotency:
     @pytest.mark.parametrize("code", ALL_CODES)
     def test_redelivery_gives_the_same_messages(self, code: str) -> None:
         first = map_webhook(code, load(code), RECEIVED, cfg())
+        again = map_webhook(code, load(code), RECEIVED, cfg())  # a replay of the stored webhook
         later = map_webhook(code, load(code), datetime(2025, 1, 1, tzinfo=UTC), cfg())
-        assert [m.message_id for m in first.messages] == [m.message_id for m in later.messages]
-        if code != "user.updated":  # the only code timed by its receipt
+        assert [m.payload for m in first.messages] == [m.payload for m in again.messages]
+        if code != "user.updated":  # the only code timed and identified by its receipt
             assert [m.payload for m in first.messages] == [m.payload for m in later.messages]
 
     @pytest.mark.parametrize("stage", ["started", "submitted", "completed"])

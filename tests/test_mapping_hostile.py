@@ -213,7 +213,8 @@ class TestSize:
         properties = check_message(mapped.messages[0].payload)["properties"]
         assert properties["questionStem"].endswith("…")
         assert 5_000 < len(properties["questionStem"]) < 16_000
-        assert "questionStem" in mapped.trimmed[0]
+        assert any("questionStem" in reason for reason in mapped.trimmed)
+        assert properties["truncated"]["questionStem"] == 40_007
 
     def test_huge_custom_attributes_are_trimmed_from_traits(self) -> None:
         body = load("user.registered")
@@ -223,11 +224,23 @@ class TestSize:
         assert identify["traits"]["email"] == "amelia.hart@example.org"
         assert len(mapped.trimmed) > 1
 
-    def test_last_resort_keeps_the_essentials(self) -> None:
+    def test_thousands_of_keys_are_cut_with_a_bounded_marker(self) -> None:
         properties: dict[str, Any] = {"attemptId": "a"} | {f"k{i}": i for i in range(8_000)}
         body: dict[str, Any] = {"type": "track", "event": "E", "properties": properties}
         reasons = fit(body, "properties", ("attemptId",), limit=2_000)
-        assert body["properties"] == {"attemptId": "a"}
+        assert len(orjson.dumps(body)) <= 2_000
+        assert body["properties"]["attemptId"] == "a"
+        marker = body["properties"]["truncated"]
+        assert len(marker) == 41  # 40 keys named, the rest counted under otherKeys
+        kept = len(body["properties"]) - 2
+        assert len(marker) - 1 + marker["otherKeys"] + kept == 8_000
+        assert reasons
+
+    def test_last_resort_keeps_the_essentials(self) -> None:
+        properties: dict[str, Any] = {"attemptId": "a" * 5_000, "k": "v"}
+        body: dict[str, Any] = {"type": "track", "event": "E", "properties": properties}
+        reasons = fit(body, "properties", ("attemptId",), limit=2_000)
+        assert body["properties"] == {"attemptId": "a" * 1_000 + "…", "truncated": {"k": 1}}
         assert "essential" in reasons[-1]
 
     def test_config_additions_cannot_overflow(self) -> None:
@@ -249,9 +262,10 @@ class TestTimes:
         ],
     )
     def test_event_time_sources(self, value: Any, expected: str) -> None:
-        body = load("attempt.submitted")
+        """Completed Test is timed by meta.timestamp first (marking has no field of its own)."""
+        body = load("attempt.completed")
         body["meta"]["timestamp"] = value
-        assert run("attempt.submitted", body)[0]["timestamp"] == expected
+        assert run("attempt.completed", body)[0]["timestamp"] == expected
 
     def test_receipt_time_only_when_nothing_parses(self) -> None:
         body = load("attempt.submitted")

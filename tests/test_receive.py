@@ -156,11 +156,13 @@ class TestPayloadChecks:
         response = await bridge.post(URL, data=json.dumps(attempt_completed()), headers=headers)
         assert response.status == 200
 
-    async def test_event_name_mismatch(self, bridge: Client) -> None:
+    async def test_event_name_mismatch_is_kept_as_a_dead_letter(self, bridge: Client) -> None:
+        """Not a 400 that Synap may give up on: kept (202) and replayable (tests/test_ids.py)."""
         body = {**attempt_completed(), "meta": {"timestamp": "x", "eventName": "attempt.started"}}
         response = await bridge.post(URL, json=body, headers=basic_auth())
-        assert response.status == 400
-        assert (await response.json())["error"] == "event_name_mismatch"
+        assert response.status == 202
+        answer = await response.json()
+        assert (answer["dead_lettered"], answer["reason"]) == (True, "event_name_mismatch")
 
     async def test_event_name_that_agrees(self, bridge: Client) -> None:
         body = attempt_completed()

@@ -14,7 +14,18 @@ from datetime import datetime
 from typing import Any
 
 from bridge.config import MappingConfig
-from bridge.mapping.draft import Call, Draft, compact, event_time, first, iso_or_none, need, user_id
+from bridge.mapping.draft import (
+    Call,
+    Draft,
+    compact,
+    event_time,
+    first,
+    iso_or_none,
+    need,
+    occurrence,
+    user_id,
+)
+from bridge.mapping.traits import event_user_traits
 from bridge.synap.payloads import (
     AssignmentPayload,
     FlagPayload,
@@ -47,11 +58,13 @@ def map_assignment(
     return Draft(
         user_id=who,
         family="assignment.completed",
-        natural=(assignment_id, who),
+        # Completing an assignment again is a new event: its own time tells it apart.
+        natural=(assignment_id, who, occurrence(body.meta.timestamp) or content_hash(payload)),
         timestamp=event_time(received_at, body.meta.timestamp),
         calls=[Call("track", properties, "Assignment Completed", essentials=("assignmentId",))],
         portal_id=body.portal.id,
         sub_portal_id=body.user.subPortalId,
+        user_traits=event_user_traits(body.user, settings.trait_prefix),
     )
 
 
@@ -82,6 +95,9 @@ def map_flag(
         calls=[Call("track", properties, "Flag Planted", essentials=("flagId",))],
         portal_id=body.portal.id,
         sub_portal_id=first(body.planter.subPortalId, body.user.subPortalId),
+        user_traits=event_user_traits(body.planter, settings.trait_prefix)
+        if who in (body.planter.id, body.planter.objectId)
+        else None,
     )
 
 
@@ -92,7 +108,7 @@ def map_purchase(
     body = PurchasePayload.model_validate(payload)
     who = user_id(body.user.id, body.user.objectId, where="user.id")
     product_id = need(body.objectId, "missing_natural_id", "no product objectId")
-    moment = as_text(body.purchasedAt) or content_hash(payload)
+    moment = occurrence(body.purchasedAt) or as_text(body.purchasedAt) or content_hash(payload)
     # Synap has no order id: derive a stable one from the purchase's natural id.
     digest = hashlib.sha256("\x1f".join((product_id, who, moment)).encode("utf-8")).hexdigest()
     product = compact(
@@ -126,6 +142,7 @@ def map_purchase(
         calls=[Call("track", properties, "Order Completed", essentials=("order_id",))],
         portal_id=body.portal.id,
         sub_portal_id=body.user.subPortalId,
+        user_traits=event_user_traits(body.user, settings.trait_prefix),
     )
 
 
@@ -151,11 +168,13 @@ def map_invite(
     return Draft(
         user_id=who,
         family="invite.sent",
-        natural=(invite_id, tries),
+        # A resent invite is a new event: its try count and its own time tell it apart.
+        natural=(invite_id, tries, occurrence(body.meta.timestamp) or content_hash(payload)),
         timestamp=event_time(received_at, body.meta.timestamp),
         calls=[Call("track", properties, "Invite Sent", essentials=("inviteId",))],
         portal_id=body.portal.id,
         sub_portal_id=body.user.subPortalId,
+        user_traits=event_user_traits(body.user, settings.trait_prefix),
     )
 
 
@@ -193,4 +212,5 @@ def map_learning_record(
         ],
         portal_id=body.portal.id,
         sub_portal_id=body.user.subPortalId,
+        user_traits=event_user_traits(body.user, settings.trait_prefix),
     )

@@ -3,8 +3,16 @@
 The one rule that shapes this module: ``attempt.*`` fires for every attempt, exams included, and
 ``exam.*`` fires again for exam attempts. Both webhooks of one attempt and stage map to the same
 family (``test.<stage>``) and natural id (the attempt id), hence the same messageId, so the store
-and Segment keep one event. docs/mapping.md explains which details survive and the
-``mapping.exam_attempts_from`` switch.
+and Segment keep one event. Which one: the ``attempt.*`` message of an exam attempt
+(``attempt.isExam``) is held in the store for ``mapping.exam_hold_secs`` at rank 0; the
+``exam.*`` one has rank 1 and replaces it in place while it is still pending
+(bridge.store.Store.enqueue), so the event carries the exam details whatever the order.
+docs/mapping.md explains it, and the ``mapping.exam_attempts_from`` switch.
+
+Times: each stage's own field first (``timeStarted`` for Began Test, ``timeCompleted`` - the
+candidate's submission - for Submitted Test, ``audit.releasedAt`` for results released),
+``meta.timestamp`` after it. Completed Test means "marking complete", which has no field of its
+own: ``meta.timestamp`` first (for auto-marked attempts it equals the submission).
 """
 
 from __future__ import annotations
@@ -22,20 +30,24 @@ from bridge.mapping.draft import (
     first,
     iso_or_none,
     need,
+    occurrence,
     user_id,
 )
+from bridge.mapping.traits import event_user_traits
 from bridge.synap import codes
 from bridge.synap.payloads import (
     Attempt,
     AttemptPayload,
     CertificatePayload,
     Exam,
+    Grade,
     GroupRef,
+    Marks,
     OverridePayload,
     OverrideValue,
     State,
 )
-from bridge.synap.values import as_text, as_texts, clean, content_hash
+from bridge.synap.values import as_id, as_texts, clean, content_hash
 
 #: code -> (stage, default track event)
 STAGES: dict[str, tuple[str, str]] = {
@@ -49,6 +61,10 @@ STAGES: dict[str, tuple[str, str]] = {
 ATTEMPT_CODES = (codes.ATTEMPT_STARTED, codes.ATTEMPT_SUBMITTED, codes.ATTEMPT_COMPLETED)
 RESULTS_RELEASED = ("resultsReleased", "Exam Results Released")
 ESSENTIALS = ("testId", "attemptId", "isExam", "examId")
+#: Store ranks: the exam.* version of an attempt's event is the complete one.
+ATTEMPT_RANK, EXAM_RANK = 0, 1
+#: ``state.results.status`` values that say pass / fail, for ``isPass`` when there is no grade.
+PASS_STATUS = {"pass": True, "passed": True, "fail": False, "failed": False}
 
 
 def map_attempt(
@@ -66,6 +82,7 @@ def map_attempt(
     )
     from_exam_code = code not in ATTEMPT_CODES
     is_exam = first(attempt.isExam, True if from_exam_code else None)
+    held = not from_exam_code and is_exam is True
     if settings.exam_attempts_from == "exam_codes" and is_exam is True and not from_exam_code:
         calls: list[Call] = []  # the exam.* webhook of this attempt makes the event
     else:
@@ -82,6 +99,11 @@ def map_attempt(
         portal_id=body.portal.id,
         sub_portal_id=body.user.subPortalId,
         context_group_id=first(group.id, group.objectId),
+        user_traits=event_user_traits(body.user, settings.trait_prefix)
+        if who == body.user.id
+        else None,
+        hold_secs=settings.exam_hold_secs if held else 0.0,
+        rank=EXAM_RANK if from_exam_code else ATTEMPT_RANK,
     )
 
 
@@ -95,10 +117,13 @@ def _time_candidates(stage: str, body: AttemptPayload, attempt: Attempt, state: 
     meta = body.meta.timestamp
     started = [attempt.timeStarted, body.timeStarted, state.timeStarted]
     completed = [attempt.timeCompleted, body.timeCompleted, state.timeCompleted]
-    released = [attempt.audit.releasedAt]
     if stage == "started":
-        return [meta, *started]
-    return [meta, *released, *completed]
+        return [*started, meta]
+    if stage == "submitted":
+        return [*completed, meta]
+    if stage == "completed":
+        return [meta, *completed]
+    return [attempt.audit.releasedAt, meta, *completed]
 
 
 def _attempt_properties(
@@ -114,6 +139,7 @@ def _attempt_properties(
     marks = attempt.marks
     grade = attempt.grade
     results = state.results
+    status = (results.status or "").strip().lower()
     data: dict[str, Any] = {
         "testId": first(test.id, test.objectId),
         "testTitle": test.title,
@@ -123,6 +149,7 @@ def _attempt_properties(
         "examName": exam.name,
         "resitCount": first(attempt.resitCount, exam.resitCount),
         "sourceTests": exam.sourceTests,
+        "examAttributes": clean(exam.attr),
         "userGroupId": first(group.id, group.objectId),
         "userGroupName": group.name,
         "score": first(attempt.score, body.score),
@@ -132,7 +159,9 @@ def _attempt_properties(
         "credits": marks.credits,
         "penalties": marks.penalties,
         "grade": grade.label,
-        "isPass": grade.isPass,
+        "gradeMinScore": grade.minScore,
+        "isPass": first(grade.isPass, PASS_STATUS.get(status)),
+        "gradeCriteria": [_grade(item) for item in attempt.gradeCriteria.grades],
         "totalQuestions": attempt.totalQuestions,
         "totalAnswered": attempt.totalAnswered,
         "totalAnsweredCorrectly": attempt.totalAnsweredCorrectly,
@@ -144,13 +173,14 @@ def _attempt_properties(
         ),
         "timeSpentInMs": first(attempt.timeSpentInMs, body.timeSpentInMs, state.timeSpentInMs),
         "isRevoked": state.isRevoked,
+        "resultsLocked": state.deferred.locked,
         "resultsStatus": results.status,
         "markingStatus": results.markingStatus,
         "pendingMarks": results.pendingMarks,
         "certificateUrl": body.certificate.url,
         "tags": compact({str(key): as_texts(value) for key, value in attempt.tags.items()}),
         "sections": [_section(section, settings) for section in state.sections],
-        "sectionGrades": clean(exam.sectionGrades),
+        "sectionGrades": [_section_grade(item) for item in exam.sectionGrades],
     }
     if settings.include_question_data:
         data["responseQuestionMap"] = clean(state.responseQuestionMap)
@@ -167,13 +197,37 @@ def _section(section: Any, settings: MappingConfig) -> dict[str, Any]:
         "totalCorrect": section.totalCorrect,
         "totalQuestionsCompleted": section.totalQuestionsCompleted,
         "totalQuestionsSkipped": section.totalQuestionsSkipped,
+        "timeStartedAt": iso_or_none(section.timeStarted),
+        "timeCompletedAt": iso_or_none(section.timeCompleted),
         "timeSpentInMs": section.timeSpentInMs,
         "points": marks.points,
         "maxPoints": marks.maxPoints,
+        "credits": marks.credits,
+        "penalties": marks.penalties,
     }
     if settings.include_question_data:
         data["responseIds"] = clean(section.responseIds)
     return compact(data)
+
+
+def _marks(value: object) -> dict[str, object]:
+    """Marks with their documented numbers read as numbers (``"42"`` -> 42), like mapped fields."""
+    marks = Marks.model_validate(value if isinstance(value, dict) else {})
+    return compact(marks.model_dump())
+
+
+def _section_grade(item: dict[str, object]) -> dict[str, object]:
+    """``exam.sectionGrades[]`` ``{id, marks}``: the documented keys typed, others kept clean."""
+    typed: dict[str, object] = clean(item)
+    if "marks" in item:
+        typed["marks"] = _marks(item["marks"])
+    if "id" in item:
+        typed["id"] = as_id(item["id"])
+    return compact(typed)
+
+
+def _grade(grade: Grade) -> dict[str, object]:
+    return compact({"label": grade.label, "minScore": grade.minScore, "isPass": grade.isPass})
 
 
 def _stage_extras(stage: str, body: AttemptPayload, attempt: Attempt, exam: Exam) -> dict[str, Any]:
@@ -188,25 +242,33 @@ def _stage_extras(stage: str, body: AttemptPayload, attempt: Attempt, exam: Exam
         "finalisedAt": iso_or_none(audit.finalisedAt),
         "releasedBy": audit.releasedBy,
         "releasedAt": iso_or_none(audit.releasedAt),
-        "examAttributes": clean(exam.attr),
     }
 
 
 def map_override(
     code: str, payload: Mapping[str, Any], received_at: datetime, settings: MappingConfig
 ) -> Draft:
-    """attemptOverride.created -> track Test Result Overridden (old and new values)."""
+    """attemptOverride.created -> track Test Result Overridden (old and new values).
+
+    The attempt belongs to ``attempt.user``, the candidate: the event is theirs. The top-level
+    ``user`` may be the admin who overrode; when it is someone else it is sent as
+    ``overriddenBy`` ``{id, name}``.
+    """
     body = OverridePayload.model_validate(payload)
     attempt = body.attempt
-    who = user_id(body.user.id, attempt.user.id, where="user.id")
+    candidate = attempt.user
+    who = user_id(candidate.id, candidate.objectId, body.user.id, where="attempt.user.id")
     attempt_id = need(attempt.id, "missing_natural_id", "no attempt.id")
     meta_time = body.meta.timestamp
     # Two overrides of one attempt differ by their time; without one, by their content.
-    moment = as_text(meta_time) or content_hash(payload)
+    moment = occurrence(meta_time) or content_hash(payload)
+    actor = body.user
+    by = compact({"id": actor.id, "name": actor.name}) if actor.id not in (None, who) else {}
     data: dict[str, Any] = {
         "attemptId": attempt_id,
         "examId": first(body.exam.id, body.exam.objectId),
         "actionType": body.actionType,
+        "overriddenBy": by,
     }
     for name in ("score", "points", "credits", "penalties"):
         value: OverrideValue = getattr(body, name)
@@ -221,7 +283,10 @@ def map_override(
         timestamp=event_time(received_at, meta_time),
         calls=[Call("track", compact(data), "Test Result Overridden", essentials=("attemptId",))],
         portal_id=body.portal.id,
-        sub_portal_id=body.user.subPortalId,
+        sub_portal_id=first(candidate.subPortalId, body.user.subPortalId if not by else None),
+        user_traits=event_user_traits(
+            candidate if who == candidate.id else actor, settings.trait_prefix
+        ),
     )
 
 
@@ -242,17 +307,22 @@ def map_certificate(
         "examId": first(body.exam.id, body.exam.objectId),
         "testId": first(body.test.id, body.test.objectId),
         "grade": grade.label,
+        "gradeMinScore": grade.minScore,
         "isPass": grade.isPass,
         "certificateUrl": body.certificate.url,
     }
     return Draft(
         user_id=who,
         family="certificate.generated",
-        natural=(certificate_id,),
+        # A regenerated certificate is a new event: its own time tells it apart.
+        natural=(certificate_id, occurrence(body.meta.timestamp) or content_hash(payload)),
         timestamp=event_time(received_at, body.meta.timestamp),
         calls=[
             Call("track", compact(data), "Certificate Generated", essentials=("certificateId",))
         ],
         portal_id=body.portal.id,
         sub_portal_id=body.user.subPortalId,
+        user_traits=event_user_traits(body.user, settings.trait_prefix)
+        if who == body.user.id
+        else None,
     )

@@ -32,6 +32,8 @@ class Call:
     event: str | None = None
     group_id: str | None = None
     essentials: tuple[str, ...] = ()
+    #: Keys cut first when the message is too large (an identify's custom attributes).
+    expendable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,15 @@ class Draft:
     sub_portal_id: str | None = None
     context_group_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: The acting user's traits as the body describes them (``context.traits`` on tracks, and
+    #: the opt-in identify from event bodies); None when the body has none for ``user_id``.
+    user_traits: dict[str, Any] | None = None
+    #: ``context.locale`` (the user's ``preferences.locale``), when the body says.
+    locale: str | None = None
+    #: Store hold and rank (bridge.messages.OutgoingMessage): an exam attempt's ``attempt.*``
+    #: message waits for its richer ``exam.*`` twin.
+    hold_secs: float = 0.0
+    rank: int = 0
 
 
 def need(value: str | None, reason: str, detail: str) -> str:
@@ -78,6 +89,21 @@ def event_time(received_at: datetime, *candidates: Any) -> str:
         except (OverflowError, ValueError):  # e.g. year 9999 with a negative offset
             continue
     return iso8601(received_at)
+
+
+def occurrence(*candidates: Any) -> str | None:
+    """The occurrence's own time for a natural id, normalised (``…00Z`` and ``…00.000Z`` and
+    ``+00:00`` are one instant, one id); None when no candidate parses.
+
+    Why: deterministic ids must collapse redeliveries, never two occurrences of a repeatable
+    event (a second group add, a resit, a resent invite), and the time Synap gives the
+    occurrence is what tells them apart.
+    """
+    for candidate in candidates:
+        moment = iso_or_none(candidate)
+        if moment is not None:
+            return moment
+    return None
 
 
 def iso_or_none(value: Any) -> str | None:

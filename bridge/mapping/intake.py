@@ -6,12 +6,17 @@ configuration.
 
 Three outcomes:
 
-- :class:`bridge.errors.InvalidPayloadError` - not JSON, not an object, or ``meta.eventName`` names
-  another code than the URL: answered 400, nothing stored (it is not a Synap webhook we can keep
-  meaningfully, and Synap gets told at once);
+- :class:`bridge.errors.InvalidPayloadError` - not JSON or not an object: answered 400, nothing
+  stored (it is not a Synap webhook we can keep meaningfully, and Synap gets told at once);
 - an :class:`Intake` with messages - answered 200 once committed;
-- an :class:`Intake` with a ``dead`` reason (unknown code, no user id, no destination...) -
-  committed as a dead letter with its raw body and answered 202: nothing authenticated is lost.
+- an :class:`Intake` with a ``dead`` reason (unknown code, no user id, no destination, a
+  ``meta.eventName`` that names another code than the URL...) - committed as a dead letter with
+  its raw body and answered 202: nothing authenticated is lost.
+
+``event_name_mismatch`` is a dead letter, not a 400, because the code of "exam results released"
+is not documented: a wrong guess in ``mapping.exam_results_released_code`` would otherwise lose
+every such webhook once Synap gives up. On replay the body's own ``meta.eventName`` wins once
+the configuration knows that code (e.g. after setting ``exam_results_released_code`` to it).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import orjson
 
 from bridge.config import Config
 from bridge.errors import InvalidPayloadError, UnmappableError
-from bridge.mapping.webhook import map_webhook
+from bridge.mapping.webhook import known_codes, map_webhook
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, Remapper, Webhook
 from bridge.synap import codes
@@ -51,15 +56,23 @@ def decode(raw: bytes) -> dict[str, Any]:
     return payload
 
 
-def check_event_name(code: str, payload: Mapping[str, Any]) -> None:
-    """``meta.eventName``, where Synap sends it, must name the URL's code (aliases allowed)."""
+def event_name(payload: Mapping[str, Any]) -> str | None:
+    """``meta.eventName``, where Synap sends it."""
     meta = payload.get("meta")
     named = meta.get("eventName") if isinstance(meta, dict) else None
-    if isinstance(named, str) and named and _canonical(named) != _canonical(code):
-        raise InvalidPayloadError(
+    return named if isinstance(named, str) and named else None
+
+
+def check_event_name(code: str, payload: Mapping[str, Any]) -> DeadReason | None:
+    """``meta.eventName``, where Synap sends it, must name the URL's code (aliases allowed)."""
+    named = event_name(payload)
+    if named is not None and _canonical(named) != _canonical(code):
+        return DeadReason(
             "event_name_mismatch",
-            f"the body's meta.eventName is {named!r} but it was posted to the URL for {code!r}",
+            f"the body's meta.eventName is {named[:100]!r} but it was posted to the URL for "
+            f"{code!r}",
         )
+    return None
 
 
 _ALIASES = {codes.ASSIGNMENT_COMPLETE: codes.ASSIGNMENT_COMPLETED}
@@ -78,7 +91,10 @@ def process(
 ) -> Intake:
     """Decode, check and map one webhook. Raises InvalidPayloadError (a 400), nothing else."""
     payload = decode(raw)
-    check_event_name(code, payload)
+    mismatch = check_event_name(code, payload)
+    if mismatch is not None:
+        webhook = Webhook(code, _portal_of(payload, portal_hint, config), received_at, raw)
+        return Intake(webhook, [], mismatch)
     return _mapped(code, payload, raw, received_at, config, portal_hint)
 
 
@@ -117,8 +133,15 @@ def remapper(config: Config) -> Remapper:
             payload = decode(webhook.raw_body)
         except InvalidPayloadError as exc:
             return DeadReason(exc.code, exc.detail)
+        code = webhook.code
+        mismatch = check_event_name(code, payload)
+        if mismatch is not None:
+            named = event_name(payload)
+            if named is None or named not in known_codes(config):
+                return mismatch
+            code = named  # the body's own name, now that the configuration maps it
         intake = _mapped(
-            webhook.code, payload, webhook.raw_body, webhook.received_at, config, webhook.portal_id
+            code, payload, webhook.raw_body, webhook.received_at, config, webhook.portal_id
         )
         return intake.dead if intake.dead is not None else intake.messages
 

@@ -13,8 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.mapping.draft import compact, iso_or_none
+from bridge.mapping.draft import Call, compact, iso_or_none
+from bridge.synap.payloads import User
 from bridge.synap.values import clean
+
+#: The native source's traits that a webhook feeds: essential, never cut for size.
+NATIVE = ("name", "firstName", "lastName", "email", "createdAt", "subPortalId")
+#: Added by the bridge: cut for size after the custom attributes, before the native traits.
+ADDED = ("userGroups",)
 
 
 def split_name(name: str | None) -> tuple[str | None, str | None]:
@@ -56,3 +62,27 @@ def identify_traits(
     # Custom attributes keep explicit nulls: in a user.updated body a null is the new value.
     custom = {f"{prefix}{key}": value for key, value in clean(custom_attributes).items()}
     return {**custom, **native}
+
+
+def identify_call(traits: dict[str, Any]) -> Call:
+    """The identify call: native traits essential, custom attributes cut first (largest first)
+    when the message is too large, so a user with huge attributes keeps name and email."""
+    kept = (*NATIVE, *ADDED)
+    custom = tuple(key for key in traits if key not in kept)
+    return Call("identify", traits, essentials=NATIVE, expendable=custom)
+
+
+def event_user_traits(user: User, prefix: str) -> dict[str, Any] | None:
+    """The traits an event body gives for its user (``user {name, email, customAttributes}``),
+    for ``context.traits`` and the opt-in identify; None when the body has none."""
+    if not (user.name or user.email or user.customAttributes):
+        return None
+    return identify_traits(
+        name=user.name,
+        email=user.email,
+        time_registered=None,
+        user_groups=[],
+        sub_portal_id=user.subPortalId,
+        custom_attributes=user.customAttributes,
+        prefix=prefix,
+    )

@@ -2,8 +2,17 @@
 
 user.registered and user.updated are flat (the user's fields at the top level, no ``user``,
 ``portal`` or ``meta``); user.addedToGroup describes the *group* at the top level and the user
-in ``user``. A user.updated body has no id of its own and no time: two different updates are two
-events (natural id = digest of the body's content), a redelivered one is the same event.
+in ``user``.
+
+A user.updated body has no id of its own and no time, so a redelivery cannot be told from a
+genuine repeat (A→B, B→A, A→B: the third body equals the first). Every webhook received is
+therefore its own event (natural id: the body's digest and its receipt time, or
+``meta.timestamp`` should a body carry one): a redelivered identify is harmless, a lost one
+leaves stale traits. Replaying the stored webhook keeps its receipt time, hence its id.
+
+Repeatable events carry the occurrence's own time in their natural id (a second add to a group
+has a new ``dateAdded``, a resit registration a new ``meta.timestamp``); without one, the
+body's digest.
 """
 
 from __future__ import annotations
@@ -13,11 +22,21 @@ from datetime import datetime
 from typing import Any
 
 from bridge.config import MappingConfig
-from bridge.mapping.draft import Call, Draft, compact, event_time, first, iso_or_none, need, user_id
-from bridge.mapping.traits import identify_traits
+from bridge.mapping.draft import (
+    Call,
+    Draft,
+    compact,
+    event_time,
+    first,
+    iso_or_none,
+    need,
+    occurrence,
+    user_id,
+)
+from bridge.mapping.traits import event_user_traits, identify_call, identify_traits
 from bridge.synap import codes
 from bridge.synap.payloads import ExamRegistrationPayload, FlatUserPayload, GroupPayload
-from bridge.synap.values import content_hash
+from bridge.synap.values import as_id, as_text, content_hash
 
 
 def map_user(
@@ -36,7 +55,7 @@ def map_user(
         custom_attributes=body.customAttributes or body.user.customAttributes,
         prefix=settings.trait_prefix,
     )
-    calls = [Call("identify", traits)]
+    calls = [identify_call(traits)]
     natural: tuple[str, ...]
     if code == codes.USER_REGISTERED:
         properties = compact({"userGroups": body.usergroups, "subPortalId": sub_portal})
@@ -45,8 +64,10 @@ def map_user(
         when = event_time(received_at, body.timeRegistered, body.meta.timestamp)
     else:
         # No documented time: the receipt time, unless a future body carries meta.timestamp.
-        family, natural = "user.updated", (who, content_hash(payload))
+        received = occurrence(body.meta.timestamp) or received_at.isoformat()
+        family, natural = "user.updated", (who, content_hash(payload), received)
         when = event_time(received_at, body.meta.timestamp)
+    locale = as_text(body.preferences.get("locale"))
     return Draft(
         user_id=who,
         family=family,
@@ -55,6 +76,8 @@ def map_user(
         calls=calls,
         portal_id=body.portal.id,
         sub_portal_id=sub_portal,
+        user_traits=traits,
+        locale=locale,
     )
 
 
@@ -72,6 +95,15 @@ def map_added_to_group(
             "totalUsers": body.totalUsers,
             "userType": body.userType,
             "isDefaultGroup": body.isDefaultGroup,
+            "moderators": [
+                compact(
+                    {
+                        "id": as_id(first(item.get("objectId"), item.get("id"))),
+                        "name": as_text(item.get("name")),
+                    }
+                )
+                for item in body.moderators
+            ],
         }
     )
     properties = compact(
@@ -85,7 +117,7 @@ def map_added_to_group(
     return Draft(
         user_id=who,
         family="group.userAdded",
-        natural=(group_id, who),
+        natural=(group_id, who, occurrence(body.dateAdded) or content_hash(payload)),
         timestamp=event_time(received_at, body.dateAdded, body.meta.timestamp),
         calls=[
             Call("group", traits, group_id=group_id),
@@ -94,6 +126,7 @@ def map_added_to_group(
         portal_id=body.portal.id,
         sub_portal_id=body.user.subPortalId,
         context_group_id=group_id,
+        user_traits=event_user_traits(body.user, settings.trait_prefix),
     )
 
 
@@ -123,10 +156,12 @@ def map_registered_for_exam(
     return Draft(
         user_id=who,
         family="exam.userRegistered",
-        natural=(exam_id, who),
+        # A resit is a new registration for the same exam: its own time tells it apart.
+        natural=(exam_id, who, occurrence(body.meta.timestamp) or content_hash(payload)),
         timestamp=event_time(received_at, body.meta.timestamp),
         calls=[Call("track", properties, "Exam User Registered", essentials=("examId",))],
         portal_id=body.portal.id,
         sub_portal_id=body.user.subPortalId,
         context_group_id=group_id,
+        user_traits=event_user_traits(body.user, settings.trait_prefix),
     )

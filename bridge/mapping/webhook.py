@@ -10,9 +10,12 @@ module applies everything generic once:
    ``mapping.default_portal_id``; the destination: bridge.mapping.routing;
 3. per call: the per-code switches, the event rename, drops (global then per code), static
    additions (config wins over a mapped value of the same name);
-4. the Segment envelope: ``userId``, a deterministic ``messageId`` (portal, family, natural id,
-   call), the event's own ``timestamp``, a copy of CONTEXT (plus ``groupId`` when known);
-5. the size limit (bridge.mapping.sizing), with the reasons returned in ``Mapped.trimmed``.
+4. the Segment envelope: ``userId``, a deterministic ``messageId`` (the body's own portal,
+   family, natural id, call: never the URL's ``?portal=`` or the configured default, so a
+   redelivery to a changed URL is still the same event), the event's own ``timestamp``, a copy
+   of CONTEXT (plus ``groupId``, ``locale`` and, on tracks, the user's ``traits`` when known);
+5. the size limit (bridge.mapping.sizing), with the reasons returned in ``Mapped.trimmed``;
+6. the store hold and rank of the draft (exam attempts, bridge.mapping.attempts).
 
 Any exception other than UnmappableError is a bug; it is still turned into a dead letter
 (``mapping_failed``) so an authenticated webhook is never lost to it, and replay can map it again
@@ -39,6 +42,7 @@ from bridge.mapping.attempts import map_attempt, map_certificate, map_override
 from bridge.mapping.draft import Call, Draft
 from bridge.mapping.routing import route
 from bridge.mapping.sizing import fitted
+from bridge.mapping.traits import identify_call
 from bridge.mapping.users import map_added_to_group, map_registered_for_exam, map_user
 from bridge.messages import CONTEXT, OutgoingMessage, message_id
 from bridge.synap import codes
@@ -131,17 +135,37 @@ def _map(
         )
     draft = mapper(code, payload, received_at, settings)
     portal = draft.portal_id or as_id(portal_hint) or settings.default_portal_id
-    calls = [call for call in draft.calls if getattr(switches, call.kind)]
+    calls = [call for call in _calls(draft, settings) if getattr(switches, call.kind)]
     if not calls:
         return Mapped(portal, [], [])
     destination = route(config.routing, portal, draft.sub_portal_id)
     messages, trimmed = [], []
     for call in calls:
         body = _message(call, draft, portal, switches, settings)
-        serialised, cuts = fitted(body, FIELD[call.kind], call.essentials)
+        serialised, cuts = fitted(
+            body, FIELD[call.kind], call.essentials, expendable=call.expendable
+        )
         trimmed.extend(cuts)
-        messages.append(OutgoingMessage.build(destination, body, serialised))
+        messages.append(
+            OutgoingMessage.build(
+                destination, body, serialised, hold_secs=draft.hold_secs, rank=draft.rank
+            )
+        )
     return Mapped(portal, messages, trimmed)
+
+
+def _calls(draft: Draft, settings: MappingConfig) -> list[Call]:
+    """The draft's calls, plus the opt-in identify from an event body's user."""
+    calls = list(draft.calls)
+    traits = draft.user_traits
+    if (
+        settings.identify_from_events
+        and traits
+        and calls
+        and not any(call.kind == "identify" for call in calls)
+    ):
+        calls.insert(0, identify_call(traits))
+    return calls
 
 
 def _message(
@@ -152,10 +176,15 @@ def _message(
     context: dict[str, Any] = {key: dict(value) for key, value in CONTEXT.items()}
     if draft.context_group_id is not None:
         context["groupId"] = draft.context_group_id
+    if draft.locale is not None:
+        context["locale"] = draft.locale
+    if call.kind == "track" and settings.context_traits and draft.user_traits:
+        context["traits"] = _without(draft.user_traits, settings.drop_traits)
     body: dict[str, Any] = {
         "type": call.kind,
         "userId": draft.user_id,
-        "messageId": message_id(portal or "", draft.family, *draft.natural, call.kind),
+        # The body's own portal only: the URL's ?portal= must not split one fact in two.
+        "messageId": message_id(draft.portal_id or "", draft.family, *draft.natural, call.kind),
         "timestamp": draft.timestamp,
         "context": context,
     }
@@ -165,14 +194,14 @@ def _message(
     else:
         if call.kind == "group":
             body["groupId"] = call.group_id
-        dropped = settings.drop_traits
-        traits = call.data
-        body["traits"] = (
-            {key: value for key, value in traits.items() if key not in dropped}
-            if dropped
-            else dict(traits)
-        )
+        body["traits"] = _without(call.data, settings.drop_traits)
     return body
+
+
+def _without(traits: dict[str, Any], dropped: tuple[str, ...]) -> dict[str, Any]:
+    if not dropped:
+        return dict(traits)
+    return {key: value for key, value in traits.items() if key not in dropped}
 
 
 def _properties(

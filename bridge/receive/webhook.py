@@ -4,9 +4,11 @@
 name their event code. Answers (every error is JSON ``{"error", "detail"}``):
 
 ====  ===========================================================================
-200   committed: ``{"accepted": true, "webhook_id", "messages"}``
+200   committed: ``{"accepted": true, "webhook_id", "messages"}`` (``messages``: newly stored,
+      0 for a duplicate, as in the log; ``superseded`` when it replaced a held message)
 202   committed as a dead letter: ``{"accepted": true, "dead_lettered": true, "reason"}``
-400   not JSON / not an object / ``meta.eventName`` names another code / undecodable body
+      (also when ``meta.eventName`` names another code than the URL: ``event_name_mismatch``)
+400   not JSON / not an object / undecodable body
 401   missing or wrong Basic credentials (with ``WWW-Authenticate``)
 413   body (after gzip inflation) over ``server.max_body_bytes``; not read past the limit
 503   storage cannot commit, or intake is refusing (back-pressure, shutting down);
@@ -143,6 +145,8 @@ async def _handle(
     fields.update(webhook_id=receipt.webhook_id, messages=receipt.stored)
     if receipt.duplicates:
         fields["duplicates"] = receipt.duplicates
+    if receipt.superseded:
+        fields["superseded"] = receipt.superseded
     if result.dead is not None:
         runtime.metrics.dead_lettered.labels(reason=result.dead.reason).inc()
         fields.update(reason=result.dead.reason, detail=result.dead.detail)
@@ -155,8 +159,13 @@ async def _handle(
         }
         return "dead_lettered", answer(body, 202)
     runtime.metrics.enqueued.inc(receipt.stored)
-    runtime.wake_delivery(receipt.stored)
-    body = {"accepted": True, "webhook_id": receipt.webhook_id, "messages": len(result.messages)}
-    return ("duplicate" if receipt.duplicates and not receipt.stored else "accepted"), (
-        answer(body)
-    )
+    runtime.wake_delivery(receipt.stored + receipt.superseded)
+    body: dict[str, Any] = {
+        "accepted": True,
+        "webhook_id": receipt.webhook_id,
+        "messages": receipt.stored,
+    }
+    if receipt.superseded:
+        body["superseded"] = receipt.superseded
+    duplicate = receipt.duplicates and not (receipt.stored or receipt.superseded)
+    return ("duplicate" if duplicate else "accepted"), answer(body)

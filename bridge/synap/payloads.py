@@ -88,10 +88,25 @@ def as_grade(value: Any) -> dict[str, Any]:
     return {"label": text} if text is not None else {}
 
 
+def as_grade_criteria(value: Any) -> dict[str, Any]:
+    return {"grades": value} if isinstance(value, list) else as_object(value)
+
+
 class Grade(Lenient):
     label: Text = None
     minScore: Num = None
     isPass: Flag = None
+
+
+def _grades(value: Any) -> list[Any]:
+    """``gradeCriteria`` is documented as ``{grades: [grade]}``; a bare list is accepted too."""
+    if isinstance(value, dict):
+        value = value.get("grades")
+    return [as_grade(item) for item in as_list_or_none(value) or []]
+
+
+class GradeCriteria(Lenient):
+    grades: Annotated[list[Grade], BeforeValidator(_grades)] = Field(default_factory=list)
 
 
 class Results(Lenient):
@@ -110,6 +125,8 @@ class Section(Lenient):
     score: Num = None
     scoreFrac: Num = None
     totalCorrect: Num = None
+    timeStarted: Raw = None
+    timeCompleted: Raw = None
     marks: Annotated[Marks, _SUB] = Marks()
 
 
@@ -120,6 +137,10 @@ def _sections(value: Any) -> list[Any]:
     return as_objects(value)
 
 
+class Deferred(Lenient):
+    locked: Flag = None
+
+
 class State(Lenient):
     responseQuestionMap: Anything = None
     isRevoked: Flag = None
@@ -128,6 +149,7 @@ class State(Lenient):
     timeCompleted: Raw = None
     timeSpentInMs: Num = None
     results: Annotated[Results, _SUB] = Results()
+    deferred: Annotated[Deferred, _SUB] = Deferred()
     sections: Annotated[list[Section], BeforeValidator(_sections)] = Field(default_factory=list)
 
 
@@ -183,6 +205,9 @@ class Attempt(Lenient):
     marks: Annotated[Marks, _SUB] = Marks()
     tags: Obj = Field(default_factory=dict)
     grade: Annotated[Grade, BeforeValidator(as_grade)] = Grade()
+    gradeCriteria: Annotated[GradeCriteria, BeforeValidator(as_grade_criteria)] = Field(
+        default_factory=GradeCriteria
+    )
     status: Text = None
     examStatus: Text = None
     proctorStatus: Text = None
@@ -256,6 +281,7 @@ class FlatUserPayload(Envelope):
     usergroups: Texts = Field(default_factory=list)
     timeRegistered: Raw = None
     customAttributes: Obj = Field(default_factory=dict)
+    preferences: Obj = Field(default_factory=dict)
 
 
 class GroupPayload(Envelope):
@@ -268,6 +294,7 @@ class GroupPayload(Envelope):
     isDefaultGroup: Flag = None
     userType: Text = None
     dateAdded: Raw = None
+    moderators: Objs = Field(default_factory=list)
 
 
 class ExamRegistrationPayload(Envelope):
