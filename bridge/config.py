@@ -85,8 +85,9 @@ class StorageConfig(_Section):
     statement_cache_size: int = Field(100, ge=0)
     connect_timeout_secs: float = Field(5.0, gt=0)
     command_timeout_secs: float = Field(10.0, gt=0)
-    #: How long a claimed message stays leased to the replica that claimed it (PostgreSQL).
-    lease_secs: float = Field(60.0, gt=0)
+    #: How long a claimed message stays leased to the process that claimed it; after that any
+    #: replica may claim it again. None: max(60, 2 x delivery.batch.timeout_secs + 60).
+    lease_secs: float | None = Field(None, gt=0)
 
     @field_validator("url")
     @classmethod

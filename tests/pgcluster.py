@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 class Cluster:
-    """One server. ``url(db)`` for clients; ``restart()`` for outage tests; ``stop()`` removes it."""
+    """One server: ``url(db)`` for clients, ``restart()`` for outage tests, ``stop()`` to remove."""
 
     def __init__(self) -> None:
         self.bin = bindir()
@@ -56,7 +56,7 @@ class Cluster:
         if os.geteuid() == 0:
             self.as_user = ["runuser", "-u", "postgres", "--"]
             owner = pwd.getpwnam("postgres")
-            os.chmod(self.root, 0o755)
+            os.chmod(self.root, 0o700)
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
         self.socket_dir.mkdir()
         if self.as_user:
@@ -144,6 +144,20 @@ class Cluster:
 
     def restart(self) -> None:
         self.pg_ctl("restart", "-m", "fast", "-w", "-t", "60", "-o", f"-p {self.port} -h 127.0.0.1")
+
+    def running(self) -> bool:
+        status = subprocess.run(
+            [*self.as_user, str(self.bin / "pg_ctl"), "status", "-D", str(self.data)],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        return status.returncode == 0
+
+    def ensure_running(self) -> None:
+        """Start the server again after a test stopped it (no-op when it runs)."""
+        if not self.running():
+            self.pg_ctl("start", "-w", "-t", "60", "-o", f"-p {self.port} -h 127.0.0.1")
 
     def stop(self) -> None:
         if self.started:

@@ -366,9 +366,7 @@ async def replay_chunk(
     """Apply remapped dead letters ``(letter id, webhook row, result)``: counts as ReplayOutcome."""
     replayed = still_dead = made = 0
     for letter, webhook, result in outcomes:
-        exists = await conn.fetchval(
-            "SELECT 1 FROM dead_letters WHERE id = $1 FOR UPDATE", letter
-        )
+        exists = await conn.fetchval("SELECT 1 FROM dead_letters WHERE id = $1 FOR UPDATE", letter)
         if exists is None:
             continue  # replayed meanwhile (another CLI run, or revived with a sibling letter)
         if isinstance(result, DeadReason):
@@ -449,7 +447,7 @@ def _letter(row: Sequence[Any]) -> DeadLetter:
 
 async def dead_letters(conn: Conn, which: DeadLetterFilter) -> list[DeadLetter]:
     rows = await conn.fetch(
-        f"SELECT {_LETTER_COLUMNS} {_LETTER_FROM}"  # noqa: S608 - constant fragments only
+        f"SELECT {_LETTER_COLUMNS} {_LETTER_FROM}"
         " WHERE ($1::text IS NULL OR w.code = $1) AND ($2::text IS NULL OR d.reason = $2)"
         " AND ($3::bigint[] IS NULL OR d.id = ANY($3))"
         " ORDER BY d.id LIMIT $4",
@@ -463,7 +461,7 @@ async def dead_letters(conn: Conn, which: DeadLetterFilter) -> list[DeadLetter]:
 
 async def dead_letter(conn: Conn, letter_id: int) -> DeadLetterDetail | None:
     row = await conn.fetchrow(
-        f"SELECT {_LETTER_COLUMNS}, w.raw_body, p.payload, m.last_error {_LETTER_FROM}"  # noqa: S608
+        f"SELECT {_LETTER_COLUMNS}, w.raw_body, p.payload, m.last_error {_LETTER_FROM}"
         " WHERE d.id = $1",
         letter_id,
     )

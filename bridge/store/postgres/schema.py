@@ -157,12 +157,12 @@ def _password(url: str) -> str | None:
     return userinfo.partition(":")[2] or None
 
 
-def is_retryable(exc: BaseException) -> bool:
+def is_retryable(exc: BaseException | None) -> bool:
     """A deadlock or serialisation failure: the same transaction may succeed if run again."""
     return isinstance(exc, asyncpg.DeadlockDetectedError | asyncpg.SerializationError)
 
 
-def is_connection_problem(exc: BaseException) -> bool:
+def is_connection_problem(exc: BaseException | None) -> bool:
     """The server or the link failed (not this data): trying items one by one will not help."""
     return isinstance(
         exc,

@@ -72,6 +72,8 @@ class PostgresStore:
         self._writer: GroupWriter | None = None
         self._leases: dict[int, int] = {}  # id -> fencing token, for this store's own claims
         self._commits_before = 0
+        #: (version before, version after) of the last migration this store ran.
+        self.schema_versions: tuple[int, int] | None = None
 
     @classmethod
     def from_config(cls, cfg: StorageConfig) -> PostgresStore:
@@ -116,7 +118,7 @@ class PostgresStore:
             )
         except FOREIGN_ERRORS as exc:
             raise translate(exc, "connect to PostgreSQL", self._url) from exc
-        except ValueError as exc:  # a malformed URL; the message may quote it
+        except ValueError:  # a malformed URL; the message may quote it
             raise StorageUnavailableError(f"storage.url {self.url} is not usable") from None
         try:
             if self.migrate_on_open:
@@ -132,6 +134,7 @@ class PostgresStore:
         """Apply pending schema migrations (under an advisory lock): (version before, after)."""
         async with self._connection("migrate the schema") as conn:
             before, after = await migrate(conn)
+        self.schema_versions = (before, after)
         if before != after:
             log.info("schema_migrated", backend="postgresql", before=before, after=after)
         return before, after
@@ -149,7 +152,7 @@ class PostgresStore:
             return
         try:
             await asyncio.wait_for(pool.close(), timeout=self.command_timeout_secs)
-        except (TimeoutError, *FOREIGN_ERRORS):
+        except FOREIGN_ERRORS:
             pool.terminate()
 
     # ---- plumbing --------------------------------------------------------------------------

@@ -119,4 +119,3 @@ def _server_side(exc: BaseException) -> bool:
     return isinstance(exc, StorageUnavailableError) and (
         exc.__cause__ is None or is_connection_problem(exc.__cause__) or is_retryable(exc.__cause__)
     )
-
