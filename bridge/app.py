@@ -25,7 +25,7 @@ from bridge.receive import backpressure, health
 from bridge.receive import webhook as receive
 from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.store import Store
-from bridge.store.sqlite.store import SQLiteStore
+from bridge.store.factory import open_store
 
 log = logs.get(__name__)
 
@@ -71,7 +71,7 @@ def build_app(
 ) -> web.Application:
     runtime = Runtime(
         config=config,
-        store=store if store is not None else SQLiteStore.from_config(config.storage),
+        store=store if store is not None else open_store(config.storage),
         metrics=metrics or Metrics(),
         clock=clock,
     )
@@ -129,6 +129,7 @@ def _delivery_context(
             clock=runtime.clock,
             metrics=runtime.metrics,
             retention_secs=config.storage.delivered_retention_secs,
+            lease_secs=config.storage.lease_secs,
         )
         task = runtime.delivery_task = asyncio.create_task(runtime.delivery.run(), name="delivery")
         try:

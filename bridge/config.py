@@ -77,6 +77,58 @@ class StorageConfig(_Section):
     max_pending: int = Field(1_000_000, ge=1)
     min_free_bytes: int = Field(100 * 1024 * 1024, ge=0)
     delivered_retention_secs: float = Field(7 * 24 * 3600, ge=0)
+    #: ``postgresql://user:password@host/db``: the queue lives in PostgreSQL, shared by every
+    #: replica (bridge.store.postgres); unset keeps SQLite at ``path``. A secret (the password).
+    url: SecretStr | None = None
+    pool_size: int = Field(10, ge=2, le=200)
+    #: asyncpg's prepared-statement cache; 0 behind PgBouncer in transaction mode.
+    statement_cache_size: int = Field(100, ge=0)
+    connect_timeout_secs: float = Field(5.0, gt=0)
+    command_timeout_secs: float = Field(10.0, gt=0)
+    #: How long a claimed message stays leased to the process that claimed it; after that any
+    #: replica may claim it again. None: max(60, 2 x delivery.batch.timeout_secs + 60).
+    lease_secs: float | None = Field(None, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(POSTGRES_SCHEMES):
+            raise ValueError(
+                f"must start with postgresql:// (got {masked_url(value.get_secret_value())!r})"
+            )
+        return value
+
+    @property
+    def postgres(self) -> bool:
+        """True when the queue lives in PostgreSQL (``url`` set), False for SQLite."""
+        return self.url is not None
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def masked_url(url: str) -> str:
+    """``postgresql://bridge:s3cret@db/bridge`` -> ``postgresql://bridge:***@db/bridge``.
+
+    Also masks a ``password=`` query parameter. Used wherever a storage URL is shown (check-config,
+    logs, errors): the password never leaves the process.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"
+    head, question, query = rest.partition("?")
+    # The last "@" before the query ends the user info, even if an unencoded password holds "@"
+    # or "/".
+    userinfo, at, hosts = head.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        head = f"{user}{':***' if colon else ''}@{hosts}"
+    if question:
+        query = "&".join(
+            "password=***" if part.lower().startswith("password=") else part
+            for part in query.split("&")
+        )
+    return f"{scheme}://{head}{question}{query}"
 
 
 class BatchConfig(_Section):
@@ -357,7 +409,8 @@ def masked(config: Config) -> dict[str, Any]:
 
 def _mask(value: Any) -> Any:
     if isinstance(value, SecretStr):
-        return "***"
+        secret = value.get_secret_value()
+        return masked_url(secret) if secret.startswith(POSTGRES_SCHEMES) else "***"
     if isinstance(value, dict):
         return {key: _mask(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

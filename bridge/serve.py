@@ -29,6 +29,7 @@ from bridge.config import Config
 from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError, StorageUnavailableError
 from bridge.receive.runtime import RUNTIME, Runtime
+from bridge.store.factory import describe
 from bridge.systemd import Notifier, watchdog_loop
 
 log = logs.get(__name__)
@@ -56,7 +57,7 @@ async def serve(config: Config, config_path: str | None) -> int:
     try:
         await runner.setup()
     except StorageUnavailableError as exc:
-        log.error("storage_unavailable", error=str(exc), path=str(config.storage.path))
+        log.error("storage_unavailable", error=str(exc), path=describe(config.storage))
         return 1
     runners = [runner]
     try:

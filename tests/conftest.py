@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from base64 import b64encode
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 from bridge import config as config_module
 from bridge import logs
 from bridge.config import Config
+from tests import pgcluster
 from tests.fakesegment import FakeSegment
 
 WRITE_KEY = "test-write-key"
@@ -75,6 +76,20 @@ def _structured_logging() -> None:
     """Route structlog through the stdlib logging, as serve does, so caplog sees every record
     whatever the test order (unconfigured structlog would print straight to stdout)."""
     logs.configure("info", "json")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _postgres_cluster_cleanup() -> Iterator[None]:
+    """Stop and remove the throwaway PostgreSQL cluster (tests/pgcluster.py) if a test started
+    it; tests that need it call ``pgcluster.shared()`` or take the ``postgres`` fixture."""
+    yield
+    pgcluster.stop_shared()
+
+
+@pytest.fixture
+def postgres() -> pgcluster.Cluster:
+    """The session's throwaway PostgreSQL cluster (started on first use)."""
+    return pgcluster.shared()
 
 
 @pytest.fixture

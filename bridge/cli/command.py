@@ -1,8 +1,8 @@
 """``synap-bridge``: the command line. Exit status 78 (EX_CONFIG) for a bad configuration.
 
 ``--config PATH`` is accepted before or after the subcommand. Subcommands: ``serve``,
-``check-config``, ``stats``, ``dead-letters {list,show,replay,purge}`` (the last two groups in
-:mod:`bridge.cli.ops`). Secrets are never printed: ``check-config`` masks them.
+``check-config``, ``stats``, ``dead-letters {list,show,replay,purge}``, ``migrate`` (the last
+three in :mod:`bridge.cli.ops`). Secrets are never printed: ``check-config`` masks them.
 """
 
 from __future__ import annotations

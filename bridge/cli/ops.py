@@ -24,7 +24,7 @@ from bridge.config import Config
 from bridge.errors import StorageUnavailableError
 from bridge.mapping.intake import remapper
 from bridge.store import DeadLetterFilter, Store
-from bridge.store.sqlite.store import SQLiteStore
+from bridge.store.factory import describe, open_store
 
 REPLAY_CHUNK = 200
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -58,6 +58,11 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     replay.add_argument("--reason", help="every dead letter with this reason")
     purge = actions.add_parser("purge", parents=[common], help="delete old dead letters")
     purge.add_argument("--older-than", type=duration, required=True, metavar="DURATION")
+    commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="create or upgrade the database schema (serve also does it at start) and exit",
+    )
 
 
 def run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
@@ -67,6 +72,7 @@ def run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
         "show": _show,
         "replay": _replay,
         "purge": _purge,
+        "migrate": _migrate,
     }
     name = args.action if args.command == "dead-letters" else args.command
     return asyncio.run(_with_store(config, handlers[name], args, out))
@@ -78,7 +84,7 @@ async def _with_store(
     args: argparse.Namespace,
     out: TextIO,
 ) -> int:
-    store = SQLiteStore.from_config(config.storage)
+    store = open_store(config.storage)
     try:
         await store.open()
         try:
@@ -107,7 +113,7 @@ async def _stats(store: Store, args: argparse.Namespace, config: Config, out: Te
         "last_delivered_at": _when(stats.last_delivered_at),
         "dead_letters": dict(sorted(stats.dead_letters.items())),
         "storage_bytes": stats.storage_bytes,
-        "storage_path": str(config.storage.path),
+        "storage_path": describe(config.storage),
     }
     if args.json:
         out.write(json.dumps(report, indent=2) + "\n")
@@ -196,4 +202,18 @@ async def _replay(store: Store, args: argparse.Namespace, config: Config, out: T
 async def _purge(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
     removed = await store.purge_dead(time.time() - args.older_than)
     out.write(f"purged {removed} dead letter(s)\n")
+    return 0
+
+
+async def _migrate(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    """Opening the store migrates it (under PostgreSQL's advisory lock, or SQLite's write
+    lock); this command is for operators who apply schema changes before rolling out replicas."""
+    versions = getattr(store, "schema_versions", None)
+    where = describe(config.storage)
+    if versions is None:
+        out.write(f"schema of {where} is current\n")
+    else:
+        before, after = versions
+        done = "already current" if before == after else f"migrated from version {before}"
+        out.write(f"schema of {where} at version {after} ({done})\n")
     return 0

@@ -51,7 +51,9 @@ async def refresh(runtime: Runtime) -> None:
     runtime.storage_ok = True
     runtime.metrics.observe_backlog(stats, now)
     storage = runtime.config.storage
-    reason = refusal(stats.pending + stats.in_flight, free_bytes(storage.path), storage)
+    # The disk to watch is SQLite's; PostgreSQL's disk is the database server's to watch.
+    free = None if storage.url is not None else free_bytes(storage.path)
+    reason = refusal(stats.pending + stats.in_flight, free, storage)
     if reason != runtime.backpressure:
         if reason:
             log.warning("intake_refusing", reason=reason)

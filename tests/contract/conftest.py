@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from bridge.store import Store
+from bridge.store.postgres.store import PostgresStore
 from bridge.store.sqlite.store import SQLiteStore
+from tests import pgcluster
 
 StoreFactory = Callable[[], Awaitable[Store]]
 
@@ -23,8 +25,16 @@ async def _sqlite(tmp_path: Path) -> Store:
     return SQLiteStore(tmp_path / "contract.db")
 
 
+async def _postgres(tmp_path: Path) -> Store:
+    """A fresh database in the session's throwaway cluster (tests/pgcluster.py)."""
+    return PostgresStore(pgcluster.shared().new_database(), pool_size=4)
+
+
 #: backend name -> how to make a fresh, empty, not yet opened store of it in tmp_path.
-BACKENDS: dict[str, Callable[[Path], Awaitable[Store]]] = {"sqlite": _sqlite}
+BACKENDS: dict[str, Callable[[Path], Awaitable[Store]]] = {
+    "sqlite": _sqlite,
+    "postgres": _postgres,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

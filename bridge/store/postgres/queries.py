@@ -1,0 +1,479 @@
+"""The SQL of the PostgreSQL store: plain async functions over one asyncpg connection.
+
+Sets travel as arrays (``unnest($1::bigint[], ...)``), so a statement handles any number of rows
+in one round trip. Outcome-changing statements (``ack``, ``retry_later``, ``bury``) take
+``(id, lease)`` pairs and touch only rows still in flight under that lease: the fencing that keeps
+a replica whose lease expired from overwriting a newer claim's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.messages import OutgoingMessage
+from bridge.store import (
+    ClaimedMessage,
+    DeadLetter,
+    DeadLetterDetail,
+    DeadLetterFilter,
+    DeadReason,
+    EnqueueReceipt,
+    StoreStats,
+    Webhook,
+)
+from bridge.store.postgres.schema import SHARDS
+
+MAX_ERROR_CHARS = 4000
+Conn = Any  # an asyncpg connection (asyncpg ships no types)
+
+
+def webhook_ref(row_id: int) -> str:
+    return f"wh_{row_id}"
+
+
+def _text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Human text (errors, details) as PostgreSQL text: bounded, and no NUL (text cannot hold
+    one; a NUL inside an error message from a peer must not make the write fail)."""
+    return text[:limit].replace("\x00", "\ufffd")
+
+
+def _count(status: str) -> int:
+    """Rows touched, from a command tag such as ``UPDATE 3``."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+# ---- enqueue (group commit: many webhooks in one transaction) ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """One ``enqueue`` call waiting for the group commit."""
+
+    webhook: Webhook
+    messages: tuple[OutgoingMessage, ...]
+    dead: DeadReason | None
+
+
+_MESSAGES = """
+WITH src AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[],
+                         $6::float8[], $7::integer[], $8::bytea[])
+        AS s(webhook_id, message_id, destination, user_id, due_at, enqueued_at, rank, payload)
+), ins AS (
+    INSERT INTO messages AS m
+        (webhook_id, message_id, destination, user_id, state, due_at, enqueued_at, rank)
+    SELECT webhook_id, message_id, destination, user_id, 'pending', due_at, enqueued_at, rank
+    FROM src
+    ON CONFLICT (message_id) DO UPDATE SET
+        webhook_id = EXCLUDED.webhook_id, destination = EXCLUDED.destination,
+        user_id = EXCLUDED.user_id, rank = EXCLUDED.rank,
+        due_at = least(m.due_at, EXCLUDED.due_at)
+    WHERE m.state = 'pending' AND m.rank < EXCLUDED.rank
+    RETURNING m.id, m.message_id, (m.xmax = 0) AS inserted
+), bodies AS (
+    INSERT INTO message_payloads (id, payload)
+    SELECT ins.id, src.payload FROM ins JOIN src USING (message_id)
+    ON CONFLICT (id) DO UPDATE SET payload = EXCLUDED.payload
+)
+SELECT message_id, inserted FROM ins
+"""
+
+
+async def enqueue(conn: Conn, batch: Sequence[Intake]) -> list[EnqueueReceipt]:
+    """Store every webhook of ``batch`` and its messages (inside the caller's transaction).
+
+    A messageId is stored once (``ON CONFLICT``); a pending one with a lower rank takes the new
+    version in place (superseded). A messageId that occurs twice in the batch is applied in
+    rounds (the n-th occurrence in round n), exactly as if the calls had committed one by one:
+    one INSERT cannot touch a row twice.
+    """
+    ids: list[int] = await conn.fetchval(
+        "SELECT array_agg(nextval('webhooks_id_seq')) FROM generate_series(1, $1)", len(batch)
+    )
+    await conn.execute(
+        "INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)"
+        " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::bytea[])",
+        ids,
+        [item.webhook.code for item in batch],
+        [item.webhook.portal_id for item in batch],
+        [item.webhook.received_at for item in batch],
+        [item.webhook.raw_body for item in batch],
+    )
+    dead = [(ids[i], item) for i, item in enumerate(batch) if item.dead is not None]
+    if dead:
+        await conn.execute(
+            "INSERT INTO dead_letters (webhook_id, reason, detail, attempts, created_at)"
+            " SELECT w, r, d, 0, t FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[])"
+            " AS u(w, r, d, t)",
+            [row for row, _ in dead],
+            [_text(item.dead.reason, 200) for _, item in dead if item.dead is not None],
+            [_text(item.dead.detail) for _, item in dead if item.dead is not None],
+            [item.webhook.received_at for _, item in dead],
+        )
+    stored = [0] * len(batch)
+    superseded = [0] * len(batch)
+    for round_ in _rounds(batch):
+        owner = {message.message_id: index for index, message in round_}
+        rows = await conn.fetch(
+            _MESSAGES,
+            [ids[index] for index, _ in round_],
+            [m.message_id for _, m in round_],
+            [m.destination for _, m in round_],
+            [m.user_id for _, m in round_],
+            [batch[i].webhook.received_at + m.hold_secs for i, m in round_],
+            [batch[i].webhook.received_at for i, _ in round_],
+            [m.rank for _, m in round_],
+            [m.payload for _, m in round_],
+        )
+        for message_id, inserted in rows:
+            if inserted:
+                stored[owner[message_id]] += 1
+            else:
+                superseded[owner[message_id]] += 1
+    return [
+        EnqueueReceipt(
+            webhook_ref(ids[i]),
+            stored[i],
+            len(item.messages) - stored[i] - superseded[i],
+            superseded[i],
+        )
+        for i, item in enumerate(batch)
+    ]
+
+
+def _rounds(batch: Sequence[Intake]) -> list[list[tuple[int, OutgoingMessage]]]:
+    rounds: list[list[tuple[int, OutgoingMessage]]] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(batch):
+        for message in item.messages:
+            n = seen.get(message.message_id, 0)
+            seen[message.message_id] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append((index, message))
+    return rounds
+
+
+# ---- delivery --------------------------------------------------------------------------------
+
+_CLAIM = """
+WITH c AS MATERIALIZED (
+    SELECT id FROM messages
+    WHERE state IN ('pending', 'inflight') AND due_at <= $1
+    ORDER BY due_at, id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET state = 'inflight', due_at = $1 + $3, lease = m.lease + 1
+FROM c JOIN message_payloads p ON p.id = c.id
+WHERE m.id = c.id
+RETURNING m.id, m.message_id, m.destination, m.user_id, p.payload, m.attempts, m.enqueued_at,
+          m.lease
+"""
+
+
+async def claim(
+    conn: Conn, now: float, limit: int, lease_secs: float
+) -> list[tuple[ClaimedMessage, int]]:
+    """Up to ``limit`` due open rows (pending and due, or in flight past their lease), in
+    arrival order, with their new fencing tokens. Rows another replica holds are skipped."""
+    rows = await conn.fetch(_CLAIM, now, limit, lease_secs)
+    claimed = [(ClaimedMessage(*row[:7]), int(row[7])) for row in rows]
+    claimed.sort(key=lambda pair: pair[0].id)
+    return claimed
+
+
+def _fenced(leases: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    pairs = list(leases)
+    return [row for row, _ in pairs], [token for _, token in pairs]
+
+
+async def ack(conn: Conn, leases: Sequence[tuple[int, int]], now: float) -> int:
+    ids, tokens = _fenced(leases)
+    status = await conn.execute(
+        """
+        WITH done AS (
+            UPDATE messages m SET state = 'delivered', delivered_at = $3, due_at = NULL
+            FROM unnest($1::bigint[], $2::bigint[]) AS f(id, lease)
+            WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'
+            RETURNING 1
+        )
+        UPDATE delivered_counts SET n = n + (SELECT count(*) FROM done),
+            last_at = greatest(last_at, $3)
+        WHERE shard = $4 AND EXISTS (SELECT 1 FROM done)
+        """,
+        ids,
+        tokens,
+        now,
+        random.randrange(SHARDS),  # noqa: S311 - spreads counter writes, not a secret
+    )
+    return _count(status)
+
+
+async def retry_later(
+    conn: Conn, leases: Sequence[tuple[int, int]], due_at: float, error: str
+) -> int:
+    ids, tokens = _fenced(leases)
+    status = await conn.execute(
+        "UPDATE messages m SET state = 'pending', due_at = $3, attempts = attempts + 1,"
+        " last_error = $4 FROM unnest($1::bigint[], $2::bigint[]) AS f(id, lease)"
+        " WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'",
+        ids,
+        tokens,
+        due_at,
+        _text(error),
+    )
+    return _count(status)
+
+
+async def bury(
+    conn: Conn, leases: Sequence[tuple[int, int]], dead: DeadReason, error: str, now: float
+) -> int:
+    ids, tokens = _fenced(leases)
+    status = await conn.execute(
+        """
+        WITH buried AS (
+            UPDATE messages m SET state = 'dead', due_at = NULL, attempts = attempts + 1,
+                last_error = $3
+            FROM unnest($1::bigint[], $2::bigint[]) AS f(id, lease)
+            WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'
+            RETURNING m.id, m.webhook_id, m.attempts
+        )
+        INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts, created_at)
+        SELECT webhook_id, id, $4, $5, attempts, $6 FROM buried
+        """,
+        ids,
+        tokens,
+        _text(error),
+        _text(dead.reason, 200),
+        _text(dead.detail),
+        now,
+    )
+    return _count(status)
+
+
+async def next_due_at(conn: Conn) -> float | None:
+    value = await conn.fetchval(
+        "SELECT min(due_at) FROM messages WHERE state IN ('pending', 'inflight')"
+    )
+    return None if value is None else float(value)
+
+
+async def check_writable(conn: Conn) -> str | None:
+    """Why a write would fail now (a standby, a read-only session), or None."""
+    row = await conn.fetchrow(
+        "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'"
+    )
+    if row[0]:
+        return "the server is a standby (in recovery): point storage.url at the primary"
+    if row[1]:
+        return "the session is read-only"
+    return None
+
+
+_STATS = """
+SELECT
+    (SELECT count(*) FROM messages WHERE state IN ('pending', 'inflight')),
+    (SELECT count(*) FROM messages WHERE state = 'inflight'),
+    (SELECT min(enqueued_at) FROM messages WHERE state IN ('pending', 'inflight')),
+    (SELECT count(*) FROM messages WHERE state = 'delivered' AND delivered_at >= $1),
+    (SELECT coalesce(sum(n), 0) FROM delivered_counts),
+    (SELECT max(last_at) FROM delivered_counts),
+    (SELECT coalesce(json_object_agg(reason, n), '{}')::text
+       FROM (SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason) AS d),
+    (SELECT sum(pg_total_relation_size(t)) FROM unnest(ARRAY['webhooks', 'messages',
+       'message_payloads', 'dead_letters']::regclass[]) AS t)
+"""
+
+
+async def stats(conn: Conn, since: float) -> StoreStats:
+    """One statement, one snapshot: the numbers agree with each other. Open rows are counted
+    through their partial index; the lifetime total comes from the sharded counters."""
+    row = await conn.fetchrow(_STATS, since)
+    opened, in_flight, oldest, recent, total, last, dead, size = row
+    return StoreStats(
+        pending=int(opened) - int(in_flight),
+        in_flight=int(in_flight),
+        oldest_pending_at=oldest,
+        delivered_total=int(total),
+        delivered_since=int(recent),
+        dead_letters={k: int(v) for k, v in json.loads(dead).items()},
+        storage_bytes=int(size or 0),
+        last_delivered_at=last,
+    )
+
+
+# ---- maintenance -------------------------------------------------------------------------------
+
+
+async def delete_orphan_webhooks(conn: Conn, webhooks: Iterable[int]) -> None:
+    await conn.execute(
+        "DELETE FROM webhooks w WHERE w.id = ANY($1::bigint[])"
+        " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id)"
+        " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.webhook_id = w.id)",
+        sorted(set(webhooks)),
+    )
+
+
+async def prune_delivered(conn: Conn, before: float, chunk: int) -> int:
+    """Delete up to ``chunk`` messages delivered before ``before`` (rows another replica is
+    pruning are skipped, so replicas never wait on each other); how many went."""
+    rows = await conn.fetch(
+        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE state = 'delivered'"
+        " AND delivered_at < $1 ORDER BY delivered_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        " RETURNING webhook_id",
+        before,
+        chunk,
+    )
+    await delete_orphan_webhooks(conn, (row[0] for row in rows))
+    return len(rows)
+
+
+async def delete_letters(conn: Conn, letters: Sequence[int]) -> int:
+    """Delete dead letters, then their dead messages and webhooks nothing refers to any more."""
+    gone = await conn.fetch(
+        "DELETE FROM dead_letters WHERE id = ANY($1::bigint[]) RETURNING webhook_id, message_row",
+        list(letters),
+    )
+    await conn.execute(
+        "DELETE FROM messages m WHERE m.id = ANY($1::bigint[]) AND m.state = 'dead'"
+        " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.message_row = m.id)",
+        [row[1] for row in gone if row[1] is not None],
+    )
+    await delete_orphan_webhooks(conn, (row[0] for row in gone))
+    return len(gone)
+
+
+async def purge_dead(conn: Conn, older_than: float, chunk: int) -> int:
+    letters = await conn.fetch(
+        "SELECT id FROM dead_letters WHERE created_at < $1 ORDER BY created_at LIMIT $2"
+        " FOR UPDATE SKIP LOCKED",
+        older_than,
+        chunk,
+    )
+    return await delete_letters(conn, [row[0] for row in letters])
+
+
+async def replay_chunk(
+    conn: Conn,
+    outcomes: Sequence[tuple[int, int, Sequence[OutgoingMessage] | DeadReason]],
+    now: float,
+) -> tuple[int, int, int]:
+    """Apply remapped dead letters ``(letter id, webhook row, result)``: counts as ReplayOutcome."""
+    replayed = still_dead = made = 0
+    for letter, webhook, result in outcomes:
+        exists = await conn.fetchval("SELECT 1 FROM dead_letters WHERE id = $1 FOR UPDATE", letter)
+        if exists is None:
+            continue  # replayed meanwhile (another CLI run, or revived with a sibling letter)
+        if isinstance(result, DeadReason):
+            await conn.execute(
+                "UPDATE dead_letters SET reason = $1, detail = $2 WHERE id = $3",
+                _text(result.reason, 200),
+                _text(result.detail),
+                letter,
+            )
+            still_dead += 1
+            continue
+        for message in result:
+            made += await _revive_or_insert(conn, webhook, message, now)
+        await delete_letters(conn, [letter])  # may already be gone: reviving removed it
+        replayed += 1
+    return replayed, still_dead, made
+
+
+async def _revive_or_insert(conn: Conn, webhook: int, message: OutgoingMessage, now: float) -> int:
+    """Insert a new message, or revive a dead one (attempts kept); others are left alone."""
+    found = await conn.fetchrow(
+        "SELECT id, state FROM messages WHERE message_id = $1 FOR UPDATE", message.message_id
+    )
+    if found is None:
+        row = await conn.fetchval(
+            "INSERT INTO messages (webhook_id, message_id, destination, user_id, state, due_at,"
+            " enqueued_at, rank) VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6)"
+            " ON CONFLICT (message_id) DO NOTHING RETURNING id",
+            webhook,
+            message.message_id,
+            message.destination,
+            message.user_id,
+            now,
+            message.rank,
+        )
+        if row is None:
+            return 0  # stored meanwhile by intake: it is on its way
+        await conn.execute(
+            "INSERT INTO message_payloads (id, payload) VALUES ($1, $2)", row, message.payload
+        )
+        return 1
+    row, state = found
+    if state != "dead":
+        return 0  # delivered (never send twice) or already on its way
+    await conn.execute("DELETE FROM dead_letters WHERE message_row = $1", row)
+    await conn.execute(
+        "UPDATE messages SET state = 'pending', destination = $1, user_id = $2, due_at = $3,"
+        " enqueued_at = $3, rank = $4 WHERE id = $5",
+        message.destination,
+        message.user_id,
+        now,
+        message.rank,
+        row,
+    )
+    await conn.execute(
+        "UPDATE message_payloads SET payload = $1 WHERE id = $2", message.payload, row
+    )
+    return 1
+
+
+# ---- reads -------------------------------------------------------------------------------------
+
+_LETTER_COLUMNS = (
+    "d.id, d.webhook_id, w.code, w.portal_id, m.message_id, d.reason, d.detail, d.attempts,"
+    " d.created_at"
+)
+_LETTER_FROM = (
+    "FROM dead_letters d JOIN webhooks w ON w.id = d.webhook_id"
+    " LEFT JOIN messages m ON m.id = d.message_row"
+    " LEFT JOIN message_payloads p ON p.id = d.message_row"
+)
+
+
+def _letter(row: Sequence[Any]) -> DeadLetter:
+    letter_id, webhook, *rest = row
+    return DeadLetter(letter_id, webhook_ref(webhook), *rest)
+
+
+async def dead_letters(conn: Conn, which: DeadLetterFilter) -> list[DeadLetter]:
+    rows = await conn.fetch(
+        f"SELECT {_LETTER_COLUMNS} {_LETTER_FROM}"
+        " WHERE ($1::text IS NULL OR w.code = $1) AND ($2::text IS NULL OR d.reason = $2)"
+        " AND ($3::bigint[] IS NULL OR d.id = ANY($3))"
+        " ORDER BY d.id LIMIT $4",
+        which.code,
+        which.reason,
+        [int(i) for i in which.ids] if which.ids else None,
+        which.limit,
+    )
+    return [_letter(row) for row in rows]
+
+
+async def dead_letter(conn: Conn, letter_id: int) -> DeadLetterDetail | None:
+    row = await conn.fetchrow(
+        f"SELECT {_LETTER_COLUMNS}, w.raw_body, p.payload, m.last_error {_LETTER_FROM}"
+        " WHERE d.id = $1",
+        letter_id,
+    )
+    if row is None:
+        return None
+    return DeadLetterDetail(_letter(row[:9]), row[9], row[10], row[11])
+
+
+async def webhooks_of_letters(conn: Conn, letters: Sequence[int]) -> list[tuple[int, int, Webhook]]:
+    rows = await conn.fetch(
+        "SELECT d.id, w.id, w.code, w.portal_id, w.received_at, w.raw_body FROM dead_letters d"
+        " JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = ANY($1::bigint[]) ORDER BY d.id",
+        list(letters),
+    )
+    return [(row[0], row[1], Webhook(row[2], row[3], row[4], row[5])) for row in rows]

@@ -1,0 +1,175 @@
+"""The PostgreSQL schema, its versioned migrations, and asyncpg error translation.
+
+Why the schema looks like this (it mirrors SQLite's v3 so the two stores behave alike):
+
+* ``messages.id`` comes from a sequence: it gives the arrival order claims follow.
+* ``messages.due_at`` is "when this row next needs attention": the due time of a pending row, the
+  lease expiry of an in-flight one. One partial index over the open rows (pending + in flight)
+  answers ``claim`` (``FOR UPDATE SKIP LOCKED``, so replicas take disjoint rows) and
+  ``next_due_at``; a lease that expires makes its row claimable by the same query, so no replica
+  has to rescue another's claims.
+* ``messages.lease`` is the fencing token: every claim increments it, and ``ack`` /
+  ``retry_later`` / ``bury`` apply only where it still equals the claimer's token, so a replica
+  whose lease expired cannot overwrite a newer outcome.
+* No trigger counters: one counter row would serialise every writer of every replica. Open rows
+  are counted through their partial index (small when delivery keeps up); the lifetime delivered
+  total lives in 16 ``delivered_counts`` shards, each ack adding to one chosen at random.
+* Bodies live in ``message_payloads`` (written once), so the state changes rewrite ~100-byte rows.
+* Queue tables vacuum early (scale factors 0.01/0.02 instead of 0.2): a queue is mostly dead rows.
+* ``bridge_schema`` holds the version; :data:`MIGRATIONS` one script per step, applied in one
+  transaction under ``pg_advisory_xact_lock`` so replicas starting together do not race (a
+  transaction-level lock also works behind PgBouncer in transaction mode).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from bridge.config import masked_url
+from bridge.errors import StorageUnavailableError
+
+#: pg_advisory_xact_lock key for migrations: "synapbr" in ASCII, any constant would do.
+MIGRATION_LOCK = 0x73796E61706272
+SHARDS = 16
+
+_V1 = f"""
+CREATE TABLE webhooks (
+    id          bigserial PRIMARY KEY,
+    code        text NOT NULL,
+    portal_id   text,
+    received_at double precision NOT NULL,
+    raw_body    bytea NOT NULL
+);
+CREATE TABLE messages (
+    id           bigserial PRIMARY KEY,
+    webhook_id   bigint NOT NULL REFERENCES webhooks(id),
+    message_id   text NOT NULL UNIQUE,
+    destination  text NOT NULL,
+    user_id      text NOT NULL,
+    state        text NOT NULL CHECK (state IN ('pending', 'inflight', 'delivered', 'dead')),
+    attempts     integer NOT NULL DEFAULT 0,
+    rank         integer NOT NULL DEFAULT 0,
+    lease        bigint NOT NULL DEFAULT 0,
+    due_at       double precision,
+    enqueued_at  double precision NOT NULL,
+    delivered_at double precision,
+    last_error   text
+) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.02);
+CREATE INDEX messages_open_due ON messages (due_at, id) WHERE state IN ('pending', 'inflight');
+CREATE INDEX messages_open_age ON messages (enqueued_at) WHERE state IN ('pending', 'inflight');
+CREATE INDEX messages_inflight ON messages (due_at) WHERE state = 'inflight';
+CREATE INDEX messages_delivered ON messages (delivered_at) WHERE state = 'delivered';
+CREATE INDEX messages_webhook ON messages (webhook_id);
+CREATE TABLE message_payloads (
+    id      bigint PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    payload bytea NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.02);
+CREATE TABLE dead_letters (
+    id          bigserial PRIMARY KEY,
+    webhook_id  bigint NOT NULL REFERENCES webhooks(id),
+    message_row bigint REFERENCES messages(id),
+    reason      text NOT NULL,
+    detail      text NOT NULL,
+    attempts    integer NOT NULL,
+    created_at  double precision NOT NULL
+);
+CREATE INDEX dead_letters_created ON dead_letters (created_at);
+CREATE INDEX dead_letters_reason ON dead_letters (reason);
+CREATE INDEX dead_letters_webhook ON dead_letters (webhook_id);
+CREATE INDEX dead_letters_message ON dead_letters (message_row);
+CREATE TABLE delivered_counts (
+    shard   integer PRIMARY KEY,
+    n       bigint NOT NULL DEFAULT 0,
+    last_at double precision
+);
+INSERT INTO delivered_counts (shard) SELECT generate_series(0, {SHARDS - 1});
+"""
+
+#: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
+MIGRATIONS: tuple[str, ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def schema_version(conn: Any) -> int:
+    """The database's schema version (0: no bridge tables yet)."""
+    exists = await conn.fetchval("SELECT to_regclass('bridge_schema') IS NOT NULL")
+    if not exists:
+        return 0
+    version = await conn.fetchval("SELECT max(version) FROM bridge_schema")
+    return int(version or 0)
+
+
+async def migrate(conn: Any) -> tuple[int, int]:
+    """Bring the schema to :data:`SCHEMA_VERSION` in one transaction: (before, after).
+
+    Refuses (StorageUnavailableError) a schema newer than this code: an older bridge must not
+    write into tables it does not understand.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS bridge_schema (version integer NOT NULL)")
+        before = await schema_version(conn)
+        if before > SCHEMA_VERSION:
+            raise StorageUnavailableError(
+                f"database schema version {before} is newer than this bridge knows "
+                f"({SCHEMA_VERSION}): upgrade the bridge"
+            )
+        for step in range(before, SCHEMA_VERSION):
+            await conn.execute(MIGRATIONS[step])
+        if before < SCHEMA_VERSION:
+            await conn.execute("DELETE FROM bridge_schema")
+            await conn.execute("INSERT INTO bridge_schema VALUES ($1)", SCHEMA_VERSION)
+    return before, SCHEMA_VERSION
+
+
+#: What asyncpg and the OS raise when PostgreSQL cannot do the job now (translated below).
+FOREIGN_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+def translate(exc: BaseException, doing: str, url: str) -> StorageUnavailableError:
+    """An asyncpg/OS error as the one exception the rest of the bridge knows, password masked."""
+    if isinstance(exc, StorageUnavailableError):
+        return exc
+    name = type(exc).__name__
+    text = str(exc)
+    secret = _password(url)
+    if secret:
+        text = text.replace(secret, "***")
+    text = text.replace(url, masked_url(url))
+    error = StorageUnavailableError(f"storage could not {doing}: PostgreSQL {name}: {text}")
+    error.__cause__ = exc
+    return error
+
+
+def _password(url: str) -> str | None:
+    _, _, rest = url.partition("://")
+    head = rest.partition("?")[0]
+    userinfo, at, _ = head.rpartition("@")
+    if not at or ":" not in userinfo:
+        return None
+    return userinfo.partition(":")[2] or None
+
+
+def is_retryable(exc: BaseException | None) -> bool:
+    """A deadlock or serialisation failure: the same transaction may succeed if run again."""
+    return isinstance(exc, asyncpg.DeadlockDetectedError | asyncpg.SerializationError)
+
+
+def is_connection_problem(exc: BaseException | None) -> bool:
+    """The server or the link failed (not this data): trying items one by one will not help."""
+    return isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.OperatorInterventionError
+        | asyncpg.ReadOnlySQLTransactionError
+        | OSError
+        | TimeoutError,
+    )

@@ -1,0 +1,282 @@
+"""The PostgreSQL implementation of :class:`bridge.store.Store`: one queue for many replicas.
+
+Everything runs on the event loop through an asyncpg pool (no threads). Every method gets its
+connection from :meth:`PostgresStore._connection`, the one boundary where asyncpg and OS errors
+become :class:`~bridge.errors.StorageUnavailableError` (password masked). The pool reconnects by
+itself: after PostgreSQL restarts or fails over, the broken connections are replaced on the next
+acquire, so intake answers 503 while it is down and works again without a restart.
+
+Leases and fencing: ``claim`` returns each row with a new token (``messages.lease``); the store
+remembers ``id -> token`` for its own claims, and ``ack`` / ``retry_later`` / ``bury`` apply only
+where the row still carries that token. An id this store did not claim (or whose outcome it
+already settled) is ignored: its outcome belongs to whoever holds the current lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from bridge import logs
+from bridge.config import StorageConfig, masked_url
+from bridge.errors import StorageUnavailableError
+from bridge.messages import OutgoingMessage
+from bridge.store import (
+    ClaimedMessage,
+    DeadLetter,
+    DeadLetterDetail,
+    DeadLetterFilter,
+    DeadReason,
+    EnqueueReceipt,
+    Remapper,
+    ReplayOutcome,
+    StoreStats,
+    Webhook,
+)
+from bridge.store.postgres import queries as ops
+from bridge.store.postgres.schema import FOREIGN_ERRORS, migrate, translate
+from bridge.store.postgres.writer import GroupWriter
+
+log = logs.get(__name__)
+
+#: Rows per transaction for the maintenance deletes, so intake is never held up for long.
+CHUNK = 2000
+
+
+class PostgresStore:
+    """Open with :meth:`open` (creates the pool, migrates the schema), stop with :meth:`close`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        statement_cache_size: int = 100,
+        connect_timeout_secs: float = 5.0,
+        command_timeout_secs: float = 10.0,
+        migrate_on_open: bool = True,
+    ) -> None:
+        if pool_size < 2:
+            raise ValueError("pool_size must be at least 2 (the writer and everything else)")
+        self._url = url
+        self.pool_size = pool_size
+        self.statement_cache_size = statement_cache_size
+        self.connect_timeout_secs = connect_timeout_secs
+        self.command_timeout_secs = command_timeout_secs
+        self.migrate_on_open = migrate_on_open
+        self._pool: Any = None
+        self._writer: GroupWriter | None = None
+        self._leases: dict[int, int] = {}  # id -> fencing token, for this store's own claims
+        self._commits_before = 0
+        #: (version before, version after) of the last migration this store ran.
+        self.schema_versions: tuple[int, int] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: StorageConfig) -> PostgresStore:
+        assert cfg.url is not None
+        return cls(
+            cfg.url.get_secret_value(),
+            pool_size=cfg.pool_size,
+            statement_cache_size=cfg.statement_cache_size,
+            connect_timeout_secs=cfg.connect_timeout_secs,
+            command_timeout_secs=cfg.command_timeout_secs,
+        )
+
+    @property
+    def url(self) -> str:
+        """The URL with its password masked: safe to show."""
+        return masked_url(self._url)
+
+    @property
+    def commits(self) -> int:
+        """Group-commit transactions of enqueue since this object was created."""
+        return self._commits_before + (self._writer.commits if self._writer else 0)
+
+    @property
+    def backlog(self) -> int:
+        return self._writer.backlog if self._writer else 0
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url,
+                min_size=1,
+                max_size=self.pool_size,
+                statement_cache_size=self.statement_cache_size,
+                command_timeout=self.command_timeout_secs,
+                timeout=self.connect_timeout_secs,
+                max_inactive_connection_lifetime=60.0,
+                server_settings={"application_name": "synap-bridge"},
+            )
+        except FOREIGN_ERRORS as exc:
+            raise translate(exc, "connect to PostgreSQL", self._url) from exc
+        except ValueError:  # a malformed URL; the message may quote it
+            raise StorageUnavailableError(f"storage.url {self.url} is not usable") from None
+        try:
+            if self.migrate_on_open:
+                await self.migrate()
+        except BaseException:
+            await self._close_pool()
+            raise
+        # Half the pool commits intake at most, so claims and reads always find a connection.
+        self._writer = GroupWriter(self._connection, flushers=max(1, self.pool_size // 2))
+        self._writer.start()
+
+    async def migrate(self) -> tuple[int, int]:
+        """Apply pending schema migrations (under an advisory lock): (version before, after)."""
+        async with self._connection("migrate the schema") as conn:
+            before, after = await migrate(conn)
+        self.schema_versions = (before, after)
+        if before != after:
+            log.info("schema_migrated", backend="postgresql", before=before, after=after)
+        return before, after
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.stop()
+            self._commits_before += writer.commits
+        await self._close_pool()
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self.command_timeout_secs)
+        except FOREIGN_ERRORS:
+            pool.terminate()
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, doing: str) -> AsyncIterator[Any]:
+        """A pooled connection; the one place foreign errors become StorageUnavailableError."""
+        pool = self._pool
+        if pool is None:
+            raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
+        try:
+            async with pool.acquire(timeout=self.connect_timeout_secs) as conn:
+                yield conn
+        except FOREIGN_ERRORS as exc:
+            raise translate(exc, doing, self._url) from exc
+
+    # ---- intake and delivery ---------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        webhook: Webhook,
+        messages: Sequence[OutgoingMessage],
+        dead: DeadReason | None = None,
+    ) -> EnqueueReceipt:
+        if dead is not None and messages:
+            raise ValueError("a webhook is stored either with messages or as a dead letter")
+        if self._writer is None:
+            raise StorageUnavailableError("storage could not store the webhook: not open")
+        return await self._writer.submit(ops.Intake(webhook, tuple(messages), dead))
+
+    async def claim(self, now: float, limit: int, lease_secs: float) -> list[ClaimedMessage]:
+        if limit <= 0:
+            return []
+        async with self._connection("claim messages") as conn:
+            claimed = await ops.claim(conn, now, limit, lease_secs)
+        for message, token in claimed:
+            self._leases[message.id] = token
+        return [message for message, _ in claimed]
+
+    async def recover(self, now: float) -> int:
+        """Releases nothing: with several live replicas a claim found at start may be a live
+        one's. A dead replica's claims come back when their lease expires."""
+        return 0
+
+    def _take_leases(self, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """The tokens of this store's own claims among ``ids``, forgotten from now on."""
+        taken = []
+        for row in ids:
+            token = self._leases.pop(row, None)
+            if token is not None:
+                taken.append((row, token))
+        return taken
+
+    async def ack(self, ids: Sequence[int], now: float) -> None:
+        leases = self._take_leases(ids)
+        if leases:
+            async with self._connection("mark delivered") as conn:
+                await ops.ack(conn, leases, now)
+
+    async def retry_later(self, ids: Sequence[int], due_at: float, error: str, now: float) -> None:
+        leases = self._take_leases(ids)
+        if leases:
+            async with self._connection("reschedule messages") as conn:
+                await ops.retry_later(conn, leases, due_at, error)
+
+    async def bury(self, ids: Sequence[int], dead: DeadReason, error: str, now: float) -> None:
+        leases = self._take_leases(ids)
+        if leases:
+            async with self._connection("store dead letters") as conn:
+                await ops.bury(conn, leases, dead, error, now)
+
+    async def next_due_at(self) -> float | None:
+        async with self._connection("read the next due time") as conn:
+            return await ops.next_due_at(conn)
+
+    async def stats(self, now: float, since: float) -> StoreStats:
+        async with self._connection("read statistics") as conn:
+            return await ops.stats(conn, since)
+
+    async def check_writable(self) -> None:
+        async with self._connection("write") as conn:
+            problem = await ops.check_writable(conn)
+        if problem:
+            raise StorageUnavailableError(f"storage could not write: {problem}")
+
+    # ---- dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(self, which: DeadLetterFilter) -> list[DeadLetter]:
+        async with self._connection("list dead letters") as conn:
+            return await ops.dead_letters(conn, which)
+
+    async def dead_letter(self, letter_id: int) -> DeadLetterDetail | None:
+        async with self._connection("read a letter") as conn:
+            return await ops.dead_letter(conn, letter_id)
+
+    async def replay(self, which: DeadLetterFilter, remap: Remapper, now: float) -> ReplayOutcome:
+        """Remap on the caller's loop, write one transaction per chunk of letters."""
+        letters = [letter.id for letter in await self.dead_letters(which)]
+        replayed = still_dead = made = 0
+        for start in range(0, len(letters), CHUNK):
+            chunk = letters[start : start + CHUNK]
+            async with self._connection("read dead letters") as conn:
+                sources = await ops.webhooks_of_letters(conn, chunk)
+            outcomes = [(letter, row, remap(webhook)) for letter, row, webhook in sources]
+            async with self._connection("replay dead letters") as conn, conn.transaction():
+                done, failed, revived = await ops.replay_chunk(conn, outcomes, now)
+            replayed, still_dead, made = replayed + done, still_dead + failed, made + revived
+        return ReplayOutcome(replayed=replayed, still_dead=still_dead, messages=made)
+
+    async def purge_dead(self, older_than: float) -> int:
+        total = 0
+        while True:
+            async with self._connection("delete old dead letters") as conn, conn.transaction():
+                deleted = await ops.purge_dead(conn, older_than, CHUNK)
+            total += deleted
+            if deleted < CHUNK:
+                return total
+
+    async def prune_delivered(self, before: float) -> int:
+        """Bounded batches, each its own short transaction, so intake is never held up."""
+        total = 0
+        while True:
+            async with self._connection("delete old rows") as conn, conn.transaction():
+                deleted = await ops.prune_delivered(conn, before, CHUNK)
+            total += deleted
+            if deleted < CHUNK:
+                return total
