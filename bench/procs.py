@@ -178,3 +178,18 @@ def bare_app(name: str = "bare") -> Proc:
     )
     proc.wait_http(f"{proc.url}/healthz")
     return proc
+
+
+def durable_app(name: str = "durable") -> Proc:
+    """The minimal durable receiver (bench/durable.py) on a fresh database in bench/out/."""
+    port = free_port()
+    db = OUT / f"{name}.db"
+    for stale in OUT.glob(f"{name}.db*"):
+        stale.unlink()
+    proc = Proc(
+        name,
+        python("-m", "bench.durable", "--port", str(port), "--db", str(db)),
+        url=f"http://127.0.0.1:{port}",
+    )
+    proc.wait_http(f"{proc.url}/healthz")
+    return proc
