@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakesegment import FakeSegment, serve_until_signalled
+from tests.fakes import FakeSegment, serve_until_signalled
 
 
 class TimedFake(FakeSegment):
@@ -46,7 +46,7 @@ class TimedFake(FakeSegment):
         application.router.add_get("/_arrivals", self._arrivals)
         return application
 
-    async def _arrivals(self, request: web.Request) -> web.Response:
+    async def _arrivals(self, request: web.Request) -> web.Response:  # noqa: ARG002 - aiohttp handler
         return web.Response(body=orjson.dumps(self.arrivals), content_type="application/json")
 
 

@@ -1,7 +1,7 @@
 """Fixtures shared by the integration tests: the strict fake Segment and a real bridge app.
 
 The bridge under test is the real aiohttp application (bridge.app.build_app) with a real SQLite
-file in tmp_path; only the Segment endpoint is local (tests/fakesegment.py).
+file in tmp_path; only the Segment endpoint is local (tests/fakes.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from bridge import config as config_module
 from bridge import logs
 from bridge.config import Config
 from tests import pgcluster
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 
 WRITE_KEY = "test-write-key"
 USER = "synap"

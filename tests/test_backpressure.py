@@ -24,7 +24,7 @@ from bridge.receive import backpressure
 from bridge.receive.runtime import RUNTIME
 from tests.conftest import attempt_completed as attempt
 from tests.conftest import basic_auth, eventually
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]

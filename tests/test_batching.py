@@ -31,7 +31,7 @@ def message(
     return ClaimedMessage(n, f"m{n}", destination, f"u{n}", orjson.dumps(body), 0, 1000.0 + n)
 
 
-def envelope(destination: str) -> int:
+def envelope(destination: str) -> int:  # noqa: ARG001 - plan()'s envelope callback signature
     return wire.envelope_bytes(WRITE_KEY)
 
 
@@ -107,7 +107,8 @@ class TestPlan:
 
     def test_empty(self) -> None:
         result = plan([], 500, 475_000, envelope)
-        assert result.batches == [] and result.oversized == []
+        assert result.batches == []
+        assert result.oversized == []
 
     def test_halves_keep_order_and_sizes(self) -> None:
         batch = make_batch("default", [message(i) for i in range(1, 6)], envelope("default"))

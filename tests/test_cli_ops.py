@@ -37,7 +37,7 @@ from bridge.mapping import intake
 from bridge.store import DeadLetterFilter, DeadReason
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 from tests.process import REPO, BridgeProcess, write_config
 
 DAY = 86400.0
@@ -287,7 +287,8 @@ class TestReplay:
             populated.broken, "dead-letters", "replay", "--code", "user.registered"
         )
         assert still.code == 0
-        assert "replayed 0 dead letter(s)" in still.out and "1 still cannot be mapped" in still.out
+        assert "replayed 0 dead letter(s)" in still.out
+        assert "1 still cannot be mapped" in still.out
 
         fixed = await run_cli(
             populated.fixed, "dead-letters", "replay", "--code", "user.registered"
@@ -430,9 +431,9 @@ class TestProgress:
         done = await asyncio.to_thread(_replay_subprocess, populated.fixed, subprocess.PIPE)
         assert done.returncode == 0
         assert b"replayed" in done.stdout
-        assert (
-            b"letter" not in done.stderr and b"%|" not in done.stderr and b"\r" not in done.stderr
-        )
+        assert b"letter" not in done.stderr
+        assert b"%|" not in done.stderr
+        assert b"\r" not in done.stderr
 
     async def test_progress_bar_on_a_terminal(
         self, populated: Populated, terminal: tuple[int, int]
@@ -441,7 +442,9 @@ class TestProgress:
         done = await asyncio.to_thread(_replay_subprocess, populated.fixed, secondary)
         assert done.returncode == 0
         shown = _drain(main)
-        assert b"100%" in shown and b"6/6" in shown and b"letter" in shown
+        assert b"100%" in shown
+        assert b"6/6" in shown
+        assert b"letter" in shown
 
 
 # ---- while serve runs on the same database ---------------------------------------------------

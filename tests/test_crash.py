@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 from tests.process import BridgeProcess, write_config
 
 ROUNDS = 3

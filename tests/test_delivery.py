@@ -25,18 +25,10 @@ from bridge.metrics import Metrics
 from bridge.store import ClaimedMessage, DeadLetterFilter, Webhook
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import eventually
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment, ManualClock
 
 KEY = "delivery-test-key"
 START = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def body(n: int, destination: str = "default", pad: int = 0) -> dict[str, Any]:
@@ -120,7 +112,7 @@ def make(store: SQLiteStore, fake: FakeSegment) -> MakeDelivery:
             store,
             sinks if sinks is not None else {"default": SegmentSink(KEY, fake.url, 5.0, True)},
             config,
-            clock=clock or Clock(),
+            clock=clock or ManualClock(START),
             metrics=metrics,
             retention_secs=retention_secs,
             policy=RetryPolicy.from_config(config.retry, random.Random(3)),
@@ -138,8 +130,10 @@ class TestDrain:
         delivery = make(settings(concurrency=2, max_events=500), metrics=metrics)
         report = await delivery.drain()
         assert (report.delivered, report.dead, report.retried) == (1234, 0, 0)
-        assert fake.accepted == 1234 and set(fake.ids) == set(ids)
-        assert max(fake.batch_sizes) <= 500 and report.batches == len(fake.batch_sizes) == 3
+        assert fake.accepted == 1234
+        assert set(fake.ids) == set(ids)
+        assert max(fake.batch_sizes) <= 500
+        assert report.batches == len(fake.batch_sizes) == 3
         stats = await store.stats(START, START)
         assert (stats.pending, stats.in_flight, stats.delivered_total) == (0, 0, 1234)
         sample = metrics.registry.get_sample_value
@@ -147,7 +141,7 @@ class TestDrain:
         assert sample("synap_bridge_delivery_attempts_total", {"result": "ok"}) == 3
 
     async def test_one_batch_log_line_without_the_key(
-        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+        self, store: SQLiteStore, make: MakeDelivery
     ) -> None:
         await enqueue(store, START, range(3))
         with capture_logs() as lines:
@@ -164,7 +158,8 @@ class TestDrain:
             "attempt": 1,
             "status": 200,
         }
-        assert line["bytes"] > 0 and line["latency_ms"] >= 0
+        assert line["bytes"] > 0
+        assert line["latency_ms"] >= 0
         assert KEY not in repr(lines)
 
     async def test_concurrent_batches(
@@ -174,7 +169,8 @@ class TestDrain:
         # The fake answers only once four requests are in flight together.
         fake.require_concurrency(4)
         report = await make(settings(concurrency=4, max_events=25)).drain()
-        assert report.delivered == 100 and fake.rejected == []
+        assert report.delivered == 100
+        assert fake.rejected == []
         assert fake.max_active >= 4
 
     async def test_dry_run_acks_and_logs(self, store: SQLiteStore, make: MakeDelivery) -> None:
@@ -183,7 +179,8 @@ class TestDrain:
             report = await make(sinks={"default": DryRunSink()}).drain()
         assert report.delivered == 30
         dry = [line for line in lines if line["event"] == "dry_run_message"]
-        assert len(dry) == 30 and dry[0]["message_id"] == "default-track-000000"
+        assert len(dry) == 30
+        assert dry[0]["message_id"] == "default-track-000000"
         assert (await store.stats(START, START)).pending == 0
 
 
@@ -195,7 +192,7 @@ class TestFailures:
         fake.fail(503, times=2)
         fake.fail(reset=True)
         fake.fail(429, retry_after="30")
-        clock = Clock()
+        clock = ManualClock(START)
         metrics = Metrics()
         delivery = make(clock=clock, metrics=metrics)
         waits = []
@@ -209,14 +206,18 @@ class TestFailures:
             assert (await delivery.drain()).claimed == 0  # paused: nothing is even claimed
             assert fake.requests == requests
             clock.now = resume
-        assert set(fake.ids) == set(ids) and fake.accepted == 250
+        assert set(fake.ids) == set(ids)
+        assert fake.accepted == 250
         # One probe per backoff, growing (1s, 2s, 4s + up to 1s jitter), then Retry-After: 30.
         assert fake.requests == 4 + 3
         assert len(waits) == 4
-        assert 1.0 <= waits[0] <= 2.0 and 2.0 <= waits[1] <= 3.0 and 4.0 <= waits[2] <= 5.0
+        assert 1.0 <= waits[0] <= 2.0
+        assert 2.0 <= waits[1] <= 3.0
+        assert 4.0 <= waits[2] <= 5.0
         assert waits[3] >= 30.0
         stats = await store.stats(clock.now, START)
-        assert stats.dead_letters == {} and stats.pending == 0
+        assert stats.dead_letters == {}
+        assert stats.pending == 0
         sample = metrics.registry.get_sample_value
         assert sample("synap_bridge_delivery_attempts_total", {"result": "transient"}) == 4
         assert sample("synap_bridge_delivery_attempts_total", {"result": "ok"}) == 3
@@ -247,7 +248,7 @@ class TestFailures:
     ) -> None:
         await enqueue(store, START, range(10))
         fake.fail(503, times=100)
-        clock = Clock()
+        clock = ManualClock(START)
         delivery = make(settings(max_age=3600.0), clock=clock)
         first = await delivery.drain()
         assert (first.retried, first.dead) == (10, 0)
@@ -255,11 +256,12 @@ class TestFailures:
         second = await delivery.drain()
         assert (second.retried, second.dead) == (0, 10)
         letters = await store.dead_letters(DeadLetterFilter(reason="max_age_exceeded"))
-        assert len(letters) == 10 and "503" in letters[0].detail
+        assert len(letters) == 10
+        assert "503" in letters[0].detail
         assert await store.next_due_at() is None
 
     async def test_oversized_and_unknown_destination_are_buried(
-        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+        self, store: SQLiteStore, make: MakeDelivery
     ) -> None:
         await enqueue(store, START, range(1), pad=33_000)
         await enqueue(store, START, range(1, 2), destination="removed")
@@ -272,10 +274,10 @@ class TestFailures:
 
 class TestRetention:
     async def test_prune_forgets_old_deliveries_only(
-        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+        self, store: SQLiteStore, make: MakeDelivery
     ) -> None:
         await enqueue(store, START, range(3))
-        clock = Clock()
+        clock = ManualClock(START)
         delivery = make(clock=clock, retention_secs=3600.0)
         await delivery.drain()
         assert await delivery.prune() == 0  # delivered just now
@@ -289,10 +291,10 @@ class TestRetention:
         assert (receipt.stored, receipt.duplicates) == (3, 0)
 
     async def test_no_retention_keeps_everything(
-        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+        self, store: SQLiteStore, make: MakeDelivery
     ) -> None:
         await enqueue(store, START, range(2))
-        clock = Clock()
+        clock = ManualClock(START)
         delivery = make(clock=clock)
         await delivery.drain()
         clock.now = START + 1e9

@@ -15,7 +15,7 @@ from bridge.app import build_app
 from bridge.config import Config
 from bridge.receive.runtime import RUNTIME, Runtime
 from tests.conftest import basic_auth, eventually, fixture_body
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 
 KEY = "fake-key"
 SENT_AT = "2024-05-01T10:00:01.000Z"
@@ -88,7 +88,9 @@ class TestAccepts:
         for _ in range(2):
             status, _ = await post(http, fake, [msg(1), msg(2)], zipped=True)
             assert status == 200
-        assert fake.accepted == 4 and fake.unique == 2 and fake.ids == {"m1": 2, "m2": 2}
+        assert fake.accepted == 4
+        assert fake.unique == 2
+        assert fake.ids == {"m1": 2, "m2": 2}
 
 
 class TestRejects:
@@ -100,7 +102,8 @@ class TestRejects:
         self, fake: FakeSegment, http: aiohttp.ClientSession, headers: dict[str, str]
     ) -> None:
         status, _ = await post(http, fake, [msg(1)], headers=headers)
-        assert status == 401 and fake.messages == []
+        assert status == 401
+        assert fake.messages == []
 
     @pytest.mark.parametrize(
         ("bad", "why"),
@@ -128,12 +131,15 @@ class TestRejects:
             assert status == 200
             return
         assert status == 400
-        assert answer["code"] == "invalid_request" and why in answer["message"]
-        assert fake.messages == [] and fake.ids == {}
+        assert answer["code"] == "invalid_request"
+        assert why in answer["message"]
+        assert fake.messages == []
+        assert fake.ids == {}
 
     async def test_too_many_messages(self, fake: FakeSegment, http: aiohttp.ClientSession) -> None:
         status, answer = await post(http, fake, [msg(i) for i in range(2501)])
-        assert status == 400 and "2500" in answer["message"]
+        assert status == 400
+        assert "2500" in answer["message"]
         status, _ = await post(http, fake, [msg(i) for i in range(2500)])
         assert status == 200
 
@@ -142,7 +148,8 @@ class TestRejects:
     ) -> None:
         batch = [msg(i, properties={"pad": "y" * 20_000}) for i in range(26)]
         status, answer = await post(http, fake, batch, zipped=True)
-        assert status == 400 and "500KB" in answer["message"]
+        assert status == 400
+        assert "500KB" in answer["message"]
 
     @pytest.mark.parametrize(
         "body", [{"batch": {}}, {"sentAt": SENT_AT}, {"batch": [], "sentAt": "soon"}, {"b": 1}]
@@ -156,9 +163,11 @@ class TestRejects:
     async def test_poison(self, fake: FakeSegment, http: aiohttp.ClientSession) -> None:
         fake.poison.add("m2")
         status, answer = await post(http, fake, [msg(1), msg(2)])
-        assert status == 400 and "m2" in answer["message"]
+        assert status == 400
+        assert "m2" in answer["message"]
         status, _ = await post(http, fake, [msg(1), msg(3)])
-        assert status == 200 and fake.unique == 2
+        assert status == 200
+        assert fake.unique == 2
 
 
 class TestFailureModes:
@@ -176,7 +185,8 @@ class TestFailureModes:
             ) as resp:
                 statuses.append((resp.status, resp.headers.get("Retry-After")))
         assert statuses == [(503, None), (503, None), (429, "7"), (200, None)]
-        assert fake.requests == 4 and fake.unique == 1
+        assert fake.requests == 4
+        assert fake.unique == 1
 
     async def test_reset_closes_without_an_answer(
         self, fake: FakeSegment, http: aiohttp.ClientSession
@@ -185,7 +195,8 @@ class TestFailureModes:
         with pytest.raises(aiohttp.ClientError):
             await post(http, fake, [msg(1)])
         status, _ = await post(http, fake, [msg(1)])
-        assert status == 200 and fake.requests == 2
+        assert status == 200
+        assert fake.requests == 2
 
     async def test_control_endpoints(self, fake: FakeSegment, http: aiohttp.ClientSession) -> None:
         mode = {"fail": [{"status": 500, "times": 1}], "poison": ["m9"]}
@@ -200,14 +211,15 @@ class TestFailureModes:
             assert (await resp.json()) == {"ids": ["m1"]}
         async with http.post(f"{fake.url}/_clear") as resp:
             assert resp.status == 200
-        assert fake.unique == 0 and fake.poison == set()
+        assert fake.unique == 0
+        assert fake.poison == set()
 
 
 async def test_runs_as_a_process() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.fakesegment",
+        "tests.fakes",
         "--port",
         "0",
         "--write-key",

@@ -13,7 +13,7 @@ from bridge.app import build_app, metrics_app
 from bridge.config import Config
 from bridge.receive.runtime import RUNTIME
 from tests.conftest import basic_auth, eventually, fixture_body
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]

@@ -31,7 +31,7 @@ from bridge.receive.runtime import RUNTIME
 from bridge.store import DeadLetterFilter
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import WRITE_KEY, attempt_completed, basic_auth
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment, ManualClock
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -105,14 +105,6 @@ class TestOutageThroughTheApp:
         assert (await client.get("/readyz")).status == 200
 
 
-class ManualClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def completed(user: str, n: int) -> dict[str, Any]:
     """attempt.completed: one track ("Completed Test") of ``user``."""
     return attempt_completed(f"{user}-{n}", user=user, score=n)
@@ -170,13 +162,15 @@ class TestLongOutage:
                 report = await delivery.run_once()
                 if report.batches:
                     attempts.append(clock.now)
-                    assert report.delivered == 0 and report.dead == 0
+                    assert report.delivered == 0
+                    assert report.dead == 0
                 clock.now = max(clock.now, delivery.paused_until("default"))
             assert later_added
 
             stats = await store.stats(clock.now, 0)
             assert stats.pending + stats.in_flight == len(order)  # the backlog is all there
-            assert stats.delivered_total == 0 and stats.dead_letters == {}
+            assert stats.delivered_total == 0
+            assert stats.dead_letters == {}
             gaps = [b - a for a, b in itertools.pairwise(attempts)]
             assert 1.0 <= gaps[0] <= 2.0  # the first backoff: initial + jitter
             assert max(gaps) == 300.0  # reached the ceiling...
@@ -235,7 +229,8 @@ class TestLongOutage:
             assert stats.dead_letters == {"max_age_exceeded": len(order)}  # never nothing
             letters = await store.dead_letters(DeadLetterFilter())
             detail = await store.dead_letter(letters[0].id)
-            assert detail is not None and detail.last_error is not None
+            assert detail is not None
+            assert detail.last_error is not None
             assert "503" in detail.last_error
 
             fake_segment.failures.clear()
@@ -243,7 +238,8 @@ class TestLongOutage:
                 DeadLetterFilter(reason="max_age_exceeded"), intake.remapper(config), clock.now
             )
             # A webhook's sibling messages revive together: count messages, not letters.
-            assert outcome.messages == len(order) and outcome.still_dead == 0
+            assert outcome.messages == len(order)
+            assert outcome.still_dead == 0
             assert await store.dead_letters(DeadLetterFilter()) == []
             clock.now = max(clock.now, delivery.paused_until("default"))  # the step ends
             await delivery.drain()

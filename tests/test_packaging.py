@@ -70,7 +70,8 @@ def service(key: str) -> list[str]:
 def seconds(value: str) -> float:
     units = {"": 1, "s": 1, "sec": 1, "min": 60, "m": 60}
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
-    assert match and match.group(2) in units, f"unsupported time span {value!r}"
+    assert match, f"unsupported time span {value!r}"
+    assert match.group(2) in units, f"unsupported time span {value!r}"
     return float(match.group(1)) * units[match.group(2)]
 
 
@@ -106,7 +107,8 @@ class TestSystemdUnit:
         bare.write_text("[Service]\nExecStart=/bin/true\n")
         result = run(systemd_analyze(), "security", "--offline=true", "--no-pager", str(bare))
         match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
-        assert match and float(match.group(1)) > MAX_EXPOSURE, result.stdout
+        assert match, result.stdout
+        assert float(match.group(1)) > MAX_EXPOSURE, result.stdout
 
     def test_notify_with_watchdog(self) -> None:
         assert service("Type") == ["notify"]
@@ -240,7 +242,8 @@ class TestDockerfile:
         assert len(bases) == 2
         for base in bases:
             name, _, tag = base.partition(":")
-            assert name == "python" and tag.startswith("3.11-slim"), base
+            assert name == "python", base
+            assert tag.startswith("3.11-slim"), base
 
     def test_runtime_contract(self) -> None:
         final: dict[str, list[str]] = {}
@@ -266,7 +269,8 @@ class TestDockerfile:
         assert config.storage.path == Path("/var/lib/synap-bridge/bridge.db")
         assert config.server.port == 8080
         problem = config.listen_problem()
-        assert problem is not None and "BRIDGE_AUTH__PASSWORD" in problem
+        assert problem is not None
+        assert "BRIDGE_AUTH__PASSWORD" in problem
         with_password = parse(env_overrides({**env, "BRIDGE_AUTH__PASSWORD": "s3cret"}))
         assert with_password.listen_problem() is None
 

@@ -23,7 +23,7 @@ from bridge.receive.runtime import RUNTIME
 from bridge.store import DeadLetterFilter
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth, eventually
 from tests.conftest import attempt_completed as completed
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 from tests.process import write_config
 from tests.test_cli_ops import run_cli
 
@@ -82,7 +82,8 @@ async def test_poison_message_in_a_big_batch(
     assert letter.message_id == poisoned
     detail = await runtime.store.dead_letter(letter.id)
     assert detail is not None
-    assert detail.last_error is not None and "400" in detail.last_error
+    assert detail.last_error is not None
+    assert "400" in detail.last_error
     assert orjson.loads(detail.raw_body) == completed(POISONED)
 
     # Segment accepts it now (say, the workspace's schema was fixed): replay it from the CLI

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 from tests.pgcluster import Cluster
 from tests.process import BridgeProcess, write_config
 

@@ -21,7 +21,7 @@ from bridge.config import Config
 from bridge.receive.runtime import RUNTIME
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import basic_auth, eventually
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]

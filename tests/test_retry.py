@@ -17,7 +17,7 @@ def policy(seed: int = 7) -> RetryPolicy:
 class NoJitter(random.Random):
     """A random source whose uniform() is always the low end: the bare exponential."""
 
-    def uniform(self, a: float, b: float) -> float:
+    def uniform(self, a: float, b: float) -> float:  # noqa: ARG002 - random.Random's signature
         return a
 
 

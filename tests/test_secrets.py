@@ -134,7 +134,8 @@ async def test_secrets_stay_out_of_logs_and_cli_output(
             "logging": {"format": "json", "level": "debug"},
         },
     )
-    assert PASSWORD not in config.read_text() and WRITE_KEY not in config.read_text()
+    assert PASSWORD not in config.read_text()
+    assert WRITE_KEY not in config.read_text()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(BRIDGE_AUTH__PASSWORD=PASSWORD, BRIDGE_SEGMENT__WRITE_KEY=WRITE_KEY)
     bridge = BridgeProcess(config, env=env)

@@ -22,7 +22,7 @@ from bridge.delivery.sinks import (
     is_transient_status,
 )
 from bridge.errors import PermanentDeliveryError, TransientDeliveryError
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 
 KEY = "sink-test-write-key-0123456789"
 
@@ -87,7 +87,8 @@ class TestClassification:
         fake.fail(status)
         with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
-        assert caught.value.status == status and caught.value.retry_after is None
+        assert caught.value.status == status
+        assert caught.value.retry_after is None
         assert fake.messages == []
 
     @pytest.mark.parametrize("status", [400, 404, 413, 501, 505])
@@ -101,12 +102,14 @@ class TestClassification:
         fake.fail(429, retry_after="7")
         with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
-        assert caught.value.status == 429 and caught.value.retry_after == 7.0
+        assert caught.value.status == 429
+        assert caught.value.retry_after == 7.0
 
     async def test_invalid_message_is_permanent_400(self, fake: FakeSegment) -> None:
         with pytest.raises(PermanentDeliveryError) as caught:
             await send(sink(fake), [payload(1), payload(2, timestamp="not a time")])
-        assert caught.value.status == 400 and "timestamp" in caught.value.detail
+        assert caught.value.status == 400
+        assert "timestamp" in caught.value.detail
 
     async def test_wrong_key_pauses_and_is_never_echoed(self, fake: FakeSegment) -> None:
         """A refused write key is the destination's problem, not the batch's: transient."""
@@ -115,7 +118,8 @@ class TestClassification:
             await send(sink(fake, key=wrong), [payload(1)])
         assert caught.value.status == 401
         assert "write key" in caught.value.detail
-        assert wrong not in str(caught.value) and wrong not in caught.value.detail
+        assert wrong not in str(caught.value)
+        assert wrong not in caught.value.detail
 
     async def test_forbidden_pauses_too(self, fake: FakeSegment) -> None:
         fake.fail(403)
@@ -134,7 +138,8 @@ class TestClassification:
             await send(sink(fake), [payload(1)])
         assert caught.value.status == status
         assert "https://elsewhere.example/v1/batch" in caught.value.detail
-        assert fake.requests == 1 and fake.messages == []
+        assert fake.requests == 1
+        assert fake.messages == []
 
     async def test_error_body_code_and_message_reach_the_detail(self, fake: FakeSegment) -> None:
         fake.fail(400)
@@ -146,7 +151,8 @@ class TestClassification:
         fake.fail(reset=True)
         with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
-        assert caught.value.status is None and "ConnectionError" in caught.value.detail
+        assert caught.value.status is None
+        assert "ConnectionError" in caught.value.detail
 
     async def test_timeout_is_transient(self, fake: FakeSegment) -> None:
         fake.hold()
@@ -189,15 +195,18 @@ class TestDryRun:
             ("dry_run_message", "m2"),
             ("dry_run_message", None),
         ]
-        assert lines[0]["type"] == "track" and lines[0]["segment_event"] == "Exam Completed"
-        assert lines[0]["user_id"] == "u1" and lines[0]["destination"] == "eu"
+        assert lines[0]["type"] == "track"
+        assert lines[0]["segment_event"] == "Exam Completed"
+        assert lines[0]["user_id"] == "u1"
+        assert lines[0]["destination"] == "eu"
         assert dry.dry_run is True
 
 
 class TestBuildSinks:
     def test_dry_run_without_keys(self) -> None:
         sinks = build_sinks(config_module.parse({}))
-        assert list(sinks) == ["default"] and sinks["default"].dry_run
+        assert list(sinks) == ["default"]
+        assert sinks["default"].dry_run
 
     def test_one_sink_per_destination(self) -> None:
         cfg = config_module.parse(
@@ -223,6 +232,7 @@ class TestBuildSinks:
         }
         eu = sinks["eu"]
         assert isinstance(eu, SegmentSink)
-        assert eu.endpoint == "https://events.eu1.segmentapis.com" and eu.name == "eu"
+        assert eu.endpoint == "https://events.eu1.segmentapis.com"
+        assert eu.name == "eu"
         assert eu.gzip is False  # gzip and timeout come from the segment section
         assert all(name == s.name for name, s in sinks.items())

@@ -33,7 +33,7 @@ import pytest
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth, eventually
 from tests.conftest import attempt_completed as completed
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 from tests.process import BridgeProcess, write_config
 
 GRACE = 2.0
@@ -103,7 +103,8 @@ class HalfSentRequest:
             self.body = b""
 
     async def finish(self) -> tuple[int, dict[str, Any]]:
-        assert self.reader is not None and self.writer is not None
+        assert self.reader is not None
+        assert self.writer is not None
         self.writer.write(self.body)
         await self.writer.drain()
         async with asyncio.timeout(15):

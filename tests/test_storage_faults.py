@@ -163,7 +163,7 @@ class TestIOError:
 
 class TestLocked:
     async def test_locked_database_answers_503_then_recovers(
-        self, aiohttp_client: MakeClient, config_factory: Callable[..., Config], tmp_path: Path
+        self, aiohttp_client: MakeClient, config_factory: Callable[..., Config]
     ) -> None:
         config = config_factory(storage={"busy_timeout_secs": 0.2})
         path = config.storage.path

@@ -52,7 +52,8 @@ class TestBody:
         payloads = [orjson.dumps({"v": v}) for v in values]
         data = wire.body(payloads, wire.SENT_AT_SAMPLE, key)
         doc = orjson.loads(data)
-        assert doc["batch"] == [orjson.loads(p) for p in payloads] and doc["writeKey"] == key
+        assert doc["batch"] == [orjson.loads(p) for p in payloads]
+        assert doc["writeKey"] == key
         envelope = wire.envelope_bytes(key)
         assert len(data) == wire.body_bytes(envelope, [len(p) for p in payloads])
 

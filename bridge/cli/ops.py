@@ -137,7 +137,7 @@ def _filter(args: argparse.Namespace) -> DeadLetterFilter:
     )
 
 
-async def _list(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+async def _list(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
     letters = await store.dead_letters(_filter(args))
     if args.json:
         rows = [{**asdict(letter), "created_at": _when(letter.created_at)} for letter in letters]
@@ -154,7 +154,7 @@ async def _list(store: Store, args: argparse.Namespace, config: Config, out: Tex
     return 0
 
 
-async def _show(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+async def _show(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
     found = await store.dead_letter(args.id)
     if found is None:
         out.write(f"no dead letter with id {args.id}\n")
@@ -199,7 +199,7 @@ async def _replay(store: Store, args: argparse.Namespace, config: Config, out: T
     return 0
 
 
-async def _purge(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+async def _purge(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
     removed = await store.purge_dead(time.time() - args.older_than)
     out.write(f"purged {removed} dead letter(s)\n")
     return 0

@@ -38,7 +38,7 @@ class wait_uniform(wait_base):  # lower case like tenacity's own strategies
         self.high = high
         self.rng = rng
 
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:  # noqa: ARG002 - tenacity's wait signature
         return self.rng.uniform(self.low, self.high)
 
 

@@ -87,7 +87,7 @@ def map_attempt(
         calls: list[Call] = []  # the exam.* webhook of this attempt makes the event
     else:
         data = _attempt_properties(body, attempt, state, exam, is_exam, settings)
-        data.update(_stage_extras(stage, body, attempt, exam))
+        data.update(_stage_extras(stage, attempt, exam))
         calls = [Call("track", compact(data), event=event, essentials=ESSENTIALS)]
     group = _group(body)
     return Draft(
@@ -230,7 +230,7 @@ def _grade(grade: Grade) -> dict[str, object]:
     return compact({"label": grade.label, "minScore": grade.minScore, "isPass": grade.isPass})
 
 
-def _stage_extras(stage: str, body: AttemptPayload, attempt: Attempt, exam: Exam) -> dict[str, Any]:
+def _stage_extras(stage: str, attempt: Attempt, exam: Exam) -> dict[str, Any]:
     if stage != RESULTS_RELEASED[0]:
         return {}
     audit = attempt.audit

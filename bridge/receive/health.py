@@ -16,7 +16,7 @@ from bridge.receive.auth import CHALLENGE, credentials_match
 from bridge.receive.runtime import RUNTIME
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(request: web.Request) -> web.Response:  # noqa: ARG001 - aiohttp's handler signature
     return web.json_response({"status": "ok"})
 
 

@@ -1,4 +1,5 @@
-"""A strict Segment-compatible ``/v1/batch`` server, for tests and benchmarks.
+"""The test fakes, in one place: a strict Segment-compatible ``/v1/batch`` server (for tests and
+benchmarks) and a clock a test sets by hand.
 
 Why strict: the real Segment answers 200 to almost anything, which would let a sloppy bridge pass
 every test. This fake enforces what Segment documents (Basic auth with the write key, 500 KB per
@@ -14,7 +15,7 @@ In-process::
 
 As a process (benchmarks, subprocess tests)::
 
-    python -m tests.fakesegment --port 0 --write-key K     # prints the port on stdout
+    python -m tests.fakes --port 0 --write-key K           # prints the port on stdout
     GET  /_stats      {"requests", "batches", "accepted", "unique", "rejected"}
     GET  /_received   {"messages": [...]}   (``?ids=1``: messageIds only)
     POST /_mode       {"fail": [{"status": 503, "times": 2}, {"reset": true, "times": 1},
@@ -48,8 +49,18 @@ TYPES = frozenset({"identify", "track", "group", "page", "screen", "alias"})
 OBJECT_FIELDS = ("traits", "properties", "context", "integrations")
 
 
-class Invalid(Exception):
+class InvalidBatchError(Exception):
     """One reason a request is refused with 400."""
+
+
+class ManualClock:
+    """A wall clock (``clock()`` -> epoch seconds) that moves only when a test sets ``now``."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @dataclass
@@ -64,28 +75,33 @@ class Failure:
 
 
 def check_message(msg: Any, index: int) -> None:
-    """Raise :class:`Invalid` unless ``msg`` is a message Segment would accept."""
+    """Raise :class:`InvalidBatchError` unless ``msg`` is a message Segment would accept."""
     if not isinstance(msg, dict):
-        raise Invalid(f"batch[{index}] is not an object")
+        raise InvalidBatchError(f"batch[{index}] is not an object")
     if len(orjson.dumps(msg)) > MAX_MESSAGE_BYTES:
-        raise Invalid(f"batch[{index}] is larger than 32KB")
-    kind = msg.get("type")
-    if kind not in TYPES:
-        raise Invalid(f"batch[{index}].type {kind!r} is not a Segment call")
+        raise InvalidBatchError(f"batch[{index}] is larger than 32KB")
     if not _present(msg.get("userId")) and not _present(msg.get("anonymousId")):
-        raise Invalid(f"batch[{index}] has neither userId nor anonymousId")
+        raise InvalidBatchError(f"batch[{index}] has neither userId nor anonymousId")
     mid = msg.get("messageId")
     if not isinstance(mid, str) or not mid or len(mid) > MAX_MESSAGE_ID_CHARS:
-        raise Invalid(f"batch[{index}].messageId must be a string of 1-100 characters")
+        raise InvalidBatchError(f"batch[{index}].messageId must be a string of 1-100 characters")
     if not _iso8601(msg.get("timestamp")):
-        raise Invalid(f"batch[{index}].timestamp is not ISO-8601")
+        raise InvalidBatchError(f"batch[{index}].timestamp is not ISO-8601")
+    _check_call(msg, index)
+
+
+def _check_call(msg: dict[str, Any], index: int) -> None:
+    """What the message's call (``type``) requires of it."""
+    kind = msg.get("type")
+    if kind not in TYPES:
+        raise InvalidBatchError(f"batch[{index}].type {kind!r} is not a Segment call")
     if kind == "track" and not _present(msg.get("event")):
-        raise Invalid(f"batch[{index}] is a track without event")
+        raise InvalidBatchError(f"batch[{index}] is a track without event")
     if kind == "group" and not _present(msg.get("groupId")):
-        raise Invalid(f"batch[{index}] is a group without groupId")
+        raise InvalidBatchError(f"batch[{index}] is a group without groupId")
     for name in OBJECT_FIELDS:
         if name in msg and not isinstance(msg[name], dict):
-            raise Invalid(f"batch[{index}].{name} must be an object")
+            raise InvalidBatchError(f"batch[{index}].{name} must be an object")
 
 
 def _present(value: Any) -> bool:
@@ -254,65 +270,75 @@ class FakeSegment:
         raw = await request.read()
         if self._gate is not None:
             await self._gate.wait()
-        if self._barrier is not None:
-            parties, within = self._barrier
-            try:
-                async with asyncio.timeout(within):
-                    await self._arrived.wait()
-            except TimeoutError:
-                self._barrier = None
-                self.rejected.append((503, "concurrency not reached"))
-                return _error(503, f"fewer than {parties} requests arrived together")
-            self._to_pass -= 1
-            if self._to_pass <= 0:
-                self._barrier = None
+        if self._barrier is not None and (refused := await self._wait_for_company()) is not None:
+            return refused
         if self.failures:
-            failure = self.failures[0]
-            failure.times -= 1
-            if failure.times <= 0:
-                self.failures.popleft()
-            if failure.reset:
-                assert request.transport is not None
-                request.transport.abort()  # no answer at all: the client sees a reset
-                raise asyncio.CancelledError
-            headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
-            if failure.location:
-                headers["Location"] = failure.location
-            self.rejected.append((failure.status, "programmed failure"))
-            return _error(failure.status, "programmed failure", headers)
+            return self._programmed_failure(request)
         if request.headers.get("Authorization") != self._auth:
             self.rejected.append((401, "bad auth"))
             return _error(401, "invalid write key", code="unauthorized")
         try:
             batch = self._parse(raw, request.headers.get("Content-Encoding"))
-        except Invalid as exc:
+        except InvalidBatchError as exc:
             self.rejected.append((400, str(exc)))
             return _error(400, str(exc))
         self._accept(batch)
         return web.json_response({"success": True})
 
+    async def _wait_for_company(self) -> web.Response | None:
+        """Hold a request until ``parties`` are in flight together (None), or refuse it (503)."""
+        assert self._barrier is not None
+        parties, within = self._barrier
+        try:
+            async with asyncio.timeout(within):
+                await self._arrived.wait()
+        except TimeoutError:
+            self._barrier = None
+            self.rejected.append((503, "concurrency not reached"))
+            return _error(503, f"fewer than {parties} requests arrived together")
+        self._to_pass -= 1
+        if self._to_pass <= 0:
+            self._barrier = None
+        return None
+
+    def _programmed_failure(self, request: web.Request) -> web.Response:
+        """Answer with the next programmed failure (or reset the connection)."""
+        failure = self.failures[0]
+        failure.times -= 1
+        if failure.times <= 0:
+            self.failures.popleft()
+        if failure.reset:
+            assert request.transport is not None
+            request.transport.abort()  # no answer at all: the client sees a reset
+            raise asyncio.CancelledError
+        headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+        if failure.location:
+            headers["Location"] = failure.location
+        self.rejected.append((failure.status, "programmed failure"))
+        return _error(failure.status, "programmed failure", headers)
+
     def _parse(self, raw: bytes, encoding: str | None) -> list[dict[str, Any]]:
         body = _decompress(raw) if encoding == "gzip" else raw
         if encoding not in (None, "gzip", "identity"):
-            raise Invalid(f"unsupported Content-Encoding {encoding}")
+            raise InvalidBatchError(f"unsupported Content-Encoding {encoding}")
         if len(body) > MAX_BODY_BYTES:
-            raise Invalid("request body larger than 500KB")
+            raise InvalidBatchError("request body larger than 500KB")
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise Invalid("body is not JSON") from exc
+            raise InvalidBatchError("body is not JSON") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("batch"), list):
-            raise Invalid("body must be an object with a batch array")
+            raise InvalidBatchError("body must be an object with a batch array")
         batch: list[Any] = doc["batch"]
         if len(batch) > MAX_BATCH_MESSAGES:
-            raise Invalid("batch has more than 2500 messages")
+            raise InvalidBatchError("batch has more than 2500 messages")
         if not isinstance(doc.get("sentAt"), str) or not _iso8601(doc["sentAt"]):
-            raise Invalid("sentAt is missing or not ISO-8601")
+            raise InvalidBatchError("sentAt is missing or not ISO-8601")
         for index, msg in enumerate(batch):
             check_message(msg, index)
         poisoned = [m["messageId"] for m in batch if m["messageId"] in self.poison]
         if poisoned:
-            raise Invalid(f"rejected messageId {poisoned[0]}")
+            raise InvalidBatchError(f"rejected messageId {poisoned[0]}")
         return batch
 
     def _accept(self, batch: list[dict[str, Any]]) -> None:
@@ -326,7 +352,7 @@ class FakeSegment:
         if self.keep_bodies:
             self.messages.extend(batch)
 
-    async def _stats(self, request: web.Request) -> web.Response:
+    async def _stats(self, request: web.Request) -> web.Response:  # noqa: ARG002 - aiohttp's handler signature
         return web.json_response(self.stats())
 
     async def _received(self, request: web.Request) -> web.Response:
@@ -346,7 +372,7 @@ class FakeSegment:
         self.poison.update(doc.get("poison", []))
         return web.json_response({"ok": True})
 
-    async def _clear(self, request: web.Request) -> web.Response:
+    async def _clear(self, request: web.Request) -> web.Response:  # noqa: ARG002 - aiohttp's handler signature
         self.release()
         self.clear()
         return web.json_response({"ok": True})
@@ -358,9 +384,9 @@ def _decompress(raw: bytes) -> bytes:
     try:
         body = inflater.decompress(raw, MAX_BODY_BYTES + 1)
     except zlib.error as exc:
-        raise Invalid("body is not valid gzip") from exc
+        raise InvalidBatchError("body is not valid gzip") from exc
     if len(body) <= MAX_BODY_BYTES and not inflater.eof:
-        raise Invalid("body is truncated gzip")
+        raise InvalidBatchError("body is truncated gzip")
     return body
 
 
