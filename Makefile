@@ -1,39 +1,52 @@
 # synap-segment-bridge: everything from a fresh clone with only Python 3.11 and make.
 #   make run    serve config.yaml on 127.0.0.1:8080 (dry-run without a write key)
-#   make test   lint, type-check and test
+#   make test   lint, type-check and test (with branch coverage, floor 90 %)
+#   make format apply ruff's fixes and formatting
 #   make bench  benchmarks (not part of test), writes docs/benchmarks.md
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two stamps: running needs only the package; the test extra (pytest, ruff, mypy, ...) comes on
+# top. A venv made by `make run` has only the first, so `make test` still installs the extra.
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck pytest bench bench-deps clean packaging-deps
+.PHONY: run test lint format typecheck pytest bench bench-deps clean packaging-deps
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
 
-run: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/synap-bridge --config config.yaml serve
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/ruff format --check bridge tests bench
 
-typecheck: $(STAMP)
+format: $(TEST_STAMP)
+	$(BIN)/ruff check --fix bridge tests bench
+	$(BIN)/ruff format bridge tests bench
+
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/pytest -q
+# Branch coverage of bridge/ with a floor: 90 % (it measured 93 % when the floor was set).
+pytest: $(TEST_STAMP)
+	$(BIN)/pytest -q --cov=bridge --cov-branch --cov-report=term:skip-covered --cov-fail-under=90
 
 test: lint typecheck pytest
 
 # wrk (Debian) drives the HTTP load; py-spy samples the hot paths. Neither is a dependency of
 # the bridge, so they are installed here, for the benchmarks only.
-bench-deps: $(STAMP)
+bench-deps: $(TEST_STAMP)
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; \
