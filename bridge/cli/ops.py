@@ -205,7 +205,7 @@ async def _purge(store: Store, args: argparse.Namespace, config: Config, out: Te
     return 0
 
 
-async def _migrate(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+async def _migrate(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
     """Opening the store migrates it (under PostgreSQL's advisory lock, or SQLite's write
     lock); this command is for operators who apply schema changes before rolling out replicas."""
     versions = getattr(store, "schema_versions", None)

@@ -101,7 +101,9 @@ async def webhook(request: web.Request) -> web.Response:
     return response
 
 
-async def _handle(
+# C901: the request's steps in order (auth, refusal, read, map, store, answer), each returning
+# its outcome; the receive package's one error-answer path takes the refusals out of it.
+async def _handle(  # noqa: C901
     request: web.Request, runtime: Runtime, code: str, fields: dict[str, Any]
 ) -> tuple[str, web.Response]:
     config = runtime.config

@@ -25,7 +25,7 @@ async def _sqlite(tmp_path: Path) -> Store:
     return SQLiteStore(tmp_path / "contract.db")
 
 
-async def _postgres(tmp_path: Path) -> Store:
+async def _postgres(tmp_path: Path) -> Store:  # noqa: ARG001 - BACKENDS' factory signature
     """A fresh database in the session's throwaway cluster (tests/pgcluster.py)."""
     return PostgresStore(pgcluster.shared().new_database(), pool_size=4)
 

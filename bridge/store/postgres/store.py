@@ -192,7 +192,7 @@ class PostgresStore:
             self._leases[message.id] = token
         return [message for message, _ in claimed]
 
-    async def recover(self, now: float) -> int:
+    async def recover(self, now: float) -> int:  # noqa: ARG002 - the Store protocol's signature
         """Releases nothing: with several live replicas a claim found at start may be a live
         one's. A dead replica's claims come back when their lease expires."""
         return 0
@@ -212,7 +212,9 @@ class PostgresStore:
             async with self._connection("mark delivered") as conn:
                 await ops.ack(conn, leases, now)
 
-    async def retry_later(self, ids: Sequence[int], due_at: float, error: str, now: float) -> None:
+    # Neither backend reads now here or in stats(); dropping it from the protocol changes the
+    # delivery loop's calls, so it waits for that rewrite.
+    async def retry_later(self, ids: Sequence[int], due_at: float, error: str, now: float) -> None:  # noqa: ARG002
         leases = self._take_leases(ids)
         if leases:
             async with self._connection("reschedule messages") as conn:
@@ -228,7 +230,7 @@ class PostgresStore:
         async with self._connection("read the next due time") as conn:
             return await ops.next_due_at(conn)
 
-    async def stats(self, now: float, since: float) -> StoreStats:
+    async def stats(self, now: float, since: float) -> StoreStats:  # noqa: ARG002 - see retry_later
         async with self._connection("read statistics") as conn:
             return await ops.stats(conn, since)
 

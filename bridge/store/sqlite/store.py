@@ -217,7 +217,8 @@ class SQLiteStore:
         if ids:
             await self._write(partial(ops.ack, ids=tuple(ids), now=now), "mark delivered")
 
-    # The protocol passes now (a shared backend stamps its rows with it); SQLite needs only due_at.
+    # Neither backend reads now here or in stats(); dropping it from the protocol changes the
+    # delivery loop's calls, so it waits for that rewrite.
     async def retry_later(self, ids: Sequence[int], due_at: float, error: str, now: float) -> None:  # noqa: ARG002
         if ids:
             work = partial(ops.retry_later, ids=tuple(ids), due_at=due_at, error=error)
@@ -231,9 +232,7 @@ class SQLiteStore:
     async def next_due_at(self) -> float | None:
         return await self._read(ops.next_due_at, "read the next due time")
 
-    # The protocol passes now (a shared backend counts unexpired leases); SQLite's claims are
-    # all its own process's.
-    async def stats(self, now: float, since: float) -> StoreStats:  # noqa: ARG002
+    async def stats(self, now: float, since: float) -> StoreStats:  # noqa: ARG002 - see retry_later
         def work(conn: sqlite3.Connection) -> StoreStats:
             return ops.stats(conn, since, self._storage_bytes())
 
