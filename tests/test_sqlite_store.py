@@ -1,4 +1,6 @@
-"""SQLiteStore against real SQLite files in tmp_path: the Store contract, group commit, failures.
+"""SQLiteStore against real SQLite files in tmp_path: what only SQLite has (the file on disk, group
+commit, recovery at start, migrations, WAL checkpoints, file faults). The behaviour every Store
+has is the contract suite's (tests/contract), which runs against SQLite too.
 
 A second raw sqlite3 connection plays "another process": it checks what is really on disk and
 holds the write lock to make the store wait (or fail past its busy_timeout).
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -20,23 +22,12 @@ from structlog.testing import capture_logs
 
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
-from bridge.messages import OutgoingMessage
-from bridge.store import DeadLetterFilter, DeadReason, Store, Webhook
+from bridge.store import DeadLetterFilter, DeadReason, Store
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, connect
-from bridge.store.sqlite.store import CHUNK, SQLiteStore
+from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import eventually
-
-NOW = 10_000.0
-
-
-def hook(n: int, body: bytes | None = None, code: str = "exam.finished") -> Webhook:
-    return Webhook(code, "portal-1", 1000.0 + n, body if body is not None else b'{"n": %d}' % n)
-
-
-def msg(message_id: str, version: int = 1) -> OutgoingMessage:
-    body = {"messageId": message_id, "userId": "u1", "type": "track", "v": version}
-    return OutgoingMessage.build("default", body)
+from tests.contract.records import NOW, bury_all, hook, msg, remap_to
 
 
 def query(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -82,45 +73,12 @@ async def store(db: Path) -> AsyncIterator[SQLiteStore]:
 
 
 class TestRoundTrip:
-    async def test_enqueue_claim_ack(self, store: SQLiteStore, db: Path) -> None:
+    async def test_the_raw_body_is_on_disk(self, store: SQLiteStore, db: Path) -> None:
         typed: Store = store  # satisfies the protocol
-        receipt = await typed.enqueue(hook(1), [msg("a"), msg("b")])
-        assert receipt.webhook_id.startswith("wh_")
-        assert (receipt.stored, receipt.duplicates) == (2, 0)
-
+        await typed.enqueue(hook(1), [msg("a"), msg("b")])
         claimed = await store.claim(NOW, 10, 30)
-        assert [m.message_id for m in claimed] == ["a", "b"]
-        assert claimed[0].attempts == 0
-        assert claimed[0].enqueued_at == 1001.0
-        assert orjson.loads(claimed[0].payload)["messageId"] == "a"
-        assert (await store.stats(NOW, 0)).in_flight == 2
-
         await store.ack([m.id for m in claimed], NOW + 1)
-        stats = await store.stats(NOW, NOW)
-        assert (stats.pending, stats.in_flight, stats.delivered_total) == (0, 0, 2)
-        assert stats.delivered_since == 2
-        assert stats.last_delivered_at == NOW + 1
-        assert await store.claim(NOW + 100, 10, 30) == []
         assert query(db, "SELECT raw_body FROM webhooks") == [(b'{"n": 1}',)]
-
-    async def test_unmappable_webhook_is_a_dead_letter(self, store: SQLiteStore) -> None:
-        receipt = await store.enqueue(hook(1), [], dead=DeadReason("no_user", "no user id"))
-        assert (receipt.stored, receipt.duplicates) == (0, 0)
-        [letter] = await store.dead_letters(DeadLetterFilter())
-        assert (letter.webhook_id, letter.message_id, letter.reason) == (
-            receipt.webhook_id,
-            None,
-            "no_user",
-        )
-        detail = await store.dead_letter(letter.id)
-        assert detail is not None
-        assert (detail.raw_body, detail.payload) == (b'{"n": 1}', None)
-        assert await store.claim(NOW, 10, 30) == []
-        assert await store.dead_letter(letter.id + 1) is None
-
-    async def test_messages_and_dead_reason_together_is_a_bug(self, store: SQLiteStore) -> None:
-        with pytest.raises(ValueError, match="either"):
-            await store.enqueue(hook(1), [msg("a")], dead=DeadReason("x", "y"))
 
     async def test_from_config_and_closed_store(self, db: Path) -> None:
         store = SQLiteStore.from_config(StorageConfig(path=db, synchronous="NORMAL"))
@@ -135,23 +93,15 @@ class TestRoundTrip:
 
 
 class TestDedupe:
-    async def test_same_message_id_is_stored_once(self, store: SQLiteStore, db: Path) -> None:
-        first = await store.enqueue(hook(1), [msg("a"), msg("b")])
-        second = await store.enqueue(hook(2), [msg("a", version=2), msg("c")])
-        assert (first.stored, first.duplicates) == (2, 0)
-        assert (second.stored, second.duplicates) == (1, 1)
-        assert first.webhook_id != second.webhook_id
+    async def test_both_raw_bodies_are_kept(self, store: SQLiteStore, db: Path) -> None:
+        await store.enqueue(hook(1), [msg("a"), msg("b")])
+        await store.enqueue(hook(2), [msg("a", version=2), msg("c")])
         assert query(db, "SELECT count(*) FROM webhooks") == [(2,)]  # raw bodies both kept
         assert query(db, "SELECT message_id, webhook_id FROM messages ORDER BY id") == [
             ("a", 1),
             ("b", 1),
             ("c", 2),
         ]
-
-    async def test_duplicates_inside_one_group(self, store: SQLiteStore) -> None:
-        receipts = await asyncio.gather(*(store.enqueue(hook(i), [msg("same")]) for i in range(20)))
-        assert sum(r.stored for r in receipts) == 1
-        assert sum(r.duplicates for r in receipts) == 19
 
 
 class TestGroupCommit:
@@ -193,22 +143,6 @@ class TestGroupCommit:
 
 
 class TestClaim:
-    async def test_order_and_limit(self, store: SQLiteStore) -> None:
-        for i in range(5):
-            await store.enqueue(hook(i), [msg(f"m{i}")])
-        first = await store.claim(NOW, 3, 30)
-        assert [m.message_id for m in first] == ["m0", "m1", "m2"]
-        assert [m.id for m in first] == sorted(m.id for m in first)
-        rest = await store.claim(NOW, 3, 30)
-        assert [m.message_id for m in rest] == ["m3", "m4"]
-        assert await store.claim(NOW, 3, 30) == []
-        assert await store.claim(NOW, 0, 30) == []
-
-    async def test_not_yet_received_is_not_due(self, store: SQLiteStore) -> None:
-        await store.enqueue(hook(5), [msg("later")])  # received at 1005
-        assert await store.claim(1004.0, 10, 30) == []
-        assert await store.next_due_at() == 1005.0
-
     async def test_expired_lease_comes_back_after_a_restart(self, db: Path) -> None:
         store = SQLiteStore(db)
         await store.open()
@@ -246,50 +180,13 @@ class TestClaim:
         finally:
             await restarted.close()
 
-    async def test_retry_later(self, store: SQLiteStore, db: Path) -> None:
+    async def test_retry_later_keeps_the_last_error(self, store: SQLiteStore, db: Path) -> None:
         await store.enqueue(hook(1), [msg("a")])
         [claimed] = await store.claim(NOW, 10, 30)
         await store.retry_later([claimed.id], NOW + 60, "503 from Segment", NOW)
-        assert await store.next_due_at() == NOW + 60
-        assert await store.claim(NOW + 59, 10, 30) == []
         [again] = await store.claim(NOW + 60, 10, 30)
-        assert again.attempts == 1
         await store.retry_later([again.id], NOW + 200, "timeout", NOW + 60)
-        [third] = await store.claim(NOW + 200, 10, 30)
-        assert third.attempts == 2
         assert query(db, "SELECT last_error FROM messages") == [("timeout",)]
-
-    async def test_next_due_at_empty(self, store: SQLiteStore) -> None:
-        assert await store.next_due_at() is None
-
-
-class TestBury:
-    async def test_bury_makes_a_dead_letter(self, store: SQLiteStore) -> None:
-        await store.enqueue(hook(1, code="user.created"), [msg("a"), msg("b")])
-        claimed = await store.claim(NOW, 10, 30)
-        await store.bury([claimed[0].id], DeadReason("rejected", "400: bad"), "HTTP 400", NOW)
-        await store.ack([claimed[1].id], NOW)
-        [letter] = await store.dead_letters(DeadLetterFilter())
-        assert (letter.message_id, letter.reason, letter.detail) == ("a", "rejected", "400: bad")
-        assert (letter.code, letter.portal_id, letter.attempts) == ("user.created", "portal-1", 1)
-        detail = await store.dead_letter(letter.id)
-        assert detail is not None
-        assert detail.last_error == "HTTP 400"
-        assert detail.payload == claimed[0].payload
-        assert (await store.stats(NOW, 0)).dead_letters == {"rejected": 1}
-        assert await store.claim(NOW + 1000, 10, 30) == []
-
-    async def test_dead_letter_filters(self, store: SQLiteStore) -> None:
-        await store.enqueue(hook(1, code="a"), [], dead=DeadReason("r1", "d"))
-        await store.enqueue(hook(2, code="b"), [], dead=DeadReason("r2", "d"))
-        await store.enqueue(hook(3, code="b"), [], dead=DeadReason("r1", "d"))
-        everything = await store.dead_letters(DeadLetterFilter())
-        assert [d.code for d in everything] == ["a", "b", "b"]
-        assert len(await store.dead_letters(DeadLetterFilter(code="b"))) == 2
-        assert len(await store.dead_letters(DeadLetterFilter(code="b", reason="r1"))) == 1
-        ids = [everything[0].id, everything[2].id]
-        assert [d.id for d in await store.dead_letters(DeadLetterFilter(ids=ids))] == ids
-        assert len(await store.dead_letters(DeadLetterFilter(limit=1))) == 1
 
 
 class TestDurability:
@@ -529,29 +426,19 @@ class TestFailures:
         assert query(db, "SELECT count(*) FROM webhooks") == [(1,)]
 
 
-async def _bury_all(store: SQLiteStore, reason: str = "rejected") -> None:
-    claimed = await store.claim(NOW, 100_000, 30)
-    await store.bury([m.id for m in claimed], DeadReason(reason, "d"), "400", NOW)
+class TestRowsOnDisk:
+    """What replay, purge and prune do to the rows (the contract checks what they mean)."""
 
-
-def remap_to(messages: Sequence[OutgoingMessage]) -> Callable[[Webhook], Sequence[OutgoingMessage]]:
-    return lambda _webhook: messages
-
-
-class TestReplay:
-    async def test_revives_dead_and_leaves_delivered_alone(
+    async def test_replay_never_rewrites_a_delivered_row(
         self, store: SQLiteStore, db: Path
     ) -> None:
         await store.enqueue(hook(1), [msg("a"), msg("b")])
         a, b = await store.claim(NOW, 10, 30)
         await store.ack([a.id], NOW)
         await store.bury([b.id], DeadReason("rejected", "x"), "400", NOW)
-
-        outcome = await store.replay(
+        await store.replay(
             DeadLetterFilter(), remap_to([msg("a", 2), msg("b", 2), msg("new", 2)]), NOW + 5
         )
-        assert (outcome.replayed, outcome.still_dead, outcome.messages) == (1, 0, 2)
-        assert await store.dead_letters(DeadLetterFilter()) == []
         rows = query(
             db,
             "SELECT message_id, state, attempts, payload FROM messages JOIN message_payloads"
@@ -564,97 +451,25 @@ class TestReplay:
         ]
         assert orjson.loads(rows[0][3])["v"] == 1  # delivered: never replaced or sent again
         assert orjson.loads(rows[1][3])["v"] == 2
-        claimed = await store.claim(NOW + 5, 10, 30)
-        assert [m.message_id for m in claimed] == ["b", "new"]
 
-    async def test_unmappable_maps_now(self, store: SQLiteStore) -> None:
-        await store.enqueue(hook(1), [], dead=DeadReason("no_route", "x"))
-        seen: list[Webhook] = []
-
-        def remap(webhook: Webhook) -> Sequence[OutgoingMessage]:
-            seen.append(webhook)
-            return [msg("a")]
-
-        outcome = await store.replay(DeadLetterFilter(), remap, NOW)
-        assert (outcome.replayed, outcome.messages) == (1, 1)
-        assert seen == [hook(1)]
-        [claimed] = await store.claim(NOW, 10, 30)
-        assert claimed.message_id == "a"
-
-    async def test_still_dead_updates_the_reason(self, store: SQLiteStore) -> None:
-        await store.enqueue(hook(1), [], dead=DeadReason("no_route", "x"))
-        outcome = await store.replay(
-            DeadLetterFilter(), lambda _: DeadReason("no_user", "still no user"), NOW
-        )
-        assert (outcome.replayed, outcome.still_dead, outcome.messages) == (0, 1, 0)
-        [letter] = await store.dead_letters(DeadLetterFilter())
-        assert (letter.reason, letter.detail) == ("no_user", "still no user")
-
-    async def test_thousands_of_letters(self, store: SQLiteStore) -> None:
-        count = CHUNK + 500
-        await asyncio.gather(*(store.enqueue(hook(i), [msg(f"m{i}")]) for i in range(count)))
-        await _bury_all(store)
-        outcome = await store.replay(
-            DeadLetterFilter(reason="rejected"),
-            lambda w: [msg(f"m{int(w.received_at) - 1000}")],
-            NOW,
-        )
-        assert (outcome.replayed, outcome.messages) == (count, count)
-        assert (await store.stats(NOW, 0)).pending == count
-        assert await store.dead_letters(DeadLetterFilter()) == []
-
-
-class TestRetention:
-    async def test_purge_dead(self, store: SQLiteStore, db: Path) -> None:
-        await store.enqueue(hook(1), [], dead=DeadReason("old", "x"))  # created at 1001
+    async def test_purge_leaves_no_rows(self, store: SQLiteStore, db: Path) -> None:
+        await store.enqueue(hook(1), [], dead=DeadReason("old", "x"))
         await store.enqueue(hook(2), [msg("a")])
-        await _bury_all(store)  # created at NOW
-        assert await store.purge_dead(older_than=2000.0) == 1
-        [left] = await store.dead_letters(DeadLetterFilter())
-        assert left.message_id == "a"
-        assert await store.purge_dead(older_than=NOW + 1) == 1
+        await bury_all(store)
+        assert await store.purge_dead(older_than=NOW + 1) == 2
         assert query(db, "SELECT count(*) FROM messages") == [(0,)]
         assert query(db, "SELECT count(*) FROM message_payloads") == [(0,)]
         assert query(db, "SELECT count(*) FROM webhooks") == [(0,)]
-        assert (await store.stats(NOW, 0)).dead_letters == {}
 
-    async def test_prune_delivered(self, store: SQLiteStore, db: Path) -> None:
+    async def test_prune_frees_payloads_then_bodies(self, store: SQLiteStore, db: Path) -> None:
         await store.enqueue(hook(1), [msg("a"), msg("b")])
         await store.enqueue(hook(2), [msg("c")])
-        a, _b, c = await store.claim(NOW, 10, 30)
+        a, b, c = await store.claim(NOW, 10, 30)
         await store.ack([a.id], 100.0)
         await store.ack([c.id], 300.0)
         assert await store.prune_delivered(before=200.0) == 1
-        assert query(db, "SELECT id FROM message_payloads ORDER BY id") == [(_b.id,), (c.id,)]
+        assert query(db, "SELECT id FROM message_payloads ORDER BY id") == [(b.id,), (c.id,)]
         # webhook 1 still has "b" (in flight), so its raw body stays
         assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,), (2,)]
         assert await store.prune_delivered(before=400.0) == 1
         assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,)]
-        stats = await store.stats(NOW, 0)
-        assert (stats.delivered_total, stats.in_flight) == (2, 1)  # lifetime total
-
-
-class TestStats:
-    async def test_numbers(self, store: SQLiteStore) -> None:
-        for i in range(4):
-            await store.enqueue(hook(i), [msg(f"m{i}")])
-        await store.enqueue(hook(9), [], dead=DeadReason("no_user", "x"))
-        m0, m1 = await store.claim(NOW, 2, 30)
-        await store.ack([m0.id], 500.0)
-        await store.bury([m1.id], DeadReason("rejected", "x"), "400", NOW)
-        [m2] = await store.claim(NOW, 1, 30)
-        stats = await store.stats(NOW, since=400.0)
-        assert (stats.pending, stats.in_flight) == (1, 1)
-        assert stats.oldest_pending_at == 1002.0  # m2, in flight, is the oldest undelivered
-        assert (stats.delivered_total, stats.delivered_since) == (1, 1)
-        assert (await store.stats(NOW, since=600.0)).delivered_since == 0
-        assert stats.dead_letters == {"no_user": 1, "rejected": 1}
-        assert stats.storage_bytes > 0
-        assert stats.last_delivered_at == 500.0
-        await store.ack([m2.id], 400.0)  # an earlier clock never moves it back
-        assert (await store.stats(NOW, 0)).last_delivered_at == 500.0
-
-    async def test_empty(self, store: SQLiteStore) -> None:
-        stats = await store.stats(NOW, 0)
-        assert (stats.pending, stats.in_flight, stats.delivered_total) == (0, 0, 0)
-        assert (stats.oldest_pending_at, stats.last_delivered_at) == (None, None)

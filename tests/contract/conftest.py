@@ -4,6 +4,11 @@ Each test in this package takes the ``store`` fixture, which is parametrized ove
 in :data:`BACKENDS`: a new backend only adds a factory here to run the whole contract. Tests use
 only the protocol (no SQL, no file paths); backend-only behaviour (WAL, checkpoints, file faults,
 advisory locks) lives in that backend's own test module.
+
+Nothing here depends on a backend's timing: times are passed in (``now``), and every wait is on
+an awaited call. ``recover()`` is not in the contract: SQLite releases every claim it finds at
+start (one ``serve`` per file), a store shared by live replicas releases none and relies on lease
+expiry; each backend's own module tests its meaning.
 """
 
 from __future__ import annotations
