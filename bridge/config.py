@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from bridge.errors import ConfigError
+from bridge.messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
 from bridge.synap import codes as synap_codes
 
 ENV_PREFIX = "BRIDGE_"
@@ -132,8 +133,8 @@ def masked_url(url: str) -> str:
 
 
 class BatchConfig(_Section):
-    max_events: int = Field(500, ge=1, le=2500)
-    max_bytes: int = Field(475_000, ge=40_000, le=500_000)
+    max_events: int = Field(500, ge=1, le=MAX_BATCH_MESSAGES)
+    max_bytes: int = Field(475_000, ge=40_000, le=MAX_BATCH_BYTES)
     timeout_secs: float = Field(1.0, gt=0)
 
 

@@ -7,7 +7,6 @@ bodies). Expected values are written out literally, so a change in naming shows 
 from __future__ import annotations
 
 import copy
-import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path

@@ -47,19 +47,17 @@ class TestBackoff:
 class TestNextAttempt:
     def test_due_after_the_backoff(self) -> None:
         bare = RetryPolicy.from_config(CONFIG, NoJitter())
-        assert bare.next_attempt_at(3, now=5000.0, enqueued_at=4000.0, retry_after=None) == 5004.0
+        assert bare.delay(3) == 4.0
 
     def test_retry_after_is_a_floor(self) -> None:
         bare = RetryPolicy.from_config(CONFIG, NoJitter())
-        assert bare.next_attempt_at(1, 5000.0, 4000.0, retry_after=120.0) == 5120.0
+        assert bare.delay(1, retry_after=120.0) == 120.0
         # A Retry-After shorter than the backoff does not make us retry sooner.
-        assert bare.next_attempt_at(6, 5000.0, 4000.0, retry_after=2.0) == 5032.0
+        assert bare.delay(6, retry_after=2.0) == 32.0
 
     def test_max_age_gives_up(self) -> None:
         p = policy()
-        assert p.next_attempt_at(1, now=1000.0 + 3599.0, enqueued_at=1000.0, retry_after=None)
-        assert p.next_attempt_at(1, now=1000.0 + 3600.0, enqueued_at=1000.0, retry_after=None) is (
-            None
-        )
+        assert not p.expired(enqueued_at=1000.0, now=1000.0 + 3599.0)
+        assert p.expired(enqueued_at=1000.0, now=1000.0 + 3600.0)
         assert p.expired(enqueued_at=0.0, now=1e9)
         assert not p.expired(enqueued_at=1e9, now=1e9)

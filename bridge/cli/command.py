@@ -73,9 +73,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
     """Run ``serve`` on uvloop, asyncio's event loop rewritten on libuv.
 
-    The intake benchmark is CPU-bound on the event loop's thread, and the loop's own work
-    (socket reads and writes, scheduling callbacks) was about a sixth of it; uvloop does that
-    work in C (docs/benchmarks.md has the before and after). It is a drop-in loop: signals,
+    The intake is CPU-bound on the event loop's thread, and part of that is the loop's own
+    work (socket reads and writes, scheduling callbacks); uvloop does that work in C
+    (docs/benchmarks.md has the before and after). It is a drop-in loop: signals,
     ``call_soon_threadsafe`` from the writer and upload threads, and ``run_in_executor`` behave
     the same. Where it is not installed (Windows has no build), the standard loop runs.
     """

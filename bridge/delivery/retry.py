@@ -13,7 +13,7 @@ The rules, for a delivery that just failed for the n-th time in a row:
   backoff of jitter so that restarted bridges do not retry in lockstep;
 * never sooner than the server's ``Retry-After`` (Segment sends it with 429);
 * a message whose age since enqueue has reached ``retry.max_age_secs`` is not retried: it
-  becomes a dead letter ``max_age_exceeded`` (``next_attempt_at`` returns None).
+  becomes a dead letter ``max_age_exceeded`` (``expired`` says so).
 
 The random source is injected (``random.Random(seed)`` in tests), so jitter is reproducible.
 """
@@ -96,17 +96,6 @@ class RetryPolicy:
     def expired(self, enqueued_at: float, now: float) -> bool:
         """True when a message this old must not be retried again (dead letter)."""
         return bool(self.stop(_state(1, enqueued_at, now)))
-
-    def next_attempt_at(
-        self, attempts: int, now: float, enqueued_at: float, retry_after: float | None
-    ) -> float | None:
-        """When to try again after the ``attempts``-th failure, or None to give up (max age).
-
-        ``retry_after`` is the server's wish in seconds; the backoff never undercuts it.
-        """
-        if self.expired(enqueued_at, now):
-            return None
-        return now + self.delay(attempts, retry_after)
 
     def delay(self, failures: int, retry_after: float | None = None) -> float:
         """The backoff for the ``failures``-th failure, but never less than ``retry_after``."""

@@ -10,8 +10,8 @@ the classification of Segment's own libraries (segment-facts.md), but for the wr
 
 Why not ``segment.analytics.request.post``: it takes the batch as Python objects and encodes it
 with the standard ``json`` module, so every stored message had to be parsed and encoded again
-per upload: with its level-9 gzip, that was 40 % of a backlog drain's CPU and held the drain at
-6,600 messages/s (docs/benchmarks.md). The stored bytes already are the messages' JSON, so
+per upload: with its level-9 gzip, that was the largest share of a backlog drain's CPU (figures
+in docs/benchmarks.md). The stored bytes already are the messages' JSON, so
 :mod:`bridge.delivery.wire` splices them into the same request (same URL, keys, Basic auth, gzip)
 and this module posts it with ``requests``, as ``request.post`` does. What we still take from the
 library is its reading of ``Retry-After`` (:func:`segment.analytics.request.parse_retry_after`:

@@ -5,8 +5,8 @@ the mapping and checked against the 32 KB limit there). The request body is ther
 not serialised: ``{"batch":[`` + the stored payloads joined by ``,`` + ``],"sentAt":"…",
 "writeKey":"…"}``. This is the body ``segment.analytics.request.post`` sends, with the same
 keys, but without parsing every stored message back into Python objects and encoding them again
-with the standard ``json`` module, which was ~30 µs of a drain's ~120 µs of CPU per message
-(docs/benchmarks.md). Two consequences, both for the better:
+with the standard ``json`` module, a quarter of a drain's CPU per message (figures in
+docs/benchmarks.md). Two consequences, both for the better:
 
 * the size of a batch on the wire is known exactly (:func:`body_bytes`), where ``json.dumps``
   added a space after every ``:`` and ``,`` and escaped non-ASCII text (six bytes for ``é``), so
@@ -32,9 +32,8 @@ from bridge import __version__
 SENT_AT_SAMPLE = "2024-01-01T00:00:00.000000+00:00"
 #: Bytes between two messages in the ``batch`` array.
 SEPARATOR_BYTES = 1
-#: zlib's default level. The library's ``GzipFile`` default, 9, costs four times the CPU on this
-#: JSON for bodies under 1 % smaller (500 realistic messages, 258 KB: 9.7 ms vs 2.3 ms, 42.4 KB
-#: vs 42.7 KB).
+#: zlib's default level. The library's ``GzipFile`` default, 9, costs about four times the CPU
+#: on this JSON for bodies hardly smaller (figures in docs/benchmarks.md).
 GZIP_LEVEL = 6
 USER_AGENT = f"synap-segment-bridge/{__version__}"
 

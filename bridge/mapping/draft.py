@@ -9,7 +9,7 @@ Segment envelope and the size limit. So a new event never re-implements any of t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -52,7 +52,6 @@ class Draft:
     portal_id: str | None = None
     sub_portal_id: str | None = None
     context_group_id: str | None = None
-    notes: list[str] = field(default_factory=list)
     #: The acting user's traits as the body describes them (``context.traits`` on tracks, and
     #: the opt-in identify from event bodies); None when the body has none for ``user_id``.
     user_traits: dict[str, Any] | None = None

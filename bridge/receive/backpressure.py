@@ -45,10 +45,8 @@ async def refresh(runtime: Runtime) -> None:
     try:
         stats = await runtime.store.stats(now, now - 3600)
     except StorageUnavailableError as exc:
-        runtime.storage_ok = False
         runtime.backpressure = f"storage unavailable: {exc}"
         return
-    runtime.storage_ok = True
     runtime.metrics.observe_backlog(stats, now)
     storage = runtime.config.storage
     # The disk to watch is SQLite's; PostgreSQL's disk is the database server's to watch.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -36,8 +36,6 @@ class Runtime:
     #: Monotonic time by which shutdown must be done (set by serve on SIGTERM): the requests in
     #: flight and the delivery's batch share one ``shutdown.grace_secs``, not one each.
     shutdown_deadline: float | None = None
-    storage_ok: bool = True
-    notes: dict[str, str] = field(default_factory=dict)
 
     def refusal(self) -> str | None:
         if self.stopping:

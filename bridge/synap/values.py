@@ -94,10 +94,6 @@ def as_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def as_object_or_none(value: Any) -> dict[str, Any] | None:
-    return value if isinstance(value, dict) else None
-
-
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 

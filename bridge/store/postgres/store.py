@@ -71,7 +71,6 @@ class PostgresStore:
         self._pool: Any = None
         self._writer: GroupWriter | None = None
         self._leases: dict[int, int] = {}  # id -> fencing token, for this store's own claims
-        self._commits_before = 0
         #: (version before, version after) of the last migration this store ran.
         self.schema_versions: tuple[int, int] | None = None
 
@@ -90,11 +89,6 @@ class PostgresStore:
     def url(self) -> str:
         """The URL with its password masked: safe to show."""
         return masked_url(self._url)
-
-    @property
-    def commits(self) -> int:
-        """Group-commit transactions of enqueue since this object was created."""
-        return self._commits_before + (self._writer.commits if self._writer else 0)
 
     @property
     def backlog(self) -> int:
@@ -143,7 +137,6 @@ class PostgresStore:
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.stop()
-            self._commits_before += writer.commits
         await self._close_pool()
 
     async def _close_pool(self) -> None:

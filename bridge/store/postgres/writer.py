@@ -40,7 +40,6 @@ class GroupWriter:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self.commits = 0
 
     @property
     def backlog(self) -> int:
@@ -107,7 +106,6 @@ class GroupWriter:
             try:
                 async with self._connect("store the webhook") as conn, conn.transaction():
                     receipts = await ops.enqueue(conn, items)
-                self.commits += 1
                 return receipts
             except StorageUnavailableError as exc:
                 if attempt == DEADLOCK_RETRIES or not is_retryable(exc.__cause__):

@@ -2,9 +2,9 @@
 
 In WAL mode every commit appends pages to the ``-wal`` file; a checkpoint copies them back into
 the database file (and, with ``synchronous=FULL``, fsyncs it). By default SQLite runs that
-checkpoint inside the COMMIT of whichever transaction takes the WAL past 1,000 pages: about
-every 400 webhooks under load, one group of requests waited for a few megabytes of copying
-and an extra fsync, which showed as the intake's p99. Here the writer's connection has
+checkpoint inside the COMMIT of whichever transaction takes the WAL past 1,000 pages: every few
+hundred webhooks under load, one group of requests waited for megabytes of copying and an
+extra fsync, which showed as the intake's p99. Here the writer's connection has
 ``wal_autocheckpoint = 0`` and this thread, with its own connection, runs
 ``PRAGMA wal_checkpoint(PASSIVE)`` after commits, at most every :data:`MIN_INTERVAL_SECS`.
 
@@ -17,9 +17,9 @@ beginning once a checkpoint has caught up, and ``journal_size_limit`` truncates 
 
 Restarting the WAL: SQLite only rewinds the WAL when a write transaction *begins* with every
 frame already copied back. Under sustained load the writer begins its next transaction at once,
-before this thread's checkpoint has caught up, so the WAL never rewound: measured, 1.4 GB after
-45 s of intake, every commit extending the file (each fdatasync then also journals the new
-size) and commits stalling up to 240 ms behind the checkpoint's fsync. So once a checkpoint
+before this thread's checkpoint has caught up, so the WAL never rewound: it grew without bound,
+every commit extending the file (each fdatasync then also journals the new size) and commits
+stalled behind the checkpoint's fsync (docs/benchmarks.md). So once a checkpoint
 finds the WAL past :data:`RESTART_FRAMES`, this thread asks the writer to run
 ``PRAGMA wal_checkpoint(RESTART)`` itself, between two transactions (:meth:`restart_if_wanted`),
 and waits for it: the writer copies the few frames committed since, and the next commit

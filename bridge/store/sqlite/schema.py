@@ -7,16 +7,15 @@ Why the schema looks like this (a 1,000,000-message backlog must stay cheap to w
   falls due, for an in-flight one when its lease expires (a crashed claim comes back by itself).
   One partial index over the open rows (pending + in flight) therefore answers ``claim`` and
   ``next_due_at`` in O(log n), whichever state the due rows are in.
-* Counting a million index entries costs ~0.3 s, too much for a stats call every few seconds, so
-  triggers keep per-state counts (and a lifetime delivered total) in ``counters``: exact whoever
-  writes (the daemon or the CLI), and cheap (measured: intake and drain both stay > 50,000
-  messages/s with them).
+* Counting a million index entries is too slow for a stats call every few seconds, so triggers
+  keep per-state counts (and a lifetime delivered total) in ``counters``: exact whoever writes
+  (the daemon or the CLI), and cheap (docs/benchmarks.md).
 * The message bodies (~2 KB each) live in ``message_payloads``, not in ``messages`` (v2). SQLite
   rewrites a whole row when any column changes, and a message changes state twice on its way
   (claimed, delivered): with the body inside, each change rewrote about a page per message into
   the WAL. With the body apart, ``messages`` rows are ~100 bytes, tens to a page, and claim + ack
-  went from 27,000 to 88,000 messages/s (60,000 realistic messages, claims of 500,
-  ``synchronous=FULL``). The body is written once and deleted with its message (cascade).
+  became about three times faster (docs/benchmarks.md). The body is written once and deleted
+  with its message (cascade).
 * ``messages.rank`` (v3) says how complete a message is, for the hold-and-supersede of exam
   attempts (see ``enqueue`` in :mod:`bridge.store.sqlite.queries`).
 * ``PRAGMA user_version`` numbers the schema; :data:`MIGRATIONS` holds one script per version.

@@ -74,16 +74,10 @@ class SQLiteStore:
         self._checkpointer: Checkpointer | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None  # touched by the reader thread only
-        self._commits_before = 0
 
     @classmethod
     def from_config(cls, cfg: StorageConfig) -> SQLiteStore:
         return cls(cfg.path, synchronous=cfg.synchronous, busy_timeout_secs=cfg.busy_timeout_secs)
-
-    @property
-    def commits(self) -> int:
-        """Write transactions committed since this object was created (opens included)."""
-        return self._commits_before + (self._writer.commits if self._writer else 0)
 
     @property
     def backlog(self) -> int:
@@ -127,7 +121,6 @@ class SQLiteStore:
         if writer is not None:
             writer.stop()
             await asyncio.to_thread(writer.join)
-            self._commits_before += writer.commits
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
             await asyncio.to_thread(checkpointer.stop)
