@@ -26,10 +26,11 @@ from bridge.receive import webhook as receive
 from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.store import Store
 from bridge.store.factory import open_store
+from bridge.synap.codes import CODE_PATTERN
 
 log = logs.get(__name__)
 
-WEBHOOK_ROUTE = f"/webhooks/synap/{{code:{receive.CODE_PATTERN}}}"
+WEBHOOK_ROUTE = f"/webhooks/synap/{{code:{CODE_PATTERN}}}"
 
 
 @web.middleware

@@ -213,7 +213,7 @@ class MappingConfig(_Section):
     @field_validator("exam_results_released_code")
     @classmethod
     def _released_code(cls, value: str) -> str:
-        if not synap_codes.CODE_PATTERN.match(value):
+        if not synap_codes.CODE_RE.fullmatch(value):
             raise ValueError("must be a Synap event code such as 'exam.resultsReleased'")
         if value in synap_codes.STATIC_CODES:
             raise ValueError(f"{value!r} is already the code of another Synap event")

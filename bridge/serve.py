@@ -34,7 +34,18 @@ from bridge.systemd import Notifier, watchdog_loop
 
 log = logs.get(__name__)
 
+#: What SIGHUP applies in place; every other section of Config needs a restart (restart_needed).
 RELOADABLE = ("mapping", "routing", "segment", "logging")
+
+
+def restart_needed(old: Config, fresh: Config) -> list[str]:
+    """The changed sections a reload cannot apply: every section of the model not in RELOADABLE,
+    so a section added to Config is covered without a list to keep in step."""
+    return [
+        name
+        for name in type(fresh).model_fields
+        if name not in RELOADABLE and getattr(fresh, name) != getattr(old, name)
+    ]
 
 
 async def serve(config: Config, config_path: str | None) -> int:
@@ -107,11 +118,7 @@ def _apply(runtime: Runtime, config_path: str | None) -> None:
         log.error("reload_refused", problems=exc.problems)
         return
     old = runtime.config
-    changed = [
-        s
-        for s in ("server", "auth", "storage", "delivery", "metrics", "shutdown")
-        if getattr(fresh, s) != getattr(old, s)
-    ]
+    changed = restart_needed(old, fresh)
     if changed:
         log.warning("reload_needs_restart", sections=changed)
     updated = old.model_copy(update={name: getattr(fresh, name) for name in RELOADABLE})

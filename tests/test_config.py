@@ -10,8 +10,10 @@ import pytest
 import uvloop
 
 from bridge import config
+from bridge.app import WEBHOOK_ROUTE
 from bridge.cli import command as cli
 from bridge.errors import ConfigError
+from bridge.synap.codes import CODE_PATTERN
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -167,3 +169,13 @@ class TestEventLoop:
             return 1 if isinstance(asyncio.get_running_loop(), uvloop.Loop) else 0
 
         assert cli.run_event_loop(which_loop()) == 1
+
+
+class TestCodePattern:
+    def test_a_configured_code_is_one_the_route_accepts(self) -> None:
+        """One pattern for both: a code the configuration accepts can always be posted to."""
+        loaded = config.parse({"mapping": {"exam_results_released_code": "2exam.released"}})
+        assert loaded.mapping.exam_results_released_code == "2exam.released"
+        assert f"{{code:{CODE_PATTERN}}}" in WEBHOOK_ROUTE
+        with pytest.raises(ConfigError, match="exam_results_released_code"):
+            config.parse({"mapping": {"exam_results_released_code": ".starts-with-a-dot"}})

@@ -21,6 +21,7 @@ from bridge.errors import ConfigError, UnmappableError
 from bridge.mapping.webhook import Mapped, known_codes, map_webhook
 from bridge.messages import MAX_MESSAGE_BYTES, MAX_MESSAGE_ID_CHARS
 from bridge.synap.codes import STATIC_CODES
+from bridge.synap.payloads import GroupRef
 from tests.conftest import fixture_body
 
 FIXTURES = Path(__file__).parent / "fixtures" / "synap"
@@ -638,3 +639,11 @@ class TestPortalAndReasons:
         assert mapped.trimmed == []
         assert {message.destination for message in mapped.messages} == {"default"}
         assert {message.user_id for message in mapped.messages} == {STUDENT}
+
+
+class TestUserGroupFallback:
+    def test_the_top_level_group_wins_when_it_says_anything(self) -> None:
+        top, nested = GroupRef(name="Year 11"), GroupRef(objectId="grp_nested")
+        assert top.or_else(nested) is top
+        assert GroupRef(id="grp_top").or_else(nested).id == "grp_top"
+        assert GroupRef().or_else(nested) is nested

@@ -9,14 +9,17 @@ build context is checked here instead (every ``COPY`` source exists and passes .
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import bridge
 from bridge.config import Config, ShutdownConfig, env_overrides, parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -308,3 +311,13 @@ class TestBuildContext:
     @pytest.mark.parametrize("path", ["pyproject.toml", "README.md", "bridge/systemd.py"])
     def test_let_in(self, path: str) -> None:
         assert not ignored(path, dockerignore_patterns())
+
+
+class TestVersion:
+    def test_one_version_string(self) -> None:
+        """pyproject.toml takes the version from bridge.__version__ instead of repeating it."""
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+        assert "version" not in project["project"]
+        assert "version" in project["project"]["dynamic"]
+        assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "bridge.__version__"}
+        assert importlib.metadata.version("synap-segment-bridge") == bridge.__version__

@@ -10,6 +10,8 @@ from typing import Any
 
 import aiohttp
 
+from bridge.config import Config, MappingConfig, ServerConfig, ShutdownConfig
+from bridge.serve import RELOADABLE, restart_needed
 from tests.conftest import PASSWORD, USER, basic_auth, eventually, fixture_body
 from tests.process import BridgeProcess, write_config
 
@@ -60,3 +62,29 @@ async def test_sighup_reloads_mapping_and_refuses_a_bad_config(tmp_path: Path) -
         assert await bridge.terminate() == 0
     finally:
         await bridge.close()
+
+
+class TestRestartNeeded:
+    """Which changed sections a SIGHUP reports as needing a restart (the reload_needs_restart
+    line): every section of the model that is not reloaded, derived, not listed by hand."""
+
+    def test_restart_only_sections_are_reported(self) -> None:
+        old = Config()
+        fresh = old.model_copy(
+            update={
+                "server": ServerConfig(port=9001),
+                "shutdown": ShutdownConfig(grace_secs=3.0),
+                "mapping": MappingConfig(trait_prefix="x_"),
+            }
+        )
+        assert restart_needed(old, fresh) == ["server", "shutdown"]
+        assert restart_needed(old, old) == []
+
+    def test_a_new_section_is_covered_without_a_list(self) -> None:
+        class Wider(Config):
+            extra: ShutdownConfig = ShutdownConfig()
+
+        old = Wider()
+        fresh = old.model_copy(update={"extra": ShutdownConfig(grace_secs=3.0)})
+        assert restart_needed(old, fresh) == ["extra"]
+        assert set(Config.model_fields) >= set(RELOADABLE)

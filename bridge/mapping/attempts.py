@@ -109,8 +109,7 @@ def map_attempt(
 
 def _group(body: AttemptPayload) -> GroupRef:
     """exam.completed has ``userGroup`` at the top level, exam.submitted inside ``exam``."""
-    top = body.userGroup
-    return top if (top.id or top.objectId or top.name) else body.exam.userGroup
+    return body.userGroup.or_else(body.exam.userGroup)
 
 
 def _time_candidates(stage: str, body: AttemptPayload, attempt: Attempt, state: State) -> list[Any]:

@@ -138,9 +138,7 @@ def map_registered_for_exam(
     exam = body.exam
     who = user_id(body.user.id, body.user.objectId, where="user.id")
     exam_id = need(first(exam.objectId, exam.id), "missing_natural_id", "no exam.objectId")
-    # The docs leave unclear whether userGroup sits inside exam or beside it: accept both.
-    top = body.userGroup
-    group = top if (top.objectId or top.id or top.name) else exam.userGroup
+    group = body.userGroup.or_else(exam.userGroup)
     group_id = first(group.objectId, group.id)
     properties = compact(
         {

@@ -35,7 +35,6 @@ from bridge.receive.runtime import RUNTIME, Runtime
 
 log = logs.get(__name__)
 
-CODE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 READ_CHUNK = 64 * 1024
 RETRY_AFTER_SECS = 5
 

@@ -54,8 +54,11 @@ STATIC_CODES: tuple[str, ...] = (
 
 DEFAULT_EXAM_RESULTS_RELEASED = "exam.resultsReleased"
 
-#: What a configurable code may look like: it becomes a URL path segment.
-CODE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
+#: What an event code looks like, the one rule for both places a code appears: the webhook
+#: route's ``{code}`` segment (receive) and a configured code (config), which becomes such a
+#: segment, so the two can never disagree. At most 100 characters.
+CODE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+CODE_RE = re.compile(CODE_PATTERN)
 
 
 def all_codes(exam_results_released_code: str) -> list[str]:

@@ -164,6 +164,12 @@ class GroupRef(Lenient):
     objectId: Id = None
     name: Text = None
 
+    def or_else(self, other: GroupRef) -> GroupRef:
+        """This group when the body says anything about it, else ``other``: the one fallback for
+        ``userGroup``, which Synap's docs put beside ``exam`` for some events and inside it for
+        others (and leave unclear for some)."""
+        return self if (self.id or self.objectId or self.name) else other
+
 
 class Schedule(Lenient):
     openDate: Raw = None
