@@ -3,6 +3,6 @@
 Holds the webhook endpoint, the health and metrics endpoints, Basic authentication, the
 backpressure rules and the state one running bridge shares between handlers (``runtime``).
 May import: ``bridge.config``, ``bridge.errors``, ``bridge.logs``, ``bridge.metrics``,
-``bridge.mapping`` (intake) and the ``bridge.store`` contract; never a store backend or the
-delivery internals.
+``bridge.mapping`` (intake) and the ``bridge.store`` contract; the delivery loop only as a type
+(``Runtime.delivery``, which the endpoint wakes when messages arrive); never a store backend.
 """

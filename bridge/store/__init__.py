@@ -16,6 +16,12 @@ Message life cycle::
 
 Times are epoch seconds (float) passed in by the caller: the store never reads the clock, so
 tests drive it with an injected one.
+
+The package: this module (the protocol and its records; imports only ``bridge.messages``),
+``sqlite/`` and ``postgres/`` (the backends), ``factory`` (which one the configuration names).
+A backend may import ``bridge.config``, ``bridge.errors``, ``bridge.logs``, ``bridge.messages``
+and these records; nothing in the store imports receive, mapping or delivery. Every backend
+passes the contract suite in tests/contract.
 """
 
 from __future__ import annotations

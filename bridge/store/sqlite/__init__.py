@@ -3,5 +3,6 @@
 ``store`` is the async face, ``writer`` the one writer thread with group commit, ``queries`` the
 SQL as plain functions over a connection, ``schema`` the schema, migrations and error
 translation, ``checkpoint`` the WAL checkpointer thread. Nothing outside this package imports
-``sqlite3``.
+``sqlite3``. May import what a backend may (:mod:`bridge.store`): config, errors, logs,
+messages and the store's records.
 """
