@@ -67,7 +67,7 @@ async def receive(request: web.Request) -> web.Response:
     return web.json_response({"accepted": True})
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(request: web.Request) -> web.Response:  # noqa: ARG001 - aiohttp's handler signature
     return web.Response(text="ok")
 
 
