@@ -50,7 +50,7 @@ def post_json(url: str, doc: Any, timeout: float = 5.0) -> Any:
     request = urllib.request.Request(  # noqa: S310 - loopback only
         url, data=orjson.dumps(doc), headers={"Content-Type": "application/json"}, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - loopback only
         return orjson.loads(answer.read())
 
 

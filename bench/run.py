@@ -55,14 +55,16 @@ QUICK = Sizes(
 
 def machine(command: str) -> list[tuple[str, str]]:
     cpu = "?"
-    for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):  # noqa: SIM115
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
     mem_kb = 0
-    for line in open("/proc/meminfo", encoding="ascii"):  # noqa: SIM115
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
     wrk_version = subprocess.run(
         ["wrk", "-v"], capture_output=True, text=True, check=False, timeout=10
     ).stdout.splitlines()
