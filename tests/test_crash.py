@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth
 from tests.fakes import FakeSegment
@@ -64,6 +65,9 @@ async def post_round(
         await asyncio.gather(*(worker(session) for _ in range(CONCURRENCY)))
 
 
+# Longer than the 60 s default: rounds of load and SIGKILL, then up to 60 s of its own for the
+# drain after the last restart.
+@pytest.mark.timeout(180)
 async def test_sigkill_under_load_loses_nothing_acknowledged(
     tmp_path: Path, fake_segment: FakeSegment
 ) -> None:

@@ -20,11 +20,16 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth
 from tests.fakes import FakeSegment
 from tests.pgcluster import Cluster
 from tests.process import BridgeProcess, write_config
+
+# Longer than the 60 s default: replicas are started, killed and restarted, and the tests wait up
+# to 90 s of their own for a dead replica's leases to expire and everything to be delivered.
+pytestmark = pytest.mark.timeout(300)
 
 CONCURRENCY = 12
 BATCH = 50  # delivery.batch.max_events: bounds what one replica holds
