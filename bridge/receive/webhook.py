@@ -151,7 +151,7 @@ async def _handle(  # noqa: C901
     if result.dead is not None:
         runtime.metrics.dead_lettered.labels(reason=result.dead.reason).inc()
         fields.update(reason=result.dead.reason, detail=result.dead.detail)
-        body = {
+        body: dict[str, Any] = {
             "accepted": True,
             "dead_lettered": True,
             "webhook_id": receipt.webhook_id,
@@ -161,7 +161,7 @@ async def _handle(  # noqa: C901
         return "dead_lettered", answer(body, 202)
     runtime.metrics.enqueued.inc(receipt.stored)
     runtime.wake_delivery(receipt.stored + receipt.superseded)
-    body: dict[str, Any] = {
+    body = {
         "accepted": True,
         "webhook_id": receipt.webhook_id,
         "messages": receipt.stored,
