@@ -72,7 +72,10 @@ class TestLoad:
     def test_unknown_environment_key_is_named(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             config.load(write(tmp_path, ""), {"BRIDGE_SEGMENT__WRTIE_KEY": "x"})
-        assert "segment.wrtie_key: unknown key" in caught.value.problems
+        # Item 13 of issue 12: the variable is named (the file is not at fault).
+        assert caught.value.problems == [
+            "BRIDGE_SEGMENT__WRTIE_KEY (segment.wrtie_key): unknown key"
+        ]
 
     @pytest.mark.parametrize(
         ("text", "key"),
