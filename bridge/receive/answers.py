@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp import web_response as aiohttp_web_response
 
 from bridge import logs
 from bridge.errors import StorageUnavailableError
@@ -47,9 +48,26 @@ def unavailable(code: str, detail: str) -> web.Response:
     return error(503, code, detail, {"Retry-After": str(RETRY_AFTER_SECS)})
 
 
+def raw_unavailable(code: str, detail: str) -> bytes:
+    """The same 503 as bytes, for a connection refused before aiohttp sees it."""
+    body = orjson.dumps({"error": code, "detail": detail})
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER_SECS}\r\n"
+        f"Server: {SERVER_HEADER}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
 async def hide_versions(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: aiohttp would say ``Python/3.x aiohttp/3.y`` to anyone."""
     response.headers["Server"] = SERVER_HEADER
+
+
+# The answers aiohttp writes itself before any application sees the request (a request line or
+# header it cannot parse: 400) take the module default, not the signal above; aiohttp offers no
+# setting for it. tests/test_refusals.py checks both kinds of answer.
+aiohttp_web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined] # not exported
 
 
 @web.middleware
