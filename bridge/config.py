@@ -75,7 +75,7 @@ class ServerConfig(_Section):
     #: For reading a whole body once the head is in (408 after it).
     body_timeout_secs: float = Field(30.0, gt=0)
     #: Open connections at most (more are closed at once); kept under the descriptor limit.
-    max_connections: int = Field(1000, ge=1)
+    max_connections: int = Field(2000, ge=1)
     #: Proxies whose X-Forwarded-For is believed for the client address in log lines.
     trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -28,6 +28,10 @@ log = logs.get(__name__)
 #: Descriptors kept for everything but client connections: SQLite (database, WAL, shared
 #: memory, per connection), uploads to Segment, the listening sockets, stdio, the notify socket.
 RESERVED_DESCRIPTORS = 64
+#: The kernel's queue of connections not yet accepted (capped by net.core.somaxconn). aiohttp's
+#: 128 overflowed under a burst of 1,100 connections: the kernel then dropped handshakes that
+#: TCP retried a second or three later, long after the burst.
+BACKLOG = 1024
 REFUSAL = raw_unavailable("too_many_connections", "the bridge has too many open connections")
 
 
@@ -49,9 +53,10 @@ class ConnectionGuard:
             self.metrics.connections_open.set(self.active)
             return True
         self.metrics.connections_refused.inc()
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.write(REFUSAL)
-        transport.close()
+        # A cast, not isinstance: uvloop's transports do not derive from asyncio's classes.
+        stream = cast(asyncio.Transport, transport)
+        stream.write(REFUSAL)
+        stream.close()
         suppressed = self.throttle.allow("connection_refused")
         if suppressed is not None:
             log.warning(
@@ -112,7 +117,7 @@ class GuardedSite(web.TCPSite):
     def __init__(
         self, runner: web.BaseRunner, guard: ConnectionGuard, host: str, port: int
     ) -> None:
-        super().__init__(runner, host, port)
+        super().__init__(runner, host, port, backlog=BACKLOG)
         self._guard = guard
 
     async def start(self) -> None:
