@@ -59,7 +59,7 @@ def raw_unavailable(code: str, detail: str) -> bytes:
     return head.encode("ascii") + body
 
 
-async def hide_versions(request: web.Request, response: web.StreamResponse) -> None:
+async def hide_versions(request: web.Request, response: web.StreamResponse) -> None:  # noqa: ARG001 - aiohttp signal signature
     """``on_response_prepare``: aiohttp would say ``Python/3.x aiohttp/3.y`` to anyone."""
     response.headers["Server"] = SERVER_HEADER
 

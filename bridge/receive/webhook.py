@@ -38,6 +38,7 @@ from bridge.receive.answers import answer, error, unavailable
 from bridge.receive.auth import guard
 from bridge.receive.clients import client_address
 from bridge.receive.runtime import RUNTIME, Runtime
+from bridge.store import EnqueueReceipt
 from bridge.synap import codes as synap_codes
 
 log = logs.get(__name__)
@@ -135,6 +136,13 @@ async def _handle(
     except StorageUnavailableError as exc:
         fields.update(error="storage_unavailable", detail=str(exc))
         return "unavailable", unavailable("storage_unavailable", "the bridge cannot store now")
+    return _committed(runtime, result, receipt, fields)
+
+
+def _committed(
+    runtime: Runtime, result: intake.Intake, receipt: EnqueueReceipt, fields: dict[str, Any]
+) -> tuple[str, web.Response]:
+    """The answer once the webhook is committed: 202 for a dead letter, else 200."""
     fields.update(webhook_id=receipt.webhook_id, messages=receipt.stored)
     if receipt.duplicates:
         fields["duplicates"] = receipt.duplicates
@@ -143,14 +151,14 @@ async def _handle(
     if result.dead is not None:
         runtime.metrics.dead_lettered.labels(reason=result.dead.reason).inc()
         fields.update(reason=result.dead.reason, detail=result.dead.detail)
-        body = {
+        letter = {
             "accepted": True,
             "dead_lettered": True,
             "webhook_id": receipt.webhook_id,
             "reason": result.dead.reason,
             "detail": result.dead.detail,
         }
-        return "dead_lettered", answer(body, 202)
+        return "dead_lettered", answer(letter, 202)
     runtime.metrics.enqueued.inc(receipt.stored)
     runtime.wake_delivery(receipt.stored + receipt.superseded)
     body: dict[str, Any] = {
