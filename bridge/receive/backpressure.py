@@ -80,6 +80,7 @@ async def refresh(runtime: Runtime) -> None:
 
 
 async def watch(runtime: Runtime, interval: float) -> None:
+    """Refresh every ``interval`` seconds; the app's start ran the first refresh already."""
     while True:
-        await refresh(runtime)
         await asyncio.sleep(interval)
+        await refresh(runtime)
