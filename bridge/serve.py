@@ -71,7 +71,9 @@ async def serve(config: Config, config_path: str | None) -> int:
         return 1
     runners = [runner]
     limit = fit_to_descriptors(config.server.max_connections)
-    guard = ConnectionGuard(limit, runtime.metrics, runtime.throttle)
+    guard = ConnectionGuard(
+        limit, config.server.header_timeout_secs, runtime.metrics, runtime.throttle
+    )
     try:
         await GuardedSite(runner, guard, config.server.host, config.server.port).start()
         if config.metrics.enabled and config.metrics.port is not None:

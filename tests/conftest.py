@@ -133,7 +133,12 @@ async def serving(app: web.Application, config: Config) -> AsyncIterator[int]:
     runtime = app[RUNTIME]
     runner = make_runner(app, config)
     await runner.setup()
-    guard = ConnectionGuard(config.server.max_connections, runtime.metrics, runtime.throttle)
+    guard = ConnectionGuard(
+        config.server.max_connections,
+        config.server.header_timeout_secs,
+        runtime.metrics,
+        runtime.throttle,
+    )
     site = GuardedSite(runner, guard, "127.0.0.1", 0)
     try:
         await site.start()

@@ -13,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
+from bridge.app import build_app
+from bridge.config import Config
 from bridge.receive.answers import raw_unavailable
+from bridge.receive.connections import ConnectionGuard, GuardedSite
+from bridge.receive.runtime import RUNTIME
 from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth
 from tests.process import BridgeProcess, write_config
 
@@ -250,3 +256,29 @@ async def test_1100_connections_over_systemds_default_descriptor_limit(tmp_path:
     assert float(counted[0].split()[1]) >= BAD - lowered["used"]
     assert bridge.events("connection_refused")  # logged, throttled
     assert not bridge.events("unhandled_error")
+
+
+async def test_the_first_head_is_bounded_by_the_guard_itself(
+    config_factory: Callable[..., Config],
+) -> None:
+    """aiohttp before 3.14 armed no timer until a first request arrived: the guard's own header
+    deadline closes a connection that sends nothing or half a head even when aiohttp's
+    keep-alive timer is an hour away."""
+    config = config_factory(server={"header_timeout_secs": 0.5})
+    app = build_app(config)
+    runtime = app[RUNTIME]
+    runner = web.AppRunner(app, keepalive_timeout=3600, access_log=None)
+    await runner.setup()
+    guard = ConnectionGuard(100, 0.5, runtime.metrics, runtime.throttle)
+    site = GuardedSite(runner, guard, "127.0.0.1", 0)
+    try:
+        await site.start()
+        held = [await hold(site.port, kind) for kind in ("nothing", "half_header", "half_header")]
+        held[2].writer.write(b"ngth: 2\r\n\r\n{}")  # the head completes: not cut, answered
+        closed = await asyncio.gather(*(until_closed(h, 0.5 + SLACK) for h in held[:2]))
+        answered = await held[2].reader.readuntil(b"\r\n")
+        held[2].writer.close()
+    finally:
+        await runner.cleanup()
+    assert all(c.after <= 0.5 + SLACK and c.reply == b"" for c in closed), closed
+    assert answered.startswith(b"HTTP/1.1 401 ")  # no credentials, but it got its answer

@@ -1,12 +1,14 @@
-"""Bounds on connections: how many may be open at once, and so how many descriptors they take.
+"""Bounds on connections: how many may be open at once, and how long one may take to ask.
 
-aiohttp bounds how long a connection may take (``keepalive_timeout``, armed from the moment a
-connection opens, closes one that has not completed a request head, and an idle keep-alive one;
-``lingering_time`` bounds draining a body nobody reads), but not how many connections are open.
 With 1,100 idle connections under systemd's default 1,024 descriptors, accept() failed, no
 webhook got through and the watchdog stopped. :class:`ConnectionGuard` wraps aiohttp's protocol
 factory: past ``server.max_connections`` a new connection gets a 503 and is closed at once (not
 queued), and :func:`fit_to_descriptors` keeps that number under the process's descriptor limit.
+A new connection must also complete its first request head within ``header_timeout``: aiohttp
+arms its keep-alive timer at connection time only since 3.14 (aio-libs/aiohttp#13681), and
+before that a connection that never completed a head stayed open for good. Later heads on a
+kept-alive connection fall under aiohttp's ``keepalive_timeout`` (serve sets it to the same
+value), and a body under ``server.body_timeout_secs`` (the handler) and ``lingering_time``.
 """
 
 from __future__ import annotations
@@ -32,14 +34,18 @@ RESERVED_DESCRIPTORS = 64
 #: 128 overflowed under a burst of 1,100 connections: the kernel then dropped handshakes that
 #: TCP retried a second or three later, long after the burst.
 BACKLOG = 1024
+HEAD_END = b"\r\n\r\n"
 REFUSAL = raw_unavailable("too_many_connections", "the bridge has too many open connections")
 
 
 class ConnectionGuard:
     """Counts open connections across the bridge's listeners and refuses those over ``limit``."""
 
-    def __init__(self, limit: int, metrics: Metrics, throttle: Throttle) -> None:
+    def __init__(
+        self, limit: int, header_timeout: float, metrics: Metrics, throttle: Throttle
+    ) -> None:
         self.limit = limit
+        self.header_timeout = header_timeout
         self.active = 0
         self.metrics = metrics
         self.throttle = throttle
@@ -76,24 +82,36 @@ class ConnectionGuard:
 class _Guarded(asyncio.Protocol):
     """aiohttp's protocol behind the guard: created only for an admitted connection."""
 
-    __slots__ = ("_factory", "_guard", "_inner")
+    __slots__ = ("_deadline", "_factory", "_guard", "_inner", "_tail")
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]) -> None:
         self._guard = guard
         self._factory = factory
         self._inner: asyncio.Protocol | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._tail = b""  # the last bytes seen, for a head end split across two reads
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._guard.admit(transport):
             self._inner = self._factory()
             self._inner.connection_made(transport)
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(self._guard.header_timeout, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._inner is not None:
             self._guard.release()
             self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._deadline is not None:
+            seen = self._tail + data
+            if HEAD_END in seen:
+                self._deadline.cancel()
+                self._deadline = None
+            self._tail = seen[-(len(HEAD_END) - 1) :]
         if self._inner is not None:
             self._inner.data_received(data)
 
