@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
 
 from aiohttp import web
 
@@ -19,10 +18,10 @@ from bridge import logs
 from bridge.config import Config
 from bridge.delivery.loop import Delivery
 from bridge.delivery.sinks import Sink, build_sinks
-from bridge.errors import StorageUnavailableError
 from bridge.metrics import Metrics
 from bridge.receive import backpressure, health
 from bridge.receive import webhook as receive
+from bridge.receive.answers import hide_versions, json_errors
 from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.store import Store
 from bridge.store.factory import open_store
@@ -31,34 +30,6 @@ from bridge.synap.codes import CODE_PATTERN
 log = logs.get(__name__)
 
 WEBHOOK_ROUTE = f"/webhooks/synap/{{code:{CODE_PATTERN}}}"
-
-
-@web.middleware
-async def json_errors(
-    request: web.Request, handler: Callable[[web.Request], Any]
-) -> web.StreamResponse:
-    """Every error answer is JSON, including aiohttp's own 404/405, and no exception escapes."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        slug = (exc.reason or "error").lower().replace(" ", "_")
-        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
-        detail = f"{request.method} {request.path}: {exc.reason}"
-        return web.json_response(
-            {"error": slug, "detail": detail}, status=exc.status, headers=headers
-        )
-    except StorageUnavailableError as exc:
-        log.error("storage_unavailable", path=request.path, error=str(exc))
-        return receive.unavailable("storage_unavailable", "the bridge cannot store now")
-    except Exception:
-        log.exception("unhandled_error", path=request.path, method=request.method)
-        return web.json_response(
-            {"error": "internal_error", "detail": "an unexpected error; see the bridge's log"},
-            status=500,
-        )
 
 
 def build_app(
@@ -76,8 +47,7 @@ def build_app(
         metrics=metrics or Metrics(),
         clock=clock,
     )
-    app = web.Application(middlewares=[json_errors])
-    app[RUNTIME] = runtime
+    app = _application(runtime)
     app.router.add_post(WEBHOOK_ROUTE, receive.webhook)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
@@ -91,9 +61,16 @@ def build_app(
 
 def metrics_app(runtime: Runtime) -> web.Application:
     """The separate metrics listener (``metrics.port``): only ``/metrics``, same runtime."""
+    app = _application(runtime)
+    app.router.add_get("/metrics", health.metrics)
+    return app
+
+
+def _application(runtime: Runtime) -> web.Application:
+    """What every listener shares: the runtime, JSON error answers, no versions in ``Server``."""
     app = web.Application(middlewares=[json_errors])
     app[RUNTIME] = runtime
-    app.router.add_get("/metrics", health.metrics)
+    app.on_response_prepare.append(hide_versions)
     return app
 
 

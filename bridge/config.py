@@ -4,8 +4,13 @@ Why not pydantic-settings: its environment source silently ignores variables it 
 so a typo such as ``BRIDGE_SEGMENT__WRTIE_KEY`` would leave the bridge in dry-run without a word.
 Here every ``BRIDGE_`` variable (except ``BRIDGE_CONFIG``, the file's path) is folded into the
 same nested dict as the file and validated by the same models with ``extra="forbid"``, so an
-unknown key from either place is an error that names it. Values from the environment are read as
-YAML scalars (``8080`` is a number, ``true`` a boolean, ``null`` nothing).
+unknown key from either place is an error that names it (an error caused by a variable names the
+variable). A variable for a string setting (a secret, a path, a name) is taken verbatim:
+``BRIDGE_AUTH__PASSWORD='abc #def'`` is ``abc #def``, ``yes`` and ``123456`` are strings. Only a
+variable for a non-string setting is read as a YAML scalar (``8080`` a number, ``true`` a
+boolean, ``[a, b]`` a list). An empty password or write key is an error: leave it unset instead.
+A YAML syntax error names the file, line and column, never the line's content (it may hold a
+secret).
 
 Loading never exits: it raises :class:`bridge.errors.ConfigError`, and the CLI turns that into
 exit status 78 (``EX_CONFIG``).
@@ -15,15 +20,19 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -46,19 +55,38 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _not_empty(value: SecretStr | None) -> SecretStr | None:
+    if value is not None and not value.get_secret_value():
+        raise ValueError("must not be empty (to set none, leave it unset)")
+    return value
+
+
+#: A password or write key: unset (None) is a meaning ("no authentication", "dry-run"), an empty
+#: string is a mistake (an empty variable, ``password: ""``) and never silently means unset.
+Secret = Annotated[SecretStr | None, AfterValidator(_not_empty)]
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    #: From connection open (or the end of the previous answer) to a complete request head.
+    header_timeout_secs: float = Field(10.0, gt=0)
+    #: For reading a whole body once the head is in (408 after it).
+    body_timeout_secs: float = Field(30.0, gt=0)
+    #: Open connections at most (more are closed at once); kept under the descriptor limit.
+    max_connections: int = Field(2000, ge=1)
+    #: Proxies whose X-Forwarded-For is believed for the client address in log lines.
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
 
 
 class AuthConfig(_Section):
     username: str = "synap"
-    password: SecretStr | None = None
+    password: Secret = None
 
 
 class SegmentConfig(_Section):
-    write_key: SecretStr | None = None
+    write_key: Secret = None
     endpoint: str = SEGMENT_US
     timeout_secs: float = Field(15.0, gt=0)
     gzip: bool = True
@@ -174,7 +202,7 @@ class MetricsConfig(_Section):
     enabled: bool = True
     port: int | None = Field(None, ge=0, le=65535, description="separate port; None = main port")
     username: str | None = None
-    password: SecretStr | None = None
+    password: Secret = None
 
 
 class CodeMapping(_Section):
@@ -232,7 +260,7 @@ class MappingConfig(_Section):
 
 
 class Destination(_Section):
-    write_key: SecretStr | None = None
+    write_key: Secret = None
     endpoint: str = SEGMENT_US
     portal_ids: tuple[str, ...] = ()
     sub_portal_ids: tuple[str, ...] = ()
@@ -321,18 +349,62 @@ def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, s
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``BRIDGE_SEGMENT__WRITE_KEY=x`` -> ``{"segment": {"write_key": "x"}}``."""
     tree: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
+    for name, path in env_paths(environ).items():
         node = tree
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError([f"{name}: conflicts with another BRIDGE_ variable"])
             node = child
-        node[path[-1]] = _scalar(raw)
+        if isinstance(node.get(path[-1]), dict):
+            raise ConfigError([f"{name}: conflicts with another BRIDGE_ variable"])
+        raw = environ[name]
+        node[path[-1]] = raw if _is_text(_annotation(path)) else _scalar(raw)
     return tree
+
+
+def env_paths(environ: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Each ``BRIDGE_`` variable and the configuration key it sets, as a path."""
+    return {
+        name: tuple(name[len(ENV_PREFIX) :].lower().split("__"))
+        for name in environ
+        if name.startswith(ENV_PREFIX) and name != ENV_CONFIG_PATH
+    }
+
+
+def _annotation(path: tuple[str, ...]) -> Any:
+    """The type the models give the key at ``path``, or None when no model has that key."""
+    model: Any = Config
+    annotation: Any = None
+    expect_key = False
+    for part in path:
+        if expect_key:  # a free-form name (routing.destinations.<name>, mapping.codes.<code>)
+            expect_key, annotation = False, model
+        else:
+            fields = getattr(model, "model_fields", None)
+            if not isinstance(fields, dict) or part not in fields:
+                return None
+            annotation = fields[part].annotation
+        if typing.get_origin(annotation) is dict:
+            model, expect_key = typing.get_args(annotation)[1], True
+        else:
+            model = annotation
+    return None if expect_key else annotation
+
+
+def _is_text(annotation: Any) -> bool:
+    """True for a string setting (str, secret, path, a choice of words), maybe optional."""
+    if annotation in (str, SecretStr, Path):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(arg, str) for arg in typing.get_args(annotation))
+    if origin is Annotated:
+        return _is_text(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return bool(options) and all(_is_text(arg) for arg in options)
+    return False
 
 
 def _scalar(raw: str) -> Any:
@@ -364,7 +436,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML ({exc})"]) from exc
+        # Never ``str(exc)``: PyYAML quotes the offending line, which may hold a password.
+        raise ConfigError([f"{path}: not valid YAML{_where(exc)}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -372,11 +445,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse(data: Mapping[str, Any]) -> Config:
+def _where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is None:
+        return ""
+    return f" at line {mark.line + 1}, column {mark.column + 1} (content not shown)"
+
+
+def parse(data: Mapping[str, Any], env: Mapping[str, tuple[str, ...]] | None = None) -> Config:
+    """Validate; ``env`` (variable -> key path) makes an error a variable caused name it."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+        raise ConfigError(_describe(exc, env or {})) from None
 
 
 def load(
@@ -388,17 +469,20 @@ def load(
     path = config_path(explicit_path, environ)
     named = bool(explicit_path or environ.get(ENV_CONFIG_PATH))
     data = read_yaml(path) if (named or path.exists()) else {}
-    return parse(merge(data, env_overrides(environ)))
+    return parse(merge(data, env_overrides(environ)), env_paths(environ))
 
 
-def _describe(exc: ValidationError) -> list[str]:
+def _describe(exc: ValidationError, env: Mapping[str, tuple[str, ...]]) -> list[str]:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc) or "(top level)"
+        variable = next((name for name, path in env.items() if loc[: len(path)] == path), None)
+        where = f"{variable} ({key})" if variable else key
         if error["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key")
+            lines.append(f"{where}: unknown key")
         else:
-            lines.append(f"{key}: {error['msg']}")
+            lines.append(f"{where}: {error['msg']}")
     return lines
 
 
@@ -416,6 +500,6 @@ def _mask(value: Any) -> Any:
         return {key: _mask(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_mask(item) for item in value]
-    if isinstance(value, Path):
+    if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
     return value

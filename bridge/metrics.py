@@ -81,6 +81,16 @@ class Metrics:
             "Age of the oldest message waiting for delivery (0 when none).",
             registry=r,
         )
+        self.connections_open = Gauge(
+            "synap_bridge_connections_open",
+            "Client connections open now (server.max_connections at most).",
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "synap_bridge_connections_refused",
+            "Connections closed at once because server.max_connections were open.",
+            registry=r,
+        )
         self.last_delivery = Gauge(
             "synap_bridge_last_delivery_timestamp_seconds",
             "Unix time of the last batch Segment accepted (0 before the first).",

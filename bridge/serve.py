@@ -28,6 +28,7 @@ from bridge.app import build_app, metrics_app
 from bridge.config import Config
 from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError, StorageUnavailableError
+from bridge.receive.connections import ConnectionGuard, GuardedSite, fit_to_descriptors
 from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.store.factory import describe
 from bridge.systemd import Notifier, watchdog_loop
@@ -62,21 +63,23 @@ async def serve(config: Config, config_path: str | None) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, runtime, config_path, notifier)
-    runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=config.shutdown.grace_secs, access_log=None
-    )
+    runner = make_runner(app, config)
     try:
         await runner.setup()
     except StorageUnavailableError as exc:
         log.error("storage_unavailable", error=str(exc), path=describe(config.storage))
         return 1
     runners = [runner]
+    limit = fit_to_descriptors(config.server.max_connections)
+    guard = ConnectionGuard(
+        limit, config.server.header_timeout_secs, runtime.metrics, runtime.throttle
+    )
     try:
-        await web.TCPSite(runner, config.server.host, config.server.port).start()
+        await GuardedSite(runner, guard, config.server.host, config.server.port).start()
         if config.metrics.enabled and config.metrics.port is not None:
-            side = web.AppRunner(metrics_app(runtime), handle_signals=False, access_log=None)
+            side = make_runner(metrics_app(runtime), config)
             await side.setup()
-            await web.TCPSite(side, config.server.host, config.metrics.port).start()
+            await GuardedSite(side, guard, config.server.host, config.metrics.port).start()
             runners.append(side)
         for address in (addr for r in runners for addr in r.addresses):
             log.info("listening", host=address[0], port=address[1], dry_run=config.dry_run)
@@ -98,6 +101,24 @@ async def serve(config: Config, config_path: str | None) -> int:
             await each.cleanup()
     log.info("stopped")
     return 0
+
+
+def make_runner(app: web.Application, config: Config) -> web.AppRunner:
+    """The runner with the connection time bounds (the count is :class:`ConnectionGuard`'s).
+
+    aiohttp's keep-alive timer starts when a connection opens and closes it when no complete
+    request head has arrived by then, so ``keepalive_timeout`` is the header timeout (and the
+    idle keep-alive one); ``lingering_time`` bounds draining a body the handler did not read
+    (401, 503). The handler bounds the body it reads (``server.body_timeout_secs``).
+    """
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=config.shutdown.grace_secs,
+        access_log=None,
+        keepalive_timeout=config.server.header_timeout_secs,
+        lingering_time=config.server.body_timeout_secs,
+    )
 
 
 def reload(runtime: Runtime, config_path: str | None, notifier: Notifier | None = None) -> None:

@@ -7,6 +7,7 @@ file in tmp_path; only the Segment endpoint is local (tests/fakes.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from base64 import b64encode
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from bridge import config as config_module
 from bridge import logs
 from bridge.config import Config
+from bridge.receive.connections import ConnectionGuard, GuardedSite
+from bridge.receive.runtime import RUNTIME
+from bridge.serve import make_runner
 from tests import pgcluster
 from tests.fakes import FakeSegment
 
@@ -118,3 +123,25 @@ async def eventually(condition: Callable[[], bool], within: float = 10.0) -> Non
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - no Event exists for these states
             await asyncio.sleep(POLL_INTERVAL_SECS)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, config: Config) -> AsyncIterator[int]:
+    """``app`` served as ``serve`` serves it (its runner, time bounds and connection guard) on
+    127.0.0.1, port 0; yields the port. pytest-aiohttp's server cancels a handler whose client
+    hangs up, which ``serve`` does not."""
+    runtime = app[RUNTIME]
+    runner = make_runner(app, config)
+    await runner.setup()
+    guard = ConnectionGuard(
+        config.server.max_connections,
+        config.server.header_timeout_secs,
+        runtime.metrics,
+        runtime.throttle,
+    )
+    site = GuardedSite(runner, guard, "127.0.0.1", 0)
+    try:
+        await site.start()
+        yield site.port
+    finally:
+        await runner.cleanup()

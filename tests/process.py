@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,12 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 
 
 class BridgeProcess:
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config_path: Path, env: dict[str, str] | None = None, *, nofile: int | None = None
+    ) -> None:
         self.config_path = config_path
+        #: The child's descriptor limit (soft and hard), e.g. systemd's default of 1,024.
+        self.nofile = nofile
         self.env = {**os.environ, **(env or {})}
         self.env.pop("BRIDGE_CONFIG", None)
         self.proc: asyncio.subprocess.Process | None = None
@@ -50,6 +55,7 @@ class BridgeProcess:
             stderr=asyncio.subprocess.STDOUT,
             env=self.env,
             cwd=REPO,
+            preexec_fn=self._limits if self.nofile is not None else None,
         )
         self._reader = asyncio.create_task(self._read(self.proc))
         waiter = asyncio.create_task(self._listening.wait())
@@ -61,6 +67,10 @@ class BridgeProcess:
             raise RuntimeError("the bridge did not start:\n" + "\n".join(self.raw[-30:]))
         assert self.port is not None
         return self.port
+
+    def _limits(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None

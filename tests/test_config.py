@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -72,7 +74,10 @@ class TestLoad:
     def test_unknown_environment_key_is_named(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             config.load(write(tmp_path, ""), {"BRIDGE_SEGMENT__WRTIE_KEY": "x"})
-        assert "segment.wrtie_key: unknown key" in caught.value.problems
+        # Item 13 of issue 12: the variable is named (the file is not at fault).
+        assert caught.value.problems == [
+            "BRIDGE_SEGMENT__WRTIE_KEY (segment.wrtie_key): unknown key"
+        ]
 
     @pytest.mark.parametrize(
         ("text", "key"),
@@ -179,3 +184,121 @@ class TestCodePattern:
         assert f"{{code:{CODE_PATTERN}}}" in WEBHOOK_ROUTE
         with pytest.raises(ConfigError, match="exam_results_released_code"):
             config.parse({"mapping": {"exam_results_released_code": ".starts-with-a-dot"}})
+
+
+class TestEnvironmentValues:
+    """Issue 12 item 13: a string setting from a variable is taken verbatim, never as YAML."""
+
+    @pytest.mark.parametrize(
+        "value",
+        ["abc #def", '"quoted"', "'single'", "  spaced out  ", "yes", "123456", "null", "~", "[x"],
+    )
+    @pytest.mark.parametrize(
+        ("variable", "read"),
+        [
+            ("BRIDGE_AUTH__PASSWORD", lambda c: c.auth.password),
+            ("BRIDGE_SEGMENT__WRITE_KEY", lambda c: c.segment.write_key),
+            ("BRIDGE_METRICS__PASSWORD", lambda c: c.metrics.password),
+            (
+                "BRIDGE_ROUTING__DESTINATIONS__B__WRITE_KEY",
+                lambda c: c.routing.destinations["b"].write_key,
+            ),
+        ],
+    )
+    def test_secrets_are_verbatim(
+        self, tmp_path: Path, variable: str, read: Callable[[config.Config], Any], value: str
+    ) -> None:
+        loaded = config.load(write(tmp_path, ""), {variable: value})
+        secret = read(loaded)
+        assert secret is not None
+        assert secret.get_secret_value() == value
+
+    def test_other_strings_are_verbatim(self, tmp_path: Path) -> None:
+        env = {
+            "BRIDGE_AUTH__USERNAME": "123",
+            "BRIDGE_STORAGE__PATH": "/data/a #b.db",
+            "BRIDGE_SERVER__HOST": "::1",
+            "BRIDGE_LOGGING__LEVEL": "DEBUG",
+        }
+        loaded = config.load(write(tmp_path, ""), env)
+        assert loaded.auth.username == "123"
+        assert loaded.storage.path == Path("/data/a #b.db")
+        assert loaded.server.host == "::1"
+        assert loaded.logging.level == "debug"
+
+    def test_non_string_settings_are_parsed(self, tmp_path: Path) -> None:
+        env = {
+            "BRIDGE_SERVER__PORT": "9002",
+            "BRIDGE_SEGMENT__GZIP": "false",
+            "BRIDGE_MAPPING__DROP_PROPERTIES": "[a, b]",
+            "BRIDGE_MAPPING__CODES__FLAG.PLANTED__ENABLED": "no",
+            "BRIDGE_SERVER__TRUSTED_PROXIES": "[10.0.0.0/8]",
+        }
+        loaded = config.load(write(tmp_path, ""), env)
+        assert loaded.server.port == 9002
+        assert loaded.segment.gzip is False
+        assert loaded.mapping.drop_properties == ("a", "b")
+        assert loaded.mapping.codes["flag.planted"].enabled is False
+        assert [str(n) for n in loaded.server.trusted_proxies] == ["10.0.0.0/8"]
+
+    @pytest.mark.parametrize(
+        "variable",
+        [
+            "BRIDGE_AUTH__PASSWORD",
+            "BRIDGE_SEGMENT__WRITE_KEY",
+            "BRIDGE_METRICS__PASSWORD",
+            "BRIDGE_ROUTING__DESTINATIONS__B__WRITE_KEY",
+        ],
+    )
+    def test_an_empty_secret_is_an_error_naming_the_variable(
+        self, tmp_path: Path, variable: str
+    ) -> None:
+        with pytest.raises(ConfigError) as caught:
+            config.load(write(tmp_path, ""), {variable: ""})
+        (problem,) = caught.value.problems
+        assert problem.startswith(f"{variable} (")
+        assert "must not be empty" in problem
+
+    def test_an_empty_secret_in_the_file_is_an_error_too(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError) as caught:
+            config.load(write(tmp_path, 'auth:\n  password: ""\n'), {})
+        assert caught.value.problems[0].startswith("auth.password:")
+        # No value at all still means "not set" (authentication off, loopback only).
+        assert config.load(write(tmp_path, "auth:\n  password:\n"), {}).auth.password is None
+
+    def test_a_bad_variable_is_named_not_the_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setenv("BRIDGE_SERVER__PORT", "eighty")
+        path = write(tmp_path, "server:\n  host: 127.0.0.1\n")
+        assert cli.main(["--config", str(path), "check-config"]) == cli.EX_CONFIG
+        err = capsys.readouterr().err
+        assert "BRIDGE_SERVER__PORT (server.port)" in err
+        assert str(path) not in err
+
+
+class TestYamlSyntaxErrors:
+    """Issue 12 item 12: file, line and column; never the content (it may be a password)."""
+
+    SECRET = "hunter2-Zx9-secret"
+
+    def broken(self, tmp_path: Path) -> Path:
+        return write(tmp_path, f"server:\n  port: 8080\nauth:\n  password: {self.SECRET}: [\n")
+
+    def test_error_names_file_line_and_column_only(self, tmp_path: Path) -> None:
+        path = self.broken(tmp_path)
+        with pytest.raises(ConfigError) as caught:
+            config.load(path, {})
+        (problem,) = caught.value.problems
+        assert problem.startswith(f"{path}: not valid YAML at line 4, column ")
+        assert self.SECRET not in problem
+        assert self.SECRET[:4] not in str(caught.value.__cause__ or "")
+
+    def test_check_config_does_not_print_the_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        path = self.broken(tmp_path)
+        assert cli.main(["--config", str(path), "check-config"]) == cli.EX_CONFIG
+        out = capsys.readouterr()
+        assert "line 4" in out.err
+        assert self.SECRET not in out.out + out.err

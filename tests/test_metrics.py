@@ -66,8 +66,8 @@ async def test_every_series_is_reported_and_moves(
     assert sample(client, "synap_bridge_dead_letters_total", reason="unknown_code") == 1
     assert (
         sample(
-            client, "synap_bridge_webhooks_received_total", code="no.such", outcome="dead_lettered"
-        )
+            client, "synap_bridge_webhooks_received_total", code="unknown", outcome="dead_lettered"
+        )  # an unknown code is labelled "unknown" (issue 12 item 9), never by the URL
         == 1
     )
     assert sample(client, "synap_bridge_request_duration_seconds_count") == 3
@@ -100,3 +100,39 @@ async def test_separate_metrics_port(
     assert response.status == 200
     assert "synap_bridge_webhooks_received_total" in await response.text()
     assert (await side.post("/webhooks/synap/attempt.completed", json={})).status == 404
+
+
+async def test_url_codes_leave_the_label_set_bounded(
+    aiohttp_client: MakeClient, config_factory: Callable[..., Config]
+) -> None:
+    """Issue 12 item 9: 400 distinct bogus codes, authenticated (dead letters) and not (401),
+    add one ``unknown`` label set per outcome, and /metrics does not grow with them."""
+    client = await aiohttp_client(build_app(config_factory()))
+    ok = await client.post(
+        "/webhooks/synap/attempt.completed",
+        json=fixture_body("attempt.completed"),
+        headers=basic_auth(),
+    )
+    assert ok.status == 200
+    for n in range(200):  # unauthenticated, at a bogus code and at a real one
+        for code in (f"bogus-{n}", "user.registered"):
+            async with client.post(f"/webhooks/synap/{code}", json={}) as answer:
+                assert answer.status == 401
+    before = len(await (await client.get("/metrics")).read())
+    for n in range(200):
+        async with client.post(f"/webhooks/synap/x{n}", json={}, headers=basic_auth()) as answer:
+            assert answer.status == 202  # kept as a dead letter, labelled "unknown"
+    text = await (await client.get("/metrics")).text()
+    assert len(text) - before < 1000  # a few new series (one label set each), not 200
+    labelled = {
+        line.split("{", 1)[1].split("}", 1)[0]
+        for line in text.splitlines()
+        if line.startswith("synap_bridge_webhooks_received_total{")
+    }
+    assert labelled == {
+        'code="attempt.completed",outcome="accepted"',
+        'code="unknown",outcome="unauthorized"',
+        'code="unknown",outcome="dead_lettered"',
+    }
+    assert sample(client, "synap_bridge_webhooks_received_total", code="unknown",
+                  outcome="unauthorized") == 400  # fmt: skip

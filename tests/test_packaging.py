@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 import bridge
-from bridge.config import Config, ShutdownConfig, env_overrides, parse
+from bridge.config import Config, ServerConfig, ShutdownConfig, env_overrides, parse
+from bridge.receive.connections import RESERVED_DESCRIPTORS
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "synap-bridge.service"
@@ -131,6 +132,12 @@ class TestSystemdUnit:
         grace = ShutdownConfig().grace_secs
         assert service("KillSignal") == ["SIGTERM"]
         assert seconds(service("TimeoutStopSec")[0]) > grace + 5
+
+    def test_descriptor_limit_holds_the_connection_cap(self) -> None:
+        """Issue 12 item 8: max_connections client connections and the bridge's own files fit
+        under LimitNOFILE, so a flood of idle connections cannot exhaust descriptors."""
+        (limit,) = service("LimitNOFILE")
+        assert int(limit) >= ServerConfig().max_connections + RESERVED_DESCRIPTORS
 
     def test_state_and_environment_point_at_the_state_directory(self) -> None:
         assert service("StateDirectory") == ["synap-bridge"]

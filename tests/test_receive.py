@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app
 from bridge.config import Config
+from bridge.receive import backpressure
 from bridge.receive.runtime import RUNTIME
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import basic_auth, eventually
@@ -286,3 +288,46 @@ def _all() -> Any:
     from bridge.store import DeadLetterFilter
 
     return DeadLetterFilter()
+
+
+def probes_committed(path: Path) -> int:
+    """How many write probes the database has committed (read from the file, not the app)."""
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'writable_probe'").fetchone()
+    finally:
+        conn.close()
+    return int(row[0]) if row else 0
+
+
+class TestReadiness:
+    """Issue 12 item 10: /readyz reads the periodic storage check's cached result."""
+
+    async def test_a_probe_flood_writes_nothing_and_failure_still_shows(
+        self, aiohttp_client: MakeClient, config_factory: Callable[..., Config], tmp_path: Path
+    ) -> None:
+        config = config_factory(storage={"busy_timeout_secs": 0.1})
+        client = await aiohttp_client(build_app(config, watch_interval=3600))
+        runtime = client.app[RUNTIME]
+        db = tmp_path / "bridge.db"
+        before = probes_committed(db)
+        for _ in range(300):
+            async with client.get("/readyz") as answer:
+                assert answer.status == 200
+        assert probes_committed(db) == before  # not one commit for 300 probes
+
+        # A real fault: another process holds the write lock past busy_timeout_secs.
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            await backpressure.refresh(runtime)  # what the watcher runs every interval
+            async with client.get("/readyz") as answer:
+                assert answer.status == 503
+                problems = (await answer.json())["problems"]
+            assert any(p.startswith("storage not writable") for p in problems), problems
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        await backpressure.refresh(runtime)
+        async with client.get("/readyz") as answer:
+            assert answer.status == 200

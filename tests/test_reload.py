@@ -88,3 +88,24 @@ class TestRestartNeeded:
         fresh = old.model_copy(update={"extra": ShutdownConfig(grace_secs=3.0)})
         assert restart_needed(old, fresh) == ["extra"]
         assert set(Config.model_fields) >= set(RELOADABLE)
+
+
+async def test_a_refused_reload_does_not_log_the_broken_line(tmp_path: Path) -> None:
+    """Issue 12 item 12: a YAML syntax error on the password's line is logged by file, line
+    and column; the password never reaches the log."""
+    secret = "pw-reload-Q7v-secret"
+    path = write_config(tmp_path / "config.yaml", config_data(tmp_path, flag_enabled=True))
+    bridge = BridgeProcess(path)
+    try:
+        await bridge.start()
+        assert bridge.proc is not None
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text + f"extra:\n  password: {secret}: [\n", encoding="utf-8")
+        bridge.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: bool(bridge.events("reload_refused")))
+        (refused,) = bridge.events("reload_refused")
+        assert "not valid YAML at line" in refused["problems"][0]
+        assert await bridge.terminate() == 0
+    finally:
+        await bridge.close()
+    assert not [line for line in bridge.raw if secret in line]

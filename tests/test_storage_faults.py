@@ -167,7 +167,7 @@ class TestLocked:
     ) -> None:
         config = config_factory(storage={"busy_timeout_secs": 0.2})
         path = config.storage.path
-        client = await aiohttp_client(build_app(config))
+        client = await aiohttp_client(build_app(config, watch_interval=0.05))
         runtime = client.app[RUNTIME]
         assert (await client.post(URL, json=attempt(1), headers=basic_auth())).status == 200
 
@@ -178,8 +178,10 @@ class TestLocked:
             locked = await client.post(URL, json=attempt(2), headers=basic_auth())
             assert locked.status == 503
             assert (await locked.json())["error"] == "storage_unavailable"
+            # /readyz reads the watcher's periodic probe (issue 12 item 10): it turns within
+            # one watch interval, here 0.05 s, instead of committing once per probe.
+            await eventually_status(client, "/readyz", 503)
             ready = await client.get("/readyz")
-            assert ready.status == 503
             assert any("not writable" in p for p in (await ready.json())["problems"])
             # Reads still work while the lock is held (WAL): operators can look.
             await runtime.store.dead_letters(DeadLetterFilter())
@@ -188,7 +190,14 @@ class TestLocked:
             other.close()
 
         assert (await client.post(URL, json=attempt(2), headers=basic_auth())).status == 200
-        assert (await client.get("/readyz")).status == 200
+        await eventually_status(client, "/readyz", 200)
         await client.close()
         assert integrity(path) == "ok"
         assert stored_attempts(path) == {"att-1", "att-2"}
+
+
+async def eventually_status(client: Client, path: str, status: int, within: float = 10) -> None:
+    """GET ``path`` until it answers ``status`` (bounded): for state a background task sets."""
+    async with asyncio.timeout(within):
+        while (await client.get(path)).status != status:  # noqa: ASYNC110 - polled over HTTP
+            await asyncio.sleep(0.01)

@@ -88,7 +88,9 @@ def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
 
 
 def _config_errors(exc: ConfigError, path: str | None) -> int:
-    where = config_module.config_path(path, os.environ)
+    where: object = config_module.config_path(path, os.environ)
+    if all(problem.startswith(config_module.ENV_PREFIX) for problem in exc.problems):
+        where = "environment"  # every problem names its variable; the file is not at fault
     print(f"synap-bridge: invalid configuration ({where}):", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)

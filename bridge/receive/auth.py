@@ -3,7 +3,7 @@
 Synap's only documented authentication is Basic auth on the webhook subscription. Both the user
 name and the password are compared with :func:`hmac.compare_digest`, and both comparisons always
 run (``&``, not ``and``), so the answer time says nothing about which part, or how much of it,
-was right.
+was right. :func:`guard` is the one check every protected endpoint (webhooks, ``/metrics``) runs.
 """
 
 from __future__ import annotations
@@ -11,6 +11,11 @@ from __future__ import annotations
 import binascii
 import hmac
 from base64 import b64decode
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from bridge.receive.answers import error
 
 CHALLENGE = 'Basic realm="synap-segment-bridge", charset="UTF-8"'
 
@@ -38,3 +43,21 @@ def credentials_match(header: str | None, username: str, password: str) -> bool:
     user_ok = hmac.compare_digest(supplied[0], username.encode("utf-8"))
     password_ok = hmac.compare_digest(supplied[1], password.encode("utf-8"))
     return user_ok & password_ok
+
+
+def guard(
+    request: web.BaseRequest, username: str, password: SecretStr | None
+) -> web.Response | None:
+    """The 401 answer when credentials are required and missing or wrong; None to proceed.
+
+    No password configured means the endpoint is open (the bridge then listens on loopback only,
+    :meth:`bridge.config.Config.listen_problem`).
+    """
+    if password is None:
+        return None
+    header = request.headers.get("Authorization")
+    if credentials_match(header, username, password.get_secret_value()):
+        return None
+    return error(
+        401, "unauthorized", "missing or wrong credentials", {"WWW-Authenticate": CHALLENGE}
+    )

@@ -2,7 +2,9 @@
 
 Liveness is only "the event loop answers": restarting a process because Segment is down would
 not help. Readiness fails when storage is not writable, intake is refusing (back-pressure or
-shutting down) or the delivery task is not running: a load balancer then stops sending.
+shutting down) or the delivery task is not running: a load balancer then stops sending. Each of
+these is state kept by the background refresh (:mod:`bridge.receive.backpressure`): a probe costs
+no query and no write, however often it comes.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import contextlib
 from aiohttp import web
 
 from bridge.errors import StorageUnavailableError
-from bridge.receive.auth import CHALLENGE, credentials_match
+from bridge.receive.answers import answer
+from bridge.receive.auth import guard
 from bridge.receive.runtime import RUNTIME
 
 
 async def healthz(request: web.Request) -> web.Response:  # noqa: ARG001 - aiohttp's handler signature
-    return web.json_response({"status": "ok"})
+    return answer({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -25,32 +28,23 @@ async def readyz(request: web.Request) -> web.Response:
     problems: list[str] = []
     if runtime.stopping:
         problems.append("shutting down")
-    try:
-        await runtime.store.check_writable()
-    except StorageUnavailableError as exc:
-        problems.append(f"storage not writable: {exc}")
+    if runtime.storage_problem is not None:
+        problems.append(f"storage not writable: {runtime.storage_problem}")
     if runtime.backpressure:
         problems.append(runtime.backpressure)
     if not runtime.delivering:
         problems.append("delivery task not running")
     if problems:
-        return web.json_response({"status": "unready", "problems": problems}, status=503)
-    return web.json_response({"status": "ready"})
+        return answer({"status": "unready", "problems": problems}, status=503)
+    return answer({"status": "ready"})
 
 
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    guard = runtime.config.metrics
-    if guard.password is not None and not credentials_match(
-        request.headers.get("Authorization"),
-        guard.username or "",
-        guard.password.get_secret_value(),
-    ):
-        return web.json_response(
-            {"error": "unauthorized", "detail": "missing or wrong credentials"},
-            status=401,
-            headers={"WWW-Authenticate": CHALLENGE},
-        )
+    settings = runtime.config.metrics
+    refused = guard(request, settings.username or "", settings.password)
+    if refused is not None:
+        return refused
     now = runtime.clock()
     # On a storage error the gauges keep their last values; /readyz reports the problem.
     with contextlib.suppress(StorageUnavailableError):

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from bridge.config import Config
 from bridge.metrics import Metrics
+from bridge.receive.throttle import Throttle
 from bridge.store import Store
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ class Runtime:
     #: Monotonic time by which shutdown must be done (set by serve on SIGTERM): the requests in
     #: flight and the delivery's batch share one ``shutdown.grace_secs``, not one each.
     shutdown_deadline: float | None = None
+    #: Why the last periodic write probe failed (None: it succeeded); what /readyz reports.
+    storage_problem: str | None = None
+    #: Keeps refusal lines (401, 404, 405, refused connections) to one a second per kind.
+    throttle: Throttle = field(default_factory=Throttle)
 
     def refusal(self) -> str | None:
         if self.stopping:

@@ -10,52 +10,41 @@ name their event code. Answers (every error is JSON ``{"error", "detail"}``):
       (also when ``meta.eventName`` names another code than the URL: ``event_name_mismatch``)
 400   not JSON / not an object / undecodable body
 401   missing or wrong Basic credentials (with ``WWW-Authenticate``)
+408   the body did not arrive within ``server.body_timeout_secs`` (connection closed)
 413   body (after gzip inflation) over ``server.max_body_bytes``; not read past the limit
 503   storage cannot commit, or intake is refusing (back-pressure, shutting down);
       with ``Retry-After``. Never a 2xx for something not committed.
 ====  ===========================================================================
 
-One canonical log line per webhook: code, portal, messages, outcome, status, latency_ms.
+One canonical log line per webhook: code, portal, messages, outcome, status, latency_ms, client
+and, for a refusal, the ``error`` code of the answer. 401 lines are throttled (one a second, with
+the count left out). A client that hangs up mid-body is one ``outcome=disconnected`` info line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from bridge import logs
+from bridge.config import ServerConfig
 from bridge.errors import InvalidPayloadError, StorageUnavailableError
 from bridge.mapping import intake
-from bridge.receive.auth import CHALLENGE, credentials_match
+from bridge.receive.answers import answer, error, unavailable
+from bridge.receive.auth import guard
+from bridge.receive.clients import client_address
 from bridge.receive.runtime import RUNTIME, Runtime
+from bridge.store import EnqueueReceipt
+from bridge.synap import codes as synap_codes
 
 log = logs.get(__name__)
 
 READ_CHUNK = 64 * 1024
-RETRY_AFTER_SECS = 5
-
-
-def answer(
-    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    """A JSON answer, encoded by orjson (``web.json_response`` uses the slower stdlib json)."""
-    return web.Response(
-        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
-    )
-
-
-def error(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return answer({"error": code, "detail": detail}, status, headers)
-
-
-def unavailable(code: str, detail: str) -> web.Response:
-    return error(503, code, detail, {"Retry-After": str(RETRY_AFTER_SECS)})
+UNKNOWN_CODE = "unknown"
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
@@ -87,62 +76,73 @@ async def webhook(request: web.Request) -> web.Response:
     fields: dict[str, Any] = {}
     outcome, response = await _handle(request, runtime, code, fields)
     latency = time.perf_counter() - started
-    runtime.metrics.webhooks.labels(code=code, outcome=outcome).inc()
+    runtime.metrics.webhooks.labels(code=_label(runtime, code, outcome), outcome=outcome).inc()
     runtime.metrics.request_seconds.observe(latency)
-    log.info(
+    if outcome == "unauthorized":
+        # Anyone can send these: one line a second at most, never a label of their choosing.
+        suppressed = runtime.throttle.allow("unauthorized")
+        if suppressed is None:
+            return response
+        fields["suppressed"] = suppressed
+    # A code nobody mapped is data waiting for a config change: an operator should see it.
+    emit = log.warning if fields.get("reason") == "unknown_code" else log.info
+    emit(
         "webhook",
         code=code,
         outcome=outcome,
         status=response.status,
         latency_ms=round(latency * 1000, 2),
+        client=client_address(request, runtime.config.server.trusted_proxies),
         **fields,
     )
     return response
 
 
-# C901: the request's steps in order (auth, refusal, read, map, store, answer), each returning
-# its outcome; the receive package's one error-answer path takes the refusals out of it.
-async def _handle(  # noqa: C901
+def _label(runtime: Runtime, code: str, outcome: str) -> str:
+    """The ``code`` label: a code the bridge knows, else ``unknown``, so that the label set
+    stays bounded whatever URLs are posted; an unauthenticated request is never labelled by its
+    path."""
+    if outcome == "unauthorized":
+        return UNKNOWN_CODE
+    released = runtime.config.mapping.exam_results_released_code
+    return code if code in synap_codes.all_codes(released) else UNKNOWN_CODE
+
+
+async def _handle(
     request: web.Request, runtime: Runtime, code: str, fields: dict[str, Any]
 ) -> tuple[str, web.Response]:
     config = runtime.config
-    password = config.auth.password
-    if password is not None and not credentials_match(
-        request.headers.get("Authorization"), config.auth.username, password.get_secret_value()
-    ):
-        return "unauthorized", error(
-            401, "unauthorized", "missing or wrong credentials", {"WWW-Authenticate": CHALLENGE}
-        )
+    refused = guard(request, config.auth.username, config.auth.password)
+    if refused is not None:
+        fields["error"] = "unauthorized"
+        return "unauthorized", refused
     refusal = runtime.refusal()
     if refusal is not None:
         fields["reason"] = refusal
         return "refused", unavailable("unavailable", refusal)
-    limit = config.server.max_body_bytes
-    try:
-        raw = await read_limited(request, limit)
-    except InvalidPayloadError as exc:
-        refused = error(400, exc.code, exc.detail)
-        refused.force_close()  # the rest of the stream is unreadable: no keep-alive on it
-        return "invalid", refused
-    if raw is None:
-        return "too_large", error(
-            413, "payload_too_large", f"the body is larger than {limit} bytes"
-        )
+    raw = await _read_body(request, config.server, fields)
+    if not isinstance(raw, bytes):
+        return raw
     received_at = runtime.clock()
     try:
         result = intake.process(code, raw, received_at, config, request.query.get("portal"))
     except InvalidPayloadError as exc:
-        refused = error(400, exc.code, exc.detail)
-        refused.force_close()  # the rest of the stream is unreadable: no keep-alive on it
-        return "invalid", refused
+        return _refuse(fields, "invalid", 400, exc.code, exc.detail, close=True)
     fields["portal"] = result.webhook.portal_id
     for reason in result.trimmed:
         log.warning("message_trimmed", code=code, reason=reason)
     try:
         receipt = await runtime.store.enqueue(result.webhook, result.messages, result.dead)
     except StorageUnavailableError as exc:
-        fields["error"] = str(exc)
+        fields.update(error="storage_unavailable", detail=str(exc))
         return "unavailable", unavailable("storage_unavailable", "the bridge cannot store now")
+    return _committed(runtime, result, receipt, fields)
+
+
+def _committed(
+    runtime: Runtime, result: intake.Intake, receipt: EnqueueReceipt, fields: dict[str, Any]
+) -> tuple[str, web.Response]:
+    """The answer once the webhook is committed: 202 for a dead letter, else 200."""
     fields.update(webhook_id=receipt.webhook_id, messages=receipt.stored)
     if receipt.duplicates:
         fields["duplicates"] = receipt.duplicates
@@ -151,17 +151,17 @@ async def _handle(  # noqa: C901
     if result.dead is not None:
         runtime.metrics.dead_lettered.labels(reason=result.dead.reason).inc()
         fields.update(reason=result.dead.reason, detail=result.dead.detail)
-        body: dict[str, Any] = {
+        letter = {
             "accepted": True,
             "dead_lettered": True,
             "webhook_id": receipt.webhook_id,
             "reason": result.dead.reason,
             "detail": result.dead.detail,
         }
-        return "dead_lettered", answer(body, 202)
+        return "dead_lettered", answer(letter, 202)
     runtime.metrics.enqueued.inc(receipt.stored)
     runtime.wake_delivery(receipt.stored + receipt.superseded)
-    body = {
+    body: dict[str, Any] = {
         "accepted": True,
         "webhook_id": receipt.webhook_id,
         "messages": receipt.stored,
@@ -170,3 +170,46 @@ async def _handle(  # noqa: C901
         body["superseded"] = receipt.superseded
     duplicate = receipt.duplicates and not (receipt.stored or receipt.superseded)
     return ("duplicate" if duplicate else "accepted"), answer(body)
+
+
+async def _read_body(
+    request: web.Request, server: ServerConfig, fields: dict[str, Any]
+) -> bytes | tuple[str, web.Response]:
+    """The body, or the outcome and answer that refuse it (400, 408, 413, or a gone client).
+
+    The whole read shares one deadline (``server.body_timeout_secs``): a client that sends half
+    a body and stops holds a connection for that long, not for as long as it likes.
+    """
+    limit = server.max_body_bytes
+    try:
+        async with asyncio.timeout(server.body_timeout_secs):
+            raw = await read_limited(request, limit)
+    except InvalidPayloadError as exc:
+        return _refuse(fields, "invalid", 400, exc.code, exc.detail, close=True)
+    except TimeoutError:
+        detail = f"the body did not arrive within {server.body_timeout_secs} s"
+        return _refuse(fields, "timeout", 408, "body_timeout", detail, close=True)
+    except ConnectionError:
+        # The client hung up mid-body: its fault, nobody reads this answer, no 5xx, no traceback.
+        detail = "the client closed the connection before the body was complete"
+        return _refuse(fields, "disconnected", 400, "client_disconnected", detail, close=True)
+    if raw is None:
+        detail = f"the body is larger than {limit} bytes"
+        return _refuse(fields, "too_large", 413, "payload_too_large", detail)
+    return raw
+
+
+def _refuse(
+    fields: dict[str, Any],
+    outcome: str,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    close: bool = False,
+) -> tuple[str, web.Response]:
+    fields["error"] = code
+    refused = error(status, code, detail)
+    if close:
+        refused.force_close()  # the rest of the stream is unreadable: no keep-alive on it
+    return outcome, refused

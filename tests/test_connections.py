@@ -1,0 +1,284 @@
+"""Idle and slow connections cannot lock webhooks out (issue 12 item 8).
+
+The real ``synap-bridge serve`` (a subprocess, with a chosen descriptor limit) gets 1,100
+connections that send nothing, half a request head or half a body, held open, while 100 real
+webhooks arrive. Before the fix, with systemd's default 1,024 descriptors, no webhook got
+through, ``/healthz`` failed and the watchdog stopped; the connections stayed open for minutes.
+Timeouts are lowered through the configuration (1 s) to keep the test short. Each test prints
+its figures (``pytest -s tests/test_connections.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from bridge.app import build_app
+from bridge.config import Config
+from bridge.receive.answers import raw_unavailable
+from bridge.receive.connections import ConnectionGuard, GuardedSite
+from bridge.receive.runtime import RUNTIME
+from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth
+from tests.process import BridgeProcess, write_config
+
+HEADER_TIMEOUT = 1.0
+BODY_TIMEOUT = 1.0
+#: How late after its timeout a connection may be closed (timers, a loaded 2-core machine).
+SLACK = 2.0
+BAD = 1100
+WEBHOOKS = 100
+URL = "/webhooks/synap/attempt.completed"
+AUTH = basic_auth()["Authorization"]
+REFUSED = raw_unavailable("too_many_connections", "the bridge has too many open connections")
+PARTS = {
+    "nothing": b"",
+    "half_header": f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Le".encode(),
+    "half_body": (
+        f"POST {URL} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\nContent-Length: 1000\r\n\r\n"
+        '{"id": "att-x", "pad": "'
+    ).encode(),
+}
+
+
+@dataclass
+class Held:
+    kind: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    opened: float
+
+
+@dataclass
+class Closed:
+    kind: str
+    after: float  # seconds from opening to the server's close
+    reply: bytes
+
+
+def bridge_config(tmp_path: Path, header_timeout: float = HEADER_TIMEOUT) -> Path:
+    return write_config(
+        tmp_path / "config.yaml",
+        {
+            "server": {
+                "port": 0,
+                "header_timeout_secs": header_timeout,
+                "body_timeout_secs": BODY_TIMEOUT,
+            },
+            "auth": {"username": USER, "password": PASSWORD},
+            "storage": {"path": str(tmp_path / "bridge.db")},
+            "logging": {"format": "json"},
+        },
+    )
+
+
+def enough_descriptors(count: int) -> None:
+    """This test process holds ``count`` client sockets: make sure its own limit allows it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(count, hard), hard))
+
+
+async def hold(port: int, kind: str) -> Held:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    opened = time.monotonic()
+    if PARTS[kind]:
+        writer.write(PARTS[kind])
+        await writer.drain()
+    return Held(kind, reader, writer, opened)
+
+
+async def hold_many(port: int, count: int) -> list[Held]:
+    """``count`` bad connections, a third of each kind, opened 100 at a time (a burst of 1,100
+    SYNs would overflow the listen backlog and measure TCP's retransmission, not the bridge)."""
+    kinds = list(PARTS)
+    held: list[Held] = []
+    for start in range(0, count, 100):
+        batch = range(start, min(count, start + 100))
+        held += await asyncio.gather(*(hold(port, kinds[n % 3]) for n in batch))
+    return held
+
+
+async def until_closed(held: Held, within: float) -> Closed:
+    """Read until the server closes the connection (bounded); what it said and when."""
+    reply = b""
+    try:
+        async with asyncio.timeout(within):
+            reply = await held.reader.read()
+    except ConnectionError:
+        pass
+    except TimeoutError:
+        return Closed(held.kind, float("inf"), reply)
+    finally:
+        held.writer.close()
+    return Closed(held.kind, time.monotonic() - held.opened, reply)
+
+
+def watch(held: list[Held], header_timeout: float = HEADER_TIMEOUT) -> asyncio.Future[list[Closed]]:
+    """Start reading every bad connection now, so that each close is timed when it happens."""
+    within = header_timeout + 2 * BODY_TIMEOUT + SLACK
+    return asyncio.gather(*(until_closed(h, within) for h in held))
+
+
+@dataclass
+class Accepted:
+    latency: float  # seconds from the first try to the 200
+    tries: int
+
+
+async def webhook(session: aiohttp.ClientSession, url: str, n: int, deadline: float) -> Accepted:
+    """Post one real webhook until it is accepted (a refused connection is tried again, as
+    Synap does)."""
+    started = time.monotonic()
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            async with session.post(
+                f"{url}{URL}", json=attempt_completed(n), headers=basic_auth()
+            ) as answer:
+                if answer.status == 200:
+                    return Accepted(time.monotonic() - started, tries)
+                assert answer.status == 503, await answer.text()
+        except aiohttp.ClientError:
+            pass
+        assert time.monotonic() < deadline, f"webhook {n} not accepted in time"
+        await asyncio.sleep(0.05)  # a client's pause before trying again, not a wait for state
+
+
+async def webhooks(url: str, within: float) -> list[Accepted]:
+    deadline = time.monotonic() + within
+    connector = aiohttp.TCPConnector(limit=20, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        return await asyncio.gather(*(webhook(session, url, n, deadline) for n in range(WEBHOOKS)))
+
+
+async def healthz(url: str) -> float:
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as answer:
+        assert answer.status == 200
+    return time.monotonic() - started
+
+
+def p99(accepted: list[Accepted]) -> float:
+    latencies = sorted(a.latency for a in accepted)
+    return latencies[max(0, round(0.99 * len(latencies)) - 1)]
+
+
+async def test_1100_idle_and_slow_connections_under_the_units_limit(tmp_path: Path) -> None:
+    """Under the unit's LimitNOFILE (4096) the default cap (2000) holds the 1,100 bad
+    connections: every webhook is accepted at its first try, and every bad connection is closed
+    by its timeout (half a body: 408)."""
+    enough_descriptors(BAD + WEBHOOKS + 200)
+    bridge = BridgeProcess(bridge_config(tmp_path), nofile=4096)
+    try:
+        url = f"http://127.0.0.1:{await bridge.start()}"
+        assert bridge.port is not None
+        held = await hold_many(bridge.port, BAD)
+        watching = watch(held)
+        opened = time.monotonic()
+        health = await healthz(url)
+        accepted = await webhooks(url, within=10)
+        busy = time.monotonic() - opened
+        closed = await watching
+        assert await bridge.terminate() == 0
+    finally:
+        await bridge.close()
+    print(
+        f"\n{BAD} bad connections held: {len(accepted)}/{WEBHOOKS} webhooks accepted in "
+        f"{busy:.2f} s, p99 {p99(accepted) * 1000:.0f} ms;"
+        f" /healthz {health * 1000:.0f} ms; bad connections closed after at most "
+        f"{max(c.after for c in closed):.2f} s"
+    )
+    assert len(accepted) == WEBHOOKS
+    assert [a.tries for a in accepted] == [1] * WEBHOOKS  # none refused, none retried
+    for kind, limit in (("nothing", HEADER_TIMEOUT), ("half_header", HEADER_TIMEOUT)):
+        mine = [c for c in closed if c.kind == kind]
+        late = [c.after for c in mine if c.after > limit + SLACK]
+        assert not late, f"{len(late)} {kind} connections closed late: {late[:5]}"
+    bodies = [c for c in closed if c.kind == "half_body"]
+    odd = [(c.reply[:40], c.after) for c in bodies if not c.reply.startswith(b"HTTP/1.1 408 ")]
+    assert not odd, odd[:5]
+    # 408 at the body timeout; aiohttp then drains the unread rest for up to as long again.
+    assert all(c.after <= 2 * BODY_TIMEOUT + SLACK for c in bodies)
+
+
+async def test_1100_connections_over_systemds_default_descriptor_limit(tmp_path: Path) -> None:
+    """With systemd's default 1,024 descriptors the cap is lowered to fit (960): the
+    connections past it get a 503 at once instead of exhausting descriptors, and every webhook
+    is accepted once the timeouts have closed the bad connections. (A 3 s header timeout here,
+    so that all 1,100 are surely open together even on a loaded machine.)"""
+    header_timeout = 3.0
+    enough_descriptors(BAD + WEBHOOKS + 200)
+    bridge = BridgeProcess(bridge_config(tmp_path, header_timeout), nofile=1024)
+    try:
+        url = f"http://127.0.0.1:{await bridge.start()}"
+        assert bridge.port is not None
+        (lowered,) = bridge.events("max_connections_lowered")
+        assert lowered["used"] == 1024 - 64
+        held = await hold_many(bridge.port, BAD)
+        watching = watch(held, header_timeout)
+        accepted = await webhooks(url, within=header_timeout + 2 * BODY_TIMEOUT + 10)
+        health = await healthz(url)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/metrics") as answer,
+        ):
+            scraped = await answer.text()
+        closed = await watching
+        assert await bridge.terminate() == 0
+    finally:
+        await bridge.close()
+    # Refused at accept: a 503 at once, or a reset when the client had sent bytes the bridge
+    # never read (the kernel answers unread data on close with a reset).
+    refused = [c for c in closed if c.reply == REFUSED or (not c.reply and c.after < 1.5)]
+    print(
+        f"\n{BAD} bad connections at 1,024 descriptors: {len(refused)} refused at once (at most "
+        f"{max(c.after for c in refused) * 1000:.0f} ms); {len(accepted)}/{WEBHOOKS} webhooks "
+        f"accepted, p99 {p99(accepted) * 1000:.0f} ms; /healthz {health * 1000:.0f} ms"
+    )
+    assert len(refused) >= BAD - lowered["used"]
+    assert all(c.after < 1.5 for c in refused)  # not held to the 3 s timeout
+    assert [c for c in refused if c.reply == REFUSED]
+    assert len(accepted) == WEBHOOKS
+    assert not [c for c in closed if c.after == float("inf")]  # every one closed in time
+    counted = [
+        ln
+        for ln in scraped.splitlines()
+        if ln.startswith("synap_bridge_connections_refused_total ")
+    ]
+    assert float(counted[0].split()[1]) >= BAD - lowered["used"]
+    assert bridge.events("connection_refused")  # logged, throttled
+    assert not bridge.events("unhandled_error")
+
+
+async def test_the_first_head_is_bounded_by_the_guard_itself(
+    config_factory: Callable[..., Config],
+) -> None:
+    """aiohttp before 3.14 armed no timer until a first request arrived: the guard's own header
+    deadline closes a connection that sends nothing or half a head even when aiohttp's
+    keep-alive timer is an hour away."""
+    config = config_factory(server={"header_timeout_secs": 0.5})
+    app = build_app(config)
+    runtime = app[RUNTIME]
+    runner = web.AppRunner(app, keepalive_timeout=3600, access_log=None)
+    await runner.setup()
+    guard = ConnectionGuard(100, 0.5, runtime.metrics, runtime.throttle)
+    site = GuardedSite(runner, guard, "127.0.0.1", 0)
+    try:
+        await site.start()
+        held = [await hold(site.port, kind) for kind in ("nothing", "half_header", "half_header")]
+        held[2].writer.write(b"ngth: 2\r\n\r\n{}")  # the head completes: not cut, answered
+        closed = await asyncio.gather(*(until_closed(h, 0.5 + SLACK) for h in held[:2]))
+        answered = await held[2].reader.readuntil(b"\r\n")
+        held[2].writer.close()
+    finally:
+        await runner.cleanup()
+    assert all(c.after <= 0.5 + SLACK and c.reply == b"" for c in closed), closed
+    assert answered.startswith(b"HTTP/1.1 401 ")  # no credentials, but it got its answer
