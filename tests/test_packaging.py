@@ -21,6 +21,7 @@ import pytest
 
 import bridge
 from bridge.config import Config, ShutdownConfig, env_overrides, parse
+from bridge.serve import EX_DATABASE_IN_USE
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "synap-bridge.service"
@@ -125,7 +126,11 @@ class TestSystemdUnit:
 
     def test_bad_config_is_not_restarted(self) -> None:
         assert service("Restart") == ["on-failure"]
-        assert service("RestartPreventExitStatus") == ["78"]
+        assert "78" in service("RestartPreventExitStatus")[0].split()
+
+    def test_a_database_in_use_is_not_restarted(self) -> None:
+        """A second serve on a locked database exits 75: restarting it would only loop."""
+        assert str(EX_DATABASE_IN_USE) in service("RestartPreventExitStatus")[0].split()
 
     def test_stop_timeout_outlasts_the_grace_period(self) -> None:
         grace = ShutdownConfig().grace_secs

@@ -5,6 +5,9 @@ No database work runs on the event loop. Writes go to one writer thread (group c
 thread with its own connection, which WAL lets run beside the writer. Another process (the CLI) may
 open the same file at the same time: WAL plus ``busy_timeout`` make them take turns.
 
+The database file must stay the one opened: deleted or replaced under a running store, every
+call fails from then on (:mod:`bridge.store.sqlite.identity`).
+
 Every sqlite3 or OS error leaves as :class:`bridge.errors.StorageUnavailableError`; a failed
 transaction is rolled back whole, so a full disk or an I/O error never leaves half a webhook.
 """
@@ -38,6 +41,7 @@ from bridge.store import (
 )
 from bridge.store.sqlite import queries as ops
 from bridge.store.sqlite.checkpoint import Checkpointer
+from bridge.store.sqlite.identity import FileIdentity
 from bridge.store.sqlite.schema import SYNCHRONOUS_MODES, connect, migrate, translate
 from bridge.store.sqlite.writer import Writer
 
@@ -74,6 +78,7 @@ class SQLiteStore:
         self._checkpointer: Checkpointer | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None  # touched by the reader thread only
+        self._identity = FileIdentity(self.path)
 
     @classmethod
     def from_config(cls, cfg: StorageConfig) -> SQLiteStore:
@@ -98,6 +103,7 @@ class SQLiteStore:
             f"sqlite-writer:{self.path.name}",
             on_commit=checkpointer.poke,
             between=checkpointer.restart_if_wanted,
+            identity=self._identity,
         )
         writer.start()
         self._writer = writer
@@ -127,13 +133,19 @@ class SQLiteStore:
 
     def _connect_writer(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return connect(
+        conn = connect(
             self.path,
             synchronous=self.synchronous,
             busy_timeout_secs=self.busy_timeout_secs,
             max_page_count=self.max_page_count,
             autocheckpoint=False,  # the checkpointer's job (bridge.store.sqlite.checkpoint)
         )
+        try:
+            self._identity.remember()
+        except OSError:
+            conn.close()
+            raise
+        return conn
 
     def _connect_checkpointer(self) -> sqlite3.Connection:
         return connect(
@@ -157,6 +169,7 @@ class SQLiteStore:
     async def _read(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         if self._reader is None:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
+        self._identity.refuse()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, self._in_reader, work, doing)
 
