@@ -6,9 +6,10 @@ flight finish (up to ``shutdown.grace_secs``), then the delivery task finishes o
 batch, then the store closes. A SIGKILL at any point loses nothing acknowledged: claims expire
 and go out again after restart with the same messageIds.
 
-One ``serve`` per SQLite database (PostgreSQL runs replicas instead): the lock (:mod:`bridge.store.sqlite.lock`) is taken before
-anything else; a second ``serve`` logs ``database_in_use`` and exits with
-:data:`EX_DATABASE_IN_USE` (75), which the systemd unit lists in ``RestartPreventExitStatus=``.
+One ``serve`` per SQLite database (PostgreSQL runs replicas instead): the lock
+(:mod:`bridge.store.sqlite.lock`) is taken before anything else; a second ``serve`` logs
+``database_in_use`` and exits with :data:`EX_DATABASE_IN_USE` (75), which the systemd unit lists
+in ``RestartPreventExitStatus=``.
 
 SIGHUP reloads ``mapping``, ``routing``, ``segment`` (destinations) and ``logging`` from the same
 file and environment. A bad new configuration is refused with a log line and the old one kept.
