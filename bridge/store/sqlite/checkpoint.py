@@ -145,12 +145,12 @@ class Checkpointer:
                 else:
                     if copied == frames:
                         self.copied_through = max(self.copied_through, seen)
-                    if frames >= RESTART_FRAMES:
-                        self._over_target(frames)
                     if frames >= RESTART_FRAMES and time.monotonic() >= self._retry_restart_at:
                         self._restarted.clear()
                         self._restart_wanted.set()
                         self._restarted.wait(RESTART_WAIT_SECS)  # no checkpoint meanwhile
+                    if frames >= RESTART_FRAMES:
+                        self._over_target(frames)
                 # Let commits accumulate: the next round comes no sooner than this.
                 if self._stopping.wait(MIN_INTERVAL_SECS):
                     return
