@@ -42,7 +42,13 @@ from bridge.store import (
 from bridge.store.sqlite import queries as ops
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.identity import FileIdentity
-from bridge.store.sqlite.schema import SYNCHRONOUS_MODES, connect, migrate, translate
+from bridge.store.sqlite.schema import (
+    SYNCHRONOUS_MODES,
+    DatabaseMissingError,
+    connect,
+    migrate,
+    translate,
+)
 from bridge.store.sqlite.writer import Writer
 
 T = TypeVar("T")
@@ -55,7 +61,8 @@ class SQLiteStore:
     """Durable storage in one SQLite file (WAL). Open with :meth:`open`, stop with :meth:`close`.
 
     ``max_page_count`` caps the database size in pages (``PRAGMA max_page_count``): tests use it
-    to fill the database without filling a disk.
+    to fill the database without filling a disk. ``create=False`` (the operator commands) opens
+    only an existing bridge database: a mistyped path is an error, not a new empty database.
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class SQLiteStore:
         synchronous: str = "FULL",
         busy_timeout_secs: float = 5.0,
         max_page_count: int | None = None,
+        create: bool = True,
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
@@ -74,6 +82,7 @@ class SQLiteStore:
         self.synchronous = synchronous.upper()
         self.busy_timeout_secs = busy_timeout_secs
         self.max_page_count = max_page_count
+        self.create = create
         self._writer: Writer | None = None
         self._checkpointer: Checkpointer | None = None
         self._reader: ThreadPoolExecutor | None = None
@@ -81,8 +90,13 @@ class SQLiteStore:
         self._identity = FileIdentity(self.path)
 
     @classmethod
-    def from_config(cls, cfg: StorageConfig) -> SQLiteStore:
-        return cls(cfg.path, synchronous=cfg.synchronous, busy_timeout_secs=cfg.busy_timeout_secs)
+    def from_config(cls, cfg: StorageConfig, *, create: bool = True) -> SQLiteStore:
+        return cls(
+            cfg.path,
+            synchronous=cfg.synchronous,
+            busy_timeout_secs=cfg.busy_timeout_secs,
+            create=create,
+        )
 
     @property
     def backlog(self) -> int:
@@ -95,6 +109,11 @@ class SQLiteStore:
         """Create the file and its directory if needed, and migrate the schema."""
         if self._writer is not None:
             return
+        if not self.create and not self.path.is_file():
+            raise DatabaseMissingError(
+                f"no database at {self.path}: check storage.path (BRIDGE_STORAGE__PATH); "
+                "this command never creates one"
+            )
         checkpointer = Checkpointer(self._connect_checkpointer, f"sqlite-wal:{self.path.name}")
         checkpointer.start()
         self._checkpointer = checkpointer
@@ -108,7 +127,10 @@ class SQLiteStore:
         writer.start()
         self._writer = writer
         try:
-            await writer.submit(migrate, "open the database", raw=True)
+            await writer.submit(partial(migrate, create=self.create), "open the database", raw=True)
+        except DatabaseMissingError as exc:
+            await self._stop_writer()
+            raise DatabaseMissingError(f"{self.path}: {exc}") from exc
         except BaseException:
             await self._stop_writer()
             raise
