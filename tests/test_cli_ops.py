@@ -352,7 +352,8 @@ class TestPurge:
         assert ran.code == 0
         lines = ran.out.splitlines()
         assert lines[0].split()[:3] == ["ID", "CREATED", "(UTC)"]
-        assert len(lines) == 3 and "unknown_code" in lines[1]  # the 10-day-old letter only
+        assert len(lines) == 3
+        assert "unknown_code" in lines[1]  # the 10-day-old letter only
         assert lines[2].startswith("would purge 1 dead letter(s) created before ")
         left = (await run_cli(populated.broken, "dead-letters", "list", "--json")).json()
         assert len(left) == 6
@@ -384,7 +385,8 @@ class TestPurge:
         )
         shown = _drain(main)
         assert done.returncode == code
-        assert b"Delete 1 dead letter(s) created before " in shown and b"[y/N]" in shown
+        assert b"Delete 1 dead letter(s) created before " in shown
+        assert b"[y/N]" in shown
         assert (b"purged 1 dead letter(s)" in shown) == (code == 0)
         assert (b"nothing purged" in shown) == (code == 1)
         assert await _letters(populated.broken_db) == left
@@ -535,7 +537,8 @@ class TestNoDatabase:
             assert done.stdout == b""
             assert f"synap-bridge: no database at {db}".encode() in done.stderr
             assert b"storage.path" in done.stderr
-            assert not db.exists() and not db.parent.joinpath("bridge.dbx-wal").exists()
+            assert not db.exists()
+            assert not db.parent.joinpath("bridge.dbx-wal").exists()
             assert not (tmp_path / "typo").exists()
 
     async def test_a_file_that_is_not_a_bridge_database_is_left_alone(self, tmp_path: Path) -> None:
@@ -555,7 +558,8 @@ class TestNoDatabase:
         done = await asyncio.to_thread(_cli_subprocess, config, "migrate")
         assert done.returncode == 0, done.stderr
         stats = await asyncio.to_thread(_cli_subprocess, config, "stats", "--json")
-        assert stats.returncode == 0 and json.loads(stats.stdout)["pending"] == 0
+        assert stats.returncode == 0
+        assert json.loads(stats.stdout)["pending"] == 0
 
 
 # ---- while serve runs on the same database ---------------------------------------------------

@@ -319,7 +319,8 @@ class TestCheckpoints:
             body = b"x" * 20_000
             await asyncio.gather(*(store.enqueue(hook(n, body), [msg(f"m{n}")]) for n in range(50)))
             checkpointer, writer = store._checkpointer, store._writer
-            assert checkpointer is not None and writer is not None
+            assert checkpointer is not None
+            assert writer is not None
             # Wait on the checkpointer's own word that every commit so far is copied back (the
             # file's size grows while a checkpoint runs, before that checkpoint is counted).
             await until(lambda: checkpointer.copied_through >= writer.commits)

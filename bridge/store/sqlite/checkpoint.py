@@ -143,20 +143,25 @@ class Checkpointer:
                 except sqlite3.Error as exc:
                     log.warning("wal_checkpoint_failed", error=str(exc))
                 else:
-                    if copied == frames:
-                        self.copied_through = max(self.copied_through, seen)
-                    if frames >= RESTART_FRAMES and time.monotonic() >= self._retry_restart_at:
-                        self._restarted.clear()
-                        self._restart_wanted.set()
-                        self._restarted.wait(RESTART_WAIT_SECS)  # no checkpoint meanwhile
-                    if frames >= RESTART_FRAMES:
-                        self._over_target(frames)
+                    self._after(frames, copied, seen)
                 # Let commits accumulate: the next round comes no sooner than this.
                 if self._stopping.wait(MIN_INTERVAL_SECS):
                     return
         finally:
             if conn is not None:
                 conn.close()
+
+    def _after(self, frames: int, copied: int, seen: int) -> None:
+        """After a checkpoint round: record what is copied back; ask for a rewind if due."""
+        if copied == frames:
+            self.copied_through = max(self.copied_through, seen)
+        if frames < RESTART_FRAMES:
+            return
+        if time.monotonic() >= self._retry_restart_at:
+            self._restarted.clear()
+            self._restart_wanted.set()
+            self._restarted.wait(RESTART_WAIT_SECS)  # no checkpoint meanwhile
+        self._over_target(frames)
 
     def _over_target(self, frames: int) -> None:
         """Log (rate-limited) a WAL a reader keeps from rewinding; under plain load the rewind
