@@ -26,6 +26,7 @@ from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
 from bridge.store import DeadLetterFilter, DeadReason, Store
 from bridge.store.sqlite.checkpoint import Checkpointer
+from bridge.store.sqlite.identity import DatabaseFileLostError
 from bridge.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, connect
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import eventually
@@ -481,6 +482,29 @@ class TestFailures:
             await store.check_writable()
         finally:
             await store.close()
+
+    async def test_a_deleted_file_refuses_everything_until_opened_again(self, db: Path) -> None:
+        """Writes and reads fail once the path no longer names the open file; opening again
+        takes whatever the path names then (tests/test_database_file.py: the real serve)."""
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            await store.enqueue(hook(1), [msg("a")])
+            await asyncio.to_thread(db.unlink)
+            with pytest.raises(DatabaseFileLostError, match="deleted"):
+                await store.enqueue(hook(2), [msg("b")])
+            with pytest.raises(DatabaseFileLostError, match="deleted"):
+                await store.stats(NOW, 0)
+            with pytest.raises(DatabaseFileLostError, match="deleted"):
+                await store.check_writable()
+        finally:
+            await store.close()
+        await store.open()
+        try:
+            assert (await store.enqueue(hook(3), [msg("c")])).stored == 1
+        finally:
+            await store.close()
+        assert query(db, "SELECT json_extract(raw_body, '$.n') FROM webhooks") == [(3,)]
 
     async def test_locked_past_busy_timeout(self, db: Path) -> None:
         store = SQLiteStore(db, busy_timeout_secs=0.05)

@@ -106,7 +106,8 @@ class SQLiteStore:
     # ---- life cycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the file and its directory if needed, and migrate the schema."""
+        """Create the file and its directory if needed (unless ``create=False``), and migrate
+        the schema."""
         if self._writer is not None:
             return
         if not self.create and not self.path.is_file():
@@ -114,6 +115,7 @@ class SQLiteStore:
                 f"no database at {self.path}: check storage.path (BRIDGE_STORAGE__PATH); "
                 "this command never creates one"
             )
+        self._identity = FileIdentity(self.path)  # whatever the path names now is ours
         checkpointer = Checkpointer(self._connect_checkpointer, f"sqlite-wal:{self.path.name}")
         checkpointer.start()
         self._checkpointer = checkpointer
