@@ -6,6 +6,11 @@ flight finish (up to ``shutdown.grace_secs``), then the delivery task finishes o
 batch, then the store closes. A SIGKILL at any point loses nothing acknowledged: claims expire
 and go out again after restart with the same messageIds.
 
+One ``serve`` per SQLite database (PostgreSQL runs replicas instead): the lock
+(:mod:`bridge.store.sqlite.lock`) is taken before anything else; a second ``serve`` logs
+``database_in_use`` and exits with :data:`EX_DATABASE_IN_USE` (75), which the systemd unit lists
+in ``RestartPreventExitStatus=``.
+
 SIGHUP reloads ``mapping``, ``routing``, ``segment`` (destinations) and ``logging`` from the same
 file and environment. A bad new configuration is refused with a log line and the old one kept.
 The listening address and the storage need a restart (a log line says so when they changed).
@@ -31,12 +36,16 @@ from bridge.errors import ConfigError, StorageUnavailableError
 from bridge.receive.connections import ConnectionGuard, GuardedSite, fit_to_descriptors
 from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.store.factory import describe
+from bridge.store.sqlite.lock import DatabaseInUseError, ServeLock
 from bridge.systemd import Notifier, watchdog_loop
 
 log = logs.get(__name__)
 
 #: What SIGHUP applies in place; every other section of Config needs a restart (restart_needed).
 RELOADABLE = ("mapping", "routing", "segment", "logging")
+#: Another serve holds the database (EX_TEMPFAIL): retrying at once cannot help, so the unit's
+#: ``RestartPreventExitStatus=`` lists it and systemd does not restart in a loop.
+EX_DATABASE_IN_USE = 75
 
 
 def restart_needed(old: Config, fresh: Config) -> list[str]:
@@ -53,6 +62,30 @@ async def serve(config: Config, config_path: str | None) -> int:
     problem = config.listen_problem()
     if problem:
         raise ConfigError([problem])
+    if config.storage.url is not None:  # PostgreSQL: replicas share the queue, no lock
+        return await _serve(config, config_path)
+    lock = ServeLock(config.storage.path)
+    try:
+        lock.acquire()
+    except DatabaseInUseError as exc:
+        log.error(
+            "database_in_use",
+            path=str(config.storage.path),
+            lock=str(exc.lock_path),
+            holder_pid=exc.holder or None,
+            detail=str(exc),
+        )
+        return EX_DATABASE_IN_USE
+    except OSError as exc:
+        log.error("storage_unavailable", error=str(exc), path=str(config.storage.path))
+        return 1
+    try:
+        return await _serve(config, config_path)
+    finally:
+        lock.release()
+
+
+async def _serve(config: Config, config_path: str | None) -> int:
     notifier = Notifier.from_environ()
     app = build_app(config)
     runtime = app[RUNTIME]

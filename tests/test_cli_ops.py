@@ -16,6 +16,7 @@ import logging
 import os
 import pty
 import select
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def completed(n: int, portal: str = "portal-1", user: str | None = "u-1") -> dic
 
 @dataclass
 class Populated:
+    broken_db: Path
     broken: Path  # the configuration the webhooks arrived under
     fixed: Path  # the corrected one
     bodies: dict[str, dict[str, Any]]  # by dead-letter reason: the raw body that was posted
@@ -192,7 +194,7 @@ async def populated(tmp_path: Path) -> Populated:
             await _store(store, config, "attempt.completed", completed(n, "portal-b"), now - age)
     finally:
         await store.close()
-    return Populated(broken, fixed, bodies, claimed[2].message_id)
+    return Populated(db, broken, fixed, bodies, claimed[2].message_id)
 
 
 def ids_by_reason(listing: list[dict[str, Any]]) -> dict[str, int]:
@@ -333,13 +335,61 @@ class TestReplay:
 
 class TestPurge:
     async def test_purge_older_than(self, populated: Populated) -> None:
-        ran = await run_cli(populated.broken, "dead-letters", "purge", "--older-than", "7d")
+        purge = ("dead-letters", "purge", "--older-than", "7d", "--yes")
+        ran = await run_cli(populated.broken, *purge)
         assert ran.code == 0
         assert ran.out.strip() == "purged 1 dead letter(s)"
         left = (await run_cli(populated.broken, "dead-letters", "list", "--json")).json()
         assert len(left) == 5
-        again = await run_cli(populated.broken, "dead-letters", "purge", "--older-than", "7d")
+        again = await run_cli(populated.broken, *purge)
         assert again.out.strip() == "purged 0 dead letter(s)"
+
+    async def test_dry_run_lists_what_would_go_and_deletes_nothing(
+        self, populated: Populated
+    ) -> None:
+        purge = ("dead-letters", "purge", "--older-than", "7d", "--dry-run")
+        ran = await run_cli(populated.broken, *purge)
+        assert ran.code == 0
+        lines = ran.out.splitlines()
+        assert lines[0].split()[:3] == ["ID", "CREATED", "(UTC)"]
+        assert len(lines) == 3
+        assert "unknown_code" in lines[1]  # the 10-day-old letter only
+        assert lines[2].startswith("would purge 1 dead letter(s) created before ")
+        left = (await run_cli(populated.broken, "dead-letters", "list", "--json")).json()
+        assert len(left) == 6
+
+    async def test_off_a_terminal_it_needs_yes(self, populated: Populated) -> None:
+        done = await asyncio.to_thread(
+            _cli_subprocess, populated.broken, "dead-letters", "purge", "--older-than", "7d"
+        )
+        assert done.returncode == 2
+        assert b"refusing to purge without confirmation" in done.stderr
+        assert b"--yes" in done.stderr
+        assert done.stdout == b""
+        assert await _letters(populated.broken_db) == 6
+
+    @pytest.mark.parametrize(("answer", "code", "left"), [(b"n\n", 1, 6), (b"y\n", 0, 5)])
+    async def test_on_a_terminal_it_asks(
+        self,
+        populated: Populated,
+        terminal: tuple[int, int],
+        answer: bytes,
+        code: int,
+        left: int,
+    ) -> None:
+        main, secondary = terminal
+        os.write(main, answer)  # typed ahead: the terminal holds it until the command reads
+        purge = ("dead-letters", "purge", "--older-than", "7d")
+        done = await asyncio.to_thread(
+            _cli_subprocess, populated.broken, *purge, stdin=secondary, out=secondary
+        )
+        shown = _drain(main)
+        assert done.returncode == code
+        assert b"Delete 1 dead letter(s) created before " in shown
+        assert b"[y/N]" in shown
+        assert (b"purged 1 dead letter(s)" in shown) == (code == 0)
+        assert (b"nothing purged" in shown) == (code == 1)
+        assert await _letters(populated.broken_db) == left
 
     async def test_bad_duration_is_a_usage_error(self, populated: Populated) -> None:
         with pytest.raises(SystemExit) as exited:
@@ -401,6 +451,24 @@ def _replay_subprocess(config: Path, stderr: int) -> subprocess.CompletedProcess
     )
 
 
+def _cli_subprocess(
+    config: Path, *args: str, stdin: int = subprocess.DEVNULL, out: int = subprocess.PIPE
+) -> subprocess.CompletedProcess[bytes]:
+    """``synap-bridge --config CONFIG ARGS`` as a real process (stdin not a terminal unless
+    given one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "--config", str(config), *args],
+        stdin=stdin,
+        stdout=out,
+        stderr=out,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.fixture
 def terminal() -> Iterator[tuple[int, int]]:
     main, secondary = pty.openpty()
@@ -445,6 +513,53 @@ class TestProgress:
         assert b"100%" in shown
         assert b"6/6" in shown
         assert b"letter" in shown
+
+
+# ---- a mistyped database path ------------------------------------------------------------------
+
+
+class TestNoDatabase:
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ("stats",),
+            ("dead-letters", "list"),
+            ("dead-letters", "purge", "--yes", "--older-than", "1d"),
+        ],
+    )
+    async def test_a_mistyped_path_is_an_error_and_creates_nothing(
+        self, tmp_path: Path, command: tuple[str, ...]
+    ) -> None:
+        for db in (tmp_path / "bridge.dbx", tmp_path / "typo" / "bridge.db"):
+            config = write_config(tmp_path / "config.yaml", config_data(db, fixed=True))
+            done = await asyncio.to_thread(_cli_subprocess, config, *command)
+            assert done.returncode == 66
+            assert done.stdout == b""
+            assert f"synap-bridge: no database at {db}".encode() in done.stderr
+            assert b"storage.path" in done.stderr
+            assert not db.exists()
+            assert not db.parent.joinpath("bridge.dbx-wal").exists()
+            assert not (tmp_path / "typo").exists()
+
+    async def test_a_file_that_is_not_a_bridge_database_is_left_alone(self, tmp_path: Path) -> None:
+        db = tmp_path / "empty.db"
+        db.touch()  # an empty file is an empty SQLite database to SQLite
+        config = write_config(tmp_path / "config.yaml", config_data(db, fixed=True))
+        done = await asyncio.to_thread(_cli_subprocess, config, "stats")
+        assert done.returncode == 66
+        assert b"not a bridge database" in done.stderr
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+        conn.close()
+
+    async def test_migrate_still_creates_it(self, tmp_path: Path) -> None:
+        db = tmp_path / "new" / "bridge.db"
+        config = write_config(tmp_path / "config.yaml", config_data(db, fixed=True))
+        done = await asyncio.to_thread(_cli_subprocess, config, "migrate")
+        assert done.returncode == 0, done.stderr
+        stats = await asyncio.to_thread(_cli_subprocess, config, "stats", "--json")
+        assert stats.returncode == 0
+        assert json.loads(stats.stdout)["pending"] == 0
 
 
 # ---- while serve runs on the same database ---------------------------------------------------

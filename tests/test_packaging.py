@@ -22,6 +22,7 @@ import pytest
 import bridge
 from bridge.config import Config, ServerConfig, ShutdownConfig, env_overrides, parse
 from bridge.receive.connections import RESERVED_DESCRIPTORS
+from bridge.serve import EX_DATABASE_IN_USE
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "synap-bridge.service"
@@ -126,7 +127,11 @@ class TestSystemdUnit:
 
     def test_bad_config_is_not_restarted(self) -> None:
         assert service("Restart") == ["on-failure"]
-        assert service("RestartPreventExitStatus") == ["78"]
+        assert "78" in service("RestartPreventExitStatus")[0].split()
+
+    def test_a_database_in_use_is_not_restarted(self) -> None:
+        """A second serve on a locked database exits 75: restarting it would only loop."""
+        assert str(EX_DATABASE_IN_USE) in service("RestartPreventExitStatus")[0].split()
 
     def test_stop_timeout_outlasts_the_grace_period(self) -> None:
         grace = ShutdownConfig().grace_secs

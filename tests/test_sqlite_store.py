@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import statistics
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,6 +26,7 @@ from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
 from bridge.store import DeadLetterFilter, DeadReason, Store
 from bridge.store.sqlite.checkpoint import Checkpointer
+from bridge.store.sqlite.identity import DatabaseFileLostError
 from bridge.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, connect
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import eventually
@@ -316,9 +319,14 @@ class TestCheckpoints:
             size_before = file_size(db)
             body = b"x" * 20_000
             await asyncio.gather(*(store.enqueue(hook(n, body), [msg(f"m{n}")]) for n in range(50)))
-            await until(lambda: file_size(db) > size_before + 50 * len(body))
-            assert store._checkpointer is not None
-            assert store._checkpointer.checkpoints >= 1
+            checkpointer, writer = store._checkpointer, store._writer
+            assert checkpointer is not None
+            assert writer is not None
+            # Wait on the checkpointer's own word that every commit so far is copied back (the
+            # file's size grows while a checkpoint runs, before that checkpoint is counted).
+            await until(lambda: checkpointer.copied_through >= writer.commits)
+            assert checkpointer.checkpoints >= 1
+            assert file_size(db) > size_before + 50 * len(body)
         finally:
             await store.close()
 
@@ -348,6 +356,67 @@ class TestCheckpoints:
             with sqlite3.connect(db) as probe:  # frames now in the WAL, a fraction of the total
                 ((_, frames, _),) = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             assert frames < written * len(body) / 4096 / 2
+        finally:
+            await store.close()
+
+    async def test_a_reader_holding_a_snapshot_does_not_stall_intake(
+        self, db: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A ``.backup`` or an open ``sqlite3`` shell holds a read snapshot, and the WAL cannot
+        be rewound past it. The writer's rewind then gives up at once and is tried again later,
+        instead of waiting ``busy_timeout`` with every commit queued behind it; the WAL past
+        its target is logged; once the reader has gone, the WAL is rewound."""
+        monkeypatch.setattr("bridge.store.sqlite.checkpoint.RESTART_FRAMES", 256)  # 1 MB
+        monkeypatch.setattr("bridge.store.sqlite.checkpoint.BLOCKED_RETRY_SECS", 0.1)
+        store = SQLiteStore(db, busy_timeout_secs=2.0)
+        await store.open()
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        body = b"x" * 2_000
+        latencies: list[float] = []
+        written = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20.0
+
+        def enough(most: int) -> bool:  # 3,000 and two rewinds tried past the reader
+            return written >= most and checkpointer.restarts_blocked >= 2
+
+        async def client(number: int, most: int) -> None:  # bounded in count and in time
+            nonlocal written
+            while not enough(most) and written < 20_000 and loop.time() < deadline:
+                written += 1
+                started = time.perf_counter()
+                await store.enqueue(hook(number * 100_000 + written, body), [])
+                latencies.append(time.perf_counter() - started)
+
+        reader = sqlite3.connect(db, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM webhooks").fetchall()  # the snapshot is held
+            with capture_logs() as lines:
+                await asyncio.gather(*(client(n, 3_000) for n in range(16)))
+                p99 = statistics.quantiles(latencies, n=100)[98]
+                assert p99 < 0.5, f"p99 {p99:.3f} s over {len(latencies)} enqueues"
+                assert checkpointer.restarts_blocked >= 2, (  # the reader really was in the way
+                    written,
+                    checkpointer.checkpoints,
+                    checkpointer.restarts,
+                    loop.time() - deadline,
+                )
+                await until(lambda: "wal_over_target" in [line["event"] for line in lines])
+        finally:
+            reader.close()
+        try:
+            rewinds, more, until_at = checkpointer.restarts, 0, loop.time() + 10.0
+            while checkpointer.restarts == rewinds and more < 20_000 and loop.time() < until_at:
+                more += 16
+                await asyncio.gather(
+                    *(store.enqueue(hook(900_000 + more + n, body), []) for n in range(16))
+                )
+            assert checkpointer.restarts > rewinds
+            with sqlite3.connect(db) as probe:  # the WAL starts from its beginning again
+                ((_, frames, _),) = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            assert frames < 256
         finally:
             await store.close()
 
@@ -413,6 +482,29 @@ class TestFailures:
             await store.check_writable()
         finally:
             await store.close()
+
+    async def test_a_deleted_file_refuses_everything_until_opened_again(self, db: Path) -> None:
+        """Writes and reads fail once the path no longer names the open file; opening again
+        takes whatever the path names then (tests/test_database_file.py: the real serve)."""
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            await store.enqueue(hook(1), [msg("a")])
+            await asyncio.to_thread(db.unlink)
+            with pytest.raises(DatabaseFileLostError, match="deleted"):
+                await store.enqueue(hook(2), [msg("b")])
+            with pytest.raises(DatabaseFileLostError, match="deleted"):
+                await store.stats(NOW, 0)
+            with pytest.raises(DatabaseFileLostError, match="deleted"):
+                await store.check_writable()
+        finally:
+            await store.close()
+        await store.open()
+        try:
+            assert (await store.enqueue(hook(3), [msg("c")])).stored == 1
+        finally:
+            await store.close()
+        assert query(db, "SELECT json_extract(raw_body, '$.n') FROM webhooks") == [(3,)]
 
     async def test_locked_past_busy_timeout(self, db: Path) -> None:
         store = SQLiteStore(db, busy_timeout_secs=0.05)

@@ -4,6 +4,11 @@ They open the same database as a running ``serve`` (SQLite WAL lets both work at
 through the storage contract only. Replay maps the stored raw bodies again with the *current*
 configuration, so fixing a mapping or routing setting and replaying recovers the dead letters;
 replayed messages keep their deterministic messageIds, so Segment never counts one twice.
+
+They never create a database (only ``serve`` and ``migrate`` do): a mistyped ``storage.path``
+is an error (exit status 66), not a new empty database that shows nothing. ``dead-letters
+purge`` deletes for good, so it says what it would delete (``--dry-run``) and asks first on a
+terminal; off a terminal (a script, cron) it needs ``--yes``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import asyncio
 import json
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
@@ -23,10 +29,13 @@ from tqdm import tqdm
 from bridge.config import Config
 from bridge.errors import StorageUnavailableError
 from bridge.mapping.intake import remapper
-from bridge.store import DeadLetterFilter, Store
+from bridge.store import DeadLetter, DeadLetterFilter, Store
 from bridge.store.factory import describe, open_store
+from bridge.store.sqlite.schema import DatabaseMissingError
 
 REPLAY_CHUNK = 200
+#: EX_NOINPUT: the database the command should read does not exist.
+EX_NOINPUT = 66
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -58,6 +67,12 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     replay.add_argument("--reason", help="every dead letter with this reason")
     purge = actions.add_parser("purge", parents=[common], help="delete old dead letters")
     purge.add_argument("--older-than", type=duration, required=True, metavar="DURATION")
+    purge.add_argument(
+        "--dry-run", action="store_true", help="list what would be deleted, delete nothing"
+    )
+    purge.add_argument(
+        "--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)"
+    )
     commands.add_parser(
         "migrate",
         parents=[common],
@@ -84,15 +99,18 @@ async def _with_store(
     args: argparse.Namespace,
     out: TextIO,
 ) -> int:
-    store = open_store(config.storage)
+    store = open_store(config.storage, create=args.command == "migrate")
     try:
         await store.open()
         try:
             return await handler(store, args, config, out)
         finally:
             await store.close()
+    except DatabaseMissingError as exc:
+        print(f"synap-bridge: {exc}", file=sys.stderr)
+        return EX_NOINPUT
     except StorageUnavailableError as exc:
-        out.write(f"storage unavailable: {exc}\n")
+        print(f"synap-bridge: storage unavailable: {exc}", file=sys.stderr)
         return 1
 
 
@@ -143,6 +161,12 @@ async def _list(store: Store, args: argparse.Namespace, config: Config, out: Tex
         rows = [{**asdict(letter), "created_at": _when(letter.created_at)} for letter in letters]
         out.write(json.dumps(rows, indent=2) + "\n")
         return 0
+    _table(letters, out)
+    out.write(f"{len(letters)} dead letter(s)\n")
+    return 0
+
+
+def _table(letters: Sequence[DeadLetter], out: TextIO) -> None:
     out.write(f"{'ID':>6}  {'CREATED (UTC)':19}  {'CODE':28}  {'REASON':24}  DETAIL\n")
     for letter in letters:
         created = datetime.fromtimestamp(letter.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -150,8 +174,6 @@ async def _list(store: Store, args: argparse.Namespace, config: Config, out: Tex
             f"{letter.id:>6}  {created:19}  {letter.code[:28]:28}  {letter.reason[:24]:24}  "
             f"{letter.detail}\n"
         )
-    out.write(f"{len(letters)} dead letter(s)\n")
-    return 0
 
 
 async def _show(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
@@ -200,9 +222,39 @@ async def _replay(store: Store, args: argparse.Namespace, config: Config, out: T
 
 
 async def _purge(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
-    removed = await store.purge_dead(time.time() - args.older_than)
+    cutoff = time.time() - args.older_than
+    if not (args.dry_run or args.yes or sys.stdin.isatty()):
+        print(
+            "synap-bridge: refusing to purge without confirmation: stdin is not a terminal. "
+            "Pass --yes to delete, or --dry-run to see what would go.",
+            file=sys.stderr,
+        )
+        return 2
+    # The same selection as purge_dead: every dead letter created before the cutoff.
+    every = await store.dead_letters(DeadLetterFilter())
+    going = [letter for letter in every if letter.created_at < cutoff]
+    before = _when(cutoff)
+    if args.dry_run:
+        _table(going, out)
+        out.write(f"would purge {len(going)} dead letter(s) created before {before}\n")
+        return 0
+    if not going:
+        out.write("purged 0 dead letter(s)\n")
+        return 0
+    question = f"Delete {len(going)} dead letter(s) created before {before}?"
+    if not args.yes and not _confirm(question):
+        out.write("nothing purged\n")
+        return 1
+    removed = await store.purge_dead(cutoff)
     out.write(f"purged {removed} dead letter(s)\n")
     return 0
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal (the question on stderr, so stdout stays the command's output)."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
 
 
 async def _migrate(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command

@@ -7,15 +7,16 @@ from bridge.config import StorageConfig
 from bridge.store import Store
 
 
-def open_store(storage: StorageConfig) -> Store:
-    """The configured store, not opened yet (``await store.open()``)."""
+def open_store(storage: StorageConfig, *, create: bool = True) -> Store:
+    """The configured store, not opened yet (``await store.open()``). ``create=False``: a SQLite
+    file must already hold a bridge database (operator commands on a mistyped path)."""
     if storage.url is not None:
         from bridge.store.postgres.store import PostgresStore  # asyncpg only when used
 
         return PostgresStore.from_config(storage)
     from bridge.store.sqlite.store import SQLiteStore
 
-    return SQLiteStore.from_config(storage)
+    return SQLiteStore.from_config(storage, create=create)
 
 
 def describe(storage: StorageConfig) -> str:

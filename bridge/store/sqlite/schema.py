@@ -151,11 +151,23 @@ def connect(
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to :data:`SCHEMA_VERSION`, one transaction per step; the version."""
+class DatabaseMissingError(StorageUnavailableError):
+    """No bridge database where one must already be (an operator command on a mistyped path)."""
+
+    code = "database_missing"
+
+
+def migrate(conn: sqlite3.Connection, *, create: bool = True) -> int:
+    """Bring the schema up to :data:`SCHEMA_VERSION`, one transaction per step; the version.
+
+    ``create=False``: a file without the bridge's schema (an empty or unrelated SQLite file) is
+    refused instead of being given one.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0 and not create:
+            raise DatabaseMissingError("the file is not a bridge database (it has no schema)")
         if version > SCHEMA_VERSION:
             raise StorageUnavailableError(
                 f"database schema version {version} is newer than this bridge knows "

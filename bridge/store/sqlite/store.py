@@ -5,6 +5,9 @@ No database work runs on the event loop. Writes go to one writer thread (group c
 thread with its own connection, which WAL lets run beside the writer. Another process (the CLI) may
 open the same file at the same time: WAL plus ``busy_timeout`` make them take turns.
 
+The database file must stay the one opened: deleted or replaced under a running store, every
+call fails from then on (:mod:`bridge.store.sqlite.identity`).
+
 Every sqlite3 or OS error leaves as :class:`bridge.errors.StorageUnavailableError`; a failed
 transaction is rolled back whole, so a full disk or an I/O error never leaves half a webhook.
 """
@@ -38,7 +41,14 @@ from bridge.store import (
 )
 from bridge.store.sqlite import queries as ops
 from bridge.store.sqlite.checkpoint import Checkpointer
-from bridge.store.sqlite.schema import SYNCHRONOUS_MODES, connect, migrate, translate
+from bridge.store.sqlite.identity import FileIdentity
+from bridge.store.sqlite.schema import (
+    SYNCHRONOUS_MODES,
+    DatabaseMissingError,
+    connect,
+    migrate,
+    translate,
+)
 from bridge.store.sqlite.writer import Writer
 
 T = TypeVar("T")
@@ -51,7 +61,8 @@ class SQLiteStore:
     """Durable storage in one SQLite file (WAL). Open with :meth:`open`, stop with :meth:`close`.
 
     ``max_page_count`` caps the database size in pages (``PRAGMA max_page_count``): tests use it
-    to fill the database without filling a disk.
+    to fill the database without filling a disk. ``create=False`` (the operator commands) opens
+    only an existing bridge database: a mistyped path is an error, not a new empty database.
     """
 
     def __init__(
@@ -61,6 +72,7 @@ class SQLiteStore:
         synchronous: str = "FULL",
         busy_timeout_secs: float = 5.0,
         max_page_count: int | None = None,
+        create: bool = True,
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
@@ -70,14 +82,21 @@ class SQLiteStore:
         self.synchronous = synchronous.upper()
         self.busy_timeout_secs = busy_timeout_secs
         self.max_page_count = max_page_count
+        self.create = create
         self._writer: Writer | None = None
         self._checkpointer: Checkpointer | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None  # touched by the reader thread only
+        self._identity = FileIdentity(self.path)
 
     @classmethod
-    def from_config(cls, cfg: StorageConfig) -> SQLiteStore:
-        return cls(cfg.path, synchronous=cfg.synchronous, busy_timeout_secs=cfg.busy_timeout_secs)
+    def from_config(cls, cfg: StorageConfig, *, create: bool = True) -> SQLiteStore:
+        return cls(
+            cfg.path,
+            synchronous=cfg.synchronous,
+            busy_timeout_secs=cfg.busy_timeout_secs,
+            create=create,
+        )
 
     @property
     def backlog(self) -> int:
@@ -87,9 +106,16 @@ class SQLiteStore:
     # ---- life cycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the file and its directory if needed, and migrate the schema."""
+        """Create the file and its directory if needed (unless ``create=False``), and migrate
+        the schema."""
         if self._writer is not None:
             return
+        if not self.create and not self.path.is_file():
+            raise DatabaseMissingError(
+                f"no database at {self.path}: check storage.path (BRIDGE_STORAGE__PATH); "
+                "this command never creates one"
+            )
+        self._identity = FileIdentity(self.path)  # whatever the path names now is ours
         checkpointer = Checkpointer(self._connect_checkpointer, f"sqlite-wal:{self.path.name}")
         checkpointer.start()
         self._checkpointer = checkpointer
@@ -98,11 +124,15 @@ class SQLiteStore:
             f"sqlite-writer:{self.path.name}",
             on_commit=checkpointer.poke,
             between=checkpointer.restart_if_wanted,
+            identity=self._identity,
         )
         writer.start()
         self._writer = writer
         try:
-            await writer.submit(migrate, "open the database", raw=True)
+            await writer.submit(partial(migrate, create=self.create), "open the database", raw=True)
+        except DatabaseMissingError as exc:
+            await self._stop_writer()
+            raise DatabaseMissingError(f"{self.path}: {exc}") from exc
         except BaseException:
             await self._stop_writer()
             raise
@@ -127,13 +157,19 @@ class SQLiteStore:
 
     def _connect_writer(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return connect(
+        conn = connect(
             self.path,
             synchronous=self.synchronous,
             busy_timeout_secs=self.busy_timeout_secs,
             max_page_count=self.max_page_count,
             autocheckpoint=False,  # the checkpointer's job (bridge.store.sqlite.checkpoint)
         )
+        try:
+            self._identity.remember()
+        except OSError:
+            conn.close()
+            raise
+        return conn
 
     def _connect_checkpointer(self) -> sqlite3.Connection:
         return connect(
@@ -157,6 +193,7 @@ class SQLiteStore:
     async def _read(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         if self._reader is None:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
+        self._identity.refuse()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, self._in_reader, work, doing)
 

@@ -11,6 +11,9 @@ shared transaction fails, it is rolled back and each job is tried again in its o
 so one bad item (say, a body too large for the space left) cannot fail the others; a job that did
 not commit gets :class:`~bridge.errors.StorageUnavailableError`. A busy/locked database is not
 retried item by item (each retry would wait a full busy_timeout again).
+
+The database file: after each COMMIT, before answering, the writer checks that the path still
+names the file it writes (:mod:`bridge.store.sqlite.identity`); when idle, once a second.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.store.sqlite.identity import IDLE_CHECK_SECS, DatabaseFileLostError, FileIdentity
 from bridge.store.sqlite.schema import is_busy, translate
 
 Work = Callable[[sqlite3.Connection], Any]
@@ -55,8 +59,10 @@ class Writer:
         name: str,
         on_commit: Callable[[], None] | None = None,
         between: Callable[[sqlite3.Connection], None] | None = None,
+        identity: FileIdentity | None = None,
     ) -> None:
         self._connect = connect
+        self._identity = identity  # the file the path must still name when we commit
         self._on_commit = on_commit  # after every COMMIT, on this thread (the checkpointer)
         # After each round, outside any transaction, once its jobs are answered (WAL restart).
         self._between = between
@@ -94,7 +100,11 @@ class Writer:
         running = True
         while running:
             batch: list[Job] = []
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=IDLE_CHECK_SECS if self._identity else None)
+            except queue.Empty:
+                self._idle_check()
+                continue
             while True:
                 if item is None:
                     running = False
@@ -127,6 +137,12 @@ class Writer:
                 self._one_by_one(group)
             start = end
 
+    def _idle_check(self) -> None:
+        """Idle: see whether the database file is still ours (it logs when it is not)."""
+        if self._identity is not None and self._conn is not None:
+            with contextlib.suppress(DatabaseFileLostError):
+                self._identity.confirm()
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = self._connect()
@@ -148,13 +164,18 @@ class Writer:
         conn: sqlite3.Connection | None = None
         try:
             conn = self._connection()
+            if self._identity is not None:
+                self._identity.refuse()
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 job.outcome = (True, job.work(conn))
             conn.execute("COMMIT")
+            if self._identity is not None:
+                self._identity.confirm()  # committed into the file the path names, or no answer
         except Exception as exc:
             _rollback(conn)
-            if not settle_failures and not is_busy(exc):
+            lost = isinstance(exc, DatabaseFileLostError)
+            if not settle_failures and not is_busy(exc) and not lost:
                 return False
             for job in jobs:  # nothing committed: nobody is acknowledged
                 job.outcome = (False, _failure(exc, job.doing))

@@ -1,0 +1,197 @@
+"""The database file under a running ``serve``: one ``serve`` per file; a file deleted or
+replaced under it.
+
+All with the real ``synap-bridge serve`` as a subprocess (tests/process.py) and real files: a
+second ``serve`` on the same database exits with status 75 while the CLI still works beside the
+first; after the file is deleted or replaced, every webhook is answered 503, ``/readyz`` fails,
+and a restart finds every webhook that was acknowledged after that moment (none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge.serve import EX_DATABASE_IN_USE
+from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth, eventually
+from tests.process import REPO, BridgeProcess, write_config
+
+URL = "/webhooks/synap/attempt.completed"
+
+
+def config_data(db: Path) -> dict[str, Any]:
+    return {
+        "server": {"port": 0},
+        "auth": {"username": USER, "password": PASSWORD},
+        # Nothing listens there: messages stay pending, the webhooks stay in the file.
+        "segment": {"write_key": WRITE_KEY, "endpoint": "http://127.0.0.1:9"},
+        "storage": {"path": str(db)},
+        "logging": {"format": "json"},
+    }
+
+
+def stored_attempts(db: Path) -> set[str]:
+    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT json_extract(raw_body, '$.id') FROM webhooks").fetchall()
+    finally:
+        conn.close()
+    return {str(row[0]) for row in rows}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(headers=basic_auth()) as opened:
+        yield opened
+
+
+async def post(session: aiohttp.ClientSession, bridge: BridgeProcess, n: int) -> int:
+    async with session.post(bridge.url + URL, json=attempt_completed(n)) as answer:
+        return answer.status
+
+
+async def ready(session: aiohttp.ClientSession, bridge: BridgeProcess) -> int:
+    async with session.get(bridge.url + "/readyz") as answer:
+        return answer.status
+
+
+def cli_stats(config: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "--config", str(config), "stats", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+class TestOneServePerDatabase:
+    async def test_a_second_serve_exits_75_and_the_first_keeps_serving(
+        self, tmp_path: Path, session: aiohttp.ClientSession
+    ) -> None:
+        db = tmp_path / "data" / "bridge.db"
+        config = write_config(tmp_path / "config.yaml", config_data(db))
+        first, second = BridgeProcess(config), BridgeProcess(config)
+        try:
+            await first.start()
+            assert first.proc is not None
+            with pytest.raises(RuntimeError, match="did not start"):
+                await second.start()
+            assert await second.wait() == EX_DATABASE_IN_USE
+            (refusal,) = second.events("database_in_use")
+            assert refusal["level"] == "error"
+            assert refusal["holder_pid"] == str(first.proc.pid)
+            assert refusal["lock"] == f"{db}.lock"
+            assert "only one serve may run per sqlite file" in refusal["detail"].lower()
+            assert not second.events("listening")
+
+            # The first one is unharmed, and the operator commands still work beside it.
+            assert await post(session, first, 1) == 200
+            stats = await asyncio.to_thread(cli_stats, config)
+            assert stats.returncode == 0, stats.stderr
+            assert '"pending": 1' in stats.stdout
+            assert await first.terminate() == 0
+            # Once the first has gone, a serve starts on the same database.
+            await second.start()
+            assert await ready(session, second) == 200
+            assert await second.terminate() == 0
+        finally:
+            await first.close()
+            await second.close()
+
+    async def test_a_killed_serve_leaves_no_stale_lock(
+        self, tmp_path: Path, session: aiohttp.ClientSession
+    ) -> None:
+        config = write_config(tmp_path / "config.yaml", config_data(tmp_path / "bridge.db"))
+        bridge = BridgeProcess(config)
+        try:
+            await bridge.start()
+            assert await post(session, bridge, 1) == 200
+            await bridge.kill()  # SIGKILL: the kernel drops the lock with the process
+            await bridge.start()
+            assert await post(session, bridge, 2) == 200
+            assert await bridge.terminate() == 0
+        finally:
+            await bridge.close()
+        assert stored_attempts(tmp_path / "bridge.db") == {"att-1", "att-2"}
+
+
+class TestDatabaseFileLost:
+    async def _run(
+        self, tmp_path: Path, session: aiohttp.ClientSession, *, replace: bool
+    ) -> tuple[Path, BridgeProcess]:
+        db = tmp_path / "bridge.db"
+        config = write_config(tmp_path / "config.yaml", config_data(db))
+        bridge = BridgeProcess(config)
+        await bridge.start()
+        assert [await post(session, bridge, n) for n in range(5)] == [200] * 5
+        if replace:  # a restore done wrong: another database moved over the live one
+            other = tmp_path / "other.db"
+            with sqlite3.connect(other) as conn:
+                conn.execute("CREATE TABLE unrelated (x)")
+            conn.close()
+            os.replace(other, db)
+        else:
+            db.unlink()
+        # At once (no wait for a periodic check): nothing more is acknowledged.
+        answers = await asyncio.gather(*(post(session, bridge, n) for n in range(100, 150)))
+        assert answers == [503] * 50
+        assert await ready(session, bridge) == 503
+        assert await post(session, bridge, 150) == 503
+        (lost,) = bridge.events("database_file_lost")
+        assert lost["level"] == "error"
+        assert lost["how"] == ("replaced" if replace else "deleted")
+        assert await bridge.terminate() == 0
+        return db, bridge
+
+    async def test_deleted(self, tmp_path: Path, session: aiohttp.ClientSession) -> None:
+        db, bridge = await self._run(tmp_path, session, replace=False)
+        try:
+            await bridge.start()  # a fresh database where the path points now
+            assert await post(session, bridge, 200) == 200
+            assert await bridge.terminate() == 0
+        finally:
+            await bridge.close()
+        # Every webhook acknowledged after the deletion is on disk: none was acknowledged.
+        assert stored_attempts(db) == {"att-200"}
+
+    async def test_replaced(self, tmp_path: Path, session: aiohttp.ClientSession) -> None:
+        db, bridge = await self._run(tmp_path, session, replace=True)
+        with sqlite3.connect(db) as conn:  # the replacement was not written into
+            assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("unrelated",)]
+        conn.close()
+        try:
+            await bridge.start()
+            assert await post(session, bridge, 200) == 200
+            assert await bridge.terminate() == 0
+        finally:
+            await bridge.close()
+        assert stored_attempts(db) == {"att-200"}
+
+    async def test_an_idle_bridge_notices_within_a_second_or_two(
+        self, tmp_path: Path, session: aiohttp.ClientSession
+    ) -> None:
+        config = write_config(tmp_path / "config.yaml", config_data(tmp_path / "bridge.db"))
+        bridge = BridgeProcess(config)
+        try:
+            await bridge.start()
+            assert await post(session, bridge, 1) == 200
+            (tmp_path / "bridge.db").unlink()
+            # No request: the idle writer's own check logs it.
+            await eventually(lambda: bool(bridge.events("database_file_lost")), within=5.0)
+            assert await ready(session, bridge) == 503
+            assert await bridge.terminate() == 0
+        finally:
+            await bridge.close()
