@@ -360,6 +360,14 @@ class TestIdsDoNotSplitOneFact:
         if "portal" not in fixture_body(code) and first[-1]["type"] == "track":
             assert first[-1]["properties"]["portalId"] == "portal_a"  # still sent, not in the id
 
+    def test_purchase_time_spelling_is_normalised(self) -> None:
+        ids = set()
+        for spelling in ("2024-04-02T15:04:05Z", "2024-04-02T15:04:05.000Z", "1712070245"):
+            body = fixture_body("store.purchase")
+            body["purchasedAt"] = spelling
+            ids.add(messages("store.purchase", body)[0]["messageId"])
+        assert len(ids) == 1
+
     def test_time_spelling_is_normalised(self) -> None:
         spellings = [
             "2024-01-09T08:30:00.000Z",
