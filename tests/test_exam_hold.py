@@ -30,7 +30,7 @@ from tests.conftest import (
     basic_auth,
     fixture_body,
 )
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 from tests.process import BridgeProcess, write_config
 
 Client = TestClient[web.Request, web.Application]

@@ -23,12 +23,13 @@ from bridge import config as config_module
 from bridge.app import build_app
 from bridge.config import Config
 from bridge.mapping import intake
+from bridge.mapping.draft import iso_or_none
 from bridge.mapping.webhook import map_webhook
 from bridge.messages import MAX_MESSAGE_BYTES
 from bridge.store import DeadLetterFilter
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import basic_auth, fixture_body
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -234,6 +235,10 @@ class TestEventTimes:
     )
     def test_own_time_field_first(self, code: str, field: tuple[str, ...], expected: str) -> None:
         body = fixture_body(code)
+        node: Any = body
+        for part in field:
+            node = node[part]
+        assert iso_or_none(node) == expected  # the field named is the one that gives the time
         if isinstance(body.get("meta"), dict):
             body["meta"]["timestamp"] = "2030-01-01T00:00:00Z"  # never the webhook's stamp
         assert messages(code, body)[-1]["timestamp"] == expected
@@ -247,7 +252,8 @@ class TestEventNameMismatch:
         body["meta"]["eventName"] = "exam.released"  # Synap's real code, unknown to our guess
         raw = json.dumps(body).encode()
         result = intake.process("exam.resultsReleased", raw, 1000.0, cfg())
-        assert result.dead is not None and result.dead.reason == "event_name_mismatch"
+        assert result.dead is not None
+        assert result.dead.reason == "event_name_mismatch"
         store = SQLiteStore(tmp_path / "bridge.db")
         await store.open()
         try:
