@@ -97,10 +97,17 @@ def postgres() -> pgcluster.Cluster:
     return pgcluster.shared()
 
 
+#: Refusals a test scripts on purpose; any other one means the bridge sent something Segment
+#: would refuse (a message over 32 KB, a missing field...), which no test may cause.
+SCRIPTED_REFUSALS = ("programmed failure", "bad auth", "rejected messageId")
+
+
 @pytest.fixture
 async def fake_segment() -> AsyncIterator[FakeSegment]:
     async with FakeSegment(write_key=WRITE_KEY) as fake:
         yield fake
+    unexpected = [r for r in fake.rejected if not r[1].startswith(SCRIPTED_REFUSALS)]
+    assert unexpected == [], f"the strict fake Segment refused what the bridge sent: {unexpected}"
 
 
 @pytest.fixture

@@ -103,11 +103,14 @@ def assert_maps_or_dead_letters(code: str, payload: Any, config_index: int) -> N
     except UnmappableError as exc:
         assert_named_dead_letter(exc)
         return
+    marked = False
     for message in mapped.messages:
         body = check_message(message.payload)
         assert message.message_id == body["messageId"]
         assert message.user_id == body["userId"]
+        marked = marked or "truncated" in body.get("properties", body.get("traits", {}))
     assert all(isinstance(reason, str) for reason in mapped.trimmed)
+    assert marked == bool(mapped.trimmed)  # a cut message says so in itself, an uncut one not
 
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -161,15 +161,15 @@ def _committed(
         return "dead_lettered", answer(letter, 202)
     runtime.metrics.enqueued.inc(receipt.stored)
     runtime.wake_delivery(receipt.stored + receipt.superseded)
-    body: dict[str, Any] = {
+    reply: dict[str, Any] = {
         "accepted": True,
         "webhook_id": receipt.webhook_id,
         "messages": receipt.stored,
     }
     if receipt.superseded:
-        body["superseded"] = receipt.superseded
+        reply["superseded"] = receipt.superseded
     duplicate = receipt.duplicates and not (receipt.stored or receipt.superseded)
-    return ("duplicate" if duplicate else "accepted"), answer(body)
+    return ("duplicate" if duplicate else "accepted"), answer(reply)
 
 
 async def _read_body(
