@@ -3,8 +3,9 @@
 Facts of our machines that shape this (found by trying):
 
 - podman must use ``runc``: crun refuses the host's hybrid cgroup layout.
-- Containers get ulimits at the host's hard limits (``default_ulimits``): podman's default asks
-  for more than the host allows, and raising limits is not permitted here.
+- Containers get ulimits at the host's hard limits (``default_ulimits``; buildah takes them as
+  ``--ulimit``): podman's defaults ask for more than the host allows, and raising a limit is
+  not permitted here. The process limit is also capped at what conmon passes on (32768).
 - No container registry is reachable. ``python:3.11-slim-bookworm`` is made locally instead:
   ``debootstrap --variant=minbase bookworm`` from apt's configured mirror, Debian's python3.11
   in a virtual environment at ``/usr/local`` (so ``python`` and ``pip`` are on PATH as in the
@@ -29,8 +30,11 @@ BASE_IMAGE = "docker.io/library/python:3.11-slim-bookworm"
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
 COMMAND_TIMEOUT = 120
 PULL_TIMEOUT = 60
-STANDIN_TIMEOUT = 900
+STANDIN_TIMEOUT = 420
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+#: The process limit podman's conmon hands to the container (seen on podman 4.3, Debian 12),
+#: whatever the caller's own: the container's init cannot raise it (no CAP_SYS_RESOURCE).
+CONMON_NPROC = 32768
 SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 STANDIN_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -65,10 +69,17 @@ class Podman:
             )
         if os.geteuid() != 0:
             pytest.fail("the image test runs podman as root (sudo make image-test)", pytrace=False)
+        nofile = _limit(resource.RLIMIT_NOFILE)
+        nproc = min(_limit(resource.RLIMIT_NPROC), CONMON_NPROC)
         conf = workdir / "containers.conf"
-        conf.write_text(
-            containers_conf(_limit(resource.RLIMIT_NOFILE), _limit(resource.RLIMIT_NPROC))
-        )
+        conf.write_text(containers_conf(nofile, nproc))
+        #: buildah ignores containers.conf's ulimits for RUN steps: it takes them as options.
+        self.ulimits = [
+            "--ulimit",
+            f"nofile={nofile}:{nofile}",
+            "--ulimit",
+            f"nproc={nproc}:{nproc}",
+        ]
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
 
     def run(
@@ -134,8 +145,8 @@ def build_standin(podman: Podman, root: Path) -> None:
     )
     shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
     apt = ("chroot", str(root), "apt-get", "-o", "Acquire::Retries=3")
-    podman.run(*apt, "install", "-y", "--no-install-recommends", "python3.11-venv", timeout=600)
-    podman.run("chroot", str(root), "python3.11", "-m", "venv", "/usr/local", timeout=300)
+    podman.run(*apt, "install", "-y", "--no-install-recommends", "python3.11-venv", timeout=240)
+    podman.run("chroot", str(root), "python3.11", "-m", "venv", "/usr/local", timeout=120)
     podman.run(*apt, "clean")
     shutil.rmtree(root / "var" / "lib" / "apt" / "lists", ignore_errors=True)
     (root / "etc" / "resolv.conf").unlink()
