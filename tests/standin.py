@@ -139,6 +139,13 @@ def ensure_base_image(podman: Podman, workdir: Path) -> str:
 
 
 def build_standin(podman: Podman, root: Path) -> None:
+    try:
+        _build_standin(podman, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # 200 MB; the image keeps what we need
+
+
+def _build_standin(podman: Podman, root: Path) -> None:
     mirror = apt_mirror()
     podman.run(
         "debootstrap", "--variant=minbase", "bookworm", str(root), mirror, timeout=STANDIN_TIMEOUT

@@ -260,7 +260,8 @@ class TestDockerfile:
         assert final["STOPSIGNAL"] == ["SIGTERM"]
         assert final["ENTRYPOINT"] == ['["synap-bridge"]']
         assert final["CMD"] == ['["serve"]']
-        assert "/healthz" in final["HEALTHCHECK"][0]
+        # /healthz at the listening address (bridge/probe.py; tests/test_probe.py)
+        assert final["HEALTHCHECK"][0].endswith('CMD ["python", "-m", "bridge.probe"]')
         assert not any("apt-get" in run_ for run_ in final.get("RUN", [])), "no compiler"
 
     def test_image_environment_is_valid_and_needs_a_password(self) -> None:
