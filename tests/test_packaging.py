@@ -279,6 +279,23 @@ class TestDockerfile:
         assert with_password.listen_problem() is None
 
 
+class TestImageDocs:
+    def test_operations_lists_every_variable_the_image_sets(self) -> None:
+        docs = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+        image_env: dict[str, str] = {}
+        for word, args in dockerfile_instructions():
+            if word == "ENV":
+                image_env.update(re.findall(r"(BRIDGE_\w+)=(\S+)", args))
+        assert image_env
+        for name, value in image_env.items():
+            assert f"| `{name}` | `{value}` |" in docs, f"docs/operations.md: {name}={value}"
+
+    def test_license_matches_pyproject(self) -> None:
+        pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+        assert 'license = { text = "MIT" }' in pyproject
+        assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License\n")
+
+
 class TestBuildContext:
     def test_copy_sources_exist_and_are_not_ignored(self) -> None:
         patterns = dockerignore_patterns()
