@@ -58,6 +58,7 @@ def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "--format",
         "docker",
         "--pull=never",
+        "--no-cache",
         "--force-rm",  # no working containers left behind by a failed step
         "--network",
         "host",
