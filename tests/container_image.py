@@ -36,6 +36,10 @@ import pytest
 from tests.conftest import PASSWORD, basic_auth, fixture_body
 from tests.standin import Podman, ensure_base_image
 
+#: The whole module's bound (pytest-timeout; the project default of 60 s is per unit test):
+#: the first test pays for the stand-in base (3 minutes on a busy machine) and the build.
+pytestmark = pytest.mark.timeout(540)
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/synap-bridge:image-test"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
