@@ -177,7 +177,8 @@ class TestImage:
         code, answer = post(
             f"{base}/webhooks/synap/attempt.completed", fixture_body("attempt.completed")
         )
-        assert code == 200 and answer["accepted"] is True, answer
+        assert code == 200, answer
+        assert answer["accepted"] is True, answer
 
         health = podman.run("podman", "healthcheck", "run", box.name, check=False)
         assert health.returncode == 0, health.stdout + health.stderr
@@ -190,7 +191,8 @@ class TestImage:
         events = [
             json.loads(line).get("event") for line in box.logs().splitlines() if line[:1] == "{"
         ]
-        assert "stopping" in events and events[-1] == "stopped", box.logs()
+        assert "stopping" in events, box.logs()
+        assert events[-1] == "stopped", box.logs()
 
         # The acknowledged webhook outlived the container: the image's own CLI reads the volume.
         stats = podman.run(

@@ -29,7 +29,7 @@ from bridge.app import build_app
 from bridge.config import Config
 from bridge.receive.runtime import RUNTIME
 from tests.conftest import basic_auth, eventually, fixture_body
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -151,7 +151,8 @@ def check_against_scrape(expr: str, samples: dict[str, set[str]]) -> None:
 class TestDashboard:
     def test_parses_and_is_importable(self) -> None:
         board = dashboard()
-        assert board["uid"] == "synap-bridge" and board["title"]
+        assert board["uid"] == "synap-bridge"
+        assert board["title"]
         ids = [p["id"] for p in panels(board)]
         assert len(ids) == len(set(ids)), "panel ids must be unique"
         for panel in panels(board):
@@ -160,7 +161,8 @@ class TestDashboard:
                 continue
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
             ref_ids = [t["refId"] for t in panel["targets"]]
-            assert ref_ids and len(ref_ids) == len(set(ref_ids)), panel["title"]
+            assert ref_ids, panel["title"]
+            assert len(ref_ids) == len(set(ref_ids)), panel["title"]
         variables = {v["name"] for v in board["templating"]["list"]}
         assert variables == {"datasource", "instance"}
 
@@ -202,8 +204,8 @@ class TestDashboard:
     def test_a_wrong_name_is_caught(self) -> None:
         with pytest.raises(AssertionError, match="does not export"):
             check_against_scrape("rate(synap_bridge_webhooks_total[5m])", {"up": set()})
+        samples = {"synap_bridge_dead_letters_total": {"reason"}}
         with pytest.raises(AssertionError, match="do not carry"):
-            samples = {"synap_bridge_dead_letters_total": {"reason"}}
             check_against_scrape("sum by (code) (synap_bridge_dead_letters_total)", samples)
 
 

@@ -34,7 +34,7 @@ def test_probes_the_listening_address(host: str, url: str) -> None:
     assert target(host, "8080") == url
 
 
-async def ok(request: web.Request) -> web.Response:
+async def ok(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
