@@ -3,6 +3,8 @@
 #   make test   lint, type-check and test (with branch coverage, floor 90 %)
 #   make format apply ruff's fixes and formatting
 #   make bench  benchmarks (not part of test), writes docs/benchmarks.md
+#   make image-test  build the Dockerfile with buildah, run it with podman, check it (root)
+#   make lock   refresh requirements.lock (pinned, hashed runtime dependencies)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -13,6 +15,7 @@ RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint format typecheck pytest bench bench-deps clean packaging-deps
+.PHONY: monitoring-deps image-deps image-test lock
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +67,43 @@ packaging-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; \
 	  else echo "packaging-deps: install systemd-analyze (Debian/Ubuntu: sudo apt-get install systemd)" >&2; exit 1; fi; }
+
+# promtool (Debian package prometheus) for tests/test_dashboards.py: `promtool check rules` and
+# `promtool test rules` on deploy/prometheus. Like packaging-deps: .ci/run calls it, and without
+# root the test itself fails with the fix.
+monitoring-deps:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  else echo "monitoring-deps: install promtool (Debian/Ubuntu: sudo apt-get install prometheus)" >&2; exit 1; fi; }
+
+# The container image, proven (tests/container_image.py): buildah builds the Dockerfile, podman
+# runs it. Not part of `make test` (a minute and a half, root); .ci/run calls it. debootstrap
+# makes a local python:3.11-slim-bookworm when no registry can be reached.
+IMAGE_TOOLS := buildah podman runc conmon netavark aardvark-dns iptables debootstrap
+IMAGE_TEST_TIMEOUT ?= 600
+
+image-deps:
+	@missing=""; for t in buildah podman runc conmon iptables debootstrap; do \
+	  command -v $$t >/dev/null 2>&1 || [ -x /usr/bin/$$t ] || [ -x /usr/sbin/$$t ] || [ -x /usr/libexec/podman/$$t ] || missing="$$missing $$t"; done; \
+	[ -x /usr/lib/podman/netavark ] || missing="$$missing netavark"; \
+	[ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGE_TOOLS); \
+	  else echo "image-deps: missing$$missing (Debian: sudo apt-get install $(IMAGE_TOOLS))" >&2; exit 1; fi; }
+
+image-test: image-deps $(TEST_STAMP)
+	timeout $(IMAGE_TEST_TIMEOUT) $(BIN)/pytest -q -p no:cacheprovider tests/container_image.py
+
+# requirements.lock: every runtime dependency pinned with the sha256 of each of its files on
+# PyPI (pip-compile from pip-tools, installed here only). The image installs from it with
+# --require-hashes; systemd installs may too (docs/operations.md). Resolved against PyPI alone
+# (no local pip configuration), so the hashes are those of the files everybody downloads.
+lock: $(TEST_STAMP)
+	$(BIN)/python -m pip install --quiet 'pip-tools>=7.4'
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/pip-compile --quiet --upgrade \
+	  --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -2,10 +2,15 @@
 
 Names follow Prometheus conventions: ``synap_bridge_`` prefix, ``_total`` for counters, base
 units (``_seconds``, ``_bytes``). The gauges that describe the backlog (pending, oldest pending
-age) are refreshed from the store when ``/metrics`` is scraped, so they are never stale.
+age) are refreshed from the store when ``/metrics`` is scraped, so they are never stale; so are
+the state gauges (ready, delivery running, intake refusing, destination paused), which are what
+``/readyz`` and the delivery loop say at that moment. deploy/grafana and deploy/prometheus query
+these names (tests/test_dashboards.py checks each against a real scrape).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -96,6 +101,47 @@ class Metrics:
             "Unix time of the last batch Segment accepted (0 before the first).",
             registry=r,
         )
+        self.retried = Counter(
+            "synap_bridge_messages_retried",
+            "Messages handed back for a later try after a transient failure, by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.pauses = Counter(
+            "synap_bridge_destination_pauses",
+            "Pauses begun after a transient failure (one per backoff), by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "synap_bridge_destination_paused",
+            "1 while a destination waits out a backoff (nothing is sent to it), else 0.",
+            ["destination"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "synap_bridge_ready", "1 when /readyz answers ready, else 0.", registry=r
+        )
+        self.delivery_running = Gauge(
+            "synap_bridge_delivery_running", "1 while the delivery task runs, else 0.", registry=r
+        )
+        self.intake_refusing = Gauge(
+            "synap_bridge_intake_refusing",
+            "1 while every webhook is answered 503 (back-pressure or shutdown), else 0.",
+            registry=r,
+        )
+
+    def observe_state(
+        self, *, ready: bool, delivering: bool, refusing: bool, paused: Mapping[str, bool]
+    ) -> None:
+        """The state gauges, set at each scrape. ``paused`` names the configured destinations,
+        so the label set is bounded by the configuration (a reload's removed ones disappear)."""
+        self.ready.set(int(ready))
+        self.delivery_running.set(int(delivering))
+        self.intake_refusing.set(int(refusing))
+        self.paused.clear()
+        for destination, is_paused in paused.items():
+            self.paused.labels(destination).set(int(is_paused))
 
     def observe_backlog(self, stats: StoreStats, now: float) -> None:
         self.pending.set(stats.pending + stats.in_flight)

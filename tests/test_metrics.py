@@ -30,6 +30,12 @@ SERIES = (
     "synap_bridge_pending_messages",
     "synap_bridge_oldest_pending_age_seconds",
     "synap_bridge_last_delivery_timestamp_seconds",
+    "synap_bridge_messages_retried_total",
+    "synap_bridge_destination_pauses_total",
+    "synap_bridge_destination_paused",
+    "synap_bridge_ready",
+    "synap_bridge_delivery_running",
+    "synap_bridge_intake_refusing",
 )
 
 
@@ -73,6 +79,31 @@ async def test_every_series_is_reported_and_moves(
     assert sample(client, "synap_bridge_request_duration_seconds_count") == 3
     assert sample(client, "synap_bridge_last_delivery_timestamp_seconds") > 0
     assert sample(client, "synap_bridge_pending_messages") == 0
+    assert sample(client, "synap_bridge_destination_pauses_total", destination="default") == 1
+    assert sample(client, "synap_bridge_messages_retried_total", destination="default") >= 1
+    assert sample(client, "synap_bridge_destination_paused", destination="default") == 0
+    assert sample(client, "synap_bridge_ready") == 1
+    assert sample(client, "synap_bridge_delivery_running") == 1
+    assert sample(client, "synap_bridge_intake_refusing") == 0
+
+
+async def test_state_gauges_say_what_readyz_says(
+    aiohttp_client: MakeClient, config_factory: Callable[..., Config]
+) -> None:
+    """A dead delivery task and a refusing intake show at the next scrape (alerts need both)."""
+    client = await aiohttp_client(build_app(config_factory()))
+    runtime = client.app[RUNTIME]
+    await client.get("/metrics")
+    assert sample(client, "synap_bridge_ready") == 1
+    assert runtime.delivery_task is not None
+    runtime.delivery_task.cancel()
+    await eventually(lambda: runtime.delivery_task is not None and runtime.delivery_task.done())
+    runtime.backpressure = "the backlog is full"
+    assert (await client.get("/readyz")).status == 503
+    await client.get("/metrics")
+    assert sample(client, "synap_bridge_ready") == 0
+    assert sample(client, "synap_bridge_delivery_running") == 0
+    assert sample(client, "synap_bridge_intake_refusing") == 1
 
 
 async def test_metrics_credentials(

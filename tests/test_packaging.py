@@ -272,7 +272,8 @@ class TestDockerfile:
         assert final["STOPSIGNAL"] == ["SIGTERM"]
         assert final["ENTRYPOINT"] == ['["synap-bridge"]']
         assert final["CMD"] == ['["serve"]']
-        assert "/healthz" in final["HEALTHCHECK"][0]
+        # /healthz at the listening address (bridge/probe.py; tests/test_probe.py)
+        assert final["HEALTHCHECK"][0].endswith('CMD ["python", "-m", "bridge.probe"]')
         assert not any("apt-get" in run_ for run_ in final.get("RUN", [])), "no compiler"
 
     def test_image_environment_is_valid_and_needs_a_password(self) -> None:
@@ -288,6 +289,23 @@ class TestDockerfile:
         assert "BRIDGE_AUTH__PASSWORD" in problem
         with_password = parse(env_overrides({**env, "BRIDGE_AUTH__PASSWORD": "s3cret"}))
         assert with_password.listen_problem() is None
+
+
+class TestImageDocs:
+    def test_operations_lists_every_variable_the_image_sets(self) -> None:
+        docs = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+        image_env: dict[str, str] = {}
+        for word, args in dockerfile_instructions():
+            if word == "ENV":
+                image_env.update(re.findall(r"(BRIDGE_\w+)=(\S+)", args))
+        assert image_env
+        for name, value in image_env.items():
+            assert f"| `{name}` | `{value}` |" in docs, f"docs/operations.md: {name}={value}"
+
+    def test_license_matches_pyproject(self) -> None:
+        pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+        assert 'license = { text = "MIT" }' in pyproject
+        assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License\n")
 
 
 class TestBuildContext:

@@ -117,6 +117,11 @@ class Delivery:
     def paused_until(self, destination: str) -> float:
         return self._destinations[destination].paused_until
 
+    def paused(self) -> dict[str, bool]:
+        """Each destination: is it waiting out a backoff now? (``/metrics``)"""
+        now = self._clock()
+        return {name: d.paused_until > now for name, d in self._destinations.items()}
+
     async def run_once(self) -> DrainReport:
         """One round: claim what is due now, deliver it, and wait for every outcome."""
         report = DrainReport()

@@ -104,6 +104,8 @@ class Outcomes:
         if state.paused_until <= now:
             state.failures += 1
             state.paused_until = now + self._policy.delay(state.failures, error.retry_after)
+            if self._metrics:
+                self._metrics.pauses.labels(batch.destination).inc()
         elif error.retry_after is not None:
             state.paused_until = max(state.paused_until, now + error.retry_after)
         expired = [m for m in batch.messages if self._policy.expired(m.enqueued_at, now)]
@@ -113,6 +115,8 @@ class Outcomes:
             await self.bury(expired, why, report, error=error.detail)
         live = [m for m in batch.messages if not self._policy.expired(m.enqueued_at, now)]
         await self.hand_back(live, state.paused_until, error.detail, report)
+        if self._metrics and live:
+            self._metrics.retried.labels(batch.destination).inc(len(live))
 
     async def hand_back(
         self, messages: Sequence[ClaimedMessage], due_at: float, error: str, report: DrainReport

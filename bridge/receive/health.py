@@ -16,7 +16,7 @@ from aiohttp import web
 from bridge.errors import StorageUnavailableError
 from bridge.receive.answers import answer
 from bridge.receive.auth import guard
-from bridge.receive.runtime import RUNTIME
+from bridge.receive.runtime import RUNTIME, Runtime
 
 
 async def healthz(request: web.Request) -> web.Response:  # noqa: ARG001 - aiohttp's handler signature
@@ -24,7 +24,17 @@ async def healthz(request: web.Request) -> web.Response:  # noqa: ARG001 - aioht
 
 
 async def readyz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    problems = readiness_problems(request.app[RUNTIME])
+    if problems:
+        return answer({"status": "unready", "problems": problems}, status=503)
+    return answer({"status": "ready"})
+
+
+def readiness_problems(runtime: Runtime) -> list[str]:
+    """Why the bridge is not ready (empty: ready), for ``/readyz`` and ``synap_bridge_ready``.
+
+    Cheap: the storage verdict is the periodic probe's cached result, never a write per call.
+    """
     problems: list[str] = []
     if runtime.stopping:
         problems.append("shutting down")
@@ -34,9 +44,7 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(runtime.backpressure)
     if not runtime.delivering:
         problems.append("delivery task not running")
-    if problems:
-        return answer({"status": "unready", "problems": problems}, status=503)
-    return answer({"status": "ready"})
+    return problems
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -49,6 +57,12 @@ async def metrics(request: web.Request) -> web.Response:
     # On a storage error the gauges keep their last values; /readyz reports the problem.
     with contextlib.suppress(StorageUnavailableError):
         runtime.metrics.observe_backlog(await runtime.store.stats(now, now - 3600), now)
+    runtime.metrics.observe_state(
+        ready=not readiness_problems(runtime),
+        delivering=runtime.delivering,
+        refusing=runtime.refusal() is not None,
+        paused=runtime.delivery.paused() if runtime.delivery is not None else {},
+    )
     return web.Response(
         body=runtime.metrics.render(), headers={"Content-Type": runtime.metrics.content_type}
     )
