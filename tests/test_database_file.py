@@ -191,7 +191,10 @@ class TestDatabaseFileLost:
             (tmp_path / "bridge.db").unlink()
             # No request: the idle writer's own check logs it.
             await eventually(lambda: bool(bridge.events("database_file_lost")), within=5.0)
-            assert await ready(session, bridge) == 503
+            # /readyz reads the periodic probe's verdict: bounded by one probe interval.
+            async with asyncio.timeout(5):
+                while await ready(session, bridge) != 503:  # noqa: ASYNC110 - polls HTTP
+                    await asyncio.sleep(0.05)
             assert await bridge.terminate() == 0
         finally:
             await bridge.close()

@@ -7,7 +7,9 @@ Refusal lifts by itself once delivery catches up or disk is freed.
 
 The same refresh runs the storage write probe, so ``/readyz`` reads a cached answer instead of
 committing (and fsyncing) once per probe: a probe flood used to cut intake by two thirds.
-Readiness therefore lags a storage fault by at most one ``interval``.
+A commit that fails marks storage unready at once (:func:`storage_failed`), so readiness lags
+a storage fault by at most one ``interval`` only while no webhook arrives; the next successful
+probe clears it.
 """
 
 from __future__ import annotations
@@ -43,14 +45,19 @@ def free_bytes(path: Path) -> int | None:
         return None
 
 
+def storage_failed(runtime: Runtime, exc: StorageUnavailableError) -> None:
+    """Storage refused a write (the probe's or a webhook's commit): not ready from now on."""
+    if runtime.storage_problem is None:
+        log.error("storage_not_writable", error=str(exc))
+    runtime.storage_problem = str(exc)
+
+
 async def check_storage(runtime: Runtime) -> None:
     """One write probe; its result is what ``/readyz`` reports until the next one."""
     try:
         await runtime.store.check_writable()
     except StorageUnavailableError as exc:
-        if runtime.storage_problem is None:
-            log.error("storage_not_writable", error=str(exc))
-        runtime.storage_problem = str(exc)
+        storage_failed(runtime, exc)
         return
     if runtime.storage_problem is not None:
         log.info("storage_writable")
@@ -80,7 +87,14 @@ async def refresh(runtime: Runtime) -> None:
 
 
 async def watch(runtime: Runtime, interval: float) -> None:
-    """Refresh every ``interval`` seconds; the app's start ran the first refresh already."""
+    """Refresh every ``interval`` seconds; the app's start ran the first refresh already.
+
+    Readiness and back-pressure are only as fresh as this loop, so nothing may end it: an
+    unexpected error is logged and the next refresh runs as usual.
+    """
     while True:
         await asyncio.sleep(interval)
-        await refresh(runtime)
+        try:
+            await refresh(runtime)
+        except Exception:
+            log.exception("storage_watch_failed")

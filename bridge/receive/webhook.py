@@ -34,6 +34,7 @@ from bridge import logs
 from bridge.config import ServerConfig
 from bridge.errors import InvalidPayloadError, StorageUnavailableError
 from bridge.mapping import intake
+from bridge.receive import backpressure
 from bridge.receive.answers import answer, error, unavailable
 from bridge.receive.auth import guard
 from bridge.receive.clients import client_address
@@ -134,6 +135,7 @@ async def _handle(
     try:
         receipt = await runtime.store.enqueue(result.webhook, result.messages, result.dead)
     except StorageUnavailableError as exc:
+        backpressure.storage_failed(runtime, exc)
         fields.update(error="storage_unavailable", detail=str(exc))
         return "unavailable", unavailable("storage_unavailable", "the bridge cannot store now")
     return _committed(runtime, result, receipt, fields)
