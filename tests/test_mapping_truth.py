@@ -286,6 +286,22 @@ class TestMissingFields:
         assert (section["credits"], section["penalties"]) == (0, 0)
         assert section["timeStartedAt"] == "2024-05-14T09:00:03.120Z"
 
+    @pytest.mark.parametrize(
+        "code",
+        [
+            "exam.started",
+            "exam.submitted",
+            "user.registeredForExam",
+            "attemptOverride.created",
+            "attemptCertificate.generated",
+        ],
+    )
+    def test_exam_attributes_on_every_exam_event(self, code: str) -> None:
+        body = fixture_body(code)
+        body["exam"]["attr"] = {"board": "AQA", "room": "Hall B"}
+        event = track(code, body)
+        assert event["properties"]["examAttributes"] == {"board": "AQA", "room": "Hall B"}
+
     @pytest.mark.parametrize(("status", "passed"), [("passed", True), ("FAIL", False)])
     def test_is_pass_from_results_status_without_a_grade(self, status: str, passed: bool) -> None:
         body = fixture_body("attempt.completed")

@@ -266,6 +266,7 @@ def map_override(
     data: dict[str, Any] = {
         "attemptId": attempt_id,
         "examId": first(body.exam.id, body.exam.objectId),
+        "examAttributes": clean(body.exam.attr),
         "actionType": body.actionType,
         "overriddenBy": by,
     }
@@ -304,6 +305,7 @@ def map_certificate(
         "certificateId": certificate_id,
         "attemptId": attempt.id,
         "examId": first(body.exam.id, body.exam.objectId),
+        "examAttributes": clean(body.exam.attr),
         "testId": first(body.test.id, body.test.objectId),
         "grade": grade.label,
         "gradeMinScore": grade.minScore,

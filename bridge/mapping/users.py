@@ -36,7 +36,7 @@ from bridge.mapping.draft import (
 from bridge.mapping.traits import event_user_traits, identify_call, identify_traits
 from bridge.synap import codes
 from bridge.synap.payloads import ExamRegistrationPayload, FlatUserPayload, GroupPayload
-from bridge.synap.values import as_id, as_text, content_hash
+from bridge.synap.values import as_id, as_text, clean, content_hash
 
 
 def map_user(
@@ -147,6 +147,7 @@ def map_registered_for_exam(
             "examUrl": exam.url,
             "examOpenDate": iso_or_none(exam.schedule.openDate),
             "examCloseDate": iso_or_none(exam.schedule.closeDate),
+            "examAttributes": clean(exam.attr),
             "userGroupId": group_id,
             "userGroupName": group.name,
         }
