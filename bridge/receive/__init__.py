@@ -6,6 +6,7 @@ the middleware), the client address (``clients``), log throttling (``throttle``)
 connections (``connections``), the backpressure rules and the state one running bridge shares
 between handlers (``runtime``).
 May import: ``bridge.config``, ``bridge.errors``, ``bridge.logs``, ``bridge.metrics``,
-``bridge.mapping`` (intake) and the ``bridge.store`` contract; the delivery loop only as a type
-(``Runtime.delivery``, which the endpoint wakes when messages arrive); never a store backend.
+``bridge.mapping`` (intake), ``bridge.synap`` (codes) and the ``bridge.store`` contract; the
+delivery loop only as a type (``Runtime.delivery``, which the endpoint wakes when messages
+arrive); never a store backend.
 """
