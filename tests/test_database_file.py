@@ -20,8 +20,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
-from bridge.serve import EX_DATABASE_IN_USE
+from bridge import config as config_module
+from bridge.config import Config
+from bridge.serve import EX_DATABASE_IN_USE, serve
+from bridge.store.sqlite.lock import DatabaseInUseError, ServeLock
 from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth, eventually
 from tests.process import REPO, BridgeProcess, write_config
 
@@ -37,6 +41,10 @@ def config_data(db: Path) -> dict[str, Any]:
         "storage": {"path": str(db)},
         "logging": {"format": "json"},
     }
+
+
+def load(path: Path) -> Config:
+    return config_module.load(str(path), {})
 
 
 def stored_attempts(db: Path) -> set[str]:
@@ -126,6 +134,49 @@ class TestOneServePerDatabase:
         finally:
             await bridge.close()
         assert stored_attempts(tmp_path / "bridge.db") == {"att-1", "att-2"}
+
+
+class TestServeLock:
+    """The lock itself, in this process: an ``flock`` belongs to an open file description, so
+    a second ``ServeLock`` on the same database conflicts here just as a second process does."""
+
+    def test_one_holder_at_a_time(self, tmp_path: Path) -> None:
+        db = tmp_path / "state" / "bridge.db"  # the directory does not exist yet
+        first, second = ServeLock(db), ServeLock(db)
+        first.acquire()
+        try:
+            with pytest.raises(DatabaseInUseError) as refused:
+                second.acquire()
+            assert refused.value.holder == str(os.getpid())
+            assert refused.value.lock_path == tmp_path / "state" / "bridge.db.lock"
+            assert refused.value.code == "database_in_use"
+        finally:
+            first.release()
+        second.acquire()  # released: free again, and the file stays where it is
+        second.release()
+        assert (tmp_path / "state" / "bridge.db.lock").exists()
+
+    async def test_serve_refuses_before_it_listens(self, tmp_path: Path) -> None:
+        db = tmp_path / "bridge.db"
+        config = load(write_config(tmp_path / "config.yaml", config_data(db)))
+        held = ServeLock(db)
+        held.acquire()
+        try:
+            with capture_logs() as lines:
+                assert await serve(config, None) == EX_DATABASE_IN_USE
+        finally:
+            held.release()
+        (line,) = [line for line in lines if line["event"] == "database_in_use"]
+        assert line["holder_pid"] == str(os.getpid())
+        assert not db.exists()  # nothing was opened
+
+    async def test_serve_reports_a_lock_it_cannot_create(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("x", encoding="utf-8")
+        config = load(write_config(tmp_path / "config.yaml", config_data(blocker / "bridge.db")))
+        with capture_logs() as lines:
+            assert await serve(config, None) == 1
+        assert [line["event"] for line in lines] == ["storage_unavailable"]
 
 
 class TestDatabaseFileLost:
