@@ -10,6 +10,7 @@ and a restart finds every webhook that was acknowledged after that moment (none)
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -72,6 +73,13 @@ async def ready(session: aiohttp.ClientSession, bridge: BridgeProcess) -> int:
         return answer.status
 
 
+async def turns_unready(session: aiohttp.ClientSession, bridge: BridgeProcess) -> None:
+    """``/readyz`` answers from the periodic storage probe (once a second): bounded wait."""
+    async with asyncio.timeout(5.0):
+        while await ready(session, bridge) != 503:  # noqa: ASYNC110 - an HTTP poll: no event
+            await asyncio.sleep(0.05)
+
+
 def cli_stats(config: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     return subprocess.run(
@@ -109,7 +117,8 @@ class TestOneServePerDatabase:
             assert await post(session, first, 1) == 200
             stats = await asyncio.to_thread(cli_stats, config)
             assert stats.returncode == 0, stats.stderr
-            assert '"pending": 1' in stats.stdout
+            backlog = json.loads(stats.stdout)
+            assert backlog["pending"] + backlog["in_flight"] == 1
             assert await first.terminate() == 0
             # Once the first has gone, a serve starts on the same database.
             await second.start()
@@ -199,11 +208,13 @@ class TestDatabaseFileLost:
         # At once (no wait for a periodic check): nothing more is acknowledged.
         answers = await asyncio.gather(*(post(session, bridge, n) for n in range(100, 150)))
         assert answers == [503] * 50
-        assert await ready(session, bridge) == 503
+        await turns_unready(session, bridge)
         assert await post(session, bridge, 150) == 503
         (lost,) = bridge.events("database_file_lost")
         assert lost["level"] == "error"
         assert lost["how"] == ("replaced" if replace else "deleted")
+        if replace:  # our WAL would have been read as the replacement's
+            assert lost["moved_aside"] == [f"{db}-wal.orphaned", f"{db}-shm.orphaned"]
         assert await bridge.terminate() == 0
         return db, bridge
 
@@ -242,10 +253,7 @@ class TestDatabaseFileLost:
             (tmp_path / "bridge.db").unlink()
             # No request: the idle writer's own check logs it.
             await eventually(lambda: bool(bridge.events("database_file_lost")), within=5.0)
-            # /readyz reads the periodic probe's verdict: bounded by one probe interval.
-            async with asyncio.timeout(5):
-                while await ready(session, bridge) != 503:  # noqa: ASYNC110 - polls HTTP
-                    await asyncio.sleep(0.05)
+            await turns_unready(session, bridge)
             assert await bridge.terminate() == 0
         finally:
             await bridge.close()

@@ -529,6 +529,29 @@ class TestFailures:
         finally:
             await store.close()
 
+    async def test_no_connection_is_opened_on_a_replacement(self, db: Path) -> None:
+        """The reader's and the checkpointer's connections are opened by path, lazily: on a
+        file moved over ours they would take our WAL for its own and write our pages into it."""
+        store = SQLiteStore(db)
+        await store.open()  # nothing read or committed yet: neither connection exists
+        other = db.with_name("other.db")
+        try:
+            with sqlite3.connect(other) as conn:
+                conn.execute("CREATE TABLE unrelated (x)")
+            conn.close()
+            await asyncio.to_thread(os.replace, other, db)
+            with pytest.raises(DatabaseFileLostError, match="replaced"):
+                await store.stats(NOW, 0)
+            with pytest.raises(DatabaseFileLostError, match="replaced"):
+                store._connect_checkpointer()
+        finally:
+            await store.close()
+        # Our -wal and -shm were moved aside: SQLite would have read them as the new file's.
+        assert db.with_name("bridge.db-wal.orphaned").exists()
+        assert not db.with_name("bridge.db-wal").exists()
+        assert query(db, "SELECT name FROM sqlite_master") == [("unrelated",)]
+        assert query(db, "PRAGMA journal_mode") == [("delete",)]
+
     async def test_create_false_opens_only_a_bridge_database(self, db: Path) -> None:
         with pytest.raises(DatabaseMissingError, match="no database at"):
             await SQLiteStore(db, create=False).open()
