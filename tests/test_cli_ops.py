@@ -343,6 +343,19 @@ class TestPurge:
         assert len(left) == 5
         again = await run_cli(populated.broken, *purge)
         assert again.out.strip() == "purged 0 dead letter(s)"
+        # Without --yes, and stdin here is no terminal: refused, whatever there is to delete.
+        refused = await run_cli(populated.broken, *purge[:-1])
+        assert refused.code == 2
+        assert refused.out == ""
+
+    async def test_the_question_is_answered_on_the_terminal(
+        self, populated: Populated, terminal_stdin: int
+    ) -> None:
+        """In this process, with a real terminal (a pty) as stdin."""
+        os.write(terminal_stdin, b"yes\n")
+        ran = await run_cli(populated.broken, "dead-letters", "purge", "--older-than", "7d")
+        assert ran.code == 0
+        assert ran.out.strip() == "purged 1 dead letter(s)"
 
     async def test_dry_run_lists_what_would_go_and_deletes_nothing(
         self, populated: Populated
@@ -481,6 +494,15 @@ def terminal() -> Iterator[tuple[int, int]]:
         os.close(secondary)
 
 
+@pytest.fixture
+def terminal_stdin(terminal: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """This process's stdin is the terminal's; the test types on the returned descriptor."""
+    main, secondary = terminal
+    with open(secondary, encoding="utf-8", closefd=False) as tty:
+        monkeypatch.setattr(sys, "stdin", tty)
+        yield main
+
+
 def _drain(fd: int) -> bytes:
     chunks = []
     while select.select([fd], [], [], 0)[0]:
@@ -551,6 +573,14 @@ class TestNoDatabase:
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
         conn.close()
+
+    async def test_in_process_the_same(self, tmp_path: Path) -> None:
+        db = tmp_path / "nowhere" / "bridge.db"
+        config = write_config(tmp_path / "config.yaml", config_data(db, fixed=True))
+        ran = await run_cli(config, "dead-letters", "show", "1")
+        assert ran.code == 66
+        assert ran.out == ""
+        assert not db.parent.exists()
 
     async def test_migrate_still_creates_it(self, tmp_path: Path) -> None:
         db = tmp_path / "new" / "bridge.db"

@@ -10,6 +10,7 @@ and a restart finds every webhook that was acknowledged after that moment (none)
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -20,8 +21,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
-from bridge.serve import EX_DATABASE_IN_USE
+from bridge import config as config_module
+from bridge.config import Config
+from bridge.serve import EX_DATABASE_IN_USE, serve
+from bridge.store.sqlite.lock import DatabaseInUseError, ServeLock
 from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth, eventually
 from tests.process import REPO, BridgeProcess, write_config
 
@@ -37,6 +42,10 @@ def config_data(db: Path) -> dict[str, Any]:
         "storage": {"path": str(db)},
         "logging": {"format": "json"},
     }
+
+
+def load(path: Path) -> Config:
+    return config_module.load(str(path), {})
 
 
 def stored_attempts(db: Path) -> set[str]:
@@ -62,6 +71,13 @@ async def post(session: aiohttp.ClientSession, bridge: BridgeProcess, n: int) ->
 async def ready(session: aiohttp.ClientSession, bridge: BridgeProcess) -> int:
     async with session.get(bridge.url + "/readyz") as answer:
         return answer.status
+
+
+async def turns_unready(session: aiohttp.ClientSession, bridge: BridgeProcess) -> None:
+    """``/readyz`` answers from the periodic storage probe (once a second): bounded wait."""
+    async with asyncio.timeout(5.0):
+        while await ready(session, bridge) != 503:  # noqa: ASYNC110 - an HTTP poll: no event
+            await asyncio.sleep(0.05)
 
 
 def cli_stats(config: Path) -> subprocess.CompletedProcess[str]:
@@ -101,7 +117,8 @@ class TestOneServePerDatabase:
             assert await post(session, first, 1) == 200
             stats = await asyncio.to_thread(cli_stats, config)
             assert stats.returncode == 0, stats.stderr
-            assert '"pending": 1' in stats.stdout
+            backlog = json.loads(stats.stdout)
+            assert backlog["pending"] + backlog["in_flight"] == 1
             assert await first.terminate() == 0
             # Once the first has gone, a serve starts on the same database.
             await second.start()
@@ -128,6 +145,49 @@ class TestOneServePerDatabase:
         assert stored_attempts(tmp_path / "bridge.db") == {"att-1", "att-2"}
 
 
+class TestServeLock:
+    """The lock itself, in this process: an ``flock`` belongs to an open file description, so
+    a second ``ServeLock`` on the same database conflicts here just as a second process does."""
+
+    def test_one_holder_at_a_time(self, tmp_path: Path) -> None:
+        db = tmp_path / "state" / "bridge.db"  # the directory does not exist yet
+        first, second = ServeLock(db), ServeLock(db)
+        first.acquire()
+        try:
+            with pytest.raises(DatabaseInUseError) as refused:
+                second.acquire()
+            assert refused.value.holder == str(os.getpid())
+            assert refused.value.lock_path == tmp_path / "state" / "bridge.db.lock"
+            assert refused.value.code == "database_in_use"
+        finally:
+            first.release()
+        second.acquire()  # released: free again, and the file stays where it is
+        second.release()
+        assert (tmp_path / "state" / "bridge.db.lock").exists()
+
+    async def test_serve_refuses_before_it_listens(self, tmp_path: Path) -> None:
+        db = tmp_path / "bridge.db"
+        config = load(write_config(tmp_path / "config.yaml", config_data(db)))
+        held = ServeLock(db)
+        held.acquire()
+        try:
+            with capture_logs() as lines:
+                assert await serve(config, None) == EX_DATABASE_IN_USE
+        finally:
+            held.release()
+        (line,) = [line for line in lines if line["event"] == "database_in_use"]
+        assert line["holder_pid"] == str(os.getpid())
+        assert not db.exists()  # nothing was opened
+
+    async def test_serve_reports_a_lock_it_cannot_create(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("x", encoding="utf-8")
+        config = load(write_config(tmp_path / "config.yaml", config_data(blocker / "bridge.db")))
+        with capture_logs() as lines:
+            assert await serve(config, None) == 1
+        assert [line["event"] for line in lines] == ["storage_unavailable"]
+
+
 class TestDatabaseFileLost:
     async def _run(
         self, tmp_path: Path, session: aiohttp.ClientSession, *, replace: bool
@@ -148,11 +208,13 @@ class TestDatabaseFileLost:
         # At once (no wait for a periodic check): nothing more is acknowledged.
         answers = await asyncio.gather(*(post(session, bridge, n) for n in range(100, 150)))
         assert answers == [503] * 50
-        assert await ready(session, bridge) == 503
+        await turns_unready(session, bridge)
         assert await post(session, bridge, 150) == 503
         (lost,) = bridge.events("database_file_lost")
         assert lost["level"] == "error"
         assert lost["how"] == ("replaced" if replace else "deleted")
+        if replace:  # our WAL would have been read as the replacement's
+            assert lost["moved_aside"] == [f"{db}-wal.orphaned", f"{db}-shm.orphaned"]
         assert await bridge.terminate() == 0
         return db, bridge
 
@@ -191,10 +253,7 @@ class TestDatabaseFileLost:
             (tmp_path / "bridge.db").unlink()
             # No request: the idle writer's own check logs it.
             await eventually(lambda: bool(bridge.events("database_file_lost")), within=5.0)
-            # /readyz reads the periodic probe's verdict: bounded by one probe interval.
-            async with asyncio.timeout(5):
-                while await ready(session, bridge) != 503:  # noqa: ASYNC110 - polls HTTP
-                    await asyncio.sleep(0.05)
+            await turns_unready(session, bridge)
             assert await bridge.terminate() == 0
         finally:
             await bridge.close()

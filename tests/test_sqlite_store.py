@@ -9,6 +9,7 @@ holds the write lock to make the store wait (or fail past its busy_timeout).
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import statistics
 import time
@@ -27,7 +28,12 @@ from bridge.errors import StorageUnavailableError
 from bridge.store import DeadLetterFilter, DeadReason, Store
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.identity import DatabaseFileLostError
-from bridge.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, connect
+from bridge.store.sqlite.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    DatabaseMissingError,
+    connect,
+)
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import eventually
 from tests.contract.records import NOW, bury_all, hook, msg, remap_to
@@ -505,6 +511,65 @@ class TestFailures:
         finally:
             await store.close()
         assert query(db, "SELECT json_extract(raw_body, '$.n') FROM webhooks") == [(3,)]
+
+    async def test_a_replaced_file_is_noticed_by_an_idle_store(self, db: Path) -> None:
+        """No write needed: the idle writer looks once a second, and says so in the log."""
+        store = SQLiteStore(db)
+        await store.open()
+        other = db.with_name("other.db")
+        try:
+            await store.enqueue(hook(1), [msg("a")])
+            with capture_logs() as lines:
+                await asyncio.to_thread(lambda: sqlite3.connect(other).close())
+                await asyncio.to_thread(os.replace, other, db)
+                await until(lambda: "database_file_lost" in [line["event"] for line in lines])
+            assert lines[-1]["how"] == "replaced"
+            with pytest.raises(DatabaseFileLostError, match="replaced"):
+                await store.enqueue(hook(2), [msg("b")])
+        finally:
+            await store.close()
+
+    async def test_no_connection_is_opened_on_a_replacement(self, db: Path) -> None:
+        """The reader's and the checkpointer's connections are opened by path, lazily: on a
+        file moved over ours they would take our WAL for its own and write our pages into it."""
+        store = SQLiteStore(db)
+        await store.open()  # nothing read or committed yet: neither connection exists
+        other = db.with_name("other.db")
+        try:
+            with sqlite3.connect(other) as conn:
+                conn.execute("CREATE TABLE unrelated (x)")
+            conn.close()
+            await asyncio.to_thread(os.replace, other, db)
+            with pytest.raises(DatabaseFileLostError, match="replaced"):
+                await store.stats(NOW, 0)
+            with pytest.raises(DatabaseFileLostError, match="replaced"):
+                store._connect_checkpointer()
+        finally:
+            await store.close()
+        # Our -wal and -shm were moved aside: SQLite would have read them as the new file's.
+        assert db.with_name("bridge.db-wal.orphaned").exists()
+        assert not db.with_name("bridge.db-wal").exists()
+        assert query(db, "SELECT name FROM sqlite_master") == [("unrelated",)]
+        assert query(db, "PRAGMA journal_mode") == [("delete",)]
+
+    async def test_create_false_opens_only_a_bridge_database(self, db: Path) -> None:
+        with pytest.raises(DatabaseMissingError, match="no database at"):
+            await SQLiteStore(db, create=False).open()
+        assert not db.parent.exists()
+        db.parent.mkdir()
+        await asyncio.to_thread(lambda: sqlite3.connect(db).close())  # an empty SQLite file
+        with pytest.raises(DatabaseMissingError, match="not a bridge database"):
+            await SQLiteStore(db, create=False).open()
+        assert query(db, "SELECT count(*) FROM sqlite_master") == [(0,)]
+        created = SQLiteStore(db)
+        await created.open()
+        await created.close()
+        existing = SQLiteStore(db, create=False)
+        await existing.open()
+        try:
+            assert (await existing.stats(NOW, 0)).pending == 0
+        finally:
+            await existing.close()
 
     async def test_locked_past_busy_timeout(self, db: Path) -> None:
         store = SQLiteStore(db, busy_timeout_secs=0.05)

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 
 from bridge import logs
+from bridge.errors import StorageUnavailableError
 
 log = logs.get(__name__)
 
@@ -140,7 +141,7 @@ class Checkpointer:
                         "PRAGMA wal_checkpoint(PASSIVE)"
                     ).fetchall()
                     self.checkpoints += 1
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, StorageUnavailableError) as exc:
                     log.warning("wal_checkpoint_failed", error=str(exc))
                 else:
                     self._after(frames, copied, seen)

@@ -12,6 +12,16 @@ inode when it opens it, and compares them with what the path names now:
 * when the writer has been idle for :data:`IDLE_CHECK_SECS`, so an idle bridge notices too and
   says so in its log.
 
+The checkpointer's and the reader's connections are opened lazily, by path: each checks first,
+because a connection opened on a replacement file would take our ``-wal`` and ``-shm`` (same
+names) for its own and copy our pages into the replacement.
+
+Replaced: our ``-wal`` and ``-shm`` still sit beside the new file under the names SQLite looks
+for, and SQLite opens an existing ``-wal`` whatever the database header says, so the next
+opener (the restarted bridge) would read our old pages as the new file's and checkpoint them
+into it. The moment the replacement is seen, both are moved aside (``<name>-wal.orphaned``),
+if they are still the files this store opened (same inode).
+
 Once lost, always lost: every write and read fails with :class:`DatabaseFileLostError` (a
 :class:`~bridge.errors.StorageUnavailableError`, answered 503; ``/readyz`` fails) until the
 process is restarted and opens whatever the path names then. Nothing is written into the old
@@ -44,12 +54,21 @@ class FileIdentity:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._identity: tuple[int, int] | None = None
+        self._companions: dict[Path, tuple[int, int]] = {}  # our -wal and -shm
         self.lost: str | None = None  # why, once the path stopped naming our file
 
     def remember(self) -> None:
         """Right after the writer opened the file: this is the file we write."""
-        found = os.stat(self.path)
-        self._identity = (found.st_dev, found.st_ino)
+        self._identity = _identity(self.path)
+
+    def remember_companions(self) -> None:
+        """Once the schema is in place (the WAL exists): these are our -wal and -shm."""
+        for suffix in ("-wal", "-shm"):
+            companion = Path(f"{self.path}{suffix}")
+            try:
+                self._companions[companion] = _identity(companion)
+            except FileNotFoundError:
+                continue
 
     def refuse(self) -> None:
         """Raise if the file was found lost before (no system call: the cheap check)."""
@@ -75,5 +94,27 @@ class FileIdentity:
             f"the database file {self.path} was {how} while the bridge was running; "
             "nothing more is accepted until the bridge is restarted"
         )
-        log.error("database_file_lost", path=str(self.path), how=how, detail=self.lost)
+        moved = self._move_companions_aside() if how == "replaced" else []
+        log.error(
+            "database_file_lost", path=str(self.path), how=how, moved_aside=moved, detail=self.lost
+        )
         raise DatabaseFileLostError(self.lost)
+
+    def _move_companions_aside(self) -> list[str]:
+        """Our -wal and -shm, away from the names the replacement's openers look for."""
+        moved = []
+        for companion, identity in self._companions.items():
+            try:
+                if _identity(companion) != identity:
+                    continue  # not ours (the replacement brought its own)
+                aside = companion.with_name(companion.name + ".orphaned")
+                os.replace(companion, aside)
+            except OSError:
+                continue
+            moved.append(str(aside))
+        return moved
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    found = os.stat(path)
+    return (found.st_dev, found.st_ino)

@@ -136,6 +136,7 @@ class SQLiteStore:
         except BaseException:
             await self._stop_writer()
             raise
+        self._identity.remember_companions()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-reader:{self.path.name}")
 
     async def close(self) -> None:
@@ -172,6 +173,9 @@ class SQLiteStore:
         return conn
 
     def _connect_checkpointer(self) -> sqlite3.Connection:
+        # Opened lazily: by then the path may name another file, whose connection would take
+        # our -wal and -shm (same names) for its own and checkpoint our pages into it.
+        self._identity.confirm()
         return connect(
             self.path, synchronous=self.synchronous, busy_timeout_secs=self.busy_timeout_secs
         )
@@ -200,6 +204,7 @@ class SQLiteStore:
     def _in_reader(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         try:
             if self._reader_conn is None:
+                self._identity.confirm()  # as for the checkpointer's connection
                 self._reader_conn = connect(
                     self.path,
                     synchronous=self.synchronous,
