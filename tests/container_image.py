@@ -173,7 +173,9 @@ class TestImage:
         assert set(uids) == {"10001"}, status
 
         base = f"http://127.0.0.1:{box.port()}"
-        assert get(f"{base}/healthz") == (200, b'{"status": "ok"}')
+        status_code, health_body = get(f"{base}/healthz")
+        assert status_code == 200, health_body
+        assert json.loads(health_body) == {"status": "ok"}
         code, answer = post(
             f"{base}/webhooks/synap/attempt.completed", fixture_body("attempt.completed")
         )
