@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from bridge import logs
 from bridge.config import DeliveryConfig
+from bridge.delivery.arrivals import Arrivals
 from bridge.delivery.batching import Batch, plan
 from bridge.delivery.outcomes import DrainReport, Outcomes
 from bridge.delivery.retry import RetryPolicy
@@ -84,10 +85,8 @@ class Delivery:
         self._outcomes = Outcomes(store, policy, clock, metrics, dry_run)
         self._destinations = self._outcomes.destinations
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._wake = asyncio.Event()
         # While a partial batch gathers, only arrivals that can fill it wake the loop (see wake).
-        self._arrived = 0
-        self._wanted = 1
+        self._arrivals = Arrivals()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -103,16 +102,14 @@ class Delivery:
         per intake round for a handful of messages, a quarter of the writer thread's time under
         intake load (docs/benchmarks.md). At its age the batch takes what arrived and leaves.
         """
-        self._arrived += arrived
-        if self._arrived >= self._wanted:
-            self._wake.set()
+        self._arrivals.note(arrived)
 
     def replace_sinks(self, sinks: Mapping[str, Sink]) -> None:
         """Use new destinations (SIGHUP reload); batches in flight finish with the old sinks."""
         self._sinks = dict(sinks)
         self._outcomes.reconfigure({name: sink.dry_run for name, sink in self._sinks.items()})
         self._destinations = self._outcomes.destinations
-        self._wake.set()
+        self._arrivals.poke()
 
     def paused_until(self, destination: str) -> float:
         return self._destinations[destination].paused_until
@@ -183,7 +180,7 @@ class Delivery:
         again after a restart.
         """
         self._stopping = True
-        self._wake.set()
+        self._arrivals.close()
         runner = self._runner
         waiting: set[asyncio.Task[None]] = set(self._inflight)
         if runner is not None and not runner.done() and runner is not asyncio.current_task():
@@ -218,30 +215,27 @@ class Delivery:
         """Claim due messages; if fewer than a batch, wait for more until the oldest is
         ``batch.timeout_secs`` old (flush by size or age). Retries are old: they go at once."""
         batch = self._config.batch
-        self._wake.clear()
+        arrivals = self._arrivals
         # Arrivals are counted from before each claim: one the claim already took may make the
         # next claim early (harmless); one it missed is never forgotten.
-        self._arrived, self._wanted = 0, batch.max_events
+        arrivals.restart(batch.max_events)
         try:
             claimed = await self._claim(limit)
             if not claimed:
                 return claimed
             deadline = min(m.enqueued_at for m in claimed) + batch.timeout_secs
             while len(claimed) < batch.max_events and not self._stopping:
-                self._wanted = batch.max_events - len(claimed)
-                self.wake(0)  # arrivals during the claim may already fill the batch
+                # arrivals during the claim may already fill the batch: want() re-checks
+                arrivals.want(batch.max_events - len(claimed))
                 remaining = deadline - self._clock()
-                woke = remaining > 0 and await self._wait(remaining)
-                if self._arrived:  # enough to fill the batch, or the batch is due: take them
-                    self._arrived = 0
+                woke = remaining > 0 and await arrivals.wait(remaining)
+                if arrivals.take():  # enough to fill the batch, or the batch is due: take them
                     claimed += await self._claim(limit - len(claimed))
                 if not woke:
                     break
             return claimed
         finally:
-            self._wanted = 1
-            if self._arrived:  # arrivals since the last claim: no idle wait before the next
-                self._wake.set()
+            arrivals.settle()  # arrivals since the last claim: no idle wait before the next
 
     async def _idle(self) -> None:
         """Nothing to send now: sleep until the next due time, a pause ends, or a wake-up."""
@@ -261,12 +255,7 @@ class Delivery:
 
     async def _wait(self, seconds: float) -> bool:
         """Wait for a wake-up (True) or ``seconds`` of real time (False)."""
-        if not self._wake.is_set() and not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
-        woke = self._wake.is_set()
-        self._wake.clear()
-        return woke
+        return await self._arrivals.wait(seconds)
 
     async def _maybe_prune(self) -> None:
         """Prune when idle, at most every PRUNE_EVERY_SECS: never competes with a backlog."""
@@ -333,25 +322,36 @@ class Delivery:
     async def _upload(self, batch: Batch, report: DrainReport) -> bool:
         """Send one batch and record the outcome; True when Segment refused it permanently."""
         sink = self._sinks[batch.destination]
+        async with self._handed_back_if_cancelled(batch), self._slots:
+            resume = self._destinations[batch.destination].paused_until
+            if resume > self._clock():  # a sibling batch just met an outage
+                await self._outcomes.hand_back(batch.messages, resume, "destination paused", report)
+                return False
+            report.batches += 1
+            error, latency_ms = await self._send(sink, batch)
+        await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report))
+        return isinstance(error, PermanentDeliveryError)
+
+    async def _send(self, sink: Sink, batch: Batch) -> tuple[DeliveryError | None, float]:
+        """Upload in a worker thread; the error (None on 2xx) and the latency in ms."""
+        started = time.perf_counter()
+        error: DeliveryError | None = None
         try:
-            async with self._slots:
-                resume = self._destinations[batch.destination].paused_until
-                if resume > self._clock():  # a sibling batch just met an outage
-                    await self._outcomes.hand_back(
-                        batch.messages, resume, "destination paused", report
-                    )
-                    return False
-                report.batches += 1
-                started = time.perf_counter()
-                error: DeliveryError | None = None
-                try:
-                    await run_in_daemon_thread("segment-upload", sink.send, batch.payloads)
-                except DeliveryError as exc:
-                    error = exc
-                except Exception as exc:  # a bug in a sink must not lose the batch
-                    log.exception("sink_error", destination=batch.destination)
-                    error = TransientDeliveryError(f"sink error: {type(exc).__name__}")
-                latency_ms = round((time.perf_counter() - started) * 1000, 1)
+            await run_in_daemon_thread("segment-upload", sink.send, batch.payloads)
+        except DeliveryError as exc:
+            error = exc
+        except Exception as exc:  # a bug in a sink must not lose the batch
+            log.exception("sink_error", destination=batch.destination)
+            error = TransientDeliveryError(f"sink error: {type(exc).__name__}")
+        return error, round((time.perf_counter() - started) * 1000, 1)
+
+    @contextlib.asynccontextmanager
+    async def _handed_back_if_cancelled(self, batch: Batch) -> AsyncIterator[None]:
+        """If the task is cancelled (stop() after the grace period) while the batch is ours,
+        hand it back due now, shielded so the cancellation cannot interrupt the write. Should
+        the store fail too, the lease expires and the batch goes out again after a restart."""
+        try:
+            yield
         except asyncio.CancelledError:
             now = self._clock()
             with contextlib.suppress(Exception):
@@ -359,5 +359,3 @@ class Delivery:
                     self._store.retry_later(batch.ids, now, "delivery stopped", now)
                 )
             raise
-        await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report))
-        return isinstance(error, PermanentDeliveryError)
