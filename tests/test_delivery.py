@@ -243,6 +243,31 @@ class TestFailures:
         )
         assert dead == 2
 
+    @pytest.mark.parametrize("status", [404, 413])
+    async def test_whole_request_refusal_pauses_and_buries_nothing(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery, status: int
+    ) -> None:
+        """A 404 (a wrong endpoint path) or 413 (a proxy's limit) answered to every request
+        used to split and bury the whole backlog (1,000 of 1,000): now the destination pauses
+        with backoff, and once the endpoint is fixed everything is delivered."""
+        ids = await enqueue(store, START, range(1000))
+        fake.fail(status, times=1_000_000)
+        clock = Clock()
+        delivery = make(settings(concurrency=2, max_events=100), clock=clock)
+        for _ in range(5):
+            report = await delivery.drain()
+            assert report.dead == 0
+            resume = delivery.paused_until("default")
+            assert resume > clock.now  # paused, with backoff
+            clock.now = resume
+        assert fake.requests <= 5 * 2  # one probe per backoff (a sibling batch at most)
+        assert (await store.stats(clock.now, START)).dead_letters == {}
+        fake.failures.clear()  # the endpoint is fixed
+        await delivery.drain()
+        assert set(fake.ids) == set(ids)
+        stats = await store.stats(clock.now, START)
+        assert (stats.pending, stats.in_flight, stats.dead_letters) == (0, 0, {})
+
     async def test_max_age_makes_dead_letters(
         self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
     ) -> None:

@@ -91,12 +91,22 @@ class TestClassification:
         assert caught.value.retry_after is None
         assert fake.messages == []
 
-    @pytest.mark.parametrize("status", [400, 404, 413, 501, 505])
+    @pytest.mark.parametrize("status", [400, 422])
     async def test_permanent_statuses(self, fake: FakeSegment, status: int) -> None:
+        """Only "a message is wrong" is permanent: the batch is split down to the culprit."""
         fake.fail(status)
         with pytest.raises(PermanentDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
         assert caught.value.status == status
+
+    @pytest.mark.parametrize("status", [404, 405, 406, 409, 413, 414, 415, 431, 501, 505])
+    async def test_endpoint_or_request_refusals_pause(self, fake: FakeSegment, status: int) -> None:
+        """A refusal of the whole request says the endpoint is wrong, not a message: the
+        destination pauses (transient), nothing is split or buried."""
+        fake.fail(status)
+        with pytest.raises(TransientDeliveryError) as caught:
+            await send(sink(fake), [payload(1)])
+        assert caught.value.status == status and "delivery is paused" in caught.value.detail
 
     async def test_429_carries_retry_after(self, fake: FakeSegment) -> None:
         fake.fail(429, retry_after="7")

@@ -4,9 +4,10 @@ Everything that leaves the bridge goes through :meth:`SegmentSink.send`, which u
 to ``{endpoint}/v1/batch`` and translates every outcome into the bridge's own terms: it returns
 on 2xx, raises :class:`~bridge.errors.TransientDeliveryError` when trying again later may work
 (network errors, timeouts, 408/410/429/460 and 5xx except 501/505, with the server's
-``Retry-After``; and 401/403, a refused write key, see :data:`AUTH_STATUSES`), and
-:class:`~bridge.errors.PermanentDeliveryError` when the same request will never be accepted. This is
-the classification of Segment's own libraries (segment-facts.md), but for the write key.
+``Retry-After``) and, pausing the destination, when the endpoint or the whole request is refused
+(401/403, 404, 405, 413, 3xx, 501/505 ...), and :class:`~bridge.errors.PermanentDeliveryError`
+only when a message is wrong (400, 422, see :data:`MESSAGE_STATUSES`). Segment's own libraries
+(segment-facts.md) give up on every 4xx but 408/429; we do so only for the message statuses.
 
 Why not ``segment.analytics.request.post``: it takes the batch as Python objects and encodes it
 with the standard ``json`` module, so every stored message had to be parsed and encoded again
@@ -47,10 +48,17 @@ log = logs.get(__name__)
 
 #: Statuses worth retrying besides 5xx (segment-facts.md); 501 and 505 will not get better.
 TRANSIENT_STATUSES = frozenset({408, 410, 429, 460})
-#: The write key itself was refused. Not the batch's fault: every batch would fail alike, so
-#: splitting and burying would turn one configuration mistake into thousands of dead letters.
-#: The destination pauses with backoff instead (messages wait, an error line says why) until a
-#: reload brings the right key, or ``max_age_secs`` makes them dead letters after all.
+#: The only statuses that say "a message in this batch is wrong": the batch is split until the
+#: culprit stands alone, and only it becomes a dead letter (Segment answers 400 for an invalid
+#: message or batch body; 422 is the usual "understood, but a value is wrong").
+MESSAGE_STATUSES = frozenset({400, 422})
+#: Every other refusal says "this endpoint or this request is wrong": a refused write key
+#: (401/403), a wrong path (404, 405), a request a proxy will not take (413: our batches are
+#: under Segment's limits by construction, so a 413 is a proxy's or a wrong endpoint's limit),
+#: a redirect, 501/505. Not the batch's fault: every batch would fail alike, so splitting and
+#: burying would turn one configuration mistake into thousands of dead letters. The
+#: destination pauses with backoff instead (messages wait, an error line says why) until the
+#: endpoint or a reload fixes it, or ``max_age_secs`` makes them dead letters after all.
 AUTH_STATUSES = frozenset({401, 403})
 PERMANENT_5XX = frozenset({501, 505})
 #: Largest ``delivery.concurrency`` the configuration allows: the connection pool holds as many.
@@ -174,7 +182,12 @@ class SegmentSink:
         if status in AUTH_STATUSES:
             detail = f"{detail} - Segment refused the write key: check it; delivery is paused"
             return TransientDeliveryError(detail[: _DETAIL_CHARS + 80], status=status)
-        return PermanentDeliveryError(detail, status=status)
+        if status in MESSAGE_STATUSES:
+            return PermanentDeliveryError(detail, status=status)
+        detail = f"{detail} - the endpoint refused the whole request: check segment.endpoint"
+        return TransientDeliveryError(
+            f"{detail[: _DETAIL_CHARS + 80]}; delivery is paused", status=status
+        )
 
     def _scrub(self, text: str) -> str:
         """Remove the write key in every form it travels in (raw, and as the Basic token) from
