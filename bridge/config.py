@@ -326,8 +326,10 @@ class Config(_Section):
 
     @property
     def dry_run(self) -> bool:
-        """True when the default destination has no write key: messages are logged, not sent."""
-        return self.segment.write_key is None
+        """True when the default destination has no write key (unset or empty): its messages
+        are logged and kept queued, not sent."""
+        key = self.segment.write_key
+        return key is None or not key.get_secret_value()
 
     def listen_problem(self) -> str | None:
         """Why this configuration must not serve, or None. Secure by default (DESIGN.md)."""

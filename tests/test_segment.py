@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 from requests.adapters import HTTPAdapter
-from structlog.testing import capture_logs
 
 from bridge import config as config_module
 from bridge.delivery.sinks import (
@@ -196,19 +195,10 @@ class TestClassification:
 
 
 class TestDryRun:
-    def test_logs_one_line_per_message_and_never_raises(self) -> None:
+    def test_a_batch_sent_to_dry_run_is_refused_never_acknowledged(self) -> None:
         dry = DryRunSink("eu")
-        with capture_logs() as lines:
-            dry.send([payload(1), payload(2, type="identify"), b"not json"])
-        assert [(line["event"], line.get("message_id")) for line in lines] == [
-            ("dry_run_message", "m1"),
-            ("dry_run_message", "m2"),
-            ("dry_run_message", None),
-        ]
-        assert lines[0]["type"] == "track"
-        assert lines[0]["segment_event"] == "Exam Completed"
-        assert lines[0]["user_id"] == "u1"
-        assert lines[0]["destination"] == "eu"
+        with pytest.raises(TransientDeliveryError, match="no write key"):
+            dry.send([payload(1)])
         assert dry.dry_run is True
 
 
@@ -217,6 +207,10 @@ class TestBuildSinks:
         sinks = build_sinks(config_module.parse({}))
         assert list(sinks) == ["default"]
         assert sinks["default"].dry_run
+
+    def test_an_empty_write_key_is_dry_run_too(self) -> None:
+        loaded = config_module.parse({"segment": {"write_key": ""}})
+        assert build_sinks(loaded)["default"].dry_run and loaded.dry_run
 
     def test_one_sink_per_destination(self) -> None:
         cfg = config_module.parse(

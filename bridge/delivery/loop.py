@@ -4,10 +4,12 @@ Outcomes (per batch; one canonical ``batch`` log line each; recorded by
 :mod:`bridge.delivery.outcomes`):
 
 * **2xx** - ack: the messages are delivered.
-* **transient** (network, 408/410/429/460, 5xx but 501/505) - the messages go back to the store,
+* **transient** (network, 408/410/429/460, 5xx, an upload past ``segment.total_timeout_secs``,
+  and every refusal of the endpoint or the whole request: 3xx, 401/403, 404/405, 413, 501/505)
+  - the messages go back to the store,
   due again after the retry policy's backoff (never before ``Retry-After``), and the whole
   destination pauses until then, so an outage costs one probe per backoff, not a flood.
-* **permanent** - Segment refuses the request. One bad message spoils a whole batch, so the
+* **permanent** (400, 422: a message is wrong) - One bad message spoils a whole batch, so the
   batch is split in halves, each sent again, recursively, until the culprits stand alone; only
   single messages that are refused become dead letters (``rejected_by_segment``).
 * a message older than ``retry.max_age_secs`` when a try fails becomes a dead letter
@@ -16,8 +18,20 @@ Outcomes (per batch; one canonical ``batch`` log line each; recorded by
 At-least-once: the store leases what we claim; if the process dies, the lease expires and the
 messages are claimed again. Resends collapse in Segment (deterministic messageIds).
 
-Time comes from the injected ``clock`` (tests simulate hours of outage without sleeping); only
-:meth:`Delivery.run`'s waits for new arrivals use real time.
+When to send (adaptive batching): with no upload in flight, what is due goes at once (an event
+reaches Segment within milliseconds at a quiet hour); while uploads are in flight, a free slot
+gathers a fuller batch until it is full, its oldest message is ``batch.timeout_secs`` old, or an
+upload finishes. So requests grow with load only up to one per upload's round trip, and a
+backlog always goes in full batches. A stuck upload (bounded by its total deadline) holds one
+slot; the loop keeps claiming into the others.
+
+Dry-run destinations (no write key) are never claimed: :mod:`bridge.delivery.dryrun` logs what
+waits for them and leaves it queued.
+
+Time comes from the injected ``clock`` (tests simulate hours of outage without sleeping) through
+:class:`~bridge.delivery.clocks.StoreClock`, which never steps back; pauses use the monotonic
+clock (by default the injected clock itself when one is injected); only :meth:`Delivery.run`'s
+waits for new arrivals use real time.
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ from bridge import logs
 from bridge.config import DeliveryConfig
 from bridge.delivery.arrivals import Arrivals
 from bridge.delivery.batching import Batch, plan
+from bridge.delivery.clocks import StoreClock
+from bridge.delivery.dryrun import DryRun
 from bridge.delivery.outcomes import DrainReport, Outcomes
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sinks import Sink
@@ -57,6 +73,9 @@ PRUNE_EVERY_SECS = 600.0
 IDLE_MAX_SECS = 2.0
 HAND_BACK_SECS = 5.0  # after the grace period, time allowed to return unfinished batches
 ERROR_PAUSE_SECS = 1.0  # after the store failed us
+#: Beyond a sink's own total deadline, how long the loop still waits for its thread to report.
+#: The sink aborts its socket at the deadline; this only covers a sink that fails to.
+DEADLINE_GRACE_SECS = 5.0
 
 
 class Delivery:
@@ -67,23 +86,27 @@ class Delivery:
         config: DeliveryConfig,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         metrics: Metrics | None = None,
         lease_secs: float | None = None,
         retention_secs: float | None = None,
         policy: RetryPolicy | None = None,
     ) -> None:
         self._store = store
-        self._sinks = dict(sinks)
         self._config = config
-        self._clock = clock
+        # An injected clock without a monotonic one serves as both (tests move one clock).
+        self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
+        self._clock = StoreClock(clock, self._monotonic)
         # A claim must outlive the wait for a full batch plus the uploads (a split included),
         # or our own next claim would take the same messages again.
         self._lease_secs = lease_secs or max(DEFAULT_LEASE_SECS, 2 * config.batch.timeout_secs + 60)
         self._retention_secs = retention_secs
-        policy = policy or RetryPolicy.from_config(config.retry)
-        dry_run = {name: sink.dry_run for name, sink in self._sinks.items()}
-        self._outcomes = Outcomes(store, policy, clock, metrics, dry_run)
-        self._destinations = self._outcomes.destinations
+        self._policy = policy or RetryPolicy.from_config(config.retry)
+        self._outcomes = Outcomes(
+            store, self._policy, self._clock, metrics, {}, monotonic=self._monotonic
+        )
+        self._dry_run = DryRun(store, metrics, self._monotonic)
+        self._use(sinks)
         self._slots = asyncio.Semaphore(config.concurrency)
         # While a partial batch gathers, only arrivals that can fill it wake the loop (see wake).
         self._arrivals = Arrivals()
@@ -91,6 +114,13 @@ class Delivery:
         self._runner: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._pruned_at: float | None = None
+
+    def _use(self, sinks: Mapping[str, Sink]) -> None:
+        self._sinks = dict(sinks)
+        self._outcomes.reconfigure({name: sink.dry_run for name, sink in self._sinks.items()})
+        self._destinations = self._outcomes.destinations
+        self._dry_run.configure([name for name, sink in self._sinks.items() if sink.dry_run])
+        self._live = [name for name, sink in self._sinks.items() if not sink.dry_run]
 
     # ---- the public surface ------------------------------------------------------------
 
@@ -105,14 +135,16 @@ class Delivery:
         self._arrivals.note(arrived)
 
     def replace_sinks(self, sinks: Mapping[str, Sink]) -> None:
-        """Use new destinations (SIGHUP reload); batches in flight finish with the old sinks."""
-        self._sinks = dict(sinks)
-        self._outcomes.reconfigure({name: sink.dry_run for name, sink in self._sinks.items()})
-        self._destinations = self._outcomes.destinations
+        """Use new destinations (SIGHUP reload); batches in flight finish with the old sinks.
+        A destination that got its write key is claimed from at once (its dry-run backlog
+        included); one that lost it is left alone from the next claim on."""
+        self._use(sinks)
         self._arrivals.poke()
 
     def paused_until(self, destination: str) -> float:
-        return self._destinations[destination].paused_until
+        """When the destination's pause ends, on the store's (epoch) clock."""
+        remaining = self._destinations[destination].paused_until - self._monotonic()
+        return self._clock() + remaining
 
     def paused(self) -> dict[str, bool]:
         """Each destination: is it waiting out a backoff now? (``/metrics``)"""
@@ -125,6 +157,7 @@ class Delivery:
         claimed = await self._claim(self._claim_limit())
         tasks = await self._start(claimed, report)
         await self._settle(tasks)
+        await self._dry_run.show()
         return report
 
     async def drain(self) -> DrainReport:
@@ -148,29 +181,44 @@ class Delivery:
 
     async def _pump(self, *, wait: bool) -> DrainReport:
         """Keep up to ``concurrency`` batches in flight, claiming more as each one finishes, so
-        the store's claim and ack overlap with uploads instead of alternating with them."""
+        the store's claim and ack overlap with uploads instead of alternating with them.
+
+        With nothing in flight, what is due goes at once; with uploads in flight, a free slot
+        gathers a fuller batch (:meth:`_gather`). A free slot is never left idle behind a slow
+        upload: the wait for a finished upload also ends at a new arrival."""
         report = DrainReport()
         tasks: set[asyncio.Task[None]] = set()
         try:
             while not self._stopping:
+                tasks = self._reap(tasks)
                 free = self._config.concurrency - len(tasks)
                 claimed: list[ClaimedMessage] = []
                 if free > 0:
                     limit = free * self._config.batch.max_events
-                    claimed = await (self._gather(limit) if wait else self._claim(limit))
+                    claimed = await (
+                        self._gather(limit, tasks) if wait and tasks else self._claim(limit)
+                    )
                 if claimed:
                     tasks |= await self._start(claimed, report)
+                elif tasks and wait and free > 0:
+                    await self._arrivals.wait(IDLE_MAX_SECS, tasks)
                 elif tasks:
-                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    self._log_failures(done)
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 elif wait:
+                    await self._dry_run.show()
                     await self._idle()
                     await self._maybe_prune()
                 else:
+                    await self._dry_run.show()
                     break
         finally:
             await self._settle(tasks)
         return report
+
+    def _reap(self, tasks: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+        done = {task for task in tasks if task.done()}
+        self._log_failures(done)
+        return tasks - done
 
     async def stop(self, grace_secs: float) -> None:
         """Stop claiming; let batches in flight finish within ``grace_secs``, else hand them back.
@@ -200,20 +248,28 @@ class Delivery:
     def _claim_limit(self) -> int:
         return self._config.concurrency * self._config.batch.max_events
 
-    def _all_paused(self, now: float) -> bool:
-        return bool(self._destinations) and all(
-            d.paused_until > now for d in self._destinations.values()
-        )
+    def _all_paused(self) -> bool:
+        """Nothing to claim for: every destination with a write key is paused (or none has
+        one: dry-run destinations are never claimed). No destination at all claims, so that
+        messages for a destination no longer configured are buried."""
+        if not self._destinations:
+            return False
+        mono = self._monotonic()
+        return all(self._destinations[name].paused_until > mono for name in self._live)
 
     async def _claim(self, limit: int) -> list[ClaimedMessage]:
-        now = self._clock()
-        if self._stopping or self._all_paused(now):
+        if self._stopping or self._all_paused():
             return []
+        now = self._clock()
+        exclude = self._dry_run.destinations
+        if exclude:
+            return await self._store.claim(now, limit, self._lease_secs, exclude=exclude)
         return await self._store.claim(now, limit, self._lease_secs)
 
-    async def _gather(self, limit: int) -> list[ClaimedMessage]:
-        """Claim due messages; if fewer than a batch, wait for more until the oldest is
-        ``batch.timeout_secs`` old (flush by size or age). Retries are old: they go at once."""
+    async def _gather(self, limit: int, uploads: set[asyncio.Task[None]]) -> list[ClaimedMessage]:
+        """Uploads are in flight: claim due messages, and if fewer than a batch, wait for more
+        until the batch is full, its oldest is ``batch.timeout_secs`` old, or an upload
+        finishes (then the slot it frees would idle: send). Retries are old: they go at once."""
         batch = self._config.batch
         arrivals = self._arrivals
         # Arrivals are counted from before each claim: one the claim already took may make the
@@ -223,12 +279,13 @@ class Delivery:
             claimed = await self._claim(limit)
             if not claimed:
                 return claimed
-            deadline = min(m.enqueued_at for m in claimed) + batch.timeout_secs
+            age = self._clock() - min(m.enqueued_at for m in claimed)
+            deadline = self._monotonic() + batch.timeout_secs - age
             while len(claimed) < batch.max_events and not self._stopping:
                 # arrivals during the claim may already fill the batch: want() re-checks
                 arrivals.want(batch.max_events - len(claimed))
-                remaining = deadline - self._clock()
-                woke = remaining > 0 and await arrivals.wait(remaining)
+                remaining = deadline - self._monotonic()
+                woke = remaining > 0 and await arrivals.wait(remaining, uploads)
                 if arrivals.take():  # enough to fill the batch, or the batch is due: take them
                     claimed += await self._claim(limit - len(claimed))
                 if not woke:
@@ -238,18 +295,33 @@ class Delivery:
             arrivals.settle()  # arrivals since the last claim: no idle wait before the next
 
     async def _idle(self) -> None:
-        """Nothing to send now: sleep until the next due time, a pause ends, or a wake-up."""
-        now = self._clock()
-        if self._all_paused(now):
-            resume = min(d.paused_until for d in self._destinations.values())
-            timeout = resume - now
+        """Nothing to send now: sleep until the next due time, a pause ends, or a wake-up.
+
+        A persisted due time further ahead than ``retry.max_backoff_secs`` can only come from a
+        wall clock stepped back (before a restart): it counts as due in ``max_backoff_secs``
+        (bridge.delivery.clocks), so a clock step never stalls delivery beyond one backoff."""
+        if self._all_paused():
+            mono = self._monotonic()
+            resume = min(self._destinations[name].paused_until for name in self._live)
+            timeout = resume - mono
         else:
+            now = self._clock()
             due = await self._store.next_due_at()
-            if due is None:
+            horizon = self._policy.max_backoff_secs
+            if due is not None and due > now + horizon:
+                self._clock.not_before(due - horizon)
+                log.warning(
+                    "due_time_clamped",
+                    ahead_secs=round(due - now, 1),
+                    detail="a due time lay beyond the longest backoff (a clock step?); "
+                    f"it counts as due in {horizon:g}s",
+                )
+                timeout = horizon
+            elif due is None:
                 timeout = IDLE_MAX_SECS
             elif due > now:
                 timeout = due - now
-            else:  # due, yet nothing was claimable (leased elsewhere): do not spin
+            else:  # due, yet nothing was claimable (leased elsewhere, dry-run): do not spin
                 timeout = self._config.batch.timeout_secs
         await self._wait(min(timeout, IDLE_MAX_SECS))
 
@@ -323,8 +395,9 @@ class Delivery:
         """Send one batch and record the outcome; True when Segment refused it permanently."""
         sink = self._sinks[batch.destination]
         async with self._handed_back_if_cancelled(batch), self._slots:
-            resume = self._destinations[batch.destination].paused_until
-            if resume > self._clock():  # a sibling batch just met an outage
+            paused = self._destinations[batch.destination].paused_until - self._monotonic()
+            if paused > 0:  # a sibling batch just met an outage
+                resume = self._clock() + paused
                 await self._outcomes.hand_back(batch.messages, resume, "destination paused", report)
                 return False
             report.batches += 1
@@ -336,8 +409,13 @@ class Delivery:
         """Upload in a worker thread; the error (None on 2xx) and the latency in ms."""
         started = time.perf_counter()
         error: DeliveryError | None = None
+        upload = run_in_daemon_thread("segment-upload", sink.send, batch.payloads)
         try:
-            await run_in_daemon_thread("segment-upload", sink.send, batch.payloads)
+            await asyncio.wait_for(upload, sink.total_timeout_secs + DEADLINE_GRACE_SECS)
+        except TimeoutError:  # the sink missed its own deadline: the thread is abandoned
+            error = TransientDeliveryError(
+                f"no answer within {sink.total_timeout_secs:g}s (segment.total_timeout_secs)"
+            )
         except DeliveryError as exc:
             error = exc
         except Exception as exc:  # a bug in a sink must not lose the batch

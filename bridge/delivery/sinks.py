@@ -32,16 +32,15 @@ from the network, as a last line of defence.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
 import requests
-from requests.adapters import HTTPAdapter
 from segment.analytics import request as segment_request
 
 from bridge import logs
 from bridge.config import DEFAULT_DESTINATION, Config
 from bridge.delivery import wire
+from bridge.delivery.deadline import Deadline, DeadlineAdapter
 from bridge.errors import PermanentDeliveryError, TransientDeliveryError
 
 log = logs.get(__name__)
@@ -68,7 +67,7 @@ _DETAIL_CHARS = 300
 
 def _session() -> requests.Session:
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=MAX_CONNECTIONS)
+    adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=MAX_CONNECTIONS)
     for prefix in ("https://", "http://"):
         session.mount(prefix, adapter)
     return session
@@ -85,6 +84,8 @@ class Sink(Protocol):
     dry_run: bool
     #: Bytes the request body adds around the messages (``{"batch":[...],"sentAt"...}``).
     envelope_bytes: int
+    #: ``send`` returns or raises within this time (connect, send and the whole answer).
+    total_timeout_secs: float
 
     def send(self, batch: Sequence[bytes]) -> None: ...
 
@@ -116,6 +117,7 @@ class SegmentSink:
         gzip: bool,
         *,
         name: str = DEFAULT_DESTINATION,
+        total_timeout_secs: float | None = None,
     ) -> None:
         if not write_key:
             raise ValueError("write_key is empty")
@@ -126,6 +128,7 @@ class SegmentSink:
         self.endpoint = endpoint
         self.url = endpoint.rstrip("/") + "/v1/batch"
         self.timeout_secs = timeout_secs
+        self.total_timeout_secs = total_timeout_secs or 2 * timeout_secs
         self.gzip = gzip
         self.name = name
         self.envelope_bytes = wire.envelope_bytes(write_key)
@@ -143,14 +146,17 @@ class SegmentSink:
         if self.gzip:
             data = wire.compress(data)
         try:
-            response = SESSION.post(
-                self.url,
-                data=data,
-                headers=self._headers,
-                timeout=self.timeout_secs,
-                allow_redirects=False,
-            )
+            with Deadline(self.total_timeout_secs) as deadline:
+                response = SESSION.post(
+                    self.url,
+                    data=data,
+                    headers=self._headers,
+                    timeout=self.timeout_secs,
+                    allow_redirects=False,
+                )
         except requests.RequestException as exc:
+            if deadline.expired:
+                raise TransientDeliveryError(self.overdue()) from exc
             # Connection refused/reset, DNS, TLS, timeouts, a truncated body: all are the
             # network's doing. Anything else requests raises (an invalid URL) cannot come from
             # a validated endpoint, and retrying until max_age is safer than burying it.
@@ -158,6 +164,12 @@ class SegmentSink:
             raise TransientDeliveryError(detail) from exc
         if not 200 <= response.status_code < 300:
             raise self._translate(response)
+
+    def overdue(self) -> str:
+        return (
+            f"no complete answer within {self.total_timeout_secs:g}s "
+            "(segment.total_timeout_secs); the batch is retried"
+        )
 
     def _translate(
         self, response: requests.Response
@@ -198,9 +210,12 @@ class SegmentSink:
 
 
 class DryRunSink:
-    """No write key: log what would be sent (one line per message) and report success."""
+    """A destination without a write key. The delivery loop never claims its messages
+    (:mod:`bridge.delivery.dryrun` logs them and leaves them queued); should a batch reach
+    :meth:`send` all the same, it is refused as transient, never reported as delivered."""
 
     dry_run = True
+    total_timeout_secs = 1.0
 
     def __init__(self, name: str = DEFAULT_DESTINATION) -> None:
         self.name = name
@@ -210,27 +225,14 @@ class DryRunSink:
         return f"DryRunSink(name={self.name!r})"
 
     def send(self, batch: Sequence[bytes]) -> None:
-        for item in batch:
-            try:
-                msg: Any = orjson.loads(item)
-            except orjson.JSONDecodeError:
-                msg = {}
-            if not isinstance(msg, dict):
-                msg = {}
-            log.info(
-                "dry_run_message",
-                destination=self.name,
-                type=msg.get("type"),
-                segment_event=msg.get("event"),
-                user_id=msg.get("userId"),
-                message_id=msg.get("messageId"),
-            )
+        raise TransientDeliveryError(f"destination {self.name!r} has no write key (dry-run)")
 
 
 def build_sinks(config: Config) -> dict[str, Sink]:
     """One sink per destination: ``default`` (the segment section) and each routing entry.
 
-    A destination without a write key is a dry run: its messages are logged and acked.
+    A destination without a write key (unset, or empty: nothing to authenticate with) is a
+    dry run: its messages are logged and kept queued, never marked delivered.
     """
     seg = config.segment
     endpoints = {DEFAULT_DESTINATION: (seg.write_key, seg.endpoint)}
@@ -238,9 +240,16 @@ def build_sinks(config: Config) -> dict[str, Sink]:
         endpoints[name] = (dest.write_key, dest.endpoint)
     sinks: dict[str, Sink] = {}
     for name, (write_key, endpoint) in endpoints.items():
-        if write_key is None:
+        if write_key is None or not write_key.get_secret_value():
             sinks[name] = DryRunSink(name)
         else:
             secret = write_key.get_secret_value()
-            sinks[name] = SegmentSink(secret, endpoint, seg.timeout_secs, seg.gzip, name=name)
+            sinks[name] = SegmentSink(
+                secret,
+                endpoint,
+                seg.timeout_secs,
+                seg.gzip,
+                name=name,
+                total_timeout_secs=seg.total_timeout_secs,
+            )
     return sinks
