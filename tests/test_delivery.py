@@ -484,6 +484,39 @@ class TestRunLoop:
         await delivery.stop(grace_secs=5.0)
         await asyncio.wait_for(loop, 5)
 
+    async def test_a_trickling_answer_is_cut_at_the_total_deadline_and_others_flow_meanwhile(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        """A peer answering one byte every 0.5 s never trips the 1 s read timeout: the upload
+        used to hold its batch for the whole answer (8 s here; forever in the wild) while the
+        loop claimed nothing into the free slot."""
+        sink = SegmentSink(KEY, fake.url, 1.0, True, total_timeout_secs=2.5)
+        config = DeliveryConfig.model_validate(
+            {
+                "concurrency": 2,
+                "batch": {"max_events": 5, "timeout_secs": 0.05},
+                "retry": {"initial_backoff_secs": 0.2},
+            }
+        )
+        delivery = make(config, clock=time.time, sinks={"default": sink})
+        fake.fail(trickle=0.5)
+        loop = asyncio.create_task(delivery.run())
+        stuck = await enqueue(store, time.time(), range(5))
+        delivery.wake()
+        await fake.wait_until(lambda: fake.trickling == 1)
+        stuck_at = time.monotonic()
+        others = await enqueue(store, time.time(), range(5, 10))
+        delivery.wake()
+        await fake.wait_until(lambda: set(others) <= set(fake.ids), within=10.0)
+        assert fake.trickling == 1  # delivered while the stuck upload was still stuck
+        await fake.wait_until(lambda: all(fake.ids.get(i) == 2 for i in stuck), within=15.0)
+        assert time.monotonic() - stuck_at < 2.5 + 5.0  # cut at the deadline, then retried
+        await fake.wait_until(lambda: fake.trickles_abandoned == 1)  # the socket was closed
+        await delivery.stop(grace_secs=5.0)  # lets the retry's ack land
+        await asyncio.wait_for(loop, 5)
+        stats = await store.stats(time.time(), 0.0)
+        assert (stats.pending, stats.in_flight, stats.dead_letters) == (0, 0, {})
+
     async def test_an_idle_destination_sends_at_once(
         self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
     ) -> None:

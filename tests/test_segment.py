@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -171,6 +172,17 @@ class TestClassification:
         finally:
             fake.release()
         assert "Timeout" in caught.value.detail
+
+    async def test_a_trickled_answer_is_cut_at_the_total_deadline(self, fake: FakeSegment) -> None:
+        """One byte every 0.3 s never trips a 1 s read timeout; the total deadline does."""
+        fake.fail(trickle=0.3)
+        target = SegmentSink(KEY, fake.url, 1.0, True, total_timeout_secs=1.5)
+        started = time.monotonic()
+        with pytest.raises(TransientDeliveryError) as caught:
+            await send(target, [payload(1)])
+        assert 1.5 <= time.monotonic() - started < 4.0  # the whole answer would take 5 s
+        assert "total_timeout_secs" in caught.value.detail
+        await fake.wait_until(lambda: fake.trickles_abandoned == 1)  # the socket was closed
 
     async def test_connection_refused_is_transient(self) -> None:
         with socket.socket() as probe:  # a port nobody listens on once closed
