@@ -210,6 +210,7 @@ class Delivery:
                     await self._maybe_prune()
                 else:
                     await self._dry_run.show()
+                    await self._next_due_at()  # clamps due times a clock step left far ahead
                     break
         finally:
             await self._settle(tasks)
@@ -295,35 +296,43 @@ class Delivery:
             arrivals.settle()  # arrivals since the last claim: no idle wait before the next
 
     async def _idle(self) -> None:
-        """Nothing to send now: sleep until the next due time, a pause ends, or a wake-up.
-
-        A persisted due time further ahead than ``retry.max_backoff_secs`` can only come from a
-        wall clock stepped back (before a restart): it counts as due in ``max_backoff_secs``
-        (bridge.delivery.clocks), so a clock step never stalls delivery beyond one backoff."""
+        """Nothing to send now: sleep until the next due time, a pause ends, or a wake-up."""
         if self._all_paused():
             mono = self._monotonic()
             resume = min(self._destinations[name].paused_until for name in self._live)
             timeout = resume - mono
         else:
+            due = await self._next_due_at()
             now = self._clock()
-            due = await self._store.next_due_at()
-            horizon = self._policy.max_backoff_secs
-            if due is not None and due > now + horizon:
-                self._clock.not_before(due - horizon)
-                log.warning(
-                    "due_time_clamped",
-                    ahead_secs=round(due - now, 1),
-                    detail="a due time lay beyond the longest backoff (a clock step?); "
-                    f"it counts as due in {horizon:g}s",
-                )
-                timeout = horizon
-            elif due is None:
+            if due is None:
                 timeout = IDLE_MAX_SECS
             elif due > now:
                 timeout = due - now
             else:  # due, yet nothing was claimable (leased elsewhere, dry-run): do not spin
                 timeout = self._config.batch.timeout_secs
         await self._wait(min(timeout, IDLE_MAX_SECS))
+
+    async def _next_due_at(self) -> float | None:
+        """The store's next due time, clamped to the longest backoff from now.
+
+        A persisted due time further ahead than ``retry.max_backoff_secs`` can only come from a
+        wall clock stepped back (the store clock carries a step while running, not across a
+        restart): it counts as due in ``max_backoff_secs`` (the store clock advances so that it
+        is), so a clock step never stalls delivery beyond one backoff (bridge.delivery.clocks).
+        """
+        due = await self._store.next_due_at()
+        now = self._clock()
+        horizon = self._policy.max_backoff_secs
+        if due is not None and due > now + horizon:
+            self._clock.not_before(due - horizon)
+            log.warning(
+                "due_time_clamped",
+                ahead_secs=round(due - now, 1),
+                detail="a due time lay beyond the longest backoff (a clock step?); "
+                f"it counts as due in {horizon:g}s",
+            )
+            return self._clock() + horizon
+        return due
 
     async def _wait(self, seconds: float) -> bool:
         """Wait for a wake-up (True) or ``seconds`` of real time (False)."""
