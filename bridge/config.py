@@ -331,6 +331,13 @@ class Config(_Section):
         key = self.segment.write_key
         return key is None or not key.get_secret_value()
 
+    @property
+    def dry_run_destinations(self) -> list[str]:
+        """Destinations without a write key (unset or empty): their messages wait, kept."""
+        keys = {DEFAULT_DESTINATION: self.segment.write_key}
+        keys.update({name: d.write_key for name, d in self.routing.destinations.items()})
+        return [name for name, key in keys.items() if key is None or not key.get_secret_value()]
+
     def listen_problem(self) -> str | None:
         """Why this configuration must not serve, or None. Secure by default (DESIGN.md)."""
         if self.auth.password is None and not is_loopback(self.server.host):

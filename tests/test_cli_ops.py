@@ -403,6 +403,7 @@ class TestStats:
         assert ran.code == 0
         stats = ran.json()
         assert stats["pending"] == 3
+        assert stats["dry_run_waiting"] == 0  # every destination has a write key
         assert stats["in_flight"] == 0
         assert 120 <= stats["oldest_pending_age_secs"] < 120 + 60
         assert stats["delivered_last_hour"] == 1
