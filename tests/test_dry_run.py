@@ -94,7 +94,7 @@ async def dry_run_backlog(
         0,
     )
     async with asyncio.timeout(20):
-        while await gauge(url) != COUNT:
+        while await gauge(url) != COUNT:  # noqa: ASYNC110 - a scrape, no event to wait on
             await asyncio.sleep(0.1)
     return lines
 
