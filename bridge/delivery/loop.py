@@ -37,28 +37,21 @@ waits for new arrivals use real time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from bridge import logs
 from bridge.config import DeliveryConfig
 from bridge.delivery.arrivals import Arrivals
-from bridge.delivery.batching import Batch, plan
 from bridge.delivery.clocks import StoreClock
 from bridge.delivery.dryrun import DryRun
 from bridge.delivery.outcomes import DrainReport, Outcomes
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sinks import Sink
-from bridge.delivery.threads import run_in_daemon_thread
-from bridge.errors import (
-    DeliveryError,
-    PermanentDeliveryError,
-    StorageUnavailableError,
-    TransientDeliveryError,
-)
+from bridge.delivery.uploads import Uploads
+from bridge.errors import StorageUnavailableError
 from bridge.metrics import Metrics
-from bridge.store import ClaimedMessage, DeadReason, Store
+from bridge.store import ClaimedMessage, Store
 
 __all__ = ["Delivery", "DrainReport"]
 
@@ -73,9 +66,6 @@ PRUNE_EVERY_SECS = 600.0
 IDLE_MAX_SECS = 2.0
 HAND_BACK_SECS = 5.0  # after the grace period, time allowed to return unfinished batches
 ERROR_PAUSE_SECS = 1.0  # after the store failed us
-#: Beyond a sink's own total deadline, how long the loop still waits for its thread to report.
-#: The sink aborts its socket at the deadline; this only covers a sink that fails to.
-DEADLINE_GRACE_SECS = 5.0
 
 
 class Delivery:
@@ -106,21 +96,28 @@ class Delivery:
             store, self._policy, self._clock, metrics, {}, monotonic=self._monotonic
         )
         self._dry_run = DryRun(store, metrics, self._monotonic)
+        self._uploads = Uploads(
+            store,
+            self._outcomes,
+            concurrency=config.concurrency,
+            max_events=config.batch.max_events,
+            max_bytes=config.batch.max_bytes,
+            clock=self._clock,
+            monotonic=self._monotonic,
+        )
         self._use(sinks)
-        self._slots = asyncio.Semaphore(config.concurrency)
         # While a partial batch gathers, only arrivals that can fill it wake the loop (see wake).
         self._arrivals = Arrivals()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
         self._pruned_at: float | None = None
 
     def _use(self, sinks: Mapping[str, Sink]) -> None:
-        self._sinks = dict(sinks)
-        self._outcomes.reconfigure({name: sink.dry_run for name, sink in self._sinks.items()})
+        self._uploads.use(sinks)
+        self._outcomes.reconfigure({name: sink.dry_run for name, sink in sinks.items()})
         self._destinations = self._outcomes.destinations
-        self._dry_run.configure([name for name, sink in self._sinks.items() if sink.dry_run])
-        self._live = [name for name, sink in self._sinks.items() if not sink.dry_run]
+        self._dry_run.configure([name for name, sink in sinks.items() if sink.dry_run])
+        self._live = [name for name, sink in sinks.items() if not sink.dry_run]
 
     # ---- the public surface ------------------------------------------------------------
 
@@ -155,8 +152,8 @@ class Delivery:
         """One round: claim what is due now, deliver it, and wait for every outcome."""
         report = DrainReport()
         claimed = await self._claim(self._claim_limit())
-        tasks = await self._start(claimed, report)
-        await self._settle(tasks)
+        tasks = await self._uploads.start(claimed, report)
+        await self._uploads.settle(tasks)
         await self._dry_run.show()
         return report
 
@@ -199,7 +196,7 @@ class Delivery:
                         self._gather(limit, tasks) if wait and tasks else self._claim(limit)
                     )
                 if claimed:
-                    tasks |= await self._start(claimed, report)
+                    tasks |= await self._uploads.start(claimed, report)
                 elif tasks and wait and free > 0:
                     await self._arrivals.wait(IDLE_MAX_SECS, tasks)
                 elif tasks:
@@ -213,12 +210,12 @@ class Delivery:
                     await self._next_due_at()  # clamps due times a clock step left far ahead
                     break
         finally:
-            await self._settle(tasks)
+            await self._uploads.settle(tasks)
         return report
 
     def _reap(self, tasks: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
         done = {task for task in tasks if task.done()}
-        self._log_failures(done)
+        self._uploads.log_failures(done)
         return tasks - done
 
     async def stop(self, grace_secs: float) -> None:
@@ -231,12 +228,13 @@ class Delivery:
         self._stopping = True
         self._arrivals.close()
         runner = self._runner
-        waiting: set[asyncio.Task[None]] = set(self._inflight)
+        inflight = self._uploads.inflight
+        waiting: set[asyncio.Task[None]] = set(inflight)
         if runner is not None and not runner.done() and runner is not asyncio.current_task():
             waiting.add(runner)
         if waiting:
             await asyncio.wait(waiting, timeout=grace_secs)
-        leftovers = [task for task in self._inflight if not task.done()]
+        leftovers = [task for task in inflight if not task.done()]
         for task in leftovers:
             task.cancel()
         if leftovers:
@@ -360,96 +358,3 @@ class Delivery:
         if pruned:
             log.info("pruned_delivered", rows=pruned)
         return pruned
-
-    # ---- sending -----------------------------------------------------------------------
-
-    async def _start(
-        self, claimed: Sequence[ClaimedMessage], report: DrainReport
-    ) -> set[asyncio.Task[None]]:
-        """Bury what cannot be sent, batch the rest and start one task per batch."""
-        report.claimed += len(claimed)
-        unknown = [m for m in claimed if m.destination not in self._sinks]
-        if unknown:
-            names = sorted({m.destination for m in unknown})
-            why = DeadReason("unknown_destination", f"no destination configured named {names}")
-            await self._outcomes.bury(unknown, why, report)
-        known = [m for m in claimed if m.destination in self._sinks]
-        work = plan(
-            known,
-            self._config.batch.max_events,
-            self._config.batch.max_bytes,
-            lambda name: self._sinks[name].envelope_bytes,
-        )
-        if work.oversized:
-            why = DeadReason("message_too_large", "message is larger than Segment's 32 KB")
-            await self._outcomes.bury(work.oversized, why, report)
-        tasks = {asyncio.create_task(self._deliver(batch, report)) for batch in work.batches}
-        for task in tasks:
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-        return tasks
-
-    async def _settle(self, tasks: set[asyncio.Task[None]]) -> None:
-        """Wait for every batch task (stop() may cancel them: they hand their batch back)."""
-        if tasks:
-            await asyncio.wait(tasks)
-            self._log_failures(tasks)
-
-    @staticmethod
-    def _log_failures(tasks: set[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("delivery_batch_error", exc_info=task.exception())
-
-    async def _deliver(self, batch: Batch, report: DrainReport) -> None:
-        refused = await self._upload(batch, report)
-        if refused and len(batch.messages) > 1:
-            envelope = self._sinks[batch.destination].envelope_bytes
-            await asyncio.gather(*(self._deliver(half, report) for half in batch.halves(envelope)))
-
-    async def _upload(self, batch: Batch, report: DrainReport) -> bool:
-        """Send one batch and record the outcome; True when Segment refused it permanently."""
-        sink = self._sinks[batch.destination]
-        async with self._handed_back_if_cancelled(batch), self._slots:
-            paused = self._destinations[batch.destination].paused_until - self._monotonic()
-            if paused > 0:  # a sibling batch just met an outage
-                resume = self._clock() + paused
-                await self._outcomes.hand_back(batch.messages, resume, "destination paused", report)
-                return False
-            report.batches += 1
-            error, latency_ms = await self._send(sink, batch)
-        await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report))
-        return isinstance(error, PermanentDeliveryError)
-
-    async def _send(self, sink: Sink, batch: Batch) -> tuple[DeliveryError | None, float]:
-        """Upload in a worker thread; the error (None on 2xx) and the latency in ms."""
-        started = time.perf_counter()
-        error: DeliveryError | None = None
-        upload = run_in_daemon_thread("segment-upload", sink.send, batch.payloads)
-        try:
-            await asyncio.wait_for(upload, sink.total_timeout_secs + DEADLINE_GRACE_SECS)
-        except TimeoutError:  # the sink missed its own deadline: the thread is abandoned
-            error = TransientDeliveryError(
-                f"no answer within {sink.total_timeout_secs:g}s (segment.total_timeout_secs)"
-            )
-        except DeliveryError as exc:
-            error = exc
-        except Exception as exc:  # a bug in a sink must not lose the batch
-            log.exception("sink_error", destination=batch.destination)
-            error = TransientDeliveryError(f"sink error: {type(exc).__name__}")
-        return error, round((time.perf_counter() - started) * 1000, 1)
-
-    @contextlib.asynccontextmanager
-    async def _handed_back_if_cancelled(self, batch: Batch) -> AsyncIterator[None]:
-        """If the task is cancelled (stop() after the grace period) while the batch is ours,
-        hand it back due now, shielded so the cancellation cannot interrupt the write. Should
-        the store fail too, the lease expires and the batch goes out again after a restart."""
-        try:
-            yield
-        except asyncio.CancelledError:
-            now = self._clock()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self._store.retry_later(batch.ids, now, "delivery stopped", now)
-                )
-            raise
