@@ -198,6 +198,22 @@ class TestDrain:
         assert set(fake.ids) == set(ids)
         assert metrics.registry.get_sample_value("synap_bridge_dry_run_messages") == 0
 
+    async def test_a_reload_without_the_key_keeps_the_queue(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        """The write key removed (or emptied) by a SIGHUP reload: from then on nothing is
+        claimed, and nothing is marked delivered."""
+        delivery = make()
+        await enqueue(store, START, range(5))
+        assert (await delivery.drain()).delivered == 5
+        delivery.replace_sinks({"default": DryRunSink()})
+        await enqueue(store, START, range(5, 12))
+        report = await delivery.drain()
+        assert (report.claimed, report.delivered) == (0, 0)
+        stats = await store.stats(START, START)
+        assert (stats.pending, stats.delivered_total) == (7, 5)
+        assert fake.unique == 5
+
     async def test_dry_run_destination_is_never_claimed_beside_a_live_one(
         self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
     ) -> None:
