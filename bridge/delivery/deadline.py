@@ -9,6 +9,11 @@ registers each connection an upload takes with the thread's current :class:`Dead
 when it expires a watcher shuts the socket down (again every :data:`ABORT_RETRY_SECS`, in case
 the socket was still connecting), so the blocked read fails at once with a connection error.
 
+Through a proxy configured in the environment (``HTTPS_PROXY``; requests then uses urllib3's
+proxy manager, whose pools are not ours) connections are not registered: the loop's own wait
+(the total deadline plus ``DEADLINE_GRACE_SECS``, :mod:`bridge.delivery.uploads`) still ends
+the upload and hands the batch back, abandoning the daemon thread to its read timeout.
+
 Use::
 
     with Deadline(30.0) as deadline:
