@@ -23,7 +23,7 @@ from bridge.delivery.sinks import SegmentSink
 from bridge.messages import OutgoingMessage
 from bridge.store import Webhook
 from bridge.store.sqlite.store import SQLiteStore
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment, ManualClock
 
 KEY = "clock-step-key"
 HOUR = 3600.0
@@ -31,20 +31,12 @@ T0 = 1_800_000_000.0
 MAX_BACKOFF = 300.0
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Clocks:
     """A wall clock and a monotonic clock; ``advance`` moves both, ``step`` the wall only."""
 
     def __init__(self) -> None:
-        self.wall = Clock(T0)
-        self.mono = Clock(1000.0)
+        self.wall = ManualClock(T0)
+        self.mono = ManualClock(1000.0)
 
     def advance(self, seconds: float) -> None:
         self.wall.now += seconds

@@ -298,7 +298,7 @@ class TestFailures:
         with backoff, and once the endpoint is fixed everything is delivered."""
         ids = await enqueue(store, START, range(1000))
         fake.fail(status, times=1_000_000)
-        clock = Clock()
+        clock = ManualClock(START)
         delivery = make(settings(concurrency=2, max_events=100), clock=clock)
         for _ in range(5):
             report = await delivery.drain()

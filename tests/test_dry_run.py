@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 from tests.process import REPO, BridgeProcess, write_config
 
 COUNT = 20
@@ -110,7 +110,8 @@ class TestDryRunKeepsTheQueue:
         try:
             lines = await dry_run_backlog(bridge, config, fake_segment)
             message = lines[0]["message"]  # the JSON that would go out, in full
-            assert message["type"] == "track" and message["userId"] == "user-0"
+            assert message["type"] == "track"
+            assert message["userId"] == "user-0"
             assert message["messageId"] == lines[0]["message_id"]
             write_config(config, config_data(tmp_path, fake_segment.url, WRITE_KEY))
             assert bridge.proc is not None

@@ -106,7 +106,8 @@ class TestClassification:
         fake.fail(status)
         with pytest.raises(TransientDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
-        assert caught.value.status == status and "delivery is paused" in caught.value.detail
+        assert caught.value.status == status
+        assert "delivery is paused" in caught.value.detail
 
     async def test_429_carries_retry_after(self, fake: FakeSegment) -> None:
         fake.fail(429, retry_after="7")
@@ -222,7 +223,8 @@ class TestBuildSinks:
 
     def test_an_empty_write_key_is_dry_run_too(self) -> None:
         loaded = config_module.parse({"segment": {"write_key": ""}})
-        assert build_sinks(loaded)["default"].dry_run and loaded.dry_run
+        assert build_sinks(loaded)["default"].dry_run
+        assert loaded.dry_run
 
     def test_one_sink_per_destination(self) -> None:
         cfg = config_module.parse(

@@ -224,7 +224,7 @@ class DryRunSink:
     def __repr__(self) -> str:
         return f"DryRunSink(name={self.name!r})"
 
-    def send(self, batch: Sequence[bytes]) -> None:
+    def send(self, batch: Sequence[bytes]) -> None:  # noqa: ARG002 - the Sink protocol's signature
         raise TransientDeliveryError(f"destination {self.name!r} has no write key (dry-run)")
 
 

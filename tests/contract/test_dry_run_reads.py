@@ -43,7 +43,8 @@ class TestPeekAndCount:
         stats = await store.stats(1001.0, 0)
         assert (stats.pending, stats.in_flight, stats.delivered_total) == (6, 0, 0)
         again = await store.claim(1001.0, 100, 30)
-        assert all(c.attempts == 0 for c in again) and len(again) == 6
+        assert len(again) == 6
+        assert all(c.attempts == 0 for c in again)
 
     async def test_delivered_messages_are_neither_shown_nor_counted(self, store: Store) -> None:
         await _fill(store)
