@@ -326,17 +326,16 @@ class Config(_Section):
 
     @property
     def dry_run(self) -> bool:
-        """True when the default destination has no write key (unset or empty): its messages
-        are logged and kept queued, not sent."""
-        key = self.segment.write_key
-        return key is None or not key.get_secret_value()
+        """True when the default destination has no write key: its messages are logged and
+        kept queued, not sent (an empty key is a configuration error, see ``Secret``)."""
+        return self.segment.write_key is None
 
     @property
     def dry_run_destinations(self) -> list[str]:
-        """Destinations without a write key (unset or empty): their messages wait, kept."""
+        """Destinations without a write key (dry-run): their messages wait, kept."""
         keys = {DEFAULT_DESTINATION: self.segment.write_key}
         keys.update({name: d.write_key for name, d in self.routing.destinations.items()})
-        return [name for name, key in keys.items() if key is None or not key.get_secret_value()]
+        return [name for name, key in keys.items() if key is None]
 
     def listen_problem(self) -> str | None:
         """Why this configuration must not serve, or None. Secure by default (DESIGN.md)."""

@@ -221,10 +221,15 @@ class TestBuildSinks:
         assert list(sinks) == ["default"]
         assert sinks["default"].dry_run
 
-    def test_an_empty_write_key_is_dry_run_too(self) -> None:
-        loaded = config_module.parse({"segment": {"write_key": ""}})
-        assert build_sinks(loaded)["default"].dry_run
-        assert loaded.dry_run
+    def test_dry_run_destinations_are_the_ones_without_a_key(self) -> None:
+        loaded = config_module.parse(
+            {
+                "segment": {"write_key": KEY},
+                "routing": {"destinations": {"eu": {"portal_ids": ["p-eu"]}}},
+            }
+        )
+        assert loaded.dry_run_destinations == ["eu"]
+        assert [name for name, s in build_sinks(loaded).items() if s.dry_run] == ["eu"]
 
     def test_one_sink_per_destination(self) -> None:
         cfg = config_module.parse(

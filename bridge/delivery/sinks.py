@@ -231,8 +231,8 @@ class DryRunSink:
 def build_sinks(config: Config) -> dict[str, Sink]:
     """One sink per destination: ``default`` (the segment section) and each routing entry.
 
-    A destination without a write key (unset, or empty: nothing to authenticate with) is a
-    dry run: its messages are logged and kept queued, never marked delivered.
+    A destination without a write key is a dry run: its messages are logged and kept queued,
+    never marked delivered (an empty key is a configuration error, never a dry run).
     """
     seg = config.segment
     endpoints = {DEFAULT_DESTINATION: (seg.write_key, seg.endpoint)}
@@ -240,7 +240,7 @@ def build_sinks(config: Config) -> dict[str, Sink]:
         endpoints[name] = (dest.write_key, dest.endpoint)
     sinks: dict[str, Sink] = {}
     for name, (write_key, endpoint) in endpoints.items():
-        if write_key is None or not write_key.get_secret_value():
+        if write_key is None:
             sinks[name] = DryRunSink(name)
         else:
             secret = write_key.get_secret_value()
