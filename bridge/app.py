@@ -95,7 +95,7 @@ def _delivery_context(
                 log.warning(
                     "dry_run",
                     destination=name,
-                    detail="no write key: messages are logged and marked delivered, not sent",
+                    detail="no write key: messages are logged and kept queued, not sent",
                 )
         recovered = await runtime.store.recover(runtime.clock())
         if recovered:

@@ -25,6 +25,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -89,14 +90,24 @@ class SegmentConfig(_Section):
     write_key: Secret = None
     endpoint: str = SEGMENT_US
     timeout_secs: float = Field(15.0, gt=0)
+    #: The whole upload (connect, send, the full answer) ends by then: ``timeout_secs`` bounds
+    #: each socket operation only, so an answer trickling a byte at a time would hold a batch
+    #: (and an upload slot) forever.
+    total_timeout_secs: float = Field(30.0, gt=0)
     gzip: bool = True
+
+    @field_validator("total_timeout_secs")
+    @classmethod
+    def _total_covers_one_read(cls, value: float, info: ValidationInfo) -> float:
+        per_read = info.data.get("timeout_secs")
+        if per_read is not None and value <= per_read:
+            raise ValueError(f"must be greater than timeout_secs ({per_read})")
+        return value
 
     @field_validator("endpoint")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value.rstrip("/")
+        return check_endpoint(value)
 
 
 class StorageConfig(_Section):
@@ -315,8 +326,16 @@ class Config(_Section):
 
     @property
     def dry_run(self) -> bool:
-        """True when the default destination has no write key: messages are logged, not sent."""
+        """True when the default destination has no write key: its messages are logged and
+        kept queued, not sent (an empty key is a configuration error, see ``Secret``)."""
         return self.segment.write_key is None
+
+    @property
+    def dry_run_destinations(self) -> list[str]:
+        """Destinations without a write key (dry-run): their messages wait, kept."""
+        keys = {DEFAULT_DESTINATION: self.segment.write_key}
+        keys.update({name: d.write_key for name, d in self.routing.destinations.items()})
+        return [name for name, key in keys.items() if key is None]
 
     def listen_problem(self) -> str | None:
         """Why this configuration must not serve, or None. Secure by default (DESIGN.md)."""
@@ -326,6 +345,26 @@ class Config(_Section):
                 "credentials the bridge listens on loopback only (set BRIDGE_AUTH__PASSWORD)"
             )
         return None
+
+
+def check_endpoint(value: str) -> str:
+    """A Segment endpoint is a base URL: ``/v1/batch`` is appended to it, so a path such as
+    ``/v1`` or ``/v1/batch`` would answer 404 to every request (and pause delivery forever).
+    Plain http would send the write key in clear: only to a loopback host (tests, a local
+    proxy). A path prefix without ``v1`` stays allowed, for proxies that mount Segment there."""
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    if parsed.scheme == "http" and not is_loopback(parsed.hostname):
+        raise ValueError("must use https:// (http:// only to a loopback host)")
+    if parsed.query or parsed.fragment or parsed.username or parsed.password:
+        raise ValueError("must be a base URL without query, fragment or credentials")
+    if "v1" in parsed.path.lower().split("/"):
+        raise ValueError(
+            "must be the base URL only, such as https://api.segment.io: the bridge appends "
+            "/v1/batch itself"
+        )
+    return value.rstrip("/")
 
 
 def is_loopback(host: str) -> bool:

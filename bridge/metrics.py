@@ -96,6 +96,11 @@ class Metrics:
             "Connections closed at once because server.max_connections were open.",
             registry=r,
         )
+        self.dry_run_messages = Gauge(
+            "synap_bridge_dry_run_messages",
+            "Messages waiting, kept, because their destination has no write key (dry-run).",
+            registry=r,
+        )
         self.last_delivery = Gauge(
             "synap_bridge_last_delivery_timestamp_seconds",
             "Unix time of the last batch Segment accepted (0 before the first).",

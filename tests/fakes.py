@@ -19,7 +19,8 @@ As a process (benchmarks, subprocess tests)::
     GET  /_stats      {"requests", "batches", "accepted", "unique", "rejected"}
     GET  /_received   {"messages": [...]}   (``?ids=1``: messageIds only)
     POST /_mode       {"fail": [{"status": 503, "times": 2}, {"reset": true, "times": 1},
-                                {"status": 429, "retry_after": "3", "times": 1}],
+                                {"status": 429, "retry_after": "3", "times": 1},
+                                {"trickle": 0.5, "times": 1}],
                        "poison": ["messageId", ...]}
     POST /_clear      forget everything received, failures and poison
 """
@@ -72,6 +73,9 @@ class Failure:
     retry_after: str | None = None
     reset: bool = False
     location: str | None = None  # for a 3xx: where the redirect points
+    #: Accept the batch, then trickle the answer one byte every ``trickle`` seconds (a peer
+    #: that never trips a per-read timeout).
+    trickle: float | None = None
 
 
 def check_message(msg: Any, index: int) -> None:
@@ -148,6 +152,8 @@ class FakeSegment:
         self.failures: deque[Failure] = deque()
         self.poison: set[str] = set()
         self.active = 0  # requests being handled right now
+        self.trickling = 0  # answers being trickled right now
+        self.trickles_abandoned = 0  # trickled answers the client stopped reading
         self.max_active = 0
         self._gate: asyncio.Event | None = None  # set by hold(): requests wait until release()
         self._barrier: tuple[int, float] | None = None  # set by require_concurrency()
@@ -165,9 +171,10 @@ class FakeSegment:
         retry_after: str | None = None,
         reset: bool = False,
         location: str | None = None,
+        trickle: float | None = None,
     ) -> None:
         """Queue a misbehaviour for the next ``times`` requests (queued ones run in order)."""
-        self.failures.append(Failure(times, status, retry_after, reset, location))
+        self.failures.append(Failure(times, status, retry_after, reset, location, trickle))
 
     def stats(self) -> dict[str, int]:
         return {
@@ -272,8 +279,12 @@ class FakeSegment:
             await self._gate.wait()
         if self._barrier is not None and (refused := await self._wait_for_company()) is not None:
             return refused
+        trickle: float | None = None
         if self.failures:
-            return self._programmed_failure(request)
+            failure = self._next_failure()
+            if failure.trickle is None:
+                return self._programmed_failure(request, failure)
+            trickle = failure.trickle  # accepted below, answered slowly
         if request.headers.get("Authorization") != self._auth:
             self.rejected.append((401, "bad auth"))
             return _error(401, "invalid write key", code="unauthorized")
@@ -283,6 +294,8 @@ class FakeSegment:
             self.rejected.append((400, str(exc)))
             return _error(400, str(exc))
         self._accept(batch)
+        if trickle is not None:
+            return await self._trickle(request, trickle)
         return web.json_response({"success": True})
 
     async def _wait_for_company(self) -> web.Response | None:
@@ -301,12 +314,16 @@ class FakeSegment:
             self._barrier = None
         return None
 
-    def _programmed_failure(self, request: web.Request) -> web.Response:
-        """Answer with the next programmed failure (or reset the connection)."""
+    def _next_failure(self) -> Failure:
+        """The programmed failure this request gets (counted off its ``times``)."""
         failure = self.failures[0]
         failure.times -= 1
         if failure.times <= 0:
             self.failures.popleft()
+        return failure
+
+    def _programmed_failure(self, request: web.Request, failure: Failure) -> web.Response:
+        """Answer with a programmed failure (or reset the connection)."""
         if failure.reset:
             assert request.transport is not None
             request.transport.abort()  # no answer at all: the client sees a reset
@@ -316,6 +333,26 @@ class FakeSegment:
             headers["Location"] = failure.location
         self.rejected.append((failure.status, "programmed failure"))
         return _error(failure.status, "programmed failure", headers)
+
+    async def _trickle(self, request: web.Request, interval: float) -> web.StreamResponse:
+        """Answer 200 one byte every ``interval`` seconds (headers first, then the body)."""
+        answer = b'{"success": true}'
+        self.trickling += 1
+        self._notify()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(answer)
+        try:
+            await response.prepare(request)
+            for index in range(len(answer)):
+                await asyncio.sleep(interval)
+                await response.write(answer[index : index + 1])
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):  # the client gave up: nothing more to say
+            self.trickles_abandoned += 1
+        finally:
+            self.trickling -= 1
+            self._notify()
+        return response
 
     def _parse(self, raw: bytes, encoding: str | None) -> list[dict[str, Any]]:
         body = _decompress(raw) if encoding == "gzip" else raw
@@ -368,6 +405,7 @@ class FakeSegment:
                 times=int(item.get("times", 1)),
                 retry_after=item.get("retry_after"),
                 reset=bool(item.get("reset", False)),
+                trickle=float(item["trickle"]) if item.get("trickle") else None,
             )
         self.poison.update(doc.get("poison", []))
         return web.json_response({"ok": True})

@@ -99,6 +99,56 @@ class TestLoad:
             config.load(write(tmp_path, "- a\n- b\n"), {})
 
 
+class TestSegmentEndpoint:
+    """A wrong endpoint answered 404 to every upload; now it is refused at load, by name."""
+
+    @pytest.mark.parametrize(
+        "endpoint",
+        [
+            "https://api.segment.io/v1",
+            "https://api.segment.io/v1/batch",
+            "https://api.segment.io/v1/",
+            "http://api.segment.io",  # the write key in clear
+            "https://api.segment.io?x=1",
+            "https://user:pw@api.segment.io",
+            "ftp://api.segment.io",
+        ],
+    )
+    def test_wrong_endpoint_is_a_config_error_naming_the_key(
+        self, tmp_path: Path, endpoint: str
+    ) -> None:
+        with pytest.raises(ConfigError) as caught:
+            config.load(write(tmp_path, f"segment:\n  endpoint: {endpoint}\n"), {})
+        assert [p.split(":")[0] for p in caught.value.problems] == ["segment.endpoint"]
+
+    def test_routed_destination_endpoint_is_checked_too(self, tmp_path: Path) -> None:
+        text = "routing:\n  destinations:\n    eu:\n      endpoint: https://x.example/v1\n"
+        with pytest.raises(ConfigError) as caught:
+            config.load(write(tmp_path, text), {})
+        assert caught.value.problems[0].startswith("routing.destinations.eu.endpoint:")
+
+    @pytest.mark.parametrize(
+        "endpoint",
+        [
+            "https://api.segment.io",
+            "https://events.eu1.segmentapis.com/",
+            "http://127.0.0.1:8081",
+            "http://localhost:9000",
+            "http://[::1]:9000",
+            "https://proxy.example/segment",
+        ],
+    )
+    def test_base_urls_pass(self, endpoint: str) -> None:
+        loaded = config.parse({"segment": {"endpoint": endpoint}})
+        assert loaded.segment.endpoint == endpoint.rstrip("/")
+
+    def test_total_timeout_must_exceed_the_read_timeout(self) -> None:
+        with pytest.raises(ConfigError) as caught:
+            config.parse({"segment": {"timeout_secs": 20, "total_timeout_secs": 20}})
+        assert caught.value.problems[0].startswith("segment.total_timeout_secs:")
+        assert config.Config().segment.total_timeout_secs == 30.0
+
+
 class TestSafety:
     def test_no_password_refuses_public_address(self) -> None:
         public = config.parse({"server": {"host": "0.0.0.0"}})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 from requests.adapters import HTTPAdapter
-from structlog.testing import capture_logs
 
 from bridge import config as config_module
 from bridge.delivery.sinks import (
@@ -91,12 +91,23 @@ class TestClassification:
         assert caught.value.retry_after is None
         assert fake.messages == []
 
-    @pytest.mark.parametrize("status", [400, 404, 413, 501, 505])
+    @pytest.mark.parametrize("status", [400, 422])
     async def test_permanent_statuses(self, fake: FakeSegment, status: int) -> None:
+        """Only "a message is wrong" is permanent: the batch is split down to the culprit."""
         fake.fail(status)
         with pytest.raises(PermanentDeliveryError) as caught:
             await send(sink(fake), [payload(1)])
         assert caught.value.status == status
+
+    @pytest.mark.parametrize("status", [404, 405, 406, 409, 413, 414, 415, 431, 501, 505])
+    async def test_endpoint_or_request_refusals_pause(self, fake: FakeSegment, status: int) -> None:
+        """A refusal of the whole request says the endpoint is wrong, not a message: the
+        destination pauses (transient), nothing is split or buried."""
+        fake.fail(status)
+        with pytest.raises(TransientDeliveryError) as caught:
+            await send(sink(fake), [payload(1)])
+        assert caught.value.status == status
+        assert "delivery is paused" in caught.value.detail
 
     async def test_429_carries_retry_after(self, fake: FakeSegment) -> None:
         fake.fail(429, retry_after="7")
@@ -163,6 +174,17 @@ class TestClassification:
             fake.release()
         assert "Timeout" in caught.value.detail
 
+    async def test_a_trickled_answer_is_cut_at_the_total_deadline(self, fake: FakeSegment) -> None:
+        """One byte every 0.3 s never trips a 1 s read timeout; the total deadline does."""
+        fake.fail(trickle=0.3)
+        target = SegmentSink(KEY, fake.url, 1.0, True, total_timeout_secs=1.5)
+        started = time.monotonic()
+        with pytest.raises(TransientDeliveryError) as caught:
+            await send(target, [payload(1)])
+        assert 1.5 <= time.monotonic() - started < 4.0  # the whole answer would take 5 s
+        assert "total_timeout_secs" in caught.value.detail
+        await fake.wait_until(lambda: fake.trickles_abandoned == 1)  # the socket was closed
+
     async def test_connection_refused_is_transient(self) -> None:
         with socket.socket() as probe:  # a port nobody listens on once closed
             probe.bind(("127.0.0.1", 0))
@@ -186,19 +208,10 @@ class TestClassification:
 
 
 class TestDryRun:
-    def test_logs_one_line_per_message_and_never_raises(self) -> None:
+    def test_a_batch_sent_to_dry_run_is_refused_never_acknowledged(self) -> None:
         dry = DryRunSink("eu")
-        with capture_logs() as lines:
-            dry.send([payload(1), payload(2, type="identify"), b"not json"])
-        assert [(line["event"], line.get("message_id")) for line in lines] == [
-            ("dry_run_message", "m1"),
-            ("dry_run_message", "m2"),
-            ("dry_run_message", None),
-        ]
-        assert lines[0]["type"] == "track"
-        assert lines[0]["segment_event"] == "Exam Completed"
-        assert lines[0]["user_id"] == "u1"
-        assert lines[0]["destination"] == "eu"
+        with pytest.raises(TransientDeliveryError, match="no write key"):
+            dry.send([payload(1)])
         assert dry.dry_run is True
 
 
@@ -207,6 +220,16 @@ class TestBuildSinks:
         sinks = build_sinks(config_module.parse({}))
         assert list(sinks) == ["default"]
         assert sinks["default"].dry_run
+
+    def test_dry_run_destinations_are_the_ones_without_a_key(self) -> None:
+        loaded = config_module.parse(
+            {
+                "segment": {"write_key": KEY},
+                "routing": {"destinations": {"eu": {"portal_ids": ["p-eu"]}}},
+            }
+        )
+        assert loaded.dry_run_destinations == ["eu"]
+        assert [name for name, s in build_sinks(loaded).items() if s.dry_run] == ["eu"]
 
     def test_one_sink_per_destination(self) -> None:
         cfg = config_module.parse(

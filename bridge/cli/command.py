@@ -108,5 +108,8 @@ def check_config(config: Config, out: TextIO) -> int:
     for line in describe_routing(config):
         out.write(f"#   {line}\n")
     if config.dry_run:
-        out.write("# dry-run: segment.write_key is not set; messages are logged, not sent\n")
+        out.write(
+            "# dry-run: segment.write_key is not set; messages are logged and kept queued, "
+            "not sent\n"
+        )
     return 0

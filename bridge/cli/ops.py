@@ -122,8 +122,11 @@ async def _stats(store: Store, args: argparse.Namespace, config: Config, out: Te
     now = time.time()
     stats = await store.stats(now, now - 3600)
     oldest = stats.oldest_pending_at
+    dry = config.dry_run_destinations
     report: dict[str, Any] = {
         "pending": stats.pending,
+        # waiting because their destination has no write key (dry-run keeps them queued)
+        "dry_run_waiting": await store.count_open(dry) if dry else 0,
         "in_flight": stats.in_flight,
         "oldest_pending_age_secs": None if oldest is None else round(now - oldest, 3),
         "delivered_last_hour": stats.delivered_since,

@@ -4,10 +4,12 @@ Outcomes (per batch; one canonical ``batch`` log line each; recorded by
 :mod:`bridge.delivery.outcomes`):
 
 * **2xx** - ack: the messages are delivered.
-* **transient** (network, 408/410/429/460, 5xx but 501/505) - the messages go back to the store,
+* **transient** (network, 408/410/429/460, 5xx, an upload past ``segment.total_timeout_secs``,
+  and every refusal of the endpoint or the whole request: 3xx, 401/403, 404/405, 413, 501/505)
+  - the messages go back to the store,
   due again after the retry policy's backoff (never before ``Retry-After``), and the whole
   destination pauses until then, so an outage costs one probe per backoff, not a flood.
-* **permanent** - Segment refuses the request. One bad message spoils a whole batch, so the
+* **permanent** (400, 422: a message is wrong) - One bad message spoils a whole batch, so the
   batch is split in halves, each sent again, recursively, until the culprits stand alone; only
   single messages that are refused become dead letters (``rejected_by_segment``).
 * a message older than ``retry.max_age_secs`` when a try fails becomes a dead letter
@@ -16,32 +18,40 @@ Outcomes (per batch; one canonical ``batch`` log line each; recorded by
 At-least-once: the store leases what we claim; if the process dies, the lease expires and the
 messages are claimed again. Resends collapse in Segment (deterministic messageIds).
 
-Time comes from the injected ``clock`` (tests simulate hours of outage without sleeping); only
-:meth:`Delivery.run`'s waits for new arrivals use real time.
+When to send (adaptive batching): with no upload in flight, what is due goes at once (an event
+reaches Segment within milliseconds at a quiet hour); while uploads are in flight, a free slot
+gathers a fuller batch until it is full, its oldest message is ``batch.timeout_secs`` old, or an
+upload finishes. So requests grow with load only up to one per upload's round trip, and a
+backlog always goes in full batches. A stuck upload (bounded by its total deadline) holds one
+slot; the loop keeps claiming into the others.
+
+Dry-run destinations (no write key) are never claimed: :mod:`bridge.delivery.dryrun` logs what
+waits for them and leaves it queued.
+
+Time comes from the injected ``clock`` (tests simulate hours of outage without sleeping) through
+:class:`~bridge.delivery.clocks.StoreClock`, which never steps back; pauses use the monotonic
+clock (by default the injected clock itself when one is injected); only :meth:`Delivery.run`'s
+waits for new arrivals use real time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from bridge import logs
 from bridge.config import DeliveryConfig
-from bridge.delivery.batching import Batch, plan
+from bridge.delivery.arrivals import Arrivals
+from bridge.delivery.clocks import StoreClock
+from bridge.delivery.dryrun import DryRun
 from bridge.delivery.outcomes import DrainReport, Outcomes
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sinks import Sink
-from bridge.delivery.threads import run_in_daemon_thread
-from bridge.errors import (
-    DeliveryError,
-    PermanentDeliveryError,
-    StorageUnavailableError,
-    TransientDeliveryError,
-)
+from bridge.delivery.uploads import Uploads
+from bridge.errors import StorageUnavailableError
 from bridge.metrics import Metrics
-from bridge.store import ClaimedMessage, DeadReason, Store
+from bridge.store import ClaimedMessage, Store
 
 __all__ = ["Delivery", "DrainReport"]
 
@@ -66,32 +76,48 @@ class Delivery:
         config: DeliveryConfig,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         metrics: Metrics | None = None,
         lease_secs: float | None = None,
         retention_secs: float | None = None,
         policy: RetryPolicy | None = None,
     ) -> None:
         self._store = store
-        self._sinks = dict(sinks)
         self._config = config
-        self._clock = clock
+        # An injected clock without a monotonic one serves as both (tests move one clock).
+        self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
+        self._clock = StoreClock(clock, self._monotonic)
         # A claim must outlive the wait for a full batch plus the uploads (a split included),
         # or our own next claim would take the same messages again.
         self._lease_secs = lease_secs or max(DEFAULT_LEASE_SECS, 2 * config.batch.timeout_secs + 60)
         self._retention_secs = retention_secs
-        policy = policy or RetryPolicy.from_config(config.retry)
-        dry_run = {name: sink.dry_run for name, sink in self._sinks.items()}
-        self._outcomes = Outcomes(store, policy, clock, metrics, dry_run)
-        self._destinations = self._outcomes.destinations
-        self._slots = asyncio.Semaphore(config.concurrency)
-        self._wake = asyncio.Event()
+        self._policy = policy or RetryPolicy.from_config(config.retry)
+        self._outcomes = Outcomes(
+            store, self._policy, self._clock, metrics, {}, monotonic=self._monotonic
+        )
+        self._dry_run = DryRun(store, metrics, self._monotonic)
+        self._uploads = Uploads(
+            store,
+            self._outcomes,
+            concurrency=config.concurrency,
+            max_events=config.batch.max_events,
+            max_bytes=config.batch.max_bytes,
+            clock=self._clock,
+            monotonic=self._monotonic,
+        )
+        self._use(sinks)
         # While a partial batch gathers, only arrivals that can fill it wake the loop (see wake).
-        self._arrived = 0
-        self._wanted = 1
+        self._arrivals = Arrivals()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
         self._pruned_at: float | None = None
+
+    def _use(self, sinks: Mapping[str, Sink]) -> None:
+        self._uploads.use(sinks)
+        self._outcomes.reconfigure({name: sink.dry_run for name, sink in sinks.items()})
+        self._destinations = self._outcomes.destinations
+        self._dry_run.configure([name for name, sink in sinks.items() if sink.dry_run])
+        self._live = [name for name, sink in sinks.items() if not sink.dry_run]
 
     # ---- the public surface ------------------------------------------------------------
 
@@ -103,19 +129,19 @@ class Delivery:
         per intake round for a handful of messages, a quarter of the writer thread's time under
         intake load (docs/benchmarks.md). At its age the batch takes what arrived and leaves.
         """
-        self._arrived += arrived
-        if self._arrived >= self._wanted:
-            self._wake.set()
+        self._arrivals.note(arrived)
 
     def replace_sinks(self, sinks: Mapping[str, Sink]) -> None:
-        """Use new destinations (SIGHUP reload); batches in flight finish with the old sinks."""
-        self._sinks = dict(sinks)
-        self._outcomes.reconfigure({name: sink.dry_run for name, sink in self._sinks.items()})
-        self._destinations = self._outcomes.destinations
-        self._wake.set()
+        """Use new destinations (SIGHUP reload); batches in flight finish with the old sinks.
+        A destination that got its write key is claimed from at once (its dry-run backlog
+        included); one that lost it is left alone from the next claim on."""
+        self._use(sinks)
+        self._arrivals.poke()
 
     def paused_until(self, destination: str) -> float:
-        return self._destinations[destination].paused_until
+        """When the destination's pause ends, on the store's (epoch) clock."""
+        remaining = self._destinations[destination].paused_until - self._monotonic()
+        return self._clock() + remaining
 
     def paused(self) -> dict[str, bool]:
         """Each destination: is it waiting out a backoff now? (``/metrics``)"""
@@ -126,8 +152,9 @@ class Delivery:
         """One round: claim what is due now, deliver it, and wait for every outcome."""
         report = DrainReport()
         claimed = await self._claim(self._claim_limit())
-        tasks = await self._start(claimed, report)
-        await self._settle(tasks)
+        tasks = await self._uploads.start(claimed, report)
+        await self._uploads.settle(tasks)
+        await self._dry_run.show()
         return report
 
     async def drain(self) -> DrainReport:
@@ -151,29 +178,45 @@ class Delivery:
 
     async def _pump(self, *, wait: bool) -> DrainReport:
         """Keep up to ``concurrency`` batches in flight, claiming more as each one finishes, so
-        the store's claim and ack overlap with uploads instead of alternating with them."""
+        the store's claim and ack overlap with uploads instead of alternating with them.
+
+        With nothing in flight, what is due goes at once; with uploads in flight, a free slot
+        gathers a fuller batch (:meth:`_gather`). A free slot is never left idle behind a slow
+        upload: the wait for a finished upload also ends at a new arrival."""
         report = DrainReport()
         tasks: set[asyncio.Task[None]] = set()
         try:
             while not self._stopping:
+                tasks = self._reap(tasks)
                 free = self._config.concurrency - len(tasks)
                 claimed: list[ClaimedMessage] = []
                 if free > 0:
                     limit = free * self._config.batch.max_events
-                    claimed = await (self._gather(limit) if wait else self._claim(limit))
+                    claimed = await (
+                        self._gather(limit, tasks) if wait and tasks else self._claim(limit)
+                    )
                 if claimed:
-                    tasks |= await self._start(claimed, report)
+                    tasks |= await self._uploads.start(claimed, report)
+                elif tasks and wait and free > 0:
+                    await self._arrivals.wait(IDLE_MAX_SECS, tasks)
                 elif tasks:
-                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    self._log_failures(done)
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 elif wait:
+                    await self._dry_run.show()
                     await self._idle()
                     await self._maybe_prune()
                 else:
+                    await self._dry_run.show()
+                    await self._next_due_at()  # clamps due times a clock step left far ahead
                     break
         finally:
-            await self._settle(tasks)
+            await self._uploads.settle(tasks)
         return report
+
+    def _reap(self, tasks: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+        done = {task for task in tasks if task.done()}
+        self._uploads.log_failures(done)
+        return tasks - done
 
     async def stop(self, grace_secs: float) -> None:
         """Stop claiming; let batches in flight finish within ``grace_secs``, else hand them back.
@@ -183,14 +226,15 @@ class Delivery:
         again after a restart.
         """
         self._stopping = True
-        self._wake.set()
+        self._arrivals.close()
         runner = self._runner
-        waiting: set[asyncio.Task[None]] = set(self._inflight)
+        inflight = self._uploads.inflight
+        waiting: set[asyncio.Task[None]] = set(inflight)
         if runner is not None and not runner.done() and runner is not asyncio.current_task():
             waiting.add(runner)
         if waiting:
             await asyncio.wait(waiting, timeout=grace_secs)
-        leftovers = [task for task in self._inflight if not task.done()]
+        leftovers = [task for task in inflight if not task.done()]
         for task in leftovers:
             task.cancel()
         if leftovers:
@@ -203,70 +247,101 @@ class Delivery:
     def _claim_limit(self) -> int:
         return self._config.concurrency * self._config.batch.max_events
 
-    def _all_paused(self, now: float) -> bool:
-        return bool(self._destinations) and all(
-            d.paused_until > now for d in self._destinations.values()
-        )
+    def _all_paused(self) -> bool:
+        """Nothing to claim for: every destination with a write key is paused (or none has
+        one: dry-run destinations are never claimed). No destination at all claims, so that
+        messages for a destination no longer configured are buried."""
+        if not self._destinations:
+            return False
+        mono = self._monotonic()
+        return all(self._destinations[name].paused_until > mono for name in self._live)
 
     async def _claim(self, limit: int) -> list[ClaimedMessage]:
-        now = self._clock()
-        if self._stopping or self._all_paused(now):
+        if self._stopping or self._all_paused():
             return []
+        now = self._clock()
+        exclude = self._dry_run.destinations
+        if exclude:
+            return await self._store.claim(now, limit, self._lease_secs, exclude=exclude)
         return await self._store.claim(now, limit, self._lease_secs)
 
-    async def _gather(self, limit: int) -> list[ClaimedMessage]:
-        """Claim due messages; if fewer than a batch, wait for more until the oldest is
-        ``batch.timeout_secs`` old (flush by size or age). Retries are old: they go at once."""
+    async def _gather(self, limit: int, uploads: set[asyncio.Task[None]]) -> list[ClaimedMessage]:
+        """Uploads are in flight: claim due messages, and if fewer than a batch, wait for more
+        until the batch is full, its oldest is ``batch.timeout_secs`` old, or an upload
+        finishes (then the slot it frees would idle: send). Retries are old: they go at once."""
         batch = self._config.batch
-        self._wake.clear()
+        arrivals = self._arrivals
         # Arrivals are counted from before each claim: one the claim already took may make the
         # next claim early (harmless); one it missed is never forgotten.
-        self._arrived, self._wanted = 0, batch.max_events
+        arrivals.restart(batch.max_events)
         try:
             claimed = await self._claim(limit)
             if not claimed:
                 return claimed
-            deadline = min(m.enqueued_at for m in claimed) + batch.timeout_secs
-            while len(claimed) < batch.max_events and not self._stopping:
-                self._wanted = batch.max_events - len(claimed)
-                self.wake(0)  # arrivals during the claim may already fill the batch
-                remaining = deadline - self._clock()
-                woke = remaining > 0 and await self._wait(remaining)
-                if self._arrived:  # enough to fill the batch, or the batch is due: take them
-                    self._arrived = 0
+            age = self._clock() - min(m.enqueued_at for m in claimed)
+            deadline = self._monotonic() + batch.timeout_secs - age
+            while (room := self._room(claimed)) > 0 and not self._stopping:
+                arrivals.want(room)  # arrivals during the claim may already fill it: re-checked
+                remaining = deadline - self._monotonic()
+                woke = remaining > 0 and await arrivals.wait(remaining, uploads)
+                if arrivals.take():  # enough to fill the batch, or the batch is due: take them
                     claimed += await self._claim(limit - len(claimed))
                 if not woke:
                     break
             return claimed
         finally:
-            self._wanted = 1
-            if self._arrived:  # arrivals since the last claim: no idle wait before the next
-                self._wake.set()
+            arrivals.settle()  # arrivals since the last claim: no idle wait before the next
+
+    def _room(self, claimed: Sequence[ClaimedMessage]) -> int:
+        """How many more messages of the same average size fill the batch, by count or by
+        bytes (messages of 2-3 KB fill 475 KB long before 500 of them arrive)."""
+        batch = self._config.batch
+        size = sum(len(m.payload) for m in claimed) + len(claimed)
+        by_bytes = int((batch.max_bytes - size) * len(claimed) / size) if size else 0
+        return min(batch.max_events - len(claimed), by_bytes)
 
     async def _idle(self) -> None:
         """Nothing to send now: sleep until the next due time, a pause ends, or a wake-up."""
-        now = self._clock()
-        if self._all_paused(now):
-            resume = min(d.paused_until for d in self._destinations.values())
-            timeout = resume - now
+        if self._all_paused():
+            mono = self._monotonic()
+            resume = min(self._destinations[name].paused_until for name in self._live)
+            timeout = resume - mono
         else:
-            due = await self._store.next_due_at()
+            due = await self._next_due_at()
+            now = self._clock()
             if due is None:
                 timeout = IDLE_MAX_SECS
             elif due > now:
                 timeout = due - now
-            else:  # due, yet nothing was claimable (leased elsewhere): do not spin
+            else:  # due, yet nothing was claimable (leased elsewhere, dry-run): do not spin
                 timeout = self._config.batch.timeout_secs
         await self._wait(min(timeout, IDLE_MAX_SECS))
 
+    async def _next_due_at(self) -> float | None:
+        """The store's next due time, clamped to the longest backoff from now.
+
+        A persisted due time further ahead than ``retry.max_backoff_secs`` can only come from a
+        wall clock stepped back (the store clock carries a step while running, not across a
+        restart): it counts as due in ``max_backoff_secs`` (the store clock advances so that it
+        is), so a clock step never stalls delivery beyond one backoff (bridge.delivery.clocks).
+        """
+        due = await self._store.next_due_at()
+        now = self._clock()
+        horizon = self._policy.max_backoff_secs
+        if due is not None and due > now + horizon:
+            self._clock.not_before(due - horizon)
+            log.warning(
+                "due_time_clamped",
+                ahead_secs=round(due - now, 1),
+                detail="a due time lay beyond the longest backoff (a clock step?); "
+                f"it counts as due in {horizon:g}s",
+            )
+            return self._clock() + horizon
+        return due
+
     async def _wait(self, seconds: float) -> bool:
         """Wait for a wake-up (True) or ``seconds`` of real time (False)."""
-        if not self._wake.is_set() and not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
-        woke = self._wake.is_set()
-        self._wake.clear()
-        return woke
+        return await self._arrivals.wait(seconds)
 
     async def _maybe_prune(self) -> None:
         """Prune when idle, at most every PRUNE_EVERY_SECS: never competes with a backlog."""
@@ -283,81 +358,3 @@ class Delivery:
         if pruned:
             log.info("pruned_delivered", rows=pruned)
         return pruned
-
-    # ---- sending -----------------------------------------------------------------------
-
-    async def _start(
-        self, claimed: Sequence[ClaimedMessage], report: DrainReport
-    ) -> set[asyncio.Task[None]]:
-        """Bury what cannot be sent, batch the rest and start one task per batch."""
-        report.claimed += len(claimed)
-        unknown = [m for m in claimed if m.destination not in self._sinks]
-        if unknown:
-            names = sorted({m.destination for m in unknown})
-            why = DeadReason("unknown_destination", f"no destination configured named {names}")
-            await self._outcomes.bury(unknown, why, report)
-        known = [m for m in claimed if m.destination in self._sinks]
-        work = plan(
-            known,
-            self._config.batch.max_events,
-            self._config.batch.max_bytes,
-            lambda name: self._sinks[name].envelope_bytes,
-        )
-        if work.oversized:
-            why = DeadReason("message_too_large", "message is larger than Segment's 32 KB")
-            await self._outcomes.bury(work.oversized, why, report)
-        tasks = {asyncio.create_task(self._deliver(batch, report)) for batch in work.batches}
-        for task in tasks:
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-        return tasks
-
-    async def _settle(self, tasks: set[asyncio.Task[None]]) -> None:
-        """Wait for every batch task (stop() may cancel them: they hand their batch back)."""
-        if tasks:
-            await asyncio.wait(tasks)
-            self._log_failures(tasks)
-
-    @staticmethod
-    def _log_failures(tasks: set[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("delivery_batch_error", exc_info=task.exception())
-
-    async def _deliver(self, batch: Batch, report: DrainReport) -> None:
-        refused = await self._upload(batch, report)
-        if refused and len(batch.messages) > 1:
-            envelope = self._sinks[batch.destination].envelope_bytes
-            await asyncio.gather(*(self._deliver(half, report) for half in batch.halves(envelope)))
-
-    async def _upload(self, batch: Batch, report: DrainReport) -> bool:
-        """Send one batch and record the outcome; True when Segment refused it permanently."""
-        sink = self._sinks[batch.destination]
-        try:
-            async with self._slots:
-                resume = self._destinations[batch.destination].paused_until
-                if resume > self._clock():  # a sibling batch just met an outage
-                    await self._outcomes.hand_back(
-                        batch.messages, resume, "destination paused", report
-                    )
-                    return False
-                report.batches += 1
-                started = time.perf_counter()
-                error: DeliveryError | None = None
-                try:
-                    await run_in_daemon_thread("segment-upload", sink.send, batch.payloads)
-                except DeliveryError as exc:
-                    error = exc
-                except Exception as exc:  # a bug in a sink must not lose the batch
-                    log.exception("sink_error", destination=batch.destination)
-                    error = TransientDeliveryError(f"sink error: {type(exc).__name__}")
-                latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        except asyncio.CancelledError:
-            now = self._clock()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self._store.retry_later(batch.ids, now, "delivery stopped", now)
-                )
-            raise
-        await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report))
-        return isinstance(error, PermanentDeliveryError)

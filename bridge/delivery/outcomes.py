@@ -42,7 +42,7 @@ class DrainReport:
 @dataclass
 class DestinationState:
     failures: int = 0  # transient failures in a row
-    paused_until: float = 0.0
+    paused_until: float = 0.0  # on the monotonic clock (bridge.delivery.clocks)
 
 
 class Outcomes:
@@ -55,10 +55,12 @@ class Outcomes:
         clock: Callable[[], float],
         metrics: Metrics | None,
         dry_run: Mapping[str, bool],
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
-        self._clock = clock
+        self._clock = clock  # epoch seconds for the store (a StoreClock in the loop)
+        self._monotonic = monotonic or clock  # pauses
         self._metrics = metrics
         self._dry_run = dict(dry_run)
         self.destinations = {name: DestinationState() for name in dry_run}
@@ -101,20 +103,21 @@ class Outcomes:
         now: float,
         report: DrainReport,
     ) -> None:
-        if state.paused_until <= now:
+        mono = self._monotonic()
+        if state.paused_until <= mono:
             state.failures += 1
-            state.paused_until = now + self._policy.delay(state.failures, error.retry_after)
+            state.paused_until = mono + self._policy.delay(state.failures, error.retry_after)
             if self._metrics:
                 self._metrics.pauses.labels(batch.destination).inc()
         elif error.retry_after is not None:
-            state.paused_until = max(state.paused_until, now + error.retry_after)
+            state.paused_until = max(state.paused_until, mono + error.retry_after)
         expired = [m for m in batch.messages if self._policy.expired(m.enqueued_at, now)]
         if expired:
             detail = f"not delivered within {self._policy.max_age_secs:.0f}s; last: {error.detail}"
             why = DeadReason("max_age_exceeded", detail)
             await self.bury(expired, why, report, error=error.detail)
         live = [m for m in batch.messages if not self._policy.expired(m.enqueued_at, now)]
-        await self.hand_back(live, state.paused_until, error.detail, report)
+        await self.hand_back(live, now + (state.paused_until - mono), error.detail, report)
         if self._metrics and live:
             self._metrics.retried.labels(batch.destination).inc(len(live))
 

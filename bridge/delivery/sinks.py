@@ -4,9 +4,10 @@ Everything that leaves the bridge goes through :meth:`SegmentSink.send`, which u
 to ``{endpoint}/v1/batch`` and translates every outcome into the bridge's own terms: it returns
 on 2xx, raises :class:`~bridge.errors.TransientDeliveryError` when trying again later may work
 (network errors, timeouts, 408/410/429/460 and 5xx except 501/505, with the server's
-``Retry-After``; and 401/403, a refused write key, see :data:`AUTH_STATUSES`), and
-:class:`~bridge.errors.PermanentDeliveryError` when the same request will never be accepted. This is
-the classification of Segment's own libraries (segment-facts.md), but for the write key.
+``Retry-After``) and, pausing the destination, when the endpoint or the whole request is refused
+(401/403, 404, 405, 413, 3xx, 501/505 ...), and :class:`~bridge.errors.PermanentDeliveryError`
+only when a message is wrong (400, 422, see :data:`MESSAGE_STATUSES`). Segment's own libraries
+(segment-facts.md) give up on every 4xx but 408/429; we do so only for the message statuses.
 
 Why not ``segment.analytics.request.post``: it takes the batch as Python objects and encodes it
 with the standard ``json`` module, so every stored message had to be parsed and encoded again
@@ -31,26 +32,32 @@ from the network, as a last line of defence.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
 import requests
-from requests.adapters import HTTPAdapter
 from segment.analytics import request as segment_request
 
 from bridge import logs
 from bridge.config import DEFAULT_DESTINATION, Config
 from bridge.delivery import wire
+from bridge.delivery.deadline import Deadline, DeadlineAdapter
 from bridge.errors import PermanentDeliveryError, TransientDeliveryError
 
 log = logs.get(__name__)
 
 #: Statuses worth retrying besides 5xx (segment-facts.md); 501 and 505 will not get better.
 TRANSIENT_STATUSES = frozenset({408, 410, 429, 460})
-#: The write key itself was refused. Not the batch's fault: every batch would fail alike, so
-#: splitting and burying would turn one configuration mistake into thousands of dead letters.
-#: The destination pauses with backoff instead (messages wait, an error line says why) until a
-#: reload brings the right key, or ``max_age_secs`` makes them dead letters after all.
+#: The only statuses that say "a message in this batch is wrong": the batch is split until the
+#: culprit stands alone, and only it becomes a dead letter (Segment answers 400 for an invalid
+#: message or batch body; 422 is the usual "understood, but a value is wrong").
+MESSAGE_STATUSES = frozenset({400, 422})
+#: Every other refusal says "this endpoint or this request is wrong": a refused write key
+#: (401/403), a wrong path (404, 405), a request a proxy will not take (413: our batches are
+#: under Segment's limits by construction, so a 413 is a proxy's or a wrong endpoint's limit),
+#: a redirect, 501/505. Not the batch's fault: every batch would fail alike, so splitting and
+#: burying would turn one configuration mistake into thousands of dead letters. The
+#: destination pauses with backoff instead (messages wait, an error line says why) until the
+#: endpoint or a reload fixes it, or ``max_age_secs`` makes them dead letters after all.
 AUTH_STATUSES = frozenset({401, 403})
 PERMANENT_5XX = frozenset({501, 505})
 #: Largest ``delivery.concurrency`` the configuration allows: the connection pool holds as many.
@@ -60,7 +67,7 @@ _DETAIL_CHARS = 300
 
 def _session() -> requests.Session:
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=MAX_CONNECTIONS)
+    adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=MAX_CONNECTIONS)
     for prefix in ("https://", "http://"):
         session.mount(prefix, adapter)
     return session
@@ -77,6 +84,8 @@ class Sink(Protocol):
     dry_run: bool
     #: Bytes the request body adds around the messages (``{"batch":[...],"sentAt"...}``).
     envelope_bytes: int
+    #: ``send`` returns or raises within this time (connect, send and the whole answer).
+    total_timeout_secs: float
 
     def send(self, batch: Sequence[bytes]) -> None: ...
 
@@ -108,6 +117,7 @@ class SegmentSink:
         gzip: bool,
         *,
         name: str = DEFAULT_DESTINATION,
+        total_timeout_secs: float | None = None,
     ) -> None:
         if not write_key:
             raise ValueError("write_key is empty")
@@ -118,6 +128,7 @@ class SegmentSink:
         self.endpoint = endpoint
         self.url = endpoint.rstrip("/") + "/v1/batch"
         self.timeout_secs = timeout_secs
+        self.total_timeout_secs = total_timeout_secs or 2 * timeout_secs
         self.gzip = gzip
         self.name = name
         self.envelope_bytes = wire.envelope_bytes(write_key)
@@ -135,14 +146,17 @@ class SegmentSink:
         if self.gzip:
             data = wire.compress(data)
         try:
-            response = SESSION.post(
-                self.url,
-                data=data,
-                headers=self._headers,
-                timeout=self.timeout_secs,
-                allow_redirects=False,
-            )
+            with Deadline(self.total_timeout_secs) as deadline:
+                response = SESSION.post(
+                    self.url,
+                    data=data,
+                    headers=self._headers,
+                    timeout=self.timeout_secs,
+                    allow_redirects=False,
+                )
         except requests.RequestException as exc:
+            if deadline.expired:
+                raise TransientDeliveryError(self.overdue()) from exc
             # Connection refused/reset, DNS, TLS, timeouts, a truncated body: all are the
             # network's doing. Anything else requests raises (an invalid URL) cannot come from
             # a validated endpoint, and retrying until max_age is safer than burying it.
@@ -150,6 +164,12 @@ class SegmentSink:
             raise TransientDeliveryError(detail) from exc
         if not 200 <= response.status_code < 300:
             raise self._translate(response)
+
+    def overdue(self) -> str:
+        return (
+            f"no complete answer within {self.total_timeout_secs:g}s "
+            "(segment.total_timeout_secs); the batch is retried"
+        )
 
     def _translate(
         self, response: requests.Response
@@ -174,7 +194,12 @@ class SegmentSink:
         if status in AUTH_STATUSES:
             detail = f"{detail} - Segment refused the write key: check it; delivery is paused"
             return TransientDeliveryError(detail[: _DETAIL_CHARS + 80], status=status)
-        return PermanentDeliveryError(detail, status=status)
+        if status in MESSAGE_STATUSES:
+            return PermanentDeliveryError(detail, status=status)
+        detail = f"{detail} - the endpoint refused the whole request: check segment.endpoint"
+        return TransientDeliveryError(
+            f"{detail[: _DETAIL_CHARS + 80]}; delivery is paused", status=status
+        )
 
     def _scrub(self, text: str) -> str:
         """Remove the write key in every form it travels in (raw, and as the Basic token) from
@@ -185,9 +210,12 @@ class SegmentSink:
 
 
 class DryRunSink:
-    """No write key: log what would be sent (one line per message) and report success."""
+    """A destination without a write key. The delivery loop never claims its messages
+    (:mod:`bridge.delivery.dryrun` logs them and leaves them queued); should a batch reach
+    :meth:`send` all the same, it is refused as transient, never reported as delivered."""
 
     dry_run = True
+    total_timeout_secs = 1.0
 
     def __init__(self, name: str = DEFAULT_DESTINATION) -> None:
         self.name = name
@@ -196,28 +224,15 @@ class DryRunSink:
     def __repr__(self) -> str:
         return f"DryRunSink(name={self.name!r})"
 
-    def send(self, batch: Sequence[bytes]) -> None:
-        for item in batch:
-            try:
-                msg: Any = orjson.loads(item)
-            except orjson.JSONDecodeError:
-                msg = {}
-            if not isinstance(msg, dict):
-                msg = {}
-            log.info(
-                "dry_run_message",
-                destination=self.name,
-                type=msg.get("type"),
-                segment_event=msg.get("event"),
-                user_id=msg.get("userId"),
-                message_id=msg.get("messageId"),
-            )
+    def send(self, batch: Sequence[bytes]) -> None:  # noqa: ARG002 - the Sink protocol's signature
+        raise TransientDeliveryError(f"destination {self.name!r} has no write key (dry-run)")
 
 
 def build_sinks(config: Config) -> dict[str, Sink]:
     """One sink per destination: ``default`` (the segment section) and each routing entry.
 
-    A destination without a write key is a dry run: its messages are logged and acked.
+    A destination without a write key is a dry run: its messages are logged and kept queued,
+    never marked delivered (an empty key is a configuration error, never a dry run).
     """
     seg = config.segment
     endpoints = {DEFAULT_DESTINATION: (seg.write_key, seg.endpoint)}
@@ -229,5 +244,12 @@ def build_sinks(config: Config) -> dict[str, Sink]:
             sinks[name] = DryRunSink(name)
         else:
             secret = write_key.get_secret_value()
-            sinks[name] = SegmentSink(secret, endpoint, seg.timeout_secs, seg.gzip, name=name)
+            sinks[name] = SegmentSink(
+                secret,
+                endpoint,
+                seg.timeout_secs,
+                seg.gzip,
+                name=name,
+                total_timeout_secs=seg.total_timeout_secs,
+            )
     return sinks

@@ -26,7 +26,7 @@ passes the contract suite in tests/contract.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -144,8 +144,26 @@ class Store(Protocol):
         """
         ...
 
-    async def claim(self, now: float, limit: int, lease_secs: float) -> list[ClaimedMessage]:
-        """Take up to ``limit`` due messages in arrival order, leased until ``now+lease_secs``."""
+    async def claim(
+        self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
+    ) -> list[ClaimedMessage]:
+        """Take up to ``limit`` due messages in arrival order, leased until ``now+lease_secs``.
+
+        Messages of the destinations in ``exclude`` are left alone (dry-run destinations: their
+        messages must wait, untouched, until a write key is configured).
+        """
+        ...
+
+    async def peek(
+        self, destinations: Collection[str], after: int, limit: int
+    ) -> list[ClaimedMessage]:
+        """Up to ``limit`` open (pending or in flight) messages of ``destinations`` whose id is
+        greater than ``after``, in id order, changing nothing (dry-run shows what it would
+        send). ``attempts`` and ``enqueued_at`` are as stored."""
+        ...
+
+    async def count_open(self, destinations: Collection[str]) -> int:
+        """How many open messages ``destinations`` have (the dry-run backlog)."""
         ...
 
     async def recover(self, now: float) -> int:

@@ -176,12 +176,31 @@ RETURNING m.id, m.message_id, m.destination, m.user_id, p.payload, m.attempts, m
 """
 
 
+_CLAIM_EXCLUDING = """
+WITH c AS MATERIALIZED (
+    SELECT id FROM messages
+    WHERE state IN ('pending', 'inflight') AND due_at <= $1 AND destination <> ALL($4::text[])
+    ORDER BY due_at, id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET state = 'inflight', due_at = $1 + $3, lease = m.lease + 1
+FROM c JOIN message_payloads p ON p.id = c.id
+WHERE m.id = c.id
+RETURNING m.id, m.message_id, m.destination, m.user_id, p.payload, m.attempts, m.enqueued_at,
+          m.lease
+"""
+
+
 async def claim(
-    conn: Conn, now: float, limit: int, lease_secs: float
+    conn: Conn, now: float, limit: int, lease_secs: float, exclude: Sequence[str] = ()
 ) -> list[tuple[ClaimedMessage, int]]:
     """Up to ``limit`` due open rows (pending and due, or in flight past their lease), in
-    arrival order, with their new fencing tokens. Rows another replica holds are skipped."""
-    rows = await conn.fetch(_CLAIM, now, limit, lease_secs)
+    arrival order, with their new fencing tokens. Rows another replica holds are skipped, and
+    so are the destinations in ``exclude`` (dry-run)."""
+    if exclude:
+        rows = await conn.fetch(_CLAIM_EXCLUDING, now, limit, lease_secs, list(exclude))
+    else:
+        rows = await conn.fetch(_CLAIM, now, limit, lease_secs)
     claimed = [(ClaimedMessage(*row[:7]), int(row[7])) for row in rows]
     claimed.sort(key=lambda pair: pair[0].id)
     return claimed
@@ -254,6 +273,34 @@ async def bury(
         now,
     )
     return _count(status)
+
+
+async def peek(
+    conn: Conn, destinations: Sequence[str], after: int, limit: int
+) -> list[ClaimedMessage]:
+    """Open messages of ``destinations`` after id ``after``, in id order, unchanged."""
+    rows = await conn.fetch(
+        """
+        SELECT m.id, m.message_id, m.destination, m.user_id, p.payload, m.attempts,
+               m.enqueued_at
+        FROM messages m JOIN message_payloads p ON p.id = m.id
+        WHERE m.id > $1 AND m.state IN ('pending', 'inflight') AND m.destination = ANY($2::text[])
+        ORDER BY m.id LIMIT $3
+        """,
+        after,
+        list(destinations),
+        limit,
+    )
+    return [ClaimedMessage(*row) for row in rows]
+
+
+async def count_open(conn: Conn, destinations: Sequence[str]) -> int:
+    value = await conn.fetchval(
+        "SELECT count(*) FROM messages"
+        " WHERE state IN ('pending', 'inflight') AND destination = ANY($1::text[])",
+        list(destinations),
+    )
+    return int(value or 0)
 
 
 async def next_due_at(conn: Conn) -> float | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -176,11 +176,13 @@ class PostgresStore:
             raise StorageUnavailableError("storage could not store the webhook: not open")
         return await self._writer.submit(ops.Intake(webhook, tuple(messages), dead))
 
-    async def claim(self, now: float, limit: int, lease_secs: float) -> list[ClaimedMessage]:
+    async def claim(
+        self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
+    ) -> list[ClaimedMessage]:
         if limit <= 0:
             return []
         async with self._connection("claim messages") as conn:
-            claimed = await ops.claim(conn, now, limit, lease_secs)
+            claimed = await ops.claim(conn, now, limit, lease_secs, tuple(exclude))
         for message, token in claimed:
             self._leases[message.id] = token
         return [message for message, _ in claimed]
@@ -218,6 +220,20 @@ class PostgresStore:
         if leases:
             async with self._connection("store dead letters") as conn:
                 await ops.bury(conn, leases, dead, error, now)
+
+    async def peek(
+        self, destinations: Collection[str], after: int, limit: int
+    ) -> list[ClaimedMessage]:
+        if limit <= 0 or not destinations:
+            return []
+        async with self._connection("read waiting messages") as conn:
+            return await ops.peek(conn, tuple(destinations), after, limit)
+
+    async def count_open(self, destinations: Collection[str]) -> int:
+        if not destinations:
+            return 0
+        async with self._connection("count waiting messages") as conn:
+            return await ops.count_open(conn, tuple(destinations))
 
     async def next_due_at(self) -> float | None:
         async with self._connection("read the next due time") as conn:

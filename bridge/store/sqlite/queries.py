@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -139,17 +140,45 @@ def _supersede(conn: sqlite3.Connection, webhook: int, message: OutgoingMessage,
     return 1
 
 
+_CLAIM = (
+    "UPDATE messages SET state = 'inflight', due_at = ? WHERE id IN"
+    " (SELECT id FROM messages WHERE state IN ('pending', 'inflight') AND due_at <= ?"
+    " ORDER BY due_at, id LIMIT ?)"
+    " RETURNING id, message_id, destination, user_id, attempts, enqueued_at"
+)
+_CLAIM_EXCLUDING = (
+    "UPDATE messages SET state = 'inflight', due_at = ? WHERE id IN"
+    " (SELECT id FROM messages WHERE state IN ('pending', 'inflight') AND due_at <= ?"
+    " AND destination NOT IN (SELECT value FROM json_each(?)) ORDER BY due_at, id LIMIT ?)"
+    " RETURNING id, message_id, destination, user_id, attempts, enqueued_at"
+)
+
+
+def _names(names: Sequence[str]) -> bytes:
+    return orjson.dumps(list(names))
+
+
 def claim(
-    conn: sqlite3.Connection, now: float, limit: int, lease_secs: float
+    conn: sqlite3.Connection,
+    now: float,
+    limit: int,
+    lease_secs: float,
+    exclude: Sequence[str] = (),
 ) -> list[ClaimedMessage]:
-    """The ``limit`` earliest-due open rows (pending and due, or in flight past their lease)."""
-    rows = conn.execute(
-        "UPDATE messages SET state = 'inflight', due_at = ? WHERE id IN"
-        " (SELECT id FROM messages WHERE state IN ('pending', 'inflight') AND due_at <= ?"
-        " ORDER BY due_at, id LIMIT ?)"
-        " RETURNING id, message_id, destination, user_id, attempts, enqueued_at",
-        (now + lease_secs, now, limit),
-    ).fetchall()
+    """The ``limit`` earliest-due open rows (pending and due, or in flight past their lease),
+    leaving the destinations in ``exclude`` alone. With an exclusion the due-time index is
+    still used, but rows of excluded destinations are stepped over (dry-run is rare; see
+    docs/reliability.md)."""
+    params: tuple[object, ...]
+    if exclude:
+        sql, params = _CLAIM_EXCLUDING, (now + lease_secs, now, _names(exclude), limit)
+    else:
+        sql, params = _CLAIM, (now + lease_secs, now, limit)
+    rows = conn.execute(sql, params).fetchall()
+    return _with_bodies(conn, rows)
+
+
+def _with_bodies(conn: sqlite3.Connection, rows: list[Any]) -> list[ClaimedMessage]:
     if not rows:
         return []
     rows.sort()
@@ -163,6 +192,32 @@ def claim(
         ClaimedMessage(row_id, message_id, destination, user, bodies[row_id], attempts, enqueued)
         for row_id, message_id, destination, user, attempts, enqueued in rows
     ]
+
+
+def peek(
+    conn: sqlite3.Connection, destinations: Sequence[str], after: int, limit: int
+) -> list[ClaimedMessage]:
+    """Open messages of ``destinations`` after id ``after``, unchanged (a read)."""
+    conn.execute("BEGIN")
+    try:
+        rows = conn.execute(
+            "SELECT id, message_id, destination, user_id, attempts, enqueued_at FROM messages"
+            " WHERE id > ? AND state IN ('pending', 'inflight')"
+            " AND destination IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
+            (after, _names(destinations), limit),
+        ).fetchall()
+        return _with_bodies(conn, rows)
+    finally:
+        conn.execute("COMMIT")
+
+
+def count_open(conn: sqlite3.Connection, destinations: Sequence[str]) -> int:
+    (count,) = conn.execute(
+        "SELECT count(*) FROM messages WHERE state IN ('pending', 'inflight')"
+        " AND destination IN (SELECT value FROM json_each(?))",
+        (_names(destinations),),
+    ).fetchone()
+    return int(count)
 
 
 def recover(conn: sqlite3.Connection, now: float) -> int:

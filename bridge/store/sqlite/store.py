@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -238,11 +238,29 @@ class SQLiteStore:
         work = partial(ops.enqueue, webhook=webhook, messages=tuple(messages), dead=dead)
         return await self._write(work, "store the webhook", groupable=True)
 
-    async def claim(self, now: float, limit: int, lease_secs: float) -> list[ClaimedMessage]:
+    async def claim(
+        self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
+    ) -> list[ClaimedMessage]:
         if limit <= 0:
             return []
-        work = partial(ops.claim, now=now, limit=limit, lease_secs=lease_secs)
+        work = partial(
+            ops.claim, now=now, limit=limit, lease_secs=lease_secs, exclude=tuple(exclude)
+        )
         return await self._write(work, "claim messages")
+
+    async def peek(
+        self, destinations: Collection[str], after: int, limit: int
+    ) -> list[ClaimedMessage]:
+        if limit <= 0 or not destinations:
+            return []
+        work = partial(ops.peek, destinations=tuple(destinations), after=after, limit=limit)
+        return await self._read(work, "read waiting messages")
+
+    async def count_open(self, destinations: Collection[str]) -> int:
+        if not destinations:
+            return 0
+        work = partial(ops.count_open, destinations=tuple(destinations))
+        return await self._read(work, "count waiting messages")
 
     async def recover(self, now: float) -> int:
         """Release the claims a previous process left (one delivering ``serve`` per file)."""

@@ -1,0 +1,145 @@
+"""Sending: cut claimed messages into batches, upload each in a worker thread, record outcomes.
+
+Kept apart from :mod:`bridge.delivery.loop` (which decides *when* to claim and send) so that
+what happens to one batch reads in one place: messages that cannot be sent are buried
+(unknown destination, over 32 KB), every batch is one task that takes an upload slot, uploads
+within the sink's total deadline, records its outcome (:mod:`bridge.delivery.outcomes`), and is
+split in halves when Segment says a message in it is wrong. A task cancelled by ``stop`` hands
+its batch back through one helper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+
+from bridge import logs
+from bridge.delivery.batching import Batch, plan
+from bridge.delivery.outcomes import DrainReport, Outcomes
+from bridge.delivery.sinks import Sink
+from bridge.delivery.threads import run_in_daemon_thread
+from bridge.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from bridge.store import ClaimedMessage, DeadReason, Store
+
+log = logs.get("bridge.delivery.loop")
+
+#: Beyond a sink's own total deadline, how long the loop still waits for its thread to report.
+#: The sink aborts its socket at the deadline; this only covers a sink that fails to.
+DEADLINE_GRACE_SECS = 5.0
+
+
+class Uploads:
+    def __init__(
+        self,
+        store: Store,
+        outcomes: Outcomes,
+        *,
+        concurrency: int,
+        max_events: int,
+        max_bytes: int,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._outcomes = outcomes
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._monotonic = monotonic
+        self._slots = asyncio.Semaphore(concurrency)
+        self._sinks: dict[str, Sink] = {}
+        #: Every batch task not finished yet (stop() waits for them, then cancels).
+        self.inflight: set[asyncio.Task[None]] = set()
+
+    def use(self, sinks: Mapping[str, Sink]) -> None:
+        """New sinks (reload); batches already in flight keep theirs."""
+        self._sinks = dict(sinks)
+
+    async def start(
+        self, claimed: Sequence[ClaimedMessage], report: DrainReport
+    ) -> set[asyncio.Task[None]]:
+        """Bury what cannot be sent, batch the rest and start one task per batch."""
+        report.claimed += len(claimed)
+        unknown = [m for m in claimed if m.destination not in self._sinks]
+        if unknown:
+            names = sorted({m.destination for m in unknown})
+            why = DeadReason("unknown_destination", f"no destination configured named {names}")
+            await self._outcomes.bury(unknown, why, report)
+        known = [m for m in claimed if m.destination in self._sinks]
+        sinks = self._sinks
+        work = plan(known, self._max_events, self._max_bytes, lambda n: sinks[n].envelope_bytes)
+        if work.oversized:
+            why = DeadReason("message_too_large", "message is larger than Segment's 32 KB")
+            await self._outcomes.bury(work.oversized, why, report)
+        tasks = {asyncio.create_task(self._deliver(batch, report)) for batch in work.batches}
+        for task in tasks:
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+        return tasks
+
+    async def settle(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Wait for every batch task (stop() may cancel them: they hand their batch back)."""
+        if tasks:
+            await asyncio.wait(tasks)
+            self.log_failures(tasks)
+
+    @staticmethod
+    def log_failures(tasks: set[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("delivery_batch_error", exc_info=task.exception())
+
+    async def _deliver(self, batch: Batch, report: DrainReport) -> None:
+        refused = await self._upload(batch, report)
+        if refused and len(batch.messages) > 1:
+            envelope = self._sinks[batch.destination].envelope_bytes
+            await asyncio.gather(*(self._deliver(half, report) for half in batch.halves(envelope)))
+
+    async def _upload(self, batch: Batch, report: DrainReport) -> bool:
+        """Send one batch and record the outcome; True when Segment refused it permanently."""
+        sink = self._sinks[batch.destination]
+        async with self._handed_back_if_cancelled(batch), self._slots:
+            paused = self._outcomes.destinations[batch.destination].paused_until - self._monotonic()
+            if paused > 0:  # a sibling batch just met an outage
+                resume = self._clock() + paused
+                await self._outcomes.hand_back(batch.messages, resume, "destination paused", report)
+                return False
+            report.batches += 1
+            error, latency_ms = await self._send(sink, batch)
+        await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report))
+        return isinstance(error, PermanentDeliveryError)
+
+    async def _send(self, sink: Sink, batch: Batch) -> tuple[DeliveryError | None, float]:
+        """Upload in a worker thread; the error (None on 2xx) and the latency in ms."""
+        started = time.perf_counter()
+        error: DeliveryError | None = None
+        upload = run_in_daemon_thread("segment-upload", sink.send, batch.payloads)
+        try:
+            await asyncio.wait_for(upload, sink.total_timeout_secs + DEADLINE_GRACE_SECS)
+        except TimeoutError:  # the sink missed its own deadline: the thread is abandoned
+            error = TransientDeliveryError(
+                f"no answer within {sink.total_timeout_secs:g}s (segment.total_timeout_secs)"
+            )
+        except DeliveryError as exc:
+            error = exc
+        except Exception as exc:  # a bug in a sink must not lose the batch
+            log.exception("sink_error", destination=batch.destination)
+            error = TransientDeliveryError(f"sink error: {type(exc).__name__}")
+        return error, round((time.perf_counter() - started) * 1000, 1)
+
+    @contextlib.asynccontextmanager
+    async def _handed_back_if_cancelled(self, batch: Batch) -> AsyncIterator[None]:
+        """If the task is cancelled (stop() after the grace period) while the batch is ours,
+        hand it back due now, shielded so the cancellation cannot interrupt the write. Should
+        the store fail too, the lease expires and the batch goes out again after a restart."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            now = self._clock()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._store.retry_later(batch.ids, now, "delivery stopped", now)
+                )
+            raise
