@@ -7,9 +7,9 @@ Refusal lifts by itself once delivery catches up or disk is freed.
 
 The same refresh runs the storage write probe, so ``/readyz`` reads a cached answer instead of
 committing (and fsyncing) once per probe: a probe flood used to cut intake by two thirds.
-A commit that fails marks storage unready at once (:func:`storage_failed`), so readiness lags
-a storage fault by at most one ``interval`` only while no webhook arrives; the next successful
-probe clears it.
+A webhook's commit updates the same verdict (:func:`storage_failed`, :func:`storage_worked`), so
+readiness lags a storage fault or its end by one ``interval`` at most, and only while no webhook
+arrives.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ def storage_failed(runtime: Runtime, exc: StorageUnavailableError) -> None:
     runtime.storage_problem = str(exc)
 
 
+def storage_worked(runtime: Runtime) -> None:
+    """Storage took a write (the probe's or a webhook's commit): ready again, as far as it goes."""
+    if runtime.storage_problem is not None:
+        log.info("storage_writable")
+    runtime.storage_problem = None
+
+
 async def check_storage(runtime: Runtime) -> None:
     """One write probe; its result is what ``/readyz`` reports until the next one."""
     try:
@@ -59,9 +66,7 @@ async def check_storage(runtime: Runtime) -> None:
     except StorageUnavailableError as exc:
         storage_failed(runtime, exc)
         return
-    if runtime.storage_problem is not None:
-        log.info("storage_writable")
-    runtime.storage_problem = None
+    storage_worked(runtime)
 
 
 async def refresh(runtime: Runtime) -> None:
