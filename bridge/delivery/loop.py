@@ -302,7 +302,9 @@ class Delivery:
 
     async def _idle(self) -> None:
         """Nothing to send now: sleep until the next due time, a pause ends, or a wake-up."""
-        if self._all_paused():
+        if not self._live:  # dry-run only: nothing will ever be claimed; arrivals wake us
+            timeout = IDLE_MAX_SECS
+        elif self._all_paused():
             mono = self._monotonic()
             resume = min(self._destinations[name].paused_until for name in self._live)
             timeout = resume - mono
