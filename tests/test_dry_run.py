@@ -93,6 +93,7 @@ async def dry_run_backlog(
         COUNT,
         0,
     )
+    assert bridge.events("delivery_loop_error") == []
     async with asyncio.timeout(20):
         while await gauge(url) != COUNT:  # noqa: ASYNC110 - a scrape, no event to wait on
             await asyncio.sleep(0.1)
@@ -133,6 +134,7 @@ class TestDryRunKeepsTheQueue:
             COUNT,
         )
         assert WRITE_KEY not in "\n".join(bridge.raw)
+        assert bridge.events("delivery_loop_error") == []
 
     async def test_restart_with_a_write_key_sends_the_whole_backlog(
         self, tmp_path: Path, fake_segment: FakeSegment
