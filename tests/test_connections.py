@@ -18,15 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from bridge.app import build_app
 from bridge.config import Config
 from bridge.receive.answers import raw_unavailable
-from bridge.receive.connections import ConnectionGuard, GuardedSite
+from bridge.receive.connections import (
+    RESERVED_DESCRIPTORS,
+    ConnectionGuard,
+    GuardedSite,
+    fit_to_descriptors,
+)
 from bridge.receive.runtime import RUNTIME
-from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth
+from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth, eventually, serving
 from tests.process import BridgeProcess, write_config
+from tests.test_hostile import http_status, raw_request
+from tests.test_refusals import webhook_request
 
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
@@ -282,3 +290,41 @@ async def test_the_first_head_is_bounded_by_the_guard_itself(
         await runner.cleanup()
     assert all(c.after <= 0.5 + SLACK and c.reply == b"" for c in closed), closed
     assert answered.startswith(b"HTTP/1.1 401 ")  # no credentials, but it got its answer
+
+
+async def test_past_the_cap_a_connection_gets_a_503_at_once(
+    config_factory: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process, the guard as ``serve`` installs it: with ``max_connections`` open, the next
+    connection is answered 503 and closed without waiting; once one closes, a webhook gets in."""
+    config = config_factory(server={"max_connections": 2})
+    app = build_app(config)
+    async with serving(app, config) as port:
+        held = [await hold(port, "nothing") for _ in range(2)]
+        refused = await until_closed(await hold(port, "nothing"), 5)
+        assert (refused.reply, refused.after < 1.0) == (REFUSED, True)
+        held[0].writer.close()
+        registry = app[RUNTIME].metrics.registry
+        await eventually(lambda: registry.get_sample_value("synap_bridge_connections_open") == 1)
+        reply = await raw_request(port, webhook_request(attempt_completed(1)))
+        assert http_status(reply) == 200
+        for each in held[1:]:
+            each.writer.close()
+    assert registry.get_sample_value("synap_bridge_connections_refused_total") == 1
+    assert any(
+        isinstance(r.msg, dict) and r.msg.get("event") == "connection_refused"
+        for r in caplog.records
+    )
+
+
+class TestDescriptorFit:
+    def test_a_cap_that_fits_is_kept(self) -> None:
+        assert fit_to_descriptors(10) == 10
+
+    def test_a_cap_over_the_hard_limit_is_lowered(self) -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:  # nothing to lower against: the cap stands
+            assert fit_to_descriptors(10**6) == 10**6
+            return
+        assert fit_to_descriptors(hard) == hard - RESERVED_DESCRIPTORS
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard  # raised as far as it goes
