@@ -37,7 +37,8 @@ class Runtime:
     #: Monotonic time by which shutdown must be done (set by serve on SIGTERM): the requests in
     #: flight and the delivery's batch share one ``shutdown.grace_secs``, not one each.
     shutdown_deadline: float | None = None
-    #: Why the last periodic write probe failed (None: it succeeded); what /readyz reports.
+    #: Why the last write (the periodic probe or a webhook's commit) failed; None: it worked.
+    #: What /readyz reports, without a query of its own.
     storage_problem: str | None = None
     #: Keeps refusal lines (401, 404, 405, refused connections) to one a second per kind.
     throttle: Throttle = field(default_factory=Throttle)
@@ -46,6 +47,11 @@ class Runtime:
         if self.stopping:
             return "the bridge is shutting down"
         return self.backpressure
+
+    def storage_worked(self) -> None:
+        """A webhook's commit went through: storage is writable, whatever the last probe said
+        (``backpressure.storage_failed`` is the other half)."""
+        self.storage_problem = None
 
     def grace_left(self) -> float:
         """What remains of the shutdown grace (the whole grace when no deadline is set)."""

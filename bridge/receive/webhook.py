@@ -138,6 +138,7 @@ async def _handle(
         backpressure.storage_failed(runtime, exc)
         fields.update(error="storage_unavailable", detail=str(exc))
         return "unavailable", unavailable("storage_unavailable", "the bridge cannot store now")
+    runtime.storage_worked()  # a commit went through: whatever failed before is over
     return _committed(runtime, result, receipt, fields)
 
 
