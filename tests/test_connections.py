@@ -38,8 +38,10 @@ from tests.test_refusals import webhook_request
 
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
-#: How late after its timeout a connection may be closed (timers, a loaded 2-core machine).
-SLACK = 2.0
+#: How late after its timeout a connection may be closed: timers, and a loaded 2-core machine
+#: where ``make test`` also traces the subprocess for coverage (3.2 s seen for a 1 s timeout).
+#: The failure this guards against is connections open for minutes.
+SLACK = 5.0
 BAD = 1100
 WEBHOOKS = 100
 URL = "/webhooks/synap/attempt.completed"
@@ -243,25 +245,27 @@ async def test_1100_connections_over_systemds_default_descriptor_limit(tmp_path:
         assert await bridge.terminate() == 0
     finally:
         await bridge.close()
-    # Refused at accept: a 503 at once, or a reset when the client had sent bytes the bridge
-    # never read (the kernel answers unread data on close with a reset).
-    refused = [c for c in closed if c.reply == REFUSED or (not c.reply and c.after < 1.5)]
-    print(
-        f"\n{BAD} bad connections at 1,024 descriptors: {len(refused)} refused at once (at most "
-        f"{max(c.after for c in refused) * 1000:.0f} ms); {len(accepted)}/{WEBHOOKS} webhooks "
-        f"accepted, p99 {p99(accepted) * 1000:.0f} ms; /healthz {health * 1000:.0f} ms"
-    )
-    assert len(refused) >= BAD - lowered["used"]
-    assert all(c.after < 1.5 for c in refused)  # not held to the 3 s timeout
-    assert [c for c in refused if c.reply == REFUSED]
-    assert len(accepted) == WEBHOOKS
-    assert not [c for c in closed if c.after == float("inf")]  # every one closed in time
+    # The bridge's own count of connections refused at accept (the clients cannot always tell:
+    # one that had sent bytes the bridge never read gets a reset instead of the 503).
     counted = [
         ln
         for ln in scraped.splitlines()
         if ln.startswith("synap_bridge_connections_refused_total ")
     ]
-    assert float(counted[0].split()[1]) >= BAD - lowered["used"]
+    refused_total = float(counted[0].split()[1])
+    told = [c for c in closed if c.reply == REFUSED]
+    print(
+        f"\n{BAD} bad connections at 1,024 descriptors: {refused_total:.0f} connections refused "
+        f"at accept (bad ones and webhook tries), "
+        f"{len(told)} bad ones read the 503 (at most {max(c.after for c in told) * 1000:.0f} ms "
+        f"after connecting); {len(accepted)}/{WEBHOOKS} webhooks accepted, p99 "
+        f"{p99(accepted) * 1000:.0f} ms; /healthz {health * 1000:.0f} ms"
+    )
+    assert refused_total >= BAD - lowered["used"]
+    assert told
+    assert all(c.after < header_timeout for c in told)  # at once, not held until a timeout
+    assert len(accepted) == WEBHOOKS
+    assert not [c for c in closed if c.after == float("inf")]  # every one closed in time
     assert bridge.events("connection_refused")  # logged, throttled
     assert not bridge.events("unhandled_error")
 
