@@ -3,8 +3,8 @@
 Liveness is only "the event loop answers": restarting a process because Segment is down would
 not help. Readiness fails when storage is not writable, intake is refusing (back-pressure or
 shutting down) or the delivery task is not running: a load balancer then stops sending. Each of
-these is state kept by the background refresh (:mod:`bridge.receive.backpressure`): a probe costs
-no query and no write, however often it comes.
+these is state kept by the background refresh (:mod:`bridge.receive.backpressure`) and by the
+webhook's commits: a probe costs no query and no write, however often it comes.
 """
 
 from __future__ import annotations

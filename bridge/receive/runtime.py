@@ -37,7 +37,8 @@ class Runtime:
     #: Monotonic time by which shutdown must be done (set by serve on SIGTERM): the requests in
     #: flight and the delivery's batch share one ``shutdown.grace_secs``, not one each.
     shutdown_deadline: float | None = None
-    #: Why the last periodic write probe failed (None: it succeeded); what /readyz reports.
+    #: Why the last write (the periodic probe or a webhook's commit) failed; None: it worked.
+    #: What /readyz reports, without a query of its own.
     storage_problem: str | None = None
     #: Keeps refusal lines (401, 404, 405, refused connections) to one a second per kind.
     throttle: Throttle = field(default_factory=Throttle)
