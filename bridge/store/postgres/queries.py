@@ -41,6 +41,16 @@ def _text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text[:limit].replace("\x00", "\ufffd")
 
 
+def _clean(text: str | None) -> str | None:
+    """An identifier (user, portal, code, messageId) as PostgreSQL text, which cannot hold NUL.
+
+    A NUL inside an id is hostile input that SQLite would store; refusing it here would answer
+    503 for ever, so it becomes U+FFFD in these informational columns. The payload and the raw
+    body (bytea) keep every byte: what Segment receives is unchanged.
+    """
+    return None if text is None else text.replace("\x00", "\ufffd")
+
+
 def _count(status: str) -> int:
     """Rows touched, from a command tag such as ``UPDATE 3``."""
     tail = status.rsplit(" ", 1)[-1]
@@ -99,8 +109,8 @@ async def enqueue(conn: Conn, batch: Sequence[Intake]) -> list[EnqueueReceipt]:
         "INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)"
         " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::bytea[])",
         ids,
-        [item.webhook.code for item in batch],
-        [item.webhook.portal_id for item in batch],
+        [_clean(item.webhook.code) for item in batch],
+        [_clean(item.webhook.portal_id) for item in batch],
         [item.webhook.received_at for item in batch],
         [item.webhook.raw_body for item in batch],
     )
@@ -118,13 +128,13 @@ async def enqueue(conn: Conn, batch: Sequence[Intake]) -> list[EnqueueReceipt]:
     stored = [0] * len(batch)
     superseded = [0] * len(batch)
     for round_ in _rounds(batch):
-        owner = {message.message_id: index for index, message in round_}
+        owner = {_clean(message.message_id): index for index, message in round_}
         rows = await conn.fetch(
             _MESSAGES,
             [ids[index] for index, _ in round_],
-            [m.message_id for _, m in round_],
-            [m.destination for _, m in round_],
-            [m.user_id for _, m in round_],
+            [_clean(m.message_id) for _, m in round_],
+            [_clean(m.destination) for _, m in round_],
+            [_clean(m.user_id) for _, m in round_],
             [batch[i].webhook.received_at + m.hold_secs for i, m in round_],
             [batch[i].webhook.received_at for i, _ in round_],
             [m.rank for _, m in round_],
@@ -148,11 +158,12 @@ async def enqueue(conn: Conn, batch: Sequence[Intake]) -> list[EnqueueReceipt]:
 
 def _rounds(batch: Sequence[Intake]) -> list[list[tuple[int, OutgoingMessage]]]:
     rounds: list[list[tuple[int, OutgoingMessage]]] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # cleaned messageId -> occurrences so far
     for index, item in enumerate(batch):
         for message in item.messages:
-            n = seen.get(message.message_id, 0)
-            seen[message.message_id] = n + 1
+            key = _clean(message.message_id) or ""
+            n = seen.get(key, 0)
+            seen[key] = n + 1
             if n == len(rounds):
                 rounds.append([])
             rounds[n].append((index, message))
@@ -435,7 +446,8 @@ async def replay_chunk(
 async def _revive_or_insert(conn: Conn, webhook: int, message: OutgoingMessage, now: float) -> int:
     """Insert a new message, or revive a dead one (attempts kept); others are left alone."""
     found = await conn.fetchrow(
-        "SELECT id, state FROM messages WHERE message_id = $1 FOR UPDATE", message.message_id
+        "SELECT id, state FROM messages WHERE message_id = $1 FOR UPDATE",
+        _clean(message.message_id),
     )
     if found is None:
         row = await conn.fetchval(
@@ -443,9 +455,9 @@ async def _revive_or_insert(conn: Conn, webhook: int, message: OutgoingMessage, 
             " enqueued_at, rank) VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6)"
             " ON CONFLICT (message_id) DO NOTHING RETURNING id",
             webhook,
-            message.message_id,
-            message.destination,
-            message.user_id,
+            _clean(message.message_id),
+            _clean(message.destination),
+            _clean(message.user_id),
             now,
             message.rank,
         )
@@ -462,8 +474,8 @@ async def _revive_or_insert(conn: Conn, webhook: int, message: OutgoingMessage, 
     await conn.execute(
         "UPDATE messages SET state = 'pending', destination = $1, user_id = $2, due_at = $3,"
         " enqueued_at = $3, rank = $4 WHERE id = $5",
-        message.destination,
-        message.user_id,
+        _clean(message.destination),
+        _clean(message.user_id),
         now,
         message.rank,
         row,
