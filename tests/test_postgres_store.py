@@ -5,6 +5,7 @@ URL's password kept out of every message. Real databases in the throwaway test c
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -141,6 +142,28 @@ class TestMigrations:
             await conn.close()
         with pytest.raises(StorageUnavailableError, match="newer than this bridge"):
             await opener()
+
+
+    async def test_a_role_without_ddl_rights_runs_a_migrated_database(
+        self, opener: Opener, url: str, postgres: Cluster
+    ) -> None:
+        """Operators who run ``migrate`` as the owner may run the replicas as a role that can
+        only read and write rows (docs/operations.md lists the grants)."""
+        await opener()  # migrated by the owner
+        role = f"dml_{uuid.uuid4().hex[:8]}"
+        database = url.rsplit("/", 1)[1]
+        postgres.psql(
+            database,
+            f"CREATE ROLE {role} LOGIN; GRANT CONNECT ON DATABASE {database} TO {role};"
+            f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};"
+            f" GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};",
+        )
+        runtime = await opener(url=url.replace(f"//{postgres.user}@", f"//{role}@"))
+        assert runtime.schema_versions == (SCHEMA_VERSION, SCHEMA_VERSION)
+        await runtime.enqueue(hook(), [message(1)])
+        claimed = await runtime.claim(now=T0, limit=10, lease_secs=LEASE)
+        await runtime.ack([m.id for m in claimed], now=T0)
+        assert (await runtime.stats(now=T0, since=0)).delivered_total == 1
 
 
 class TestUnavailable:

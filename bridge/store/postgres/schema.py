@@ -109,18 +109,19 @@ async def migrate(conn: Any) -> tuple[int, int]:
     """
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute("CREATE TABLE IF NOT EXISTS bridge_schema (version integer NOT NULL)")
         before = await schema_version(conn)
         if before > SCHEMA_VERSION:
             raise StorageUnavailableError(
                 f"database schema version {before} is newer than this bridge knows "
                 f"({SCHEMA_VERSION}): upgrade the bridge"
             )
+        if before == SCHEMA_VERSION:
+            return before, before  # no DDL: a role without CREATE rights may run the bridge
+        await conn.execute("CREATE TABLE IF NOT EXISTS bridge_schema (version integer NOT NULL)")
         for step in range(before, SCHEMA_VERSION):
             await conn.execute(MIGRATIONS[step])
-        if before < SCHEMA_VERSION:
-            await conn.execute("DELETE FROM bridge_schema")
-            await conn.execute("INSERT INTO bridge_schema VALUES ($1)", SCHEMA_VERSION)
+        await conn.execute("DELETE FROM bridge_schema")
+        await conn.execute("INSERT INTO bridge_schema VALUES ($1)", SCHEMA_VERSION)
     return before, SCHEMA_VERSION
 
 
