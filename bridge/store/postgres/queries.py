@@ -69,16 +69,13 @@ class Intake:
     dead: DeadReason | None
 
 
-_MESSAGES = """
-WITH src AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[],
-                         $6::float8[], $7::integer[], $8::bytea[])
-        AS s(webhook_id, message_id, destination, user_id, due_at, enqueued_at, rank, payload)
-), ins AS (
+#: Messages into ``messages`` (and their bodies), from a CTE ``src`` the statement defines.
+_UPSERT = """
+ins AS (
     INSERT INTO messages AS m
         (webhook_id, message_id, destination, user_id, state, due_at, enqueued_at, rank)
     SELECT webhook_id, message_id, destination, user_id, 'pending', due_at, enqueued_at, rank
-    FROM src
+    FROM src ORDER BY n
     ON CONFLICT (message_id) DO UPDATE SET
         webhook_id = EXCLUDED.webhook_id, destination = EXCLUDED.destination,
         user_id = EXCLUDED.user_id, rank = EXCLUDED.rank,
@@ -90,47 +87,95 @@ WITH src AS (
     SELECT ins.id, src.payload FROM ins JOIN src USING (message_id)
     ON CONFLICT (id) DO UPDATE SET payload = EXCLUDED.payload
 )
-SELECT message_id, inserted FROM ins
-"""
+SELECT (SELECT array_agg(message_id) FILTER (WHERE inserted) FROM ins),
+       (SELECT array_agg(message_id) FILTER (WHERE NOT inserted) FROM ins)"""
+
+#: The whole batch in ONE statement (one round trip, atomic without BEGIN/COMMIT): webhook ids
+#: drawn in order, the webhooks, the dead letters, the messages of the first round.
+_BATCH = (
+    """
+WITH w AS MATERIALIZED (
+    SELECT nextval('webhooks_id_seq') AS id, u.*
+    FROM unnest($1::text[], $2::text[], $3::float8[], $4::bytea[]) WITH ORDINALITY
+        AS u(code, portal_id, received_at, raw_body, ord)
+), hooks AS (
+    INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)
+    SELECT id, code, portal_id, received_at, raw_body FROM w
+), dead AS (
+    INSERT INTO dead_letters (webhook_id, reason, detail, attempts, created_at)
+    SELECT w.id, d.reason, d.detail, 0, w.received_at
+    FROM unnest($5::bigint[], $6::text[], $7::text[]) AS d(ord, reason, detail)
+    JOIN w USING (ord)
+), src AS (
+    SELECT w.id AS webhook_id, s.message_id, s.destination, s.user_id,
+           w.received_at + s.hold AS due_at, w.received_at AS enqueued_at, s.rank, s.payload, s.n
+    FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::float8[],
+                $13::integer[], $14::bytea[]) WITH ORDINALITY
+        AS s(ord, message_id, destination, user_id, hold, rank, payload, n)
+    JOIN w USING (ord)
+), """
+    + _UPSERT
+    + """,
+       (SELECT array_agg(id ORDER BY ord) FROM w)
+"""  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
+)
+
+#: A later round (a messageId that occurs again in the batch), with the webhook ids known.
+_ROUND = (
+    """
+WITH src AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[],
+                         $6::float8[], $7::integer[], $8::bytea[]) WITH ORDINALITY
+        AS s(webhook_id, message_id, destination, user_id, due_at, enqueued_at, rank, payload, n)
+), """  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
+    + _UPSERT
+)
 
 
 async def enqueue(conn: Conn, batch: Sequence[Intake]) -> list[EnqueueReceipt]:
-    """Store every webhook of ``batch`` and its messages (inside the caller's transaction).
+    """Store every webhook of ``batch`` and its messages atomically.
 
     A messageId is stored once (``ON CONFLICT``); a pending one with a lower rank takes the new
     version in place (superseded). A messageId that occurs twice in the batch is applied in
     rounds (the n-th occurrence in round n), exactly as if the calls had committed one by one:
-    one INSERT cannot touch a row twice.
+    one INSERT cannot touch a row twice. The usual batch is one statement, so one round trip
+    and no explicit transaction; more rounds share a transaction.
     """
-    ids: list[int] = await conn.fetchval(
-        "SELECT array_agg(nextval('webhooks_id_seq')) FROM generate_series(1, $1)", len(batch)
-    )
-    await conn.execute(
-        "INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)"
-        " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::bytea[])",
-        ids,
+    rounds = _rounds(batch)
+    if len(rounds) <= 1:
+        return await _enqueue(conn, batch, rounds)
+    async with conn.transaction():
+        return await _enqueue(conn, batch, rounds)
+
+
+async def _enqueue(
+    conn: Conn, batch: Sequence[Intake], rounds: list[list[tuple[int, OutgoingMessage]]]
+) -> list[EnqueueReceipt]:
+    first = rounds[0] if rounds else []
+    dead = [(i + 1, item.dead) for i, item in enumerate(batch) if item.dead is not None]
+    stored_ids, superseded_ids, ids = await conn.fetchrow(
+        _BATCH,
         [_clean(item.webhook.code) for item in batch],
         [_clean(item.webhook.portal_id) for item in batch],
         [item.webhook.received_at for item in batch],
         [item.webhook.raw_body for item in batch],
+        [ordinal for ordinal, _ in dead],
+        [_text(reason.reason, 200) for _, reason in dead],
+        [_text(reason.detail) for _, reason in dead],
+        [index + 1 for index, _ in first],
+        [_clean(m.message_id) for _, m in first],
+        [_clean(m.destination) for _, m in first],
+        [_clean(m.user_id) for _, m in first],
+        [m.hold_secs for _, m in first],
+        [m.rank for _, m in first],
+        [m.payload for _, m in first],
     )
-    dead = [(ids[i], item) for i, item in enumerate(batch) if item.dead is not None]
-    if dead:
-        await conn.execute(
-            "INSERT INTO dead_letters (webhook_id, reason, detail, attempts, created_at)"
-            " SELECT w, r, d, 0, t FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[])"
-            " AS u(w, r, d, t)",
-            [row for row, _ in dead],
-            [_text(item.dead.reason, 200) for _, item in dead if item.dead is not None],
-            [_text(item.dead.detail) for _, item in dead if item.dead is not None],
-            [item.webhook.received_at for _, item in dead],
-        )
     stored = [0] * len(batch)
     superseded = [0] * len(batch)
-    for round_ in _rounds(batch):
-        owner = {_clean(message.message_id): index for index, message in round_}
-        rows = await conn.fetch(
-            _MESSAGES,
+    _tally(first, stored_ids, superseded_ids, stored, superseded)
+    for round_ in rounds[1:]:
+        more_stored, more_superseded = await conn.fetchrow(
+            _ROUND,
             [ids[index] for index, _ in round_],
             [_clean(m.message_id) for _, m in round_],
             [_clean(m.destination) for _, m in round_],
@@ -140,11 +185,7 @@ async def enqueue(conn: Conn, batch: Sequence[Intake]) -> list[EnqueueReceipt]:
             [m.rank for _, m in round_],
             [m.payload for _, m in round_],
         )
-        for message_id, inserted in rows:
-            if inserted:
-                stored[owner[message_id]] += 1
-            else:
-                superseded[owner[message_id]] += 1
+        _tally(round_, more_stored, more_superseded, stored, superseded)
     return [
         EnqueueReceipt(
             webhook_ref(ids[i]),
@@ -154,6 +195,21 @@ async def enqueue(conn: Conn, batch: Sequence[Intake]) -> list[EnqueueReceipt]:
         )
         for i, item in enumerate(batch)
     ]
+
+
+def _tally(
+    round_: Sequence[tuple[int, OutgoingMessage]],
+    stored_ids: Sequence[str] | None,
+    superseded_ids: Sequence[str] | None,
+    stored: list[int],
+    superseded: list[int],
+) -> None:
+    """Count each returned messageId for the webhook it came with (unique within a round)."""
+    owner = {_clean(message.message_id): index for index, message in round_}
+    for message_id in stored_ids or ():
+        stored[owner[message_id]] += 1
+    for message_id in superseded_ids or ():
+        superseded[owner[message_id]] += 1
 
 
 def _rounds(batch: Sequence[Intake]) -> list[list[tuple[int, OutgoingMessage]]]:
