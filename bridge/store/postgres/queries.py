@@ -113,11 +113,11 @@ WITH w AS MATERIALIZED (
                 $13::integer[], $14::bytea[]) WITH ORDINALITY
         AS s(ord, message_id, destination, user_id, hold, rank, payload, n)
     JOIN w USING (ord)
-), """
+), """  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
     + _UPSERT
     + """,
        (SELECT array_agg(id ORDER BY ord) FROM w)
-"""  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
+"""
 )
 
 #: A later round (a messageId that occurs again in the batch), with the webhook ids known.
