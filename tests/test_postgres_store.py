@@ -143,7 +143,6 @@ class TestMigrations:
         with pytest.raises(StorageUnavailableError, match="newer than this bridge"):
             await opener()
 
-
     async def test_a_role_without_ddl_rights_runs_a_migrated_database(
         self, opener: Opener, url: str, postgres: Cluster
     ) -> None:
@@ -177,6 +176,33 @@ class TestUnavailable:
             await store.open()
         assert "hunter2" not in str(caught.value)
         assert "connect to PostgreSQL" in str(caught.value)
+
+    async def test_an_outcome_that_failed_to_write_applies_when_retried(
+        self, opener: Opener, postgres: Cluster
+    ) -> None:
+        """The lease token is kept when the ack cannot be written (database down), so the
+        delivery loop's retry still marks the message delivered once the database is back;
+        meanwhile calls fail fast (backoff) instead of each opening a connection."""
+        store = await opener()
+        await store.enqueue(hook(), [message(1)])
+        claimed = await store.claim(now=T0, limit=10, lease_secs=LEASE)
+        postgres.pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
+        try:
+            with pytest.raises(StorageUnavailableError):
+                await store.ack([m.id for m in claimed], now=T0)
+            with pytest.raises(StorageUnavailableError, match="next try in"):
+                await store.ack([m.id for m in claimed], now=T0)
+        finally:
+            postgres.ensure_running()
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await store.ack([m.id for m in claimed], now=T0)
+                    break
+                except StorageUnavailableError:
+                    await asyncio.sleep(0.1)  # the pool reconnects; the backoff lets it try
+        stats = await store.stats(now=T0, since=0)
+        assert (stats.in_flight, stats.delivered_total) == (0, 1)
 
     async def test_a_closed_store_refuses(self, opener: Opener) -> None:
         store = await opener()

@@ -15,6 +15,11 @@ Why the schema looks like this (it mirrors SQLite's v3 so the two stores behave 
   are counted through their partial index (small when delivery keeps up); the lifetime delivered
   total lives in 16 ``delivered_counts`` shards, each ack adding to one chosen at random.
 * Bodies live in ``message_payloads`` (written once), so the state changes rewrite ~100-byte rows.
+* Intake writes each webhook and its messages in one statement, so ``messages.webhook_id`` has
+  no foreign key: its check cost about a fifth of the insert (measured with EXPLAIN ANALYZE on
+  250-webhook batches), and the one statement that writes both rows cannot break the link.
+  Bodies are compressed with lz4 where the server has it (pglz, the default, cost a third of
+  the webhook insert).
 * Queue tables vacuum early (scale factors 0.01/0.02 instead of 0.2): a queue is mostly dead rows.
 * ``bridge_schema`` holds the version; :data:`MIGRATIONS` one script per step, applied in one
   transaction under ``pg_advisory_xact_lock`` so replicas starting together do not race (a
@@ -44,7 +49,7 @@ CREATE TABLE webhooks (
 );
 CREATE TABLE messages (
     id           bigserial PRIMARY KEY,
-    webhook_id   bigint NOT NULL REFERENCES webhooks(id),
+    webhook_id   bigint NOT NULL,  -- webhooks(id); no FK: see the module docstring
     message_id   text NOT NULL UNIQUE,
     destination  text NOT NULL,
     user_id      text NOT NULL,
@@ -85,6 +90,12 @@ CREATE TABLE delivered_counts (
     last_at double precision
 );
 INSERT INTO delivered_counts (shard) SELECT generate_series(0, {SHARDS - 1});
+DO $lz4$ BEGIN
+    ALTER TABLE webhooks ALTER COLUMN raw_body SET COMPRESSION lz4;
+    ALTER TABLE message_payloads ALTER COLUMN payload SET COMPRESSION lz4;
+EXCEPTION WHEN others THEN
+    NULL;  -- a server built without lz4 keeps its default (pglz)
+END $lz4$;
 """
 
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
