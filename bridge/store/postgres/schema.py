@@ -137,9 +137,12 @@ async def migrate(conn: Any) -> tuple[int, int]:
 
 
 #: What asyncpg and the OS raise when PostgreSQL cannot do the job now (translated below).
+#: InternalClientError: asyncpg's protocol state broke with the connection (seen when the pool
+#: resets a connection whose server died mid-query, ``pg_ctl restart`` under load).
 FOREIGN_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
@@ -180,6 +183,7 @@ def is_connection_problem(exc: BaseException | None) -> bool:
         exc,
         asyncpg.PostgresConnectionError
         | asyncpg.InterfaceError
+        | asyncpg.InternalClientError
         | asyncpg.OperatorInterventionError
         | asyncpg.ReadOnlySQLTransactionError
         | OSError
