@@ -127,6 +127,35 @@ class TestSharing:
         assert await store.dead_letters(DeadLetterFilter()) == []
 
 
+class TestCounters:
+    async def test_the_sharded_counts_agree_with_the_rows(self, opener: Opener, url: str) -> None:
+        """stats() reads counters instead of counting a million rows; after every kind of
+        change (intake, duplicates, supersede, claim, ack, retry, bury, replay, prune) they
+        agree with a real count."""
+        a, b = await opener(), await opener()
+        await a.enqueue(hook(1), [message(n) for n in range(30)])
+        await b.enqueue(hook(2), [message(n) for n in range(20, 40)])  # 10 duplicates
+        first = await a.claim(now=T0, limit=15, lease_secs=LEASE)
+        second = await b.claim(now=T0, limit=15, lease_secs=LEASE)
+        await a.ack([m.id for m in first[:10]], now=T0)
+        await a.retry_later([m.id for m in first[10:]], T0, "503", now=T0)
+        await b.bury([m.id for m in second[:5]], DeadReason("rejected", "400"), "400", now=T0)
+        await b.ack([m.id for m in second[5:]], now=T0)
+        outcome = await a.replay(DeadLetterFilter(), lambda webhook: [message(99)], now=T0)
+        assert outcome.messages == 1
+        await a.prune_delivered(before=T0 + 1)
+        stats = await a.stats(now=T0, since=0)
+        conn = await asyncpg.connect(url)
+        try:
+            opened = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE state IN ('pending', 'inflight')"
+            )
+        finally:
+            await conn.close()
+        assert stats.pending + stats.in_flight == opened == 40 - 20 - 5 + 1
+        assert stats.delivered_total == 20
+
+
 class TestMigrations:
     async def test_replicas_starting_together_migrate_once(self, opener: Opener) -> None:
         stores = await asyncio.gather(*(opener() for _ in range(4)))

@@ -51,6 +51,11 @@ def _clean(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "\ufffd")
 
 
+def _shard() -> int:
+    """The ``counts`` row a statement adds to: random, so concurrent writers rarely meet."""
+    return random.randrange(SHARDS)  # noqa: S311 - spreads counter writes, not a secret
+
+
 def _count(status: str) -> int:
     """Rows touched, from a command tag such as ``UPDATE 3``."""
     tail = status.rsplit(" ", 1)[-1]
@@ -86,6 +91,9 @@ ins AS (
     INSERT INTO message_payloads (id, payload)
     SELECT ins.id, src.payload FROM ins JOIN src USING (message_id)
     ON CONFLICT (id) DO UPDATE SET payload = EXCLUDED.payload
+), counted AS (
+    UPDATE counts SET open = open + (SELECT count(*) FROM ins WHERE inserted)
+    WHERE shard = $SHARD AND EXISTS (SELECT 1 FROM ins WHERE inserted)
 )
 SELECT (SELECT array_agg(message_id) FILTER (WHERE inserted) FROM ins),
        (SELECT array_agg(message_id) FILTER (WHERE NOT inserted) FROM ins)"""
@@ -114,7 +122,7 @@ WITH w AS MATERIALIZED (
         AS s(ord, message_id, destination, user_id, hold, rank, payload, n)
     JOIN w USING (ord)
 ), """  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
-    + _UPSERT
+    + _UPSERT.replace("$SHARD", "$15")
     + """,
        (SELECT array_agg(id ORDER BY ord) FROM w)
 """
@@ -128,7 +136,7 @@ WITH src AS (
                          $6::float8[], $7::integer[], $8::bytea[]) WITH ORDINALITY
         AS s(webhook_id, message_id, destination, user_id, due_at, enqueued_at, rank, payload, n)
 ), """  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
-    + _UPSERT
+    + _UPSERT.replace("$SHARD", "$9")
 )
 
 
@@ -169,6 +177,7 @@ async def _enqueue(
         [m.hold_secs for _, m in first],
         [m.rank for _, m in first],
         [m.payload for _, m in first],
+        _shard(),
     )
     stored = [0] * len(batch)
     superseded = [0] * len(batch)
@@ -184,6 +193,7 @@ async def _enqueue(
             [batch[i].webhook.received_at for i, _ in round_],
             [m.rank for _, m in round_],
             [m.payload for _, m in round_],
+            _shard(),
         )
         _tally(round_, more_stored, more_superseded, stored, superseded)
     return [
@@ -288,14 +298,14 @@ async def ack(conn: Conn, leases: Sequence[tuple[int, int]], now: float) -> int:
             WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'
             RETURNING 1
         )
-        UPDATE delivered_counts SET n = n + (SELECT count(*) FROM done),
-            last_at = greatest(last_at, $3)
+        UPDATE counts SET open = open - (SELECT count(*) FROM done),
+            delivered = delivered + (SELECT count(*) FROM done), last_at = greatest(last_at, $3)
         WHERE shard = $4 AND EXISTS (SELECT 1 FROM done)
         """,
         ids,
         tokens,
         now,
-        random.randrange(SHARDS),  # noqa: S311 - spreads counter writes, not a secret
+        _shard(),
     )
     return _count(status)
 
@@ -328,9 +338,13 @@ async def bury(
             FROM unnest($1::bigint[], $2::bigint[]) AS f(id, lease)
             WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'
             RETURNING m.id, m.webhook_id, m.attempts
+        ), letters AS (
+            INSERT INTO dead_letters
+                (webhook_id, message_row, reason, detail, attempts, created_at)
+            SELECT webhook_id, id, $4, $5, attempts, $6 FROM buried
         )
-        INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts, created_at)
-        SELECT webhook_id, id, $4, $5, attempts, $6 FROM buried
+        UPDATE counts SET open = open - (SELECT count(*) FROM buried)
+        WHERE shard = $7 AND EXISTS (SELECT 1 FROM buried)
         """,
         ids,
         tokens,
@@ -338,6 +352,7 @@ async def bury(
         _text(dead.reason, 200),
         _text(dead.detail),
         now,
+        _shard(),
     )
     return _count(status)
 
@@ -391,12 +406,12 @@ async def check_writable(conn: Conn) -> str | None:
 
 _STATS = """
 SELECT
-    (SELECT count(*) FROM messages WHERE state IN ('pending', 'inflight')),
+    (SELECT coalesce(sum(open), 0) FROM counts),
     (SELECT count(*) FROM messages WHERE state = 'inflight'),
     (SELECT min(enqueued_at) FROM messages WHERE state IN ('pending', 'inflight')),
     (SELECT count(*) FROM messages WHERE state = 'delivered' AND delivered_at >= $1),
-    (SELECT coalesce(sum(n), 0) FROM delivered_counts),
-    (SELECT max(last_at) FROM delivered_counts),
+    (SELECT coalesce(sum(delivered), 0) FROM counts),
+    (SELECT max(last_at) FROM counts),
     (SELECT coalesce(json_object_agg(reason, n), '{}')::text
        FROM (SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason) AS d),
     (SELECT sum(pg_total_relation_size(t)) FROM unnest(ARRAY['webhooks', 'messages',
@@ -405,8 +420,8 @@ SELECT
 
 
 async def stats(conn: Conn, since: float) -> StoreStats:
-    """One statement, one snapshot: the numbers agree with each other. Open rows are counted
-    through their partial index; the lifetime total comes from the sharded counters."""
+    """One statement, one snapshot: the numbers agree with each other. Open and delivered
+    totals come from the sharded counters; only the few in-flight rows are counted."""
     row = await conn.fetchrow(_STATS, since)
     opened, in_flight, oldest, recent, total, last, dead, size = row
     return StoreStats(
@@ -496,6 +511,8 @@ async def replay_chunk(
             made += await _revive_or_insert(conn, webhook, message, now)
         await delete_letters(conn, [letter])  # may already be gone: reviving removed it
         replayed += 1
+    if made:  # once per chunk, last: the counter row stays locked only until the commit
+        await conn.execute("UPDATE counts SET open = open + $1 WHERE shard = $2", made, _shard())
     return replayed, still_dead, made
 
 
