@@ -1,5 +1,6 @@
 """PostgreSQL: intake at 64 connections and the drain of a backlog, with one and two ``serve``
-processes sharing one database, beside the SQLite figures of the same report.
+processes sharing one database, and the same two measurements on SQLite in the same run (the
+machine's load changes between runs; within one run the backends are compared fairly).
 
 A throwaway cluster (tests/pgcluster.py) runs on this machine with production durability
 (``fsync``, ``synchronous_commit`` and ``full_page_writes`` on) and otherwise default settings.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ CONNECTIONS = 64
 
 @dataclass
 class IntakePoint:
+    backend: str
     replicas: int
     rate: float
     p50_ms: float
@@ -40,6 +43,7 @@ class IntakePoint:
 
 @dataclass
 class DrainPoint:
+    backend: str
     replicas: int
     count: int
     build_secs: float
@@ -61,8 +65,19 @@ class PostgresResult:
     profile: profile.Profile | None = None
 
 
+SQLITE = "sqlite"  # in place of a URL: the same measurement on SQLite, in the same run
+
+
 def _config(url: str, fake_url: str) -> dict[str, object]:
+    if url == SQLITE:
+        return procs.bridge_config(OUT / "pg-beside.db", procs.free_port(), fake_url)
     return procs.bridge_config(OUT / "unused.db", procs.free_port(), fake_url, storage={"url": url})
+
+
+def _fresh_sqlite() -> str:
+    for stale in OUT.glob("pg-beside.db*"):
+        stale.unlink()
+    return SQLITE
 
 
 def _postgres_cpu(cluster: Cluster) -> float:
@@ -82,8 +97,8 @@ def _postgres_cpu(cluster: Cluster) -> float:
     return total
 
 
-def _intake(cluster: Cluster, replicas: int, seconds: float) -> IntakePoint:
-    url = cluster.new_database()
+def _intake(cluster: Cluster, replicas: int, seconds: float, sqlite: bool = False) -> IntakePoint:
+    url = _fresh_sqlite() if sqlite else cluster.new_database()
     with procs.running(procs.fake_segment(f"fake-pg-intake{replicas}")) as fake:
         bridges = [
             procs.bridge(f"bridge-pg-intake{replicas}-{n}", _config(url, fake.url))
@@ -110,8 +125,13 @@ def _intake(cluster: Cluster, replicas: int, seconds: float) -> IntakePoint:
         finally:
             for bridge in bridges:
                 bridge.stop()
-    stored = int(cluster.psql(url.rsplit("/", 1)[1], "SELECT count(*) FROM webhooks"))
+    if sqlite:
+        with sqlite3.connect(OUT / "pg-beside.db") as conn:
+            stored = int(conn.execute("SELECT count(*) FROM webhooks").fetchone()[0])
+    else:
+        stored = int(cluster.psql(url.rsplit("/", 1)[1], "SELECT count(*) FROM webhooks"))
     return IntakePoint(
+        backend="SQLite" if sqlite else "PostgreSQL",
         replicas=replicas,
         rate=sum(r.rate for r in runs),
         p50_ms=max(r.p50_ms for r in runs),
@@ -138,13 +158,21 @@ async def _build(url: str, count: int, tag: str) -> None:
 
 
 def _drain(
-    cluster: Cluster, replicas: int, count: int, profile_out: Path | None = None
+    cluster: Cluster,
+    replicas: int,
+    count: int,
+    profile_out: Path | None = None,
+    sqlite: bool = False,
 ) -> tuple[DrainPoint, profile.Profile | None]:
-    url = cluster.new_database()
-    started = time.perf_counter()
-    asyncio.run(_build(url, count, f"pgdrain{replicas}"))
-    build_secs = time.perf_counter() - started
-    cluster.psql(url.rsplit("/", 1)[1], "VACUUM ANALYZE")
+    if sqlite:
+        url = _fresh_sqlite()
+        build_secs = backlog.build(OUT / "pg-beside.db", count, "pgdrain-sqlite")
+    else:
+        url = cluster.new_database()
+        started = time.perf_counter()
+        asyncio.run(_build(url, count, f"pgdrain{replicas}"))
+        build_secs = time.perf_counter() - started
+        cluster.psql(url.rsplit("/", 1)[1], "VACUUM ANALYZE")
     summary = None
     with procs.running(procs.fake_segment(f"fake-pg-drain{replicas}")) as fake:
         pg_cpu = _postgres_cpu(cluster)
@@ -177,7 +205,10 @@ def _drain(
             for bridge in bridges:
                 bridge.stop()
     assert first is not None
-    point = DrainPoint(replicas, count, build_secs, now - started, now - first, bridge_cpu, pg_cpu)
+    backend = "SQLite" if sqlite else "PostgreSQL"
+    point = DrainPoint(
+        backend, replicas, count, build_secs, now - started, now - first, bridge_cpu, pg_cpu
+    )
     return point, summary
 
 
@@ -185,8 +216,11 @@ def run(count: int, seconds: float, with_profile: bool) -> PostgresResult:
     cluster = Cluster().start(durable=True)
     try:
         result = PostgresResult(server_version=cluster.psql("postgres", "SHOW server_version"))
+        result.intake.append(_intake(cluster, 1, seconds, sqlite=True))
         for replicas in (1, 2):
             result.intake.append(_intake(cluster, replicas, seconds))
+        point, _ = _drain(cluster, 1, count, sqlite=True)
+        result.drain.append(point)
         for replicas in (1, 2):
             out = OUT / "pg-drain.profile.txt" if with_profile and replicas == 1 else None
             point, summary = _drain(cluster, replicas, count, out)

@@ -238,42 +238,46 @@ def e2e_section(res: e2e.E2EResult, fig: dict[str, Any]) -> list[str]:
 
 
 def postgres_section(res: postgres.PostgresResult, sizes: Sizes, fig: dict[str, Any]) -> list[str]:
-    lines = ["## 5. PostgreSQL: one and two replicas on one database", ""]
+    lines = ["## 5. PostgreSQL: one and two replicas on one database, SQLite beside", ""]
     lines += [
         f"PostgreSQL {res.server_version}, a throwaway cluster on this machine (fsync, "
         "synchronous_commit and full_page_writes on; other settings default), sharing the two "
         "cores with the bridges, wrk and the fake Segment. Intake: the same wrk load as section "
         f"1 at {postgres.CONNECTIONS} connections, {sizes.intake_secs:g} s after a 2 s warm-up; "
         f"with two replicas two wrk processes drive {postgres.CONNECTIONS // 2} connections "
-        "each (rates added, the larger p99 shown).",
+        "each (rates added, the larger p99 shown). The SQLite rows are measured in the same "
+        f"run, under the same load, with the same harness; load average at the end: "
+        f"{os.getloadavg()[0]:.1f}.",
         "",
-        "| replicas | webhooks/s | p50 ms | p99 ms | errors | acknowledged | stored |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| store | replicas | webhooks/s | p50 ms | p99 ms | errors | acknowledged | stored |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in res.intake:
         lines.append(
-            f"| {p.replicas} | {report.fmt(p.rate)} | {report.fmt(p.p50_ms)} | "
+            f"| {p.backend} | {p.replicas} | {report.fmt(p.rate)} | {report.fmt(p.p50_ms)} | "
             f"{report.fmt(p.p99_ms)} | {p.errors} | {p.acknowledged:,} | {p.stored:,} |"
         )
-        fig[f"pg intake x{p.replicas} c{postgres.CONNECTIONS} webhooks/s"] = round(p.rate, 1)
-        fig[f"pg intake x{p.replicas} p99 ms"] = round(p.p99_ms, 2)
+        key = f"{'pg' if p.backend == 'PostgreSQL' else 'sqlite'} intake x{p.replicas}"
+        fig[f"{key} c{postgres.CONNECTIONS} webhooks/s"] = round(p.rate, 1)
+        fig[f"{key} p99 ms"] = round(p.p99_ms, 2)
     lines += [
         "",
         f"Drain of a {sizes.drain_count:,}-message backlog (built through "
         "`PostgresStore.enqueue`), timed from the first `serve` start until the fake Segment "
         "counted every messageId; default delivery settings.",
         "",
-        "| replicas | messages | build s | seconds | messages/s | from first arrival | "
+        "| store | replicas | messages | build s | seconds | messages/s | from first arrival | "
         "bridge CPU s | PostgreSQL CPU s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for d in res.drain:
         lines.append(
-            f"| {d.replicas} | {d.count:,} | {d.build_secs:.1f} | {d.secs:.2f} | "
+            f"| {d.backend} | {d.replicas} | {d.count:,} | {d.build_secs:.1f} | {d.secs:.2f} | "
             f"{report.fmt(d.rate)} | {report.fmt(d.count / d.first_secs)} | "
             f"{d.bridge_cpu_secs:.1f} | {d.postgres_cpu_secs:.1f} |"
         )
-        fig[f"pg drain x{d.replicas} msg/s"] = round(d.rate, 1)
+        key = f"{'pg' if d.backend == 'PostgreSQL' else 'sqlite'} drain x{d.replicas}"
+        fig[f"{key} msg/s"] = round(d.rate, 1)
     two = res.drain[-1].rate if res.drain else 0.0
     lines += [
         "",
