@@ -99,11 +99,12 @@ class TestOperatorCommands:
         assert SECRET not in out.getvalue()
 
     def test_an_unreachable_database_is_reported_with_the_password_masked(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
         monkeypatch.setenv("BRIDGE_STORAGE__URL", f"postgresql://u:{SECRET}@127.0.0.1:1/d")
         monkeypatch.setenv("BRIDGE_STORAGE__CONNECT_TIMEOUT_SECS", "2")
         out = io.StringIO()
         assert cli.main(["--config", str(write(tmp_path, "")), "stats"], out=out) == 1
-        assert "storage unavailable" in out.getvalue()
-        assert SECRET not in out.getvalue()
+        err = capsys.readouterr().err
+        assert "storage unavailable" in err
+        assert SECRET not in err + out.getvalue()
