@@ -15,7 +15,7 @@ RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint format typecheck pytest bench bench-deps clean packaging-deps
-.PHONY: monitoring-deps image-deps image-test lock
+.PHONY: monitoring-deps image-deps image-test lock postgres-deps
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 # Branch coverage of bridge/ (with the serve subprocesses) and a floor: 90 % (92.7 % when set).
-pytest: $(TEST_STAMP)
+pytest: $(TEST_STAMP) postgres-deps
 	$(BIN)/pytest -q --cov=bridge --cov-branch --cov-report=term:skip-covered --cov-fail-under=90
 
 test: lint typecheck pytest
@@ -104,6 +104,15 @@ lock: $(TEST_STAMP)
 	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/pip-compile --quiet --upgrade \
 	  --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
 	  --output-file requirements.lock pyproject.toml
+
+# PostgreSQL server programs (Debian package postgresql) for the tests' throwaway cluster
+# (tests/pgcluster.py). Installed when missing and root; otherwise the tests fail naming this
+# command (never a skip).
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	  else echo "postgres-deps: the tests need PostgreSQL (Debian/Ubuntu: sudo apt-get install postgresql)" >&2; fi; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -2,10 +2,11 @@
 
     python -m bench.run            # the full run (about 5 minutes on 2 cores)
     python -m bench.run --quick    # smaller and shorter, writes bench/out/benchmarks-quick.md
-    python -m bench.run --only intake,drain
+    python -m bench.run --only intake,drain   # a part only: bench/out/benchmarks-partial.md
+    python -m bench.run --only postgres      # PostgreSQL, 1 and 2 replicas (bench/postgres.py)
 
-Order: intake, drain, memory, end-to-end. Each part starts its own processes and stops them,
-so the parts do not disturb each other. Every wait is bounded.
+Order: intake, drain, memory, end-to-end, PostgreSQL. Each part starts its own processes and
+stops them, so the parts do not disturb each other. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
-from bench import drain, e2e, intake, memory, profile, report, wrk
+from bench import drain, e2e, intake, memory, postgres, profile, report, wrk
 from bench.procs import OUT, REPO
 
-PARTS = ("intake", "drain", "memory", "e2e")
+PARTS = ("intake", "drain", "memory", "e2e", "postgres")
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,59 @@ def e2e_section(res: e2e.E2EResult, fig: dict[str, Any]) -> list[str]:
     ]
 
 
+def postgres_section(res: postgres.PostgresResult, sizes: Sizes, fig: dict[str, Any]) -> list[str]:
+    lines = ["## 5. PostgreSQL: one and two replicas on one database, SQLite beside", ""]
+    lines += [
+        f"PostgreSQL {res.server_version}, a throwaway cluster on this machine (fsync, "
+        "synchronous_commit and full_page_writes on; other settings default), sharing the two "
+        "cores with the bridges, wrk and the fake Segment. Intake: the same wrk load as section "
+        f"1 at {postgres.CONNECTIONS} connections, {sizes.intake_secs:g} s after a 2 s warm-up; "
+        f"with two replicas two wrk processes drive {postgres.CONNECTIONS // 2} connections "
+        "each (rates added, the larger p99 shown). The SQLite rows are measured in the same "
+        f"run, under the same load, with the same harness; load average at the end: "
+        f"{os.getloadavg()[0]:.1f}.",
+        "",
+        "| store | replicas | webhooks/s | p50 ms | p99 ms | errors | acknowledged | stored |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in res.intake:
+        lines.append(
+            f"| {p.backend} | {p.replicas} | {report.fmt(p.rate)} | {report.fmt(p.p50_ms)} | "
+            f"{report.fmt(p.p99_ms)} | {p.errors} | {p.acknowledged:,} | {p.stored:,} |"
+        )
+        key = f"{'pg' if p.backend == 'PostgreSQL' else 'sqlite'} intake x{p.replicas}"
+        fig[f"{key} c{postgres.CONNECTIONS} webhooks/s"] = round(p.rate, 1)
+        fig[f"{key} p99 ms"] = round(p.p99_ms, 2)
+    lines += [
+        "",
+        f"Drain of a {sizes.drain_count:,}-message backlog (built through "
+        "`PostgresStore.enqueue`), timed from the first `serve` start until the fake Segment "
+        "counted every messageId; default delivery settings.",
+        "",
+        "| store | replicas | messages | build s | seconds | messages/s | from first arrival | "
+        "bridge CPU s | PostgreSQL CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d in res.drain:
+        lines.append(
+            f"| {d.backend} | {d.replicas} | {d.count:,} | {d.build_secs:.1f} | {d.secs:.2f} | "
+            f"{report.fmt(d.rate)} | {report.fmt(d.count / d.first_secs)} | "
+            f"{d.bridge_cpu_secs:.1f} | {d.postgres_cpu_secs:.1f} |"
+        )
+        key = f"{'pg' if d.backend == 'PostgreSQL' else 'sqlite'} drain x{d.replicas}"
+        fig[f"{key} msg/s"] = round(d.rate, 1)
+    two = res.drain[-1].rate if res.drain else 0.0
+    lines += [
+        "",
+        f"Target: drain >= 10,000 messages/s with two replicas: {verdict(two >= 10_000)}.",
+    ]
+    lines.append("")
+    if res.profile is not None:
+        lines += ["### PostgreSQL drain profile (py-spy, 5 s, one replica)", ""]
+        lines += profile.table(res.profile)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small and short (a smoke run)")
@@ -277,9 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     if "e2e" in parts:
         print("end-to-end ...", flush=True)
         sections += e2e_section(e2e.run(sizes.e2e_rate, sizes.e2e_secs), figures)
+    if "postgres" in parts:
+        print("postgres ...", flush=True)
+        res_p = postgres.run(sizes.drain_count, sizes.intake_secs, with_profile)
+        sections += postgres_section(res_p, sizes, figures)
     elapsed = time.monotonic() - started
     sections.append(f"The whole run took {elapsed / 60:.1f} minutes.\n")
     target = OUT / "benchmarks-quick.md" if args.quick else REPO / "docs" / "benchmarks.md"
+    if set(parts) != set(PARTS):  # a partial run must not replace the full report
+        target = OUT / "benchmarks-partial.md"
     report.write(target, machine(command), sections, figures)
     for stale in OUT.glob("*.db*"):
         stale.unlink()

@@ -41,6 +41,21 @@ def _text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text[:limit].replace("\x00", "\ufffd")
 
 
+def _clean(text: str | None) -> str | None:
+    """An identifier (user, portal, code, messageId) as PostgreSQL text, which cannot hold NUL.
+
+    A NUL inside an id is hostile input that SQLite would store; refusing it here would answer
+    503 for ever, so it becomes U+FFFD in these informational columns. The payload and the raw
+    body (bytea) keep every byte: what Segment receives is unchanged.
+    """
+    return None if text is None else text.replace("\x00", "\ufffd")
+
+
+def _shard() -> int:
+    """The ``counts`` row a statement adds to: random, so concurrent writers rarely meet."""
+    return random.randrange(SHARDS)  # noqa: S311 - spreads counter writes, not a secret
+
+
 def _count(status: str) -> int:
     """Rows touched, from a command tag such as ``UPDATE 3``."""
     tail = status.rsplit(" ", 1)[-1]
@@ -59,16 +74,13 @@ class Intake:
     dead: DeadReason | None
 
 
-_MESSAGES = """
-WITH src AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[],
-                         $6::float8[], $7::integer[], $8::bytea[])
-        AS s(webhook_id, message_id, destination, user_id, due_at, enqueued_at, rank, payload)
-), ins AS (
+#: Messages into ``messages`` (and their bodies), from a CTE ``src`` the statement defines.
+_UPSERT = """
+ins AS (
     INSERT INTO messages AS m
         (webhook_id, message_id, destination, user_id, state, due_at, enqueued_at, rank)
     SELECT webhook_id, message_id, destination, user_id, 'pending', due_at, enqueued_at, rank
-    FROM src
+    FROM src ORDER BY n
     ON CONFLICT (message_id) DO UPDATE SET
         webhook_id = EXCLUDED.webhook_id, destination = EXCLUDED.destination,
         user_id = EXCLUDED.user_id, rank = EXCLUDED.rank,
@@ -79,62 +91,111 @@ WITH src AS (
     INSERT INTO message_payloads (id, payload)
     SELECT ins.id, src.payload FROM ins JOIN src USING (message_id)
     ON CONFLICT (id) DO UPDATE SET payload = EXCLUDED.payload
+), counted AS (
+    UPDATE counts SET open = open + (SELECT count(*) FROM ins WHERE inserted)
+    WHERE shard = $SHARD AND EXISTS (SELECT 1 FROM ins WHERE inserted)
 )
-SELECT message_id, inserted FROM ins
+SELECT (SELECT array_agg(message_id) FILTER (WHERE inserted) FROM ins),
+       (SELECT array_agg(message_id) FILTER (WHERE NOT inserted) FROM ins)"""
+
+#: The whole batch in ONE statement (one round trip, atomic without BEGIN/COMMIT): webhook ids
+#: drawn in order, the webhooks, the dead letters, the messages of the first round.
+_BATCH = (
+    """
+WITH w AS MATERIALIZED (
+    SELECT nextval('webhooks_id_seq') AS id, u.*
+    FROM unnest($1::text[], $2::text[], $3::float8[], $4::bytea[]) WITH ORDINALITY
+        AS u(code, portal_id, received_at, raw_body, ord)
+), hooks AS (
+    INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)
+    SELECT id, code, portal_id, received_at, raw_body FROM w
+), dead AS (
+    INSERT INTO dead_letters (webhook_id, reason, detail, attempts, created_at)
+    SELECT w.id, d.reason, d.detail, 0, w.received_at
+    FROM unnest($5::bigint[], $6::text[], $7::text[]) AS d(ord, reason, detail)
+    JOIN w USING (ord)
+), src AS (
+    SELECT w.id AS webhook_id, s.message_id, s.destination, s.user_id,
+           w.received_at + s.hold AS due_at, w.received_at AS enqueued_at, s.rank, s.payload, s.n
+    FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::float8[],
+                $13::integer[], $14::bytea[]) WITH ORDINALITY
+        AS s(ord, message_id, destination, user_id, hold, rank, payload, n)
+    JOIN w USING (ord)
+), """  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
+    + _UPSERT.replace("$SHARD", "$15")
+    + """,
+       (SELECT array_agg(id ORDER BY ord) FROM w)
 """
+)
+
+#: A later round (a messageId that occurs again in the batch), with the webhook ids known.
+_ROUND = (
+    """
+WITH src AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[],
+                         $6::float8[], $7::integer[], $8::bytea[]) WITH ORDINALITY
+        AS s(webhook_id, message_id, destination, user_id, due_at, enqueued_at, rank, payload, n)
+), """  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
+    + _UPSERT.replace("$SHARD", "$9")
+)
 
 
 async def enqueue(conn: Conn, batch: Sequence[Intake]) -> list[EnqueueReceipt]:
-    """Store every webhook of ``batch`` and its messages (inside the caller's transaction).
+    """Store every webhook of ``batch`` and its messages atomically.
 
     A messageId is stored once (``ON CONFLICT``); a pending one with a lower rank takes the new
     version in place (superseded). A messageId that occurs twice in the batch is applied in
     rounds (the n-th occurrence in round n), exactly as if the calls had committed one by one:
-    one INSERT cannot touch a row twice.
+    one INSERT cannot touch a row twice. The usual batch is one statement, so one round trip
+    and no explicit transaction; more rounds share a transaction.
     """
-    ids: list[int] = await conn.fetchval(
-        "SELECT array_agg(nextval('webhooks_id_seq')) FROM generate_series(1, $1)", len(batch)
-    )
-    await conn.execute(
-        "INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)"
-        " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::bytea[])",
-        ids,
-        [item.webhook.code for item in batch],
-        [item.webhook.portal_id for item in batch],
+    rounds = _rounds(batch)
+    if len(rounds) <= 1:
+        return await _enqueue(conn, batch, rounds)
+    async with conn.transaction():
+        return await _enqueue(conn, batch, rounds)
+
+
+async def _enqueue(
+    conn: Conn, batch: Sequence[Intake], rounds: list[list[tuple[int, OutgoingMessage]]]
+) -> list[EnqueueReceipt]:
+    first = rounds[0] if rounds else []
+    dead = [(i + 1, item.dead) for i, item in enumerate(batch) if item.dead is not None]
+    stored_ids, superseded_ids, ids = await conn.fetchrow(
+        _BATCH,
+        [_clean(item.webhook.code) for item in batch],
+        [_clean(item.webhook.portal_id) for item in batch],
         [item.webhook.received_at for item in batch],
         [item.webhook.raw_body for item in batch],
+        [ordinal for ordinal, _ in dead],
+        [_text(reason.reason, 200) for _, reason in dead],
+        [_text(reason.detail) for _, reason in dead],
+        [index + 1 for index, _ in first],
+        [_clean(m.message_id) for _, m in first],
+        [_clean(m.destination) for _, m in first],
+        [_clean(m.user_id) for _, m in first],
+        [m.hold_secs for _, m in first],
+        [m.rank for _, m in first],
+        [m.payload for _, m in first],
+        _shard(),
     )
-    dead = [(ids[i], item) for i, item in enumerate(batch) if item.dead is not None]
-    if dead:
-        await conn.execute(
-            "INSERT INTO dead_letters (webhook_id, reason, detail, attempts, created_at)"
-            " SELECT w, r, d, 0, t FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[])"
-            " AS u(w, r, d, t)",
-            [row for row, _ in dead],
-            [_text(item.dead.reason, 200) for _, item in dead if item.dead is not None],
-            [_text(item.dead.detail) for _, item in dead if item.dead is not None],
-            [item.webhook.received_at for _, item in dead],
-        )
     stored = [0] * len(batch)
     superseded = [0] * len(batch)
-    for round_ in _rounds(batch):
-        owner = {message.message_id: index for index, message in round_}
-        rows = await conn.fetch(
-            _MESSAGES,
+    _tally(first, stored_ids, superseded_ids, stored, superseded)
+    for round_ in rounds[1:]:
+        more_stored, more_superseded = await conn.fetchrow(
+            _ROUND,
             [ids[index] for index, _ in round_],
-            [m.message_id for _, m in round_],
-            [m.destination for _, m in round_],
-            [m.user_id for _, m in round_],
+            [_clean(m.message_id) for _, m in round_],
+            [_clean(m.destination) for _, m in round_],
+            [_clean(m.user_id) for _, m in round_],
             [batch[i].webhook.received_at + m.hold_secs for i, m in round_],
             [batch[i].webhook.received_at for i, _ in round_],
             [m.rank for _, m in round_],
             [m.payload for _, m in round_],
+            _shard(),
         )
-        for message_id, inserted in rows:
-            if inserted:
-                stored[owner[message_id]] += 1
-            else:
-                superseded[owner[message_id]] += 1
+        _tally(round_, more_stored, more_superseded, stored, superseded)
     return [
         EnqueueReceipt(
             webhook_ref(ids[i]),
@@ -146,13 +207,29 @@ async def enqueue(conn: Conn, batch: Sequence[Intake]) -> list[EnqueueReceipt]:
     ]
 
 
+def _tally(
+    round_: Sequence[tuple[int, OutgoingMessage]],
+    stored_ids: Sequence[str] | None,
+    superseded_ids: Sequence[str] | None,
+    stored: list[int],
+    superseded: list[int],
+) -> None:
+    """Count each returned messageId for the webhook it came with (unique within a round)."""
+    owner = {_clean(message.message_id): index for index, message in round_}
+    for message_id in stored_ids or ():
+        stored[owner[message_id]] += 1
+    for message_id in superseded_ids or ():
+        superseded[owner[message_id]] += 1
+
+
 def _rounds(batch: Sequence[Intake]) -> list[list[tuple[int, OutgoingMessage]]]:
     rounds: list[list[tuple[int, OutgoingMessage]]] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # cleaned messageId -> occurrences so far
     for index, item in enumerate(batch):
         for message in item.messages:
-            n = seen.get(message.message_id, 0)
-            seen[message.message_id] = n + 1
+            key = _clean(message.message_id) or ""
+            n = seen.get(key, 0)
+            seen[key] = n + 1
             if n == len(rounds):
                 rounds.append([])
             rounds[n].append((index, message))
@@ -221,14 +298,14 @@ async def ack(conn: Conn, leases: Sequence[tuple[int, int]], now: float) -> int:
             WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'
             RETURNING 1
         )
-        UPDATE delivered_counts SET n = n + (SELECT count(*) FROM done),
-            last_at = greatest(last_at, $3)
+        UPDATE counts SET open = open - (SELECT count(*) FROM done),
+            delivered = delivered + (SELECT count(*) FROM done), last_at = greatest(last_at, $3)
         WHERE shard = $4 AND EXISTS (SELECT 1 FROM done)
         """,
         ids,
         tokens,
         now,
-        random.randrange(SHARDS),  # noqa: S311 - spreads counter writes, not a secret
+        _shard(),
     )
     return _count(status)
 
@@ -261,9 +338,13 @@ async def bury(
             FROM unnest($1::bigint[], $2::bigint[]) AS f(id, lease)
             WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'
             RETURNING m.id, m.webhook_id, m.attempts
+        ), letters AS (
+            INSERT INTO dead_letters
+                (webhook_id, message_row, reason, detail, attempts, created_at)
+            SELECT webhook_id, id, $4, $5, attempts, $6 FROM buried
         )
-        INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts, created_at)
-        SELECT webhook_id, id, $4, $5, attempts, $6 FROM buried
+        UPDATE counts SET open = open - (SELECT count(*) FROM buried)
+        WHERE shard = $7 AND EXISTS (SELECT 1 FROM buried)
         """,
         ids,
         tokens,
@@ -271,6 +352,7 @@ async def bury(
         _text(dead.reason, 200),
         _text(dead.detail),
         now,
+        _shard(),
     )
     return _count(status)
 
@@ -324,12 +406,12 @@ async def check_writable(conn: Conn) -> str | None:
 
 _STATS = """
 SELECT
-    (SELECT count(*) FROM messages WHERE state IN ('pending', 'inflight')),
+    (SELECT coalesce(sum(open), 0) FROM counts),
     (SELECT count(*) FROM messages WHERE state = 'inflight'),
     (SELECT min(enqueued_at) FROM messages WHERE state IN ('pending', 'inflight')),
     (SELECT count(*) FROM messages WHERE state = 'delivered' AND delivered_at >= $1),
-    (SELECT coalesce(sum(n), 0) FROM delivered_counts),
-    (SELECT max(last_at) FROM delivered_counts),
+    (SELECT coalesce(sum(delivered), 0) FROM counts),
+    (SELECT max(last_at) FROM counts),
     (SELECT coalesce(json_object_agg(reason, n), '{}')::text
        FROM (SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason) AS d),
     (SELECT sum(pg_total_relation_size(t)) FROM unnest(ARRAY['webhooks', 'messages',
@@ -338,8 +420,8 @@ SELECT
 
 
 async def stats(conn: Conn, since: float) -> StoreStats:
-    """One statement, one snapshot: the numbers agree with each other. Open rows are counted
-    through their partial index; the lifetime total comes from the sharded counters."""
+    """One statement, one snapshot: the numbers agree with each other. Open and delivered
+    totals come from the sharded counters; only the few in-flight rows are counted."""
     row = await conn.fetchrow(_STATS, since)
     opened, in_flight, oldest, recent, total, last, dead, size = row
     return StoreStats(
@@ -429,13 +511,16 @@ async def replay_chunk(
             made += await _revive_or_insert(conn, webhook, message, now)
         await delete_letters(conn, [letter])  # may already be gone: reviving removed it
         replayed += 1
+    if made:  # once per chunk, last: the counter row stays locked only until the commit
+        await conn.execute("UPDATE counts SET open = open + $1 WHERE shard = $2", made, _shard())
     return replayed, still_dead, made
 
 
 async def _revive_or_insert(conn: Conn, webhook: int, message: OutgoingMessage, now: float) -> int:
     """Insert a new message, or revive a dead one (attempts kept); others are left alone."""
     found = await conn.fetchrow(
-        "SELECT id, state FROM messages WHERE message_id = $1 FOR UPDATE", message.message_id
+        "SELECT id, state FROM messages WHERE message_id = $1 FOR UPDATE",
+        _clean(message.message_id),
     )
     if found is None:
         row = await conn.fetchval(
@@ -443,9 +528,9 @@ async def _revive_or_insert(conn: Conn, webhook: int, message: OutgoingMessage, 
             " enqueued_at, rank) VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6)"
             " ON CONFLICT (message_id) DO NOTHING RETURNING id",
             webhook,
-            message.message_id,
-            message.destination,
-            message.user_id,
+            _clean(message.message_id),
+            _clean(message.destination),
+            _clean(message.user_id),
             now,
             message.rank,
         )
@@ -462,8 +547,8 @@ async def _revive_or_insert(conn: Conn, webhook: int, message: OutgoingMessage, 
     await conn.execute(
         "UPDATE messages SET state = 'pending', destination = $1, user_id = $2, due_at = $3,"
         " enqueued_at = $3, rank = $4 WHERE id = $5",
-        message.destination,
-        message.user_id,
+        _clean(message.destination),
+        _clean(message.user_id),
         now,
         message.rank,
         row,

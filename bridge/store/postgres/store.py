@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -38,13 +39,39 @@ from bridge.store import (
     Webhook,
 )
 from bridge.store.postgres import queries as ops
-from bridge.store.postgres.schema import FOREIGN_ERRORS, migrate, translate
+from bridge.store.postgres.schema import (
+    FOREIGN_ERRORS,
+    is_connection_problem,
+    migrate,
+    translate,
+)
 from bridge.store.postgres.writer import GroupWriter
 
 log = logs.get(__name__)
 
 #: Rows per transaction for the maintenance deletes, so intake is never held up for long.
 CHUNK = 2000
+
+
+class Backoff:
+    """After a connection failure, fail fast for a while (50 ms, doubling to 2 s) instead of
+    every caller opening a connection to a server that is down; reset by the first success."""
+
+    FIRST, LAST = 0.05, 2.0
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self._until = 0.0
+
+    def wait(self) -> float:
+        return max(0.0, self._until - time.monotonic())
+
+    def failed(self) -> None:
+        self.delay = min(self.LAST, max(self.FIRST, self.delay * 2))
+        self._until = time.monotonic() + self.delay
+
+    def succeeded(self) -> None:
+        self.delay = self._until = 0.0
 
 
 class PostgresStore:
@@ -71,6 +98,7 @@ class PostgresStore:
         self._pool: Any = None
         self._writer: GroupWriter | None = None
         self._leases: dict[int, int] = {}  # id -> fencing token, for this store's own claims
+        self._breaker = Backoff()
         #: (version before, version after) of the last migration this store ran.
         self.schema_versions: tuple[int, int] | None = None
 
@@ -156,11 +184,19 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
+        wait = self._breaker.wait()
+        if wait > 0:
+            raise StorageUnavailableError(
+                f"storage could not {doing}: PostgreSQL unreachable, next try in {wait:.2f} s"
+            )
         try:
             async with pool.acquire(timeout=self.connect_timeout_secs) as conn:
                 yield conn
         except FOREIGN_ERRORS as exc:
+            if is_connection_problem(exc):
+                self._breaker.failed()
             raise translate(exc, doing, self._url) from exc
+        self._breaker.succeeded()
 
     # ---- intake and delivery ---------------------------------------------------------------
 
@@ -192,34 +228,42 @@ class PostgresStore:
         one's. A dead replica's claims come back when their lease expires."""
         return 0
 
-    def _take_leases(self, ids: Sequence[int]) -> list[tuple[int, int]]:
-        """The tokens of this store's own claims among ``ids``, forgotten from now on."""
-        taken = []
-        for row in ids:
-            token = self._leases.pop(row, None)
-            if token is not None:
-                taken.append((row, token))
-        return taken
+    async def _settle(
+        self,
+        ids: Sequence[int],
+        doing: str,
+        work: Callable[[Any, list[tuple[int, int]]], Awaitable[object]],
+    ) -> None:
+        """Apply an outcome to this store's own claims among ``ids`` (with their tokens), then
+        forget them. If the write fails, the tokens are kept, so a retried outcome still
+        applies (instead of the message going out again after its lease)."""
+        leases = [(row, self._leases[row]) for row in ids if row in self._leases]
+        if not leases:
+            return
+        async with self._connection(doing) as conn:
+            await work(conn, leases)
+        for row, token in leases:
+            if self._leases.get(row) == token:
+                del self._leases[row]
 
     async def ack(self, ids: Sequence[int], now: float) -> None:
-        leases = self._take_leases(ids)
-        if leases:
-            async with self._connection("mark delivered") as conn:
-                await ops.ack(conn, leases, now)
+        await self._settle(ids, "mark delivered", lambda conn, leases: ops.ack(conn, leases, now))
 
     # Neither backend reads now here or in stats(); dropping it from the protocol changes the
     # delivery loop's calls, so it waits for that rewrite.
     async def retry_later(self, ids: Sequence[int], due_at: float, error: str, now: float) -> None:  # noqa: ARG002
-        leases = self._take_leases(ids)
-        if leases:
-            async with self._connection("reschedule messages") as conn:
-                await ops.retry_later(conn, leases, due_at, error)
+        await self._settle(
+            ids,
+            "reschedule messages",
+            lambda conn, leases: ops.retry_later(conn, leases, due_at, error),
+        )
 
     async def bury(self, ids: Sequence[int], dead: DeadReason, error: str, now: float) -> None:
-        leases = self._take_leases(ids)
-        if leases:
-            async with self._connection("store dead letters") as conn:
-                await ops.bury(conn, leases, dead, error, now)
+        await self._settle(
+            ids,
+            "store dead letters",
+            lambda conn, leases: ops.bury(conn, leases, dead, error, now),
+        )
 
     async def peek(
         self, destinations: Collection[str], after: int, limit: int
