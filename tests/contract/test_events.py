@@ -130,6 +130,20 @@ class TestStates:
         assert await by_state("inflight") == [flying]
         assert await by_state("held") == []
 
+    async def test_held_until_its_hold_ends(self, store: Store) -> None:
+        held = OutgoingMessage.build(
+            "default", {"messageId": "m-held", "userId": "u-1", "type": "track", "event": "E"}
+        )
+        held = OutgoingMessage(held.message_id, "default", "u-1", held.payload, hold_secs=30)
+        webhook = await put(store, T0, body("att-1"), held)
+        (during,) = await store.find_events(EventQuery(state="held"), T0 + 10)
+        assert (during.webhook_id, during.messages[0].state) == (webhook, "held")
+        assert during.messages[0].due_at == T0 + 30
+        assert await store.find_events(EventQuery(state="pending"), T0 + 10) == []
+        (after,) = await store.find_events(EventQuery(state="pending"), T0 + 31)
+        assert after.messages[0].state == "pending"
+        assert await store.find_events(EventQuery(state="held"), T0 + 31) == []
+
     async def test_a_webhook_that_did_not_map(self, store: Store) -> None:
         why = DeadReason("missing_user_id", "no user.id in the body")
         receipt = await store.enqueue(
