@@ -1,6 +1,7 @@
 """How fast ``synap-bridge events`` searches a database of a million messages (one-off).
 
-Run: ``.venv/bin/python -m bench.events [--messages 1000000] [--db bench/out/events.db]``.
+Run: ``.venv/bin/python -m bench.events [--messages 1000000] [--db bench/out/events.db]``, or
+with ``--postgres cluster`` (a throwaway cluster, tests/pgcluster.py) or ``--postgres URL``.
 
 The database is built through :meth:`SQLiteStore.enqueue` (the intake path, so the v3 trigger
 that extracts the body's ids runs for every webhook and its cost shows in the build rate): one
@@ -10,7 +11,7 @@ the file bigger, not the indexes) and the ~1 KB message the real mapping makes o
 of operation, 99% are marked delivered, 0.1% dead (with dead letters) and the rest left
 pending, with plain SQL (a benchmark shortcut: the counters of ``stats`` are not kept right by
 it). Each search runs through the store's public ``find_events`` / ``event``; the median of 5
-runs is printed.
+runs is printed. The same for the PostgreSQL store (``VACUUM ANALYZE`` after the ageing).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import orjson
 from bridge import config as config_module
 from bridge.mapping import intake
 from bridge.messages import OutgoingMessage
-from bridge.store import EventQuery, Webhook
+from bridge.store import EventQuery, Store, Webhook
 from bridge.store.sqlite.store import SQLiteStore
 
 USERS = 50_000
@@ -80,8 +81,7 @@ def _rows(count: int) -> Iterator[tuple[Webhook, OutgoingMessage]]:
         )
 
 
-async def _build(path: Path, count: int) -> float:
-    store = SQLiteStore(path, synchronous="OFF")
+async def _build(store: Store, count: int) -> float:
     await store.open()
     started = time.perf_counter()
     try:
@@ -97,28 +97,41 @@ async def _build(path: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
-def _age(path: Path) -> None:
-    """99% delivered, 0.1% dead with a dead letter, the rest pending."""
+#: 99% delivered, 0.1% dead with a dead letter, the rest pending (the same SQL on both stores).
+AGE = (
+    "UPDATE messages SET state = 'delivered', due_at = NULL, delivered_at = enqueued_at + 2"
+    " WHERE id % 100 != 0",
+    "UPDATE messages SET state = 'dead', due_at = NULL, attempts = 1,"
+    " last_error = 'HTTP 400: bad' WHERE id % 1000 = 0",
+    "INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts, created_at)"
+    " SELECT webhook_id, id, 'rejected_by_segment', 'HTTP 400', 1, enqueued_at FROM messages"
+    " WHERE state = 'dead'",
+)
+
+
+def _age_sqlite(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("BEGIN")
-        conn.execute(
-            "UPDATE messages SET state = 'delivered', due_at = NULL,"
-            " delivered_at = enqueued_at + 2 WHERE id % 100 != 0"
-        )
-        conn.execute(
-            "UPDATE messages SET state = 'dead', due_at = NULL, attempts = 1,"
-            " last_error = 'HTTP 400: bad' WHERE id % 1000 = 0"
-        )
-        conn.execute(
-            "INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts,"
-            " created_at) SELECT webhook_id, id, 'rejected_by_segment', 'HTTP 400', 1,"
-            " enqueued_at FROM messages WHERE state = 'dead'"
-        )
+        for statement in AGE:
+            conn.execute(statement)
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
     finally:
         conn.close()
+
+
+async def _age_postgres(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            for statement in AGE:
+                await conn.execute(statement)
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
 
 
 async def _time(work: Callable[[], Awaitable[object]]) -> tuple[float, object]:
@@ -130,8 +143,7 @@ async def _time(work: Callable[[], Awaitable[object]]) -> tuple[float, object]:
     return statistics.median(runs), result
 
 
-async def _measure(path: Path, count: int) -> None:
-    store = SQLiteStore(path)
+async def _measure(store: Store, count: int) -> None:
     await store.open()
     middle = count // 2
     now = T0 + DAYS * 86400.0
@@ -167,17 +179,43 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--db", type=Path, default=Path("bench/out/events.db"))
     parser.add_argument("--reuse", action="store_true", help="search an existing database")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="measure the PostgreSQL store in this (empty) database instead; 'cluster' starts a"
+        " throwaway one (tests/pgcluster.py)",
+    )
     args = parser.parse_args()
+    if args.postgres:
+        _postgres(args)
+        return
     args.db.parent.mkdir(parents=True, exist_ok=True)
     if not args.reuse:
         for stale in args.db.parent.glob(args.db.name + "*"):
             stale.unlink()
-        secs = asyncio.run(_build(args.db, args.messages))
+        secs = asyncio.run(_build(SQLiteStore(args.db, synchronous="OFF"), args.messages))
         print(f"built {args.messages} messages in {secs:.0f} s ({args.messages / secs:,.0f}/s)")
-        _age(args.db)
+        _age_sqlite(args.db)
     size = sum(p.stat().st_size for p in args.db.parent.glob(args.db.name + "*"))
     print(f"database: {size / 1e9:.2f} GB")
-    asyncio.run(_measure(args.db, args.messages))
+    asyncio.run(_measure(SQLiteStore(args.db), args.messages))
+
+
+def _postgres(args: argparse.Namespace) -> None:
+    from bridge.store.postgres.store import PostgresStore
+    from tests import pgcluster
+
+    cluster = pgcluster.Cluster().start() if args.postgres == "cluster" else None
+    try:
+        url = cluster.new_database() if cluster is not None else args.postgres
+        if not args.reuse:
+            secs = asyncio.run(_build(PostgresStore(url), args.messages))
+            print(f"built {args.messages} messages in {secs:.0f} s ({args.messages / secs:,.0f}/s)")
+            asyncio.run(_age_postgres(url))
+        asyncio.run(_measure(PostgresStore(url), args.messages))
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
 if __name__ == "__main__":
