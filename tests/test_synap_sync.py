@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bridge.cli import synap_plan
-from bridge.synap.api import SynapApi
+from bridge.synap.api import SynapApi, SynapApiError
 from tests.conftest import PASSWORD, USER, basic_auth, fixture_body
 from tests.fakesynap import FakeSynap
 from tests.process import BridgeProcess, write_config
@@ -258,3 +259,34 @@ class TestRotation:
         broken["auth"] = {"next_password": NEXT}
         ran = await run_cli(write_config(tmp_path / "c.yaml", broken), "check-config")
         assert ran.code == 78
+
+
+class TestSecrets:
+    def test_token_from_either_variable(self, tmp_path: Path) -> None:
+        from bridge.cli.synap_sync import token_of
+
+        plain = load(write_config(tmp_path / "c.yaml", {}))
+        assert token_of(plain, {}) is None
+        assert token_of(plain, {"SYNAP_API_TOKEN": "p:env"}) == "p:env"
+        named = load(configure(tmp_path, "https://api.synap.ac/v3"))
+        assert token_of(named, {"SYNAP_API_TOKEN": "p:env"}) == TOKEN  # BRIDGE_SYNAP__TOKEN wins
+
+    async def test_check_config_masks_the_token(self, tmp_path: Path) -> None:
+        ran = await run_cli(configure(tmp_path, "https://api.synap.ac/v3"), "check-config")
+        assert ran.code == 0
+        secrets_absent(ran)
+        assert "token: '***'" in ran.out
+
+    def test_reprs_hide_secrets(self) -> None:
+        from bridge.synap.api import Wanted
+
+        wanted = Wanted("attempt.completed", PREFIX + "attempt.completed", USER, PASSWORD)
+        assert PASSWORD not in repr(wanted)
+        assert TOKEN not in repr(SynapApi("https://api.synap.ac/v3", TOKEN, 5))
+
+    async def test_a_next_link_to_another_host_is_not_followed(self) -> None:
+        async with FakeSynap(TOKEN) as fake:
+            api = SynapApi(fake.url, TOKEN, 5)
+            assert api._absolute("/v3/webhook-subscriptions?page=2").startswith(fake.url[:-3])
+            with pytest.raises(SynapApiError, match="leaves Synap's API"):
+                api._absolute("https://evil.example.org/v3/webhook-subscriptions")
