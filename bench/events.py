@@ -57,7 +57,8 @@ def _template() -> tuple[bytes, OutgoingMessage]:
         }
     )
     mapped = intake.process("attempt.completed", raw, T0, config_module.parse({}))
-    assert mapped.dead is None and len(mapped.messages) == 1, mapped
+    assert mapped.dead is None, mapped
+    assert len(mapped.messages) == 1, mapped
     return raw, mapped.messages[0]
 
 

@@ -20,7 +20,7 @@ from bridge.mapping import intake
 from bridge.store import DeadReason
 from bridge.store.sqlite.store import SQLiteStore
 from bridge.synap import samples
-from tests.fakesegment import FakeSegment
+from tests.fakes import FakeSegment
 from tests.process import BridgeProcess, write_config
 from tests.test_cli_ops import config_data, load, run_cli
 
@@ -100,7 +100,8 @@ class TestEvents:
         )
         assert dead["last_error"] == "HTTP 400 invalid_request: bad message"
         (delivered,) = completed["messages"]
-        assert delivered["state"] == "delivered" and delivered["delivered_at"]
+        assert delivered["state"] == "delivered"
+        assert delivered["delivered_at"]
         assert delivered["sent"]["properties"]["attemptId"] == ATTEMPT
 
     async def test_by_attempt_code_state_and_time(self, stored: Stored) -> None:
@@ -193,7 +194,8 @@ class TestTry:
         try:
             url = f"http://127.0.0.1:{await bridge.start()}"
             refused = await run_cli(path, "try", "user.registered", "--url", url)
-            assert refused.code == 2 and "Add --yes" in refused.out
+            assert refused.code == 2
+            assert "Add --yes" in refused.out
             assert fake_segment.requests == 0
             ran = await run_cli(path, "try", "user.registered", "--url", url, "--yes", "--json")
             assert ran.code == 0, ran.out

@@ -186,7 +186,7 @@ def write_record(record: EventRecord, out: TextIO) -> None:
         out.write(f"    {message_line(message)}\n")
 
 
-async def _find(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+async def _find(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
     query = EventQuery(
         user_id=args.user_id,
         ref=args.ref,
@@ -209,7 +209,7 @@ async def _find(store: Store, args: argparse.Namespace, config: Config, out: Tex
     return 0
 
 
-async def _show(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
+async def _show(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
     found = await store.event(args.id, time.time())
     if found is None:
         out.write(f"no stored webhook with id {args.id}\n")

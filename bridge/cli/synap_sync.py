@@ -26,11 +26,12 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 import aiohttp
+from pydantic import SecretStr
 
 from bridge.cli import synap_plan
 from bridge.cli.synap_plan import Step
 from bridge.config import Config
-from bridge.synap.api import NotSupportedError, SynapApi, SynapApiError, Wanted
+from bridge.synap.api import NotSupportedError, Subscription, SynapApi, SynapApiError, Wanted
 
 ENV_TOKEN = "SYNAP_API_TOKEN"  # noqa: S105 - the variable's name, not a token
 EX_CONFIG = 78
@@ -78,42 +79,18 @@ async def sync(
     if missing:
         out.write("synap sync needs:\n" + "".join(f"  {line}\n" for line in missing))
         return EX_CONFIG
-    public_url = config.synap.public_url
-    current = config.auth.password
-    token = token_of(config, environ)
-    assert public_url is not None and current is not None and token is not None
-    password = current.get_secret_value()
-    if args.rotate_password:
-        following = config.auth.next_password
-        if following is None:
-            out.write(_new_password_steps())
-            return EX_NEEDS_PASSWORD
-        password = following.get_secret_value()
-        if not args.no_check:
-            problem = await _bridge_refuses(public_url, config.auth.username, password)
-            if problem:
-                out.write(f"not rotating: {problem}\n")
-                return 1
+    public_url, token = config.synap.public_url, token_of(config, environ)
+    assert public_url is not None, "checked by _missing"
+    assert token is not None, "checked by _missing"
+    password = await _password(args, config, public_url, out)
+    if isinstance(password, int):
+        return password
     wants = synap_plan.wanted(config, public_url, password)
     out.write(f"Synap API {config.synap.api_url}; subscriptions at {synap_plan.prefix(public_url)}")
     out.write("<code>\n")
     try:
         async with SynapApi(config.synap.api_url, token, config.synap.timeout_secs) as api:
-            try:
-                existing = await api.subscriptions()
-            except NotSupportedError as exc:
-                out.write(
-                    f"Synap's API does not list subscriptions ({exc.status}): every code is "
-                    "created; if the portal already has subscriptions for these codes, remove "
-                    f"the older ones by hand ({PORTAL_PAGE}).\n"
-                )
-                existing = None
-            steps = synap_plan.plan(wants, existing, public_url, rotate=args.rotate_password)
-            _write_plan(steps, out)
-            if existing is not None:
-                elsewhere = synap_plan.others(existing, public_url)
-                if elsewhere:
-                    out.write(f"{elsewhere} other subscription(s) point elsewhere: left alone\n")
+            steps = await _plan(api, wants, public_url, args.rotate_password, out)
             if args.dry_run:
                 out.write("dry run: nothing changed\n")
                 return 0
@@ -121,18 +98,65 @@ async def sync(
     except SynapApiError as exc:
         out.write(f"stopped: {exc}\n")
         return 1
-    if by_hand:
-        out.write(f"remove by hand ({PORTAL_PAGE}); Synap's API refused to change them:\n")
-        for step in by_hand:
-            assert step.existing is not None
-            out.write(f"  id {step.existing.id}  {step.event_name}  {step.existing.target_url}\n")
-        if args.rotate_password:
-            out.write(
-                "they still use the current password: remove them before the bridge stops "
-                "accepting it (step 3 in docs/operations.md)\n"
-            )
+    _write_by_hand(by_hand, args.rotate_password, out)
     out.write("done\n")
     return 0
+
+
+async def _password(
+    args: argparse.Namespace, config: Config, public_url: str, out: TextIO
+) -> str | int:
+    """The password the subscriptions should carry, or the exit status when there is none yet
+    (rotation without ``next_password``) or the bridge does not accept it."""
+    current = config.auth.password
+    assert current is not None, "checked by _missing"
+    if not args.rotate_password:
+        return current.get_secret_value()
+    following = config.auth.next_password
+    if following is None:
+        out.write(_new_password_steps())
+        return EX_NEEDS_PASSWORD
+    if not args.no_check:
+        problem = await _bridge_refuses(public_url, config.auth.username, following)
+        if problem:
+            out.write(f"not rotating: {problem}\n")
+            return 1
+    return following.get_secret_value()
+
+
+async def _plan(
+    api: SynapApi, wants: list[Wanted], public_url: str, rotate: bool, out: TextIO
+) -> list[Step]:
+    """List what exists (or fall back when Synap will not), compare, print the plan."""
+    try:
+        existing: list[Subscription] | None = await api.subscriptions()
+    except NotSupportedError as exc:
+        out.write(
+            f"Synap's API does not list subscriptions ({exc.status}): every code is "
+            "created; if the portal already has subscriptions for these codes, remove "
+            f"the older ones by hand ({PORTAL_PAGE}).\n"
+        )
+        existing = None
+    steps = synap_plan.plan(wants, existing, public_url, rotate=rotate)
+    _write_plan(steps, out)
+    elsewhere = synap_plan.others(existing or [], public_url)
+    if elsewhere:
+        out.write(f"{elsewhere} other subscription(s) point elsewhere: left alone\n")
+    return steps
+
+
+def _write_by_hand(by_hand: list[Step], rotate: bool, out: TextIO) -> None:
+    if not by_hand:
+        return
+    out.write(f"remove by hand ({PORTAL_PAGE}); Synap's API refused to change them:\n")
+    for step in by_hand:
+        assert step.existing is not None, "only existing subscriptions are left to remove"
+        out.write(f"  id {step.existing.id}  {step.event_name}  {step.existing.target_url}\n")
+    if rotate:
+        out.write(
+            "they still use the current password: remove them before the bridge stops "
+            "accepting it (step 3 in docs/operations.md)\n"
+        )
 
 
 def _missing(config: Config, environ: Mapping[str, str]) -> list[str]:
@@ -164,10 +188,11 @@ def _new_password_steps() -> str:
     )
 
 
-async def _bridge_refuses(public_url: str, username: str, password: str) -> str | None:
+async def _bridge_refuses(public_url: str, username: str, password: SecretStr) -> str | None:
     """Does the bridge at ``public_url`` accept ``password``? A body that is not a JSON object
     is answered 400 after authentication (nothing stored) and 401 before it."""
-    pair = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    raw = f"{username}:{password.get_secret_value()}".encode()
+    pair = base64.b64encode(raw).decode("ascii")
     headers = {"Authorization": f"Basic {pair}"}
     url = f"{synap_plan.prefix(public_url)}attempt.completed"
     timeout = aiohttp.ClientTimeout(total=PROBE_DEADLINE_SECS)
@@ -211,7 +236,8 @@ async def _apply(api: SynapApi, steps: list[Step], out: TextIO) -> list[Step]:
             made = await api.create(step.wanted)
             out.write(f"  created {step.event_name} (id {made.id})\n")
         elif step.action == "update":
-            assert step.wanted is not None and step.existing is not None
+            assert step.wanted is not None, "an update has a wanted state"
+            assert step.existing is not None, "an update has an existing subscription"
             want: Wanted = dataclasses.replace(step.wanted, target_url=step.existing.target_url)
             if can_update:
                 try:

@@ -176,10 +176,7 @@ class SynapApi:
         *,
         guess: bool = False,
     ) -> dict[str, Any]:
-        """One request under one total deadline; the JSON:API document (empty for 204).
-
-        ``guess``: the call is not documented, so a 404/405/501 is NotSupportedError.
-        """
+        """One request under one total deadline (connect, send, read); the JSON:API document."""
         if self._session is None:
             raise RuntimeError("use SynapApi as an async context manager")
         headers = {"Content-Type": MEDIA_TYPE} if body is not None else {}
@@ -189,30 +186,48 @@ class SynapApi:
                 async with self._session.request(
                     method, url, data=data, headers=headers, allow_redirects=False
                 ) as answer:
-                    raw = await answer.content.read(MAX_ANSWER_BYTES + 1)
+                    raw = await _read_bounded(answer, doing)
                     status = answer.status
         except TimeoutError:
             raise SynapApiError(doing, f"no answer within {self.timeout_secs:g} s") from None
         except aiohttp.ClientError as exc:
             raise SynapApiError(doing, f"{type(exc).__name__}: {exc}") from None
-        if len(raw) > MAX_ANSWER_BYTES:
+        return _document(status, raw, doing, guess)
+
+
+async def _read_bounded(answer: aiohttp.ClientResponse, doing: str) -> bytes:
+    """The whole answer body, or SynapApiError as soon as it passes MAX_ANSWER_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in answer.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
             raise SynapApiError(doing, f"the answer is larger than {MAX_ANSWER_BYTES} bytes")
-        if status == 401:
-            detail = "the token was refused (missing, invalid or revoked; tokens look like p:...)"
-            raise SynapApiError(doing, detail, status)
-        if guess and status in NOT_SUPPORTED:
-            raise NotSupportedError(doing, _errors(raw) or "not supported", status)
-        if not 200 <= status < 300:
-            raise SynapApiError(doing, _errors(raw) or "no error detail", status)
-        if status == 204 or not raw.strip():
-            return {}
-        try:
-            document = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise SynapApiError(doing, "the answer is not JSON", status) from None
-        if not isinstance(document, dict):
-            raise SynapApiError(doing, "the answer is not a JSON:API document", status)
-        return document
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _document(status: int, raw: bytes, doing: str, guess: bool) -> dict[str, Any]:
+    """The answer as a JSON:API document ({} for an empty 2xx), or the error it says.
+
+    ``guess``: the call is not documented, so a 404/405/501 is NotSupportedError.
+    """
+    if status == 401:
+        detail = "the token was refused (missing, invalid or revoked; tokens look like p:...)"
+        raise SynapApiError(doing, detail, status)
+    if guess and status in NOT_SUPPORTED:
+        raise NotSupportedError(doing, _errors(raw) or "not supported", status)
+    if not 200 <= status < 300:
+        raise SynapApiError(doing, _errors(raw) or "no error detail", status)
+    if status == 204 or not raw.strip():
+        return {}
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise SynapApiError(doing, "the answer is not JSON", status) from None
+    if not isinstance(document, dict):
+        raise SynapApiError(doing, "the answer is not a JSON:API document", status)
+    return document
 
 
 def _errors(raw: bytes) -> str:
