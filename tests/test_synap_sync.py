@@ -293,3 +293,41 @@ class TestSecrets:
             assert api._absolute("/v3/webhook-subscriptions?page=2").startswith(fake.url[:-3])
             with pytest.raises(SynapApiError, match="leaves Synap's API"):
                 api._absolute("https://evil.example.org/v3/webhook-subscriptions")
+
+
+class TestTheFakeIsStrict:
+    """The fake refuses what a sloppy client would send, so passing against it means something."""
+
+    async def test_refusals(self) -> None:
+        async with FakeSynap(TOKEN) as fake, aiohttp.ClientSession() as session:
+            url = f"{fake.url}/webhook-subscriptions"
+            good = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/vnd.api+json"}
+            attributes = {"eventName": "attempt.completed", "targetUrl": PREFIX + "x"}
+            cases: list[tuple[dict[str, str], Any, int]] = [
+                ({**good, "Authorization": "Bearer p:wrong"}, {}, 401),
+                ({**good, "Content-Type": "application/json"}, {}, 415),
+                (
+                    {**good, "Accept": "application/vnd.api+json; ext=x"},
+                    {"data": {"type": "WebhookSubscription", "attributes": attributes}},
+                    406,
+                ),
+                (good, {"data": {"type": "Webhook", "attributes": attributes}}, 409),
+                (good, {"data": {"type": "WebhookSubscription", "id": "1"}}, 403),
+                (good, {"data": {"type": "WebhookSubscription", "attributes": {"x": 1}}}, 422),
+                (
+                    good,
+                    {
+                        "data": {
+                            "type": "WebhookSubscription",
+                            "attributes": {**attributes, "basicAuth": {"username": "u"}},
+                        }
+                    },
+                    422,
+                ),
+            ]
+            for headers, document, status in cases:
+                async with session.post(url, json=document, headers=headers) as answer:
+                    assert answer.status == status, (headers, document)
+                    errors = (await answer.json(content_type=None))["errors"]
+                    assert errors[0]["status"] == str(status)
+            assert fake.subscriptions == {}
