@@ -342,7 +342,7 @@ class SynapConfig(_Section):
     api_url: str = SYNAP_API
     #: A Personal Access Token (portal Settings -> Automations -> API). Environment only:
     #: BRIDGE_SYNAP__TOKEN (or SYNAP_API_TOKEN).
-    token: SecretStr | None = None
+    token: Secret = None
     #: The bridge's address as Synap reaches it; subscriptions point at
     #: ``{public_url}/webhooks/synap/{code}``.
     public_url: str | None = None

@@ -224,6 +224,9 @@ class TestTry:
         db = tmp_path / "bridge.db"
         data = config_data(db, fixed=True)
         path = write_config(tmp_path / "config.yaml", data)
+        created = SQLiteStore(db)  # a database, as a bridge that ran here would have left
+        await created.open()
+        await created.close()
         ran = await run_cli(path, "try", "user.registered", "--url", "http://127.0.0.1:9", "--yes")
         assert ran.code == 1
         assert ran.out.startswith("could not post to the bridge at http://127.0.0.1:9")
