@@ -84,6 +84,16 @@ class ServerConfig(_Section):
 class AuthConfig(_Section):
     username: str = "synap"
     password: Secret = None
+    #: Also accepted while the password is rotated (``synap sync --rotate-password``): Synap's
+    #: subscriptions move to it while the bridge still accepts the current one, so no webhook
+    #: is refused in between (docs/operations.md).
+    next_password: Secret = None
+
+    @model_validator(mode="after")
+    def _next_needs_current(self) -> AuthConfig:
+        if self.next_password is not None and self.password is None:
+            raise ValueError("next_password is set but password is not")
+        return self
 
 
 class SegmentConfig(_Section):
@@ -312,6 +322,46 @@ class RoutingConfig(_Section):
         return self
 
 
+SYNAP_API = "https://api.synap.ac/v3"
+
+
+def _https_or_loopback(value: str) -> str:
+    """HTTPS, or plain HTTP to this host only (a local test server): a token or a password must
+    never cross a network in clear."""
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return value.rstrip("/")
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+        return value.rstrip("/")
+    raise ValueError("must be an https:// URL (http:// only to 127.0.0.1, ::1 or localhost)")
+
+
+class SynapConfig(_Section):
+    """Synap's API, for ``synap-bridge synap sync`` (the webhook subscriptions)."""
+
+    api_url: str = SYNAP_API
+    #: A Personal Access Token (portal Settings -> Automations -> API). Environment only:
+    #: BRIDGE_SYNAP__TOKEN (or SYNAP_API_TOKEN).
+    token: Secret = None
+    #: The bridge's address as Synap reaches it; subscriptions point at
+    #: ``{public_url}/webhooks/synap/{code}``.
+    public_url: str | None = None
+    #: Total deadline of one API call (connect, send, answer).
+    timeout_secs: float = Field(30.0, gt=0, le=600)
+    #: The codes to subscribe; null: every code the bridge maps and has not switched off.
+    codes: tuple[str, ...] | None = None
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return _https_or_loopback(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _https_or_loopback(value)
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
@@ -323,6 +373,7 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     mapping: MappingConfig = MappingConfig()
     routing: RoutingConfig = RoutingConfig()
+    synap: SynapConfig = SynapConfig()
 
     @property
     def dry_run(self) -> bool:

@@ -23,13 +23,15 @@ from bridge.config import Config
 from bridge.receive.connections import ConnectionGuard, GuardedSite
 from bridge.receive.runtime import RUNTIME
 from bridge.serve import make_runner
+from bridge.synap import samples
 from tests import pgcluster
 from tests.fakes import FakeSegment
 
 WRITE_KEY = "test-write-key"
 USER = "synap"
 PASSWORD = "correct horse battery staple"
-FIXTURES = Path(__file__).parent / "fixtures" / "synap"
+#: The sample bodies that ship with the package (bridge/synap/samples): the tests' fixtures.
+FIXTURES = Path(samples.__file__).parent
 
 
 def basic_auth(user: str = USER, password: str = PASSWORD) -> dict[str, str]:
@@ -38,7 +40,7 @@ def basic_auth(user: str = USER, password: str = PASSWORD) -> dict[str, str]:
 
 
 def fixture_body(code: str) -> dict[str, Any]:
-    """The documented-shape payload for ``code`` (tests/fixtures/synap/<code>.json)."""
+    """The documented-shape payload for ``code`` (bridge/synap/samples/<code>.json)."""
     loaded: dict[str, Any] = json.loads((FIXTURES / f"{code}.json").read_text(encoding="utf-8"))
     return loaded
 

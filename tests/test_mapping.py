@@ -1,6 +1,6 @@
 """The mapping of every documented Synap webhook, checked call by call against the table.
 
-Bodies are the fixtures in tests/fixtures/synap (one per code, shaped after Synap's documented
+Bodies are the fixtures in bridge/synap/samples (one per code, shaped after Synap's documented
 bodies). Expected values are written out literally, so a change in naming shows up here.
 """
 
@@ -20,11 +20,12 @@ from bridge.config import Config
 from bridge.errors import ConfigError, UnmappableError
 from bridge.mapping.webhook import Mapped, known_codes, map_webhook
 from bridge.messages import MAX_MESSAGE_BYTES, MAX_MESSAGE_ID_CHARS
+from bridge.synap import samples
 from bridge.synap.codes import STATIC_CODES
 from bridge.synap.payloads import GroupRef
 from tests.conftest import fixture_body
 
-FIXTURES = Path(__file__).parent / "fixtures" / "synap"
+FIXTURES = Path(samples.__file__).parent
 RECEIVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 RECEIVED_ISO = "2024-06-01T12:00:00.000Z"
 RELEASED = "exam.resultsReleased"

@@ -315,14 +315,13 @@ class TestOutOfRangeIntegers:
     def test_unlock_action_values(self) -> None:
         import json
         from datetime import UTC, datetime
-        from pathlib import Path
 
         from bridge.config import Config
         from bridge.mapping.webhook import map_webhook
+        from bridge.synap import samples
         from bridge.synap.values import as_number
 
-        path = Path(__file__).parent / "fixtures" / "synap" / "store.purchase.json"
-        body = json.loads(path.read_text(encoding="utf-8"))
+        body = json.loads(samples.raw("store.purchase"))
         body["unlockActions"] = [{"type": -(2**63) - 1, "targetId": 2**70}]
         mapped = map_webhook("store.purchase", body, datetime.now(UTC), Config())
         (unlock,) = mapped.messages[0].body()["properties"]["unlockActions"]

@@ -2,7 +2,9 @@
 
 ``--config PATH`` is accepted before or after the subcommand. Subcommands: ``serve``,
 ``check-config``, ``stats``, ``dead-letters {list,show,replay,purge}``, ``migrate`` (the last
-three in :mod:`bridge.cli.ops`). Secrets are never printed: ``check-config`` masks them.
+three in :mod:`bridge.cli.ops`), ``events [show]`` (:mod:`bridge.cli.events`), ``try CODE``
+(:mod:`bridge.cli.try_code`), ``synap sync`` (:mod:`bridge.cli.synap_sync`). Secrets are never
+printed: ``check-config`` masks them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import yaml
 
 from bridge import __version__, logs
 from bridge import config as config_module
+from bridge.cli import events as cli_events
 from bridge.cli import ops as cli_ops
+from bridge.cli import synap_sync as cli_synap
+from bridge.cli import try_code as cli_try
 from bridge.config import Config
 from bridge.errors import ConfigError
 
@@ -45,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", parents=[common], help="print the effective configuration, secrets masked"
     )
     cli_ops.add_commands(commands, common)
+    cli_events.add_commands(commands, common)
+    cli_try.add_commands(commands, common)
+    cli_synap.add_commands(commands, common)
     return parser
 
 
@@ -67,6 +75,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         except ConfigError as exc:
             return _config_errors(exc, path)
     logs.configure(config.logging.level, config.logging.format, stream=sys.stderr)
+    if args.command == "events":
+        return cli_events.run(args, config, out)
+    if args.command == "try":
+        return cli_try.run(args, config, out)
+    if args.command == "synap":
+        return cli_synap.run(args, config, out)
     return cli_ops.run(args, config, out)
 
 

@@ -90,15 +90,17 @@ def run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
         "migrate": _migrate,
     }
     name = args.action if args.command == "dead-letters" else args.command
-    return asyncio.run(_with_store(config, handlers[name], args, out))
+    return asyncio.run(with_store(config, handlers[name], args, out))
 
 
-async def _with_store(
+async def with_store(
     config: Config,
     handler: Callable[[Store, argparse.Namespace, Config, TextIO], Awaitable[int]],
     args: argparse.Namespace,
     out: TextIO,
 ) -> int:
+    """Open the configured store, run ``handler`` on it, close it; a storage error is one line
+    and exit status 1. Shared by the operator command modules (ops, events, try)."""
     store = open_store(config.storage, create=args.command == "migrate")
     try:
         await store.open()

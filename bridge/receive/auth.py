@@ -46,17 +46,26 @@ def credentials_match(header: str | None, username: str, password: str) -> bool:
 
 
 def guard(
-    request: web.BaseRequest, username: str, password: SecretStr | None
+    request: web.BaseRequest,
+    username: str,
+    password: SecretStr | None,
+    next_password: SecretStr | None = None,
 ) -> web.Response | None:
     """The 401 answer when credentials are required and missing or wrong; None to proceed.
 
     No password configured means the endpoint is open (the bridge then listens on loopback only,
-    :meth:`bridge.config.Config.listen_problem`).
+    :meth:`bridge.config.Config.listen_problem`). ``next_password`` is accepted too while a
+    password is rotated (``auth.next_password``); both comparisons run, whichever matches.
     """
     if password is None:
         return None
     header = request.headers.get("Authorization")
-    if credentials_match(header, username, password.get_secret_value()):
+    matches = [
+        credentials_match(header, username, secret.get_secret_value())
+        for secret in (password, next_password)
+        if secret is not None
+    ]
+    if any(matches):
         return None
     return error(
         401, "unauthorized", "missing or wrong credentials", {"WWW-Authenticate": CHALLENGE}

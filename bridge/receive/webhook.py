@@ -113,7 +113,8 @@ async def _handle(
     request: web.Request, runtime: Runtime, code: str, fields: dict[str, Any]
 ) -> tuple[str, web.Response]:
     config = runtime.config
-    refused = guard(request, config.auth.username, config.auth.password)
+    auth = config.auth
+    refused = guard(request, auth.username, auth.password, auth.next_password)
     if refused is not None:
         fields["error"] = "unauthorized"
         return "unauthorized", refused

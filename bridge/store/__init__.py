@@ -2,7 +2,8 @@
 
 The receiver calls :meth:`Store.enqueue` and answers 2xx only after it returns (the commit).
 The delivery loop calls ``claim`` / ``ack`` / ``retry_later`` / ``bury``. The CLI reads
-``stats`` and the dead letters and calls ``replay`` / ``purge_dead``. No SQL, no sqlite3
+``stats``, the dead letters and the events (``find_events`` / ``event``, read-only) and calls
+``replay`` / ``purge_dead``. No SQL, no sqlite3
 exception and no file path crosses this interface, so a PostgreSQL implementation (for several
 replicas) can stand behind it unchanged. Every method raises
 :class:`bridge.errors.StorageUnavailableError` when the storage cannot do its job.
@@ -118,6 +119,69 @@ class ReplayOutcome:
     messages: int  # messages made pending
 
 
+#: What ``find_events`` can return per message: ``held`` is pending, never tried and not due
+#: yet (waiting out its ``hold_secs``); ``pending`` covers due messages and retries waiting for
+#: their backoff (``due_at`` says when).
+MESSAGE_STATES: tuple[str, ...] = ("pending", "held", "inflight", "delivered", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """What ``synap-bridge events`` searches by; every field set must match (AND).
+
+    ``ref`` is an id inside the webhook's body: an attempt, test, exam, assignment or the
+    body's own ``id`` (see the backend for which paths it indexes). ``state`` matches webhooks
+    with at least one message in that state (one of :data:`MESSAGE_STATES`); ``dead`` also
+    matches a webhook that could not be mapped at all. ``since`` / ``until`` bound the receipt
+    time (``since <= received_at < until``). Results come newest first, at most ``limit``.
+    """
+
+    user_id: str | None = None
+    ref: str | None = None
+    message_id: str | None = None
+    code: str | None = None
+    state: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class EventMessage:
+    """One Segment message as stored, with where it is on its way."""
+
+    id: int
+    message_id: str
+    destination: str
+    user_id: str
+    state: str  # one of MESSAGE_STATES
+    attempts: int
+    last_error: str | None
+    enqueued_at: float
+    due_at: float | None  # pending / held: when it falls due; in flight: lease expiry
+    delivered_at: float | None
+    dead_reason: str | None  # the dead letter's reason when state is dead
+    payload: bytes  # the exact JSON sent (or to be sent) to Segment
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One stored webhook and the messages it produced (or why it produced none)."""
+
+    webhook_id: str
+    code: str
+    portal_id: str | None
+    received_at: float
+    messages: tuple[EventMessage, ...]
+    dead: DeadReason | None  # set when the whole webhook is a dead letter (it did not map)
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    event: EventRecord
+    raw_body: bytes  # the webhook's body exactly as received
+
+
 #: Maps a stored webhook again with the current configuration: the messages, or a reason.
 Remapper = Callable[[Webhook], "Sequence[OutgoingMessage] | DeadReason"]
 
@@ -199,6 +263,19 @@ class Store(Protocol):
     async def dead_letters(self, which: DeadLetterFilter) -> list[DeadLetter]: ...
 
     async def dead_letter(self, letter_id: int) -> DeadLetterDetail | None: ...
+
+    async def find_events(self, query: EventQuery, now: float) -> list[EventRecord]:
+        """Stored webhooks matching ``query``, newest first, each with all its messages.
+
+        Read-only. ``now`` tells ``held`` from ``pending``. Must stay fast (an index walk, not
+        a scan of every body) on a million messages for every field of the query but a lone
+        ``state`` of ``delivered`` or a time range, which walk the webhooks newest first.
+        """
+        ...
+
+    async def event(self, webhook_id: str, now: float) -> EventDetail | None:
+        """One stored webhook by the id intake answered with (``webhook_id``), or None."""
+        ...
 
     async def replay(self, which: DeadLetterFilter, remap: Remapper, now: float) -> ReplayOutcome:
         """Map the dead letters' raw bodies again and make the results pending.

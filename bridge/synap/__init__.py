@@ -1,5 +1,7 @@
 """What Synap sends: the event codes it knows, lenient payload models, inbound value coercion.
 
 Pure and dependency-light. May import only ``bridge.messages`` (time formatting) and pydantic;
-everything else in the bridge may import this package.
+everything else in the bridge may import this package. Two exceptions, both for the CLI:
+``samples`` (the sample bodies shipped as package data, also the tests' fixtures) and ``api``
+(the HTTP client for Synap's subscription API, which ``synap sync`` alone imports).
 """

@@ -22,6 +22,10 @@ from bridge.store import (
     DeadLetterFilter,
     DeadReason,
     EnqueueReceipt,
+    EventDetail,
+    EventMessage,
+    EventQuery,
+    EventRecord,
     StoreStats,
     Webhook,
 )
@@ -609,3 +613,116 @@ async def webhooks_of_letters(conn: Conn, letters: Sequence[int]) -> list[tuple[
         list(letters),
     )
     return [(row[0], row[1], Webhook(row[2], row[3], row[4], row[5])) for row in rows]
+
+
+# ---- event search (read-only) ------------------------------------------------------------------
+
+#: As in the SQLite store: the key fields are ``IN`` over a small indexed set; the open states
+#: start from the partial indexes of the open rows, ``dead`` from ``dead_letters``, and
+#: ``delivered`` (most rows) is checked per webhook while the receipt-time index is walked.
+_STATE_WHERE = {
+    "pending": "w.id IN (SELECT webhook_id FROM messages WHERE state IN ('pending', 'inflight')"
+    " AND state = 'pending' AND (attempts > 0 OR due_at <= {now}))",
+    "held": "w.id IN (SELECT webhook_id FROM messages WHERE state IN ('pending', 'inflight')"
+    " AND state = 'pending' AND attempts = 0 AND due_at > {now})",
+    "inflight": "w.id IN (SELECT webhook_id FROM messages WHERE state = 'inflight')",
+    "delivered": "EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id"
+    " AND m.state = 'delivered')",
+    "dead": "w.id IN (SELECT webhook_id FROM dead_letters)",
+}
+_KEY_WHERE = (
+    ("message_id", "w.id IN (SELECT webhook_id FROM messages WHERE message_id = {arg})"),
+    ("user_id", "w.id IN (SELECT webhook_id FROM messages WHERE user_id = {arg})"),
+    ("ref", "w.id IN (SELECT webhook_id FROM webhook_refs WHERE ref = {arg})"),
+    ("code", "w.code = {arg}"),
+    ("since", "w.received_at >= {arg}"),
+    ("until", "w.received_at < {arg}"),
+)
+
+
+async def find_events(conn: Conn, query: EventQuery, now: float) -> list[EventRecord]:
+    where: list[str] = []
+    params: list[Any] = []
+    for field, condition in _KEY_WHERE:
+        value = getattr(query, field)
+        if value is not None:
+            params.append(value)
+            where.append(condition.format(arg=f"${len(params)}"))
+    if query.state is not None:
+        if query.state not in _STATE_WHERE:
+            raise ValueError(f"unknown state {query.state!r}")
+        condition = _STATE_WHERE[query.state]
+        if "{now}" in condition:
+            params.append(now)
+            condition = condition.format(now=f"${len(params)}::float8")
+        where.append(condition)
+    params.append(max(0, query.limit))
+    # Built only from the constant fragments above; every value is a bound parameter.
+    sql = (
+        "SELECT w.id, w.code, w.portal_id, w.received_at FROM webhooks w"  # noqa: S608
+        f" WHERE {' AND '.join(where) or 'true'}"
+        f" ORDER BY w.received_at DESC, w.id DESC LIMIT ${len(params)}"
+    )
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        webhooks = await conn.fetch(sql, *params)
+        return await _records(conn, [tuple(row) for row in webhooks], now)
+
+
+async def event(conn: Conn, ref: str, now: float) -> EventDetail | None:
+    digits = ref.removeprefix("wh_")
+    if not digits.isdigit() or len(digits) > 18:
+        return None
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        found = await conn.fetchrow(
+            "SELECT id, code, portal_id, received_at, raw_body FROM webhooks WHERE id = $1",
+            int(digits),
+        )
+        if found is None:
+            return None
+        (record,) = await _records(conn, [tuple(found)[:4]], now)
+        return EventDetail(record, found[4])
+
+
+async def _records(
+    conn: Conn, webhooks: Sequence[tuple[Any, ...]], now: float
+) -> list[EventRecord]:
+    ids = [row[0] for row in webhooks]
+    messages: dict[int, list[EventMessage]] = {}
+    for row in await conn.fetch(
+        "SELECT m.webhook_id, m.id, m.message_id, m.destination, m.user_id, m.state, m.attempts,"
+        " m.last_error, m.enqueued_at, m.due_at, m.delivered_at,"
+        " (SELECT d.reason FROM dead_letters d WHERE d.message_row = m.id"
+        " ORDER BY d.id DESC LIMIT 1), p.payload"
+        " FROM messages m LEFT JOIN message_payloads p ON p.id = m.id"
+        " WHERE m.webhook_id = ANY($1::bigint[]) ORDER BY m.id",
+        ids,
+    ):
+        webhook, row_id, message_id, destination, user, state, attempts, error = row[:8]
+        enqueued, due, delivered, reason, payload = row[8:]
+        if state == "pending" and attempts == 0 and due is not None and due > now:
+            state = "held"
+        messages.setdefault(webhook, []).append(
+            EventMessage(
+                row_id, message_id, destination, user, state, attempts, error, enqueued, due,
+                delivered, reason, bytes(payload) if payload is not None else b"",
+            )
+        )  # fmt: skip
+    dead = {
+        row[0]: DeadReason(row[1], row[2])
+        for row in await conn.fetch(
+            "SELECT webhook_id, reason, detail FROM dead_letters WHERE message_row IS NULL"
+            " AND webhook_id = ANY($1::bigint[]) ORDER BY id",
+            ids,
+        )
+    }
+    return [
+        EventRecord(
+            webhook_ref(row_id),
+            code,
+            portal,
+            received,
+            tuple(messages.get(row_id, ())),
+            dead.get(row_id),
+        )
+        for row_id, code, portal, received in webhooks
+    ]

@@ -102,8 +102,65 @@ EXCEPTION WHEN others THEN
 END $lz4$;
 """
 
+# v2: the indexes of the event search (``find_events``), as SQLite's v4: messages by user id,
+# webhooks by receipt time and by code then time, and ``webhook_refs`` (the ids inside each body:
+# ``id``, ``attempt.id``, ``test.id``/``objectId``, ``exam.id``/``objectId``,
+# ``assignment.objectId``) kept by a trigger, so every writer (intake, replay) fills it and a
+# search never parses stored bodies. ``bridge_webhook_refs`` returns nothing for a body that is
+# not UTF-8 JSON (the error is caught inside): the trigger must never fail a commit. Existing
+# webhooks are back-filled by the last statement. IF NOT EXISTS / OR REPLACE: safe to re-run.
+_V2 = """
+CREATE INDEX IF NOT EXISTS messages_user ON messages (user_id);
+CREATE INDEX IF NOT EXISTS webhooks_received ON webhooks (received_at);
+CREATE INDEX IF NOT EXISTS webhooks_code_received ON webhooks (code, received_at);
+CREATE TABLE IF NOT EXISTS webhook_refs (
+    ref        text NOT NULL,
+    webhook_id bigint NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    PRIMARY KEY (ref, webhook_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_refs_webhook ON webhook_refs (webhook_id);
+CREATE OR REPLACE FUNCTION bridge_webhook_refs(body bytea) RETURNS SETOF text
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+DECLARE
+    doc jsonb;
+BEGIN
+    BEGIN
+        doc := convert_from(body, 'UTF8')::jsonb;
+    EXCEPTION WHEN others THEN
+        RETURN;
+    END;
+    IF jsonb_typeof(doc) <> 'object' THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT DISTINCT v.j #>> '{}' FROM (VALUES
+        (doc -> 'id'), (doc -> 'attempt' -> 'id'), (doc -> 'test' -> 'id'),
+        (doc -> 'test' -> 'objectId'), (doc -> 'exam' -> 'id'), (doc -> 'exam' -> 'objectId'),
+        (doc -> 'assignment' -> 'objectId')
+    ) AS v(j)
+    WHERE jsonb_typeof(v.j) = 'string'
+       OR (jsonb_typeof(v.j) = 'number' AND v.j #>> '{}' ~ '^-?[0-9]+$');
+END
+$fn$;
+CREATE OR REPLACE FUNCTION bridge_webhook_refs_insert() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO webhook_refs (ref, webhook_id)
+    SELECT r, NEW.id FROM bridge_webhook_refs(NEW.raw_body) AS r
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$fn$;
+DROP TRIGGER IF EXISTS webhooks_refs_insert ON webhooks;
+CREATE TRIGGER webhooks_refs_insert AFTER INSERT ON webhooks
+    FOR EACH ROW EXECUTE FUNCTION bridge_webhook_refs_insert();
+INSERT INTO webhook_refs (ref, webhook_id)
+SELECT r, w.id FROM webhooks w, bridge_webhook_refs(w.raw_body) AS r
+ON CONFLICT DO NOTHING;
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -33,6 +33,9 @@ from bridge.store import (
     DeadLetterFilter,
     DeadReason,
     EnqueueReceipt,
+    EventDetail,
+    EventQuery,
+    EventRecord,
     Remapper,
     ReplayOutcome,
     StoreStats,
@@ -302,6 +305,16 @@ class PostgresStore:
     async def dead_letter(self, letter_id: int) -> DeadLetterDetail | None:
         async with self._connection("read a letter") as conn:
             return await ops.dead_letter(conn, letter_id)
+
+    # ---- event search ----------------------------------------------------------------------
+
+    async def find_events(self, query: EventQuery, now: float) -> list[EventRecord]:
+        async with self._connection("search the events") as conn:
+            return await ops.find_events(conn, query, now)
+
+    async def event(self, webhook_id: str, now: float) -> EventDetail | None:
+        async with self._connection("read an event") as conn:
+            return await ops.event(conn, webhook_id, now)
 
     async def replay(self, which: DeadLetterFilter, remap: Remapper, now: float) -> ReplayOutcome:
         """Remap on the caller's loop, write one transaction per chunk of letters."""

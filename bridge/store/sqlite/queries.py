@@ -23,6 +23,10 @@ from bridge.store import (
     DeadLetterFilter,
     DeadReason,
     EnqueueReceipt,
+    EventDetail,
+    EventMessage,
+    EventQuery,
+    EventRecord,
     StoreStats,
     Webhook,
 )
@@ -470,3 +474,139 @@ def stats(conn: sqlite3.Connection, since: float, storage_bytes: int) -> StoreSt
         storage_bytes=storage_bytes,
         last_delivered_at=last,
     )
+
+
+# ---- event search (reader connection; read-only) ---------------------------------------------
+
+#: Each field of an EventQuery as a condition on ``webhooks w``. The key fields are ``IN`` over a
+#: small indexed set, so SQLite starts from them; the state conditions start from the partial
+#: indexes of the open rows or from ``dead_letters`` (few rows), except ``delivered`` (most rows),
+#: which is checked per webhook while the receipt-time index is walked newest first. The open
+#: states repeat ``state IN ('pending', 'inflight')`` verbatim so the partial indexes apply.
+_STATE_WHERE = {
+    "pending": "w.id IN (SELECT webhook_id FROM messages WHERE state IN ('pending', 'inflight')"
+    " AND state = 'pending' AND (attempts > 0 OR due_at <= ?))",
+    "held": "w.id IN (SELECT webhook_id FROM messages WHERE state IN ('pending', 'inflight')"
+    " AND state = 'pending' AND attempts = 0 AND due_at > ?)",
+    "inflight": "w.id IN (SELECT webhook_id FROM messages WHERE state = 'inflight')",
+    "delivered": "EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id"
+    " AND m.state = 'delivered')",
+    "dead": "w.id IN (SELECT webhook_id FROM dead_letters)",
+}
+_MESSAGE_COLUMNS = (
+    "m.webhook_id, m.id, m.message_id, m.destination, m.user_id, m.state, m.attempts,"
+    " m.last_error, m.enqueued_at, m.due_at, m.delivered_at,"
+    " (SELECT d.reason FROM dead_letters d WHERE d.message_row = m.id ORDER BY d.id DESC LIMIT 1),"
+    " p.payload"
+)
+
+
+def webhook_row(ref: str) -> int | None:
+    """The row id behind a ``webhook_ref`` (``wh_12`` -> 12; a bare ``12`` is accepted too)."""
+    digits = ref.removeprefix("wh_")
+    return int(digits) if digits.isdigit() and len(digits) < 19 else None
+
+
+def find_events(conn: sqlite3.Connection, query: EventQuery, now: float) -> list[EventRecord]:
+    where: list[str] = []
+    params: list[object] = []
+    for value, condition in (
+        (query.message_id, "w.id IN (SELECT webhook_id FROM messages WHERE message_id = ?)"),
+        (query.user_id, "w.id IN (SELECT webhook_id FROM messages WHERE user_id = ?)"),
+        (query.ref, "w.id IN (SELECT webhook_id FROM webhook_refs WHERE ref = ?)"),
+        (query.code, "w.code = ?"),
+        (query.since, "w.received_at >= ?"),
+        (query.until, "w.received_at < ?"),
+    ):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    if query.state is not None:
+        if query.state not in _STATE_WHERE:
+            raise ValueError(f"unknown state {query.state!r}")
+        where.append(_STATE_WHERE[query.state])
+        if query.state in ("pending", "held"):
+            params.append(now)
+    # Built only from the constant fragments above; every value is a bound parameter.
+    sql = (
+        "SELECT w.id, w.code, w.portal_id, w.received_at FROM webhooks w"  # noqa: S608
+        f" WHERE {' AND '.join(where) or '1'} ORDER BY w.received_at DESC, w.id DESC LIMIT ?"
+    )
+    conn.execute("BEGIN")
+    try:
+        webhooks = conn.execute(sql, (*params, max(0, query.limit))).fetchall()
+        return _records(conn, webhooks, now)
+    finally:
+        conn.execute("COMMIT")
+
+
+def event(conn: sqlite3.Connection, ref: str, now: float) -> EventDetail | None:
+    row_id = webhook_row(ref)
+    if row_id is None:
+        return None
+    conn.execute("BEGIN")
+    try:
+        found = conn.execute(
+            "SELECT id, code, portal_id, received_at, raw_body FROM webhooks WHERE id = ?",
+            (row_id,),
+        ).fetchone()
+        if found is None:
+            return None
+        (record,) = _records(conn, [found[:4]], now)
+        return EventDetail(record, found[4])
+    finally:
+        conn.execute("COMMIT")
+
+
+def _records(
+    conn: sqlite3.Connection, webhooks: Sequence[tuple[int, str, str | None, float]], now: float
+) -> list[EventRecord]:
+    """The webhooks' messages and whole-webhook dead letters, in two statements."""
+    ids = _ids(row[0] for row in webhooks)
+    messages: dict[int, list[EventMessage]] = {}
+    # Constant columns; the ids are one bound parameter.
+    for webhook, *fields in conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages m"  # noqa: S608
+        " LEFT JOIN message_payloads p ON p.id = m.id"
+        " WHERE m.webhook_id IN (SELECT value FROM json_each(?)) ORDER BY m.id",
+        (ids,),
+    ):
+        row_id, message_id, destination, user, state, attempts, error, enqueued, due = fields[:9]
+        delivered, reason, payload = fields[9:]
+        if state == "pending" and attempts == 0 and due is not None and due > now:
+            state = "held"
+        messages.setdefault(webhook, []).append(
+            EventMessage(
+                row_id,
+                message_id,
+                destination,
+                user,
+                state,
+                attempts,
+                error,
+                enqueued,
+                due,
+                delivered,
+                reason,
+                payload if payload is not None else b"",
+            )
+        )
+    dead = {
+        webhook: DeadReason(reason, detail)
+        for webhook, reason, detail in conn.execute(
+            "SELECT webhook_id, reason, detail FROM dead_letters WHERE message_row IS NULL"
+            " AND webhook_id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (ids,),
+        )
+    }
+    return [
+        EventRecord(
+            webhook_ref(row_id),
+            code,
+            portal,
+            received,
+            tuple(messages.get(row_id, ())),
+            dead.get(row_id),
+        )
+        for row_id, code, portal, received in webhooks
+    ]

@@ -108,8 +108,48 @@ _V3 = """
 ALTER TABLE messages ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;
 """
 
+# v4: the indexes of the event search (``find_events``), each answering one of its fields in
+# O(log n) on a million messages (docs/operations.md has the figures):
+# * messages by user id; webhooks by receipt time, and by code then time (newest first);
+# * ``webhook_refs``: the ids inside each body (``id``, ``attempt.id``, ``test.id`` /
+#   ``objectId``, ``exam.id`` / ``objectId``, ``assignment.objectId``), extracted once when the
+#   webhook is stored, by a trigger: every writer (intake, replay) keeps it, and the intake code
+#   is not touched. Searching the bodies with json_extract at query time would parse every
+#   stored body (1M x 2-8 KB) on each search. One json_extract with several paths parses a body
+#   once. A body that is not JSON text, or an id that is not a string or integer, is skipped,
+#   never an error: the trigger must never fail a commit. Rows go with their webhook (ON DELETE
+#   CASCADE). Existing webhooks are back-filled by the last statement.
+# Every statement is IF NOT EXISTS, so the step is safe to merge beside another step.
+_V4 = """
+CREATE INDEX IF NOT EXISTS messages_user ON messages(user_id);
+CREATE INDEX IF NOT EXISTS webhooks_received ON webhooks(received_at);
+CREATE INDEX IF NOT EXISTS webhooks_code_received ON webhooks(code, received_at);
+CREATE TABLE IF NOT EXISTS webhook_refs (
+    ref        TEXT NOT NULL,
+    webhook_id INTEGER NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    PRIMARY KEY (ref, webhook_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS webhook_refs_webhook ON webhook_refs(webhook_id);
+CREATE TRIGGER IF NOT EXISTS webhooks_refs_insert AFTER INSERT ON webhooks BEGIN
+    INSERT OR IGNORE INTO webhook_refs (ref, webhook_id)
+    SELECT DISTINCT j.value, NEW.id FROM json_each(
+        CASE WHEN json_valid(CAST(NEW.raw_body AS TEXT)) THEN json_extract(
+            CAST(NEW.raw_body AS TEXT), '$.id', '$.attempt.id', '$.test.id', '$.test.objectId',
+            '$.exam.id', '$.exam.objectId', '$.assignment.objectId')
+        ELSE '[]' END) j
+    WHERE j.type IN ('text', 'integer');
+END;
+INSERT OR IGNORE INTO webhook_refs (ref, webhook_id)
+SELECT DISTINCT j.value, w.id FROM webhooks w, json_each(
+    CASE WHEN json_valid(CAST(w.raw_body AS TEXT)) THEN json_extract(
+        CAST(w.raw_body AS TEXT), '$.id', '$.attempt.id', '$.test.id', '$.test.objectId',
+        '$.exam.id', '$.exam.objectId', '$.assignment.objectId')
+    ELSE '[]' END) j
+WHERE j.type IN ('text', 'integer');
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -34,6 +34,9 @@ from bridge.store import (
     DeadLetterFilter,
     DeadReason,
     EnqueueReceipt,
+    EventDetail,
+    EventQuery,
+    EventRecord,
     Remapper,
     ReplayOutcome,
     StoreStats,
@@ -301,6 +304,15 @@ class SQLiteStore:
 
     async def dead_letter(self, letter_id: int) -> DeadLetterDetail | None:
         return await self._read(partial(ops.dead_letter, letter_id=letter_id), "read a letter")
+
+    # ---- event search ----------------------------------------------------------------------
+
+    async def find_events(self, query: EventQuery, now: float) -> list[EventRecord]:
+        work = partial(ops.find_events, query=query, now=now)
+        return await self._read(work, "search the events")
+
+    async def event(self, webhook_id: str, now: float) -> EventDetail | None:
+        return await self._read(partial(ops.event, ref=webhook_id, now=now), "read an event")
 
     async def replay(self, which: DeadLetterFilter, remap: Remapper, now: float) -> ReplayOutcome:
         """Remap on the caller's loop, write one transaction per chunk of letters."""
