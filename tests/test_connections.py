@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from bridge.app import build_app
@@ -28,10 +27,6 @@ from bridge.receive.connections import ConnectionGuard, GuardedSite
 from bridge.receive.runtime import RUNTIME
 from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth
 from tests.process import BridgeProcess, write_config
-
-# Timing and descriptor counts of real processes: coverage's tracing (make test) would slow the
-# client that opens the connections and change what is measured.
-pytestmark = pytest.mark.no_cover
 
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
