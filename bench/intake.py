@@ -1,9 +1,11 @@
-"""Intake: durable webhooks per second and latency, the bridge beside a bare aiohttp app.
+"""Intake: durable webhooks per second and latency, the bridge beside two baselines.
 
 Both servers get the same wrk script, the same ~6 KB ``exam.completed`` bodies with Basic auth,
 the same connection counts and durations. The bridge runs as it does in production: the real
 ``synap-bridge serve``, ``synchronous=FULL``, and its delivery loop running, uploading what it
-receives to the fake Segment (a separate process) while intake is measured.
+receives to the fake Segment (a separate process) while intake is measured. The baselines are
+bare aiohttp (nothing kept: the price of durability shows) and the minimal durable receiver
+(bench/durable.py: raw body, group commit, ``synchronous=FULL``: our own overhead shows).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ PATH = "/webhooks/synap/exam.completed"
 class IntakeResult:
     bare: list[wrk.WrkResult] = field(default_factory=list)
     bridge: list[wrk.WrkResult] = field(default_factory=list)
+    durable: list[wrk.WrkResult] = field(default_factory=list)  # the minimal durable receiver
     acknowledged: int = 0  # 2xx answers counted by wrk, warm-ups included
     stored: int = 0  # webhook rows in the database afterwards
     delivered_during: int = 0  # messages the fake Segment accepted meanwhile
@@ -55,6 +58,8 @@ def run(levels: tuple[int, ...], seconds: float, profile_seconds: float) -> Inta
     result = IntakeResult()
     with procs.running(procs.bare_app()) as bare:
         result.bare, _ = _series(bare.url + PATH, levels, seconds, "bare")
+    with procs.running(procs.durable_app()) as durable:
+        result.durable, _ = _series(durable.url + PATH, levels, seconds, "durable")
     db = OUT / "intake.db"
     for stale in OUT.glob("intake.db*"):
         stale.unlink()

@@ -129,6 +129,9 @@ def intake_section(res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any]) 
         f"Ratio {share:.2f}: {verdict(share >= 0.5)}; p99 {report.fmt(top_b.p99_ms)} ms: "
         f"{verdict(top_b.p99_ms < 50)}.",
         "",
+    ]
+    lines += durable_lines(res, fig)
+    lines += [
         f"Durability check: wrk counted {res.acknowledged:,} 2xx answers (warm-ups included); "
         f"the database holds {res.stored:,} webhooks afterwards "
         f"({stored_ok}). "
@@ -144,6 +147,45 @@ def intake_section(res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any]) 
             "",
         ]
         lines += profile.table(res.profile)
+    return lines
+
+
+def durable_lines(res: intake.IntakeResult, fig: dict[str, Any]) -> list[str]:
+    """The bridge beside the minimal durable receiver (bench/durable.py), same run, same load.
+
+    bridge / durable is our own overhead (durability priced in); durable / bare is the price of
+    durability itself.
+    """
+    if not res.durable:
+        return []
+    lines = [
+        "Beside the minimal durable receiver (bench/durable.py: aiohttp reads the raw body, one "
+        "writer thread commits every waiting body in one SQLite transaction, WAL, "
+        "`synchronous=FULL`, answers after the commit), same wrk script and bodies:",
+        "",
+        "| connections | bridge webhooks/s | durable req/s | durable p50 ms | durable p99 ms "
+        "| bridge / durable "
+        "| bridge / bare | durable / bare | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b, d, a in zip(res.bridge, res.durable, res.bare, strict=True):
+        share = ratio(b.rate, d.rate)
+        lines.append(
+            f"| {b.connections} | {report.fmt(b.rate)} | {report.fmt(d.rate)} | "
+            f"{report.fmt(d.p50_ms)} | {report.fmt(d.p99_ms)} | {share:.2f} | "
+            f"{ratio(b.rate, a.rate):.2f} | {ratio(d.rate, a.rate):.2f} | {d.errors} |"
+        )
+        fig[f"durable c{d.connections} req/s"] = round(d.rate, 1)
+        fig[f"intake c{b.connections} / durable"] = round(share, 3)
+    top_b, top_d = res.bridge[-1], res.durable[-1]
+    share = ratio(top_b.rate, top_d.rate)
+    lines += [
+        "",
+        f"Target at {top_b.connections} connections (issue 16): >= 0.6 of the durable receiver "
+        f"(stretch 0.9) and p99 <= 50 ms. Ratio {share:.2f}: {verdict(share >= 0.6)}; p99 "
+        f"{report.fmt(top_b.p99_ms)} ms: {verdict(top_b.p99_ms <= 50)}.",
+        "",
+    ]
     return lines
 
 

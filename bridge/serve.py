@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -46,6 +47,11 @@ RELOADABLE = ("mapping", "routing", "segment", "logging")
 #: Another serve holds the database (EX_TEMPFAIL): retrying at once cannot help, so the unit's
 #: ``RestartPreventExitStatus=`` lists it and systemd does not restart in a loop.
 EX_DATABASE_IN_USE = 75
+# The cyclic collector's youngest generation runs after this many net container allocations
+# (CPython's default is 700). A webhook allocates a few thousand short-lived dicts and lists that
+# reference counting frees; at 700 the collector ran a few times per webhook over the ~64
+# requests in flight. docs/benchmarks.md (Notes, issue 16) has the measurement.
+GC_YOUNG_THRESHOLD = 50_000
 
 
 def restart_needed(old: Config, fresh: Config) -> list[str]:
@@ -85,6 +91,15 @@ async def serve(config: Config, config_path: str | None) -> int:
         lock.release()
 
 
+def tune_gc() -> None:
+    """Collect the youngest generation less often once serving (see GC_YOUNG_THRESHOLD).
+
+    Only the first threshold changes: older generations keep CPython's ratios.
+    """
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def _serve(config: Config, config_path: str | None) -> int:
     notifier = Notifier.from_environ()
     app = build_app(config)
@@ -116,6 +131,7 @@ async def _serve(config: Config, config_path: str | None) -> int:
             runners.append(side)
         for address in (addr for r in runners for addr in r.addresses):
             log.info("listening", host=address[0], port=address[1], dry_run=config.dry_run)
+        tune_gc()
         notifier.ready()
         pinger = asyncio.create_task(watchdog_loop(notifier))
         await stop.wait()
