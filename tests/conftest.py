@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 from base64 import b64encode
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,20 @@ async def eventually(condition: Callable[[], bool], within: float = 10.0) -> Non
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - no Event exists for these states
             await asyncio.sleep(POLL_INTERVAL_SECS)
+
+
+#: How often ``polled`` asks another process (an HTTP probe, a CLI run, a log file): each ask
+#: costs that process work, so not as often as ``eventually`` looks at in-process state.
+PROCESS_POLL_SECS = 0.05
+
+
+async def polled(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait, bounded, for state in another process, which has no event to offer: ask
+    ``check`` again every :data:`PROCESS_POLL_SECS` until it says yes (TimeoutError past
+    ``within``). The one polling loop of the tests; the bound is what keeps them honest."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - another process: nothing to wait on
+            await asyncio.sleep(PROCESS_POLL_SECS)
 
 
 @contextlib.asynccontextmanager

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PASSWORD, basic_auth, fixture_body
+from tests.conftest import PASSWORD, PROCESS_POLL_SECS, basic_auth, fixture_body
 from tests.standin import Podman, ensure_base_image
 
 #: The whole module's bound (pytest-timeout; the project default of 60 s is per unit test):
@@ -117,7 +117,7 @@ class Container:
                 return
             if self.inspect("{{.State.Running}}") != "true":
                 break
-            time.sleep(0.2)  # polling a condition, bounded by the deadline
+            time.sleep(PROCESS_POLL_SECS)  # another process's log: polled, bounded above
         pytest.fail(f"{self.name} did not start listening:\n{self.logs()}", pytrace=False)
 
     def remove(self) -> None:

@@ -57,7 +57,7 @@ class TestThreshold:
 class TestTasksAndClose:
     async def test_a_finished_task_ends_the_wait(self) -> None:
         latch = Arrivals()
-        upload = asyncio.create_task(asyncio.sleep(0.01))
+        upload = asyncio.create_task(asyncio.sleep(0))  # done on the loop's next turn
         started = time.monotonic()
         assert await latch.wait(30.0, {upload}) is False
         assert upload.done()
@@ -65,7 +65,7 @@ class TestTasksAndClose:
 
     async def test_an_arrival_ends_a_wait_on_tasks(self) -> None:
         latch = Arrivals()
-        stuck = asyncio.create_task(asyncio.sleep(30))
+        stuck = asyncio.create_task(asyncio.Event().wait())  # never finishes by itself
         asyncio.get_running_loop().call_later(0.01, latch.note)
         try:
             assert await latch.wait(30.0, {stuck}) is True

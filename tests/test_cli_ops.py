@@ -37,7 +37,7 @@ from bridge.config import Config
 from bridge.mapping import intake
 from bridge.store import DeadLetterFilter, DeadReason
 from bridge.store.sqlite.store import SQLiteStore
-from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth
+from tests.conftest import PASSWORD, USER, WRITE_KEY, basic_auth, polled
 from tests.fakes import FakeSegment
 from tests.process import REPO, BridgeProcess, write_config
 
@@ -74,12 +74,14 @@ def _run_cli_blocking(argv: list[str]) -> Ran:
 async def delivered_at_least(config_path: Path, count: int, within: float = 10.0) -> Any:
     """``stats --json`` once the database says ``count`` were delivered (bounded): the fake
     counts a batch before the bridge records its ack, and no event crosses the processes."""
-    async with asyncio.timeout(within):
-        while True:
-            stats = (await run_cli(config_path, "stats", "--json")).json()
-            if stats["delivered_total"] >= count:
-                return stats
-            await asyncio.sleep(0.05)
+    latest: list[Any] = []
+
+    async def delivered() -> bool:
+        latest[:] = [(await run_cli(config_path, "stats", "--json")).json()]
+        return bool(latest[0]["delivered_total"] >= count)
+
+    await polled(delivered, within)
+    return latest[0]
 
 
 async def run_cli(config_path: Path, *args: str) -> Ran:

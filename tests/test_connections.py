@@ -31,7 +31,15 @@ from bridge.receive.connections import (
     fit_to_descriptors,
 )
 from bridge.receive.runtime import RUNTIME
-from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth, eventually, serving
+from tests.conftest import (
+    PASSWORD,
+    PROCESS_POLL_SECS,
+    USER,
+    attempt_completed,
+    basic_auth,
+    eventually,
+    serving,
+)
 from tests.process import BridgeProcess, write_config
 from tests.test_hostile import http_status, raw_request
 from tests.test_refusals import webhook_request
@@ -162,7 +170,7 @@ async def webhook(session: aiohttp.ClientSession, url: str, n: int, deadline: fl
         except aiohttp.ClientError:
             pass
         assert time.monotonic() < deadline, f"webhook {n} not accepted in time"
-        await asyncio.sleep(0.05)  # a client's pause before trying again, not a wait for state
+        await asyncio.sleep(PROCESS_POLL_SECS)  # a client's pause before asking again
 
 
 async def webhooks(url: str, within: float) -> list[Accepted]:

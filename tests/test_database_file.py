@@ -27,7 +27,15 @@ from bridge import config as config_module
 from bridge.config import Config
 from bridge.serve import EX_DATABASE_IN_USE, serve
 from bridge.store.sqlite.lock import DatabaseInUseError, ServeLock
-from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth, eventually
+from tests.conftest import (
+    PASSWORD,
+    USER,
+    WRITE_KEY,
+    attempt_completed,
+    basic_auth,
+    eventually,
+    polled,
+)
 from tests.process import REPO, BridgeProcess, write_config
 
 URL = "/webhooks/synap/attempt.completed"
@@ -75,9 +83,11 @@ async def ready(session: aiohttp.ClientSession, bridge: BridgeProcess) -> int:
 
 async def turns_unready(session: aiohttp.ClientSession, bridge: BridgeProcess) -> None:
     """``/readyz`` answers from the periodic storage probe (once a second): bounded wait."""
-    async with asyncio.timeout(5.0):
-        while await ready(session, bridge) != 503:  # noqa: ASYNC110 - an HTTP poll: no event
-            await asyncio.sleep(0.05)
+
+    async def unready() -> bool:
+        return await ready(session, bridge) == 503
+
+    await polled(unready, 5.0)
 
 
 def cli_stats(config: Path) -> subprocess.CompletedProcess[str]:

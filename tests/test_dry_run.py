@@ -9,7 +9,6 @@ backlog goes out once a write key is configured: by SIGHUP reload or by a restar
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth
+from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth, polled
 from tests.fakes import FakeSegment
 from tests.process import REPO, BridgeProcess, write_config
 
@@ -50,9 +49,11 @@ async def post_all(url: str, numbers: range) -> None:
 
 async def shown(bridge: BridgeProcess, count: int, within: float = 20.0) -> list[dict[str, Any]]:
     """Wait (bounded) until the process logged ``count`` dry_run_message lines."""
-    async with asyncio.timeout(within):
-        while len(bridge.events("dry_run_message")) < count:  # noqa: ASYNC110 - a log to read
-            await asyncio.sleep(0.02)
+
+    async def logged() -> bool:
+        return len(bridge.events("dry_run_message")) >= count
+
+    await polled(logged, within)
     return bridge.events("dry_run_message")
 
 
@@ -94,9 +95,11 @@ async def dry_run_backlog(
         0,
     )
     assert bridge.events("delivery_loop_error") == []
-    async with asyncio.timeout(20):
-        while await gauge(url) != COUNT:  # noqa: ASYNC110 - a scrape, no event to wait on
-            await asyncio.sleep(0.1)
+
+    async def counted() -> bool:
+        return await gauge(url) == COUNT
+
+    await polled(counted, 20)
     return lines
 
 

@@ -24,11 +24,13 @@ import pytest
 
 from tests.conftest import (
     PASSWORD,
+    PROCESS_POLL_SECS,
     USER,
     WRITE_KEY,
     attempt_completed,
     basic_auth,
     eventually,
+    polled,
 )
 from tests.fakes import FakeSegment
 from tests.pgcluster import Cluster, with_password
@@ -88,7 +90,7 @@ class Load:
                 n = numbers.pop(0)
                 live = [r for r in self.replicas if r.port is not None]
                 if not live:
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(PROCESS_POLL_SECS)  # no replica up: ask again soon
                     numbers.append(n)
                     continue
                 target = random.choice(live)
@@ -215,10 +217,11 @@ async def test_postgres_down_and_restarted_under_load(
             postgres.ensure_running()
         # Back by itself: the pools reconnect, no restart of the bridge.
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-            async with asyncio.timeout(30):
-                # Polls other processes over HTTP: there is no event to wait on.
-                while [await readyz(session, r) for r in replicas] != [200, 200]:  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)
+
+            async def both_ready() -> bool:
+                return [await readyz(session, r) for r in replicas] == [200, 200]
+
+            await polled(both_ready, 30)
         # Now a fast restart in the middle of a load: only 200s and 503s, nothing acked lost.
         stop = asyncio.Event()
         posting = asyncio.create_task(load.run(1500, stop))

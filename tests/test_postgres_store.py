@@ -16,6 +16,7 @@ from bridge.messages import OutgoingMessage
 from bridge.store import DeadLetterFilter, DeadReason, Webhook
 from bridge.store.postgres.schema import SCHEMA_VERSION
 from bridge.store.postgres.store import PostgresStore
+from tests.conftest import polled
 from tests.pgcluster import Cluster
 
 T0 = 1000.0
@@ -223,13 +224,15 @@ class TestUnavailable:
                 await store.ack([m.id for m in claimed], now=T0)
         finally:
             postgres.ensure_running()
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    await store.ack([m.id for m in claimed], now=T0)
-                    break
-                except StorageUnavailableError:
-                    await asyncio.sleep(0.1)  # the pool reconnects; the backoff lets it try
+
+        async def acked() -> bool:  # the pool reconnects by itself; its backoff paces the tries
+            try:
+                await store.ack([m.id for m in claimed], now=T0)
+            except StorageUnavailableError:
+                return False
+            return True
+
+        await polled(acked, 30)
         stats = await store.stats(now=T0, since=0)
         assert (stats.in_flight, stats.delivered_total) == (0, 1)
 

@@ -31,7 +31,7 @@ from bridge.receive.runtime import RUNTIME
 from bridge.store import DeadLetterFilter
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import attempt_completed as attempt
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, polled
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -198,6 +198,8 @@ class TestLocked:
 
 async def eventually_status(client: Client, path: str, status: int, within: float = 10) -> None:
     """GET ``path`` until it answers ``status`` (bounded): for state a background task sets."""
-    async with asyncio.timeout(within):
-        while (await client.get(path)).status != status:  # noqa: ASYNC110 - polled over HTTP
-            await asyncio.sleep(0.01)
+
+    async def answers() -> bool:
+        return (await client.get(path)).status == status
+
+    await polled(answers, within)
