@@ -30,13 +30,10 @@ from bridge.store import (
     Webhook,
 )
 from bridge.store.postgres.schema import SHARDS
+from bridge.store.rows import LETTER_COLUMNS, LETTER_FROM, dead_letter_of, webhook_ref, webhook_row
 
 MAX_ERROR_CHARS = 4000
 Conn = Any  # an asyncpg connection (asyncpg ships no types)
-
-
-def webhook_ref(row_id: int) -> str:
-    return f"wh_{row_id}"
 
 
 def _text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -565,25 +562,10 @@ async def _revive_or_insert(conn: Conn, webhook: int, message: OutgoingMessage, 
 
 # ---- reads -------------------------------------------------------------------------------------
 
-_LETTER_COLUMNS = (
-    "d.id, d.webhook_id, w.code, w.portal_id, m.message_id, d.reason, d.detail, d.attempts,"
-    " d.created_at"
-)
-_LETTER_FROM = (
-    "FROM dead_letters d JOIN webhooks w ON w.id = d.webhook_id"
-    " LEFT JOIN messages m ON m.id = d.message_row"
-    " LEFT JOIN message_payloads p ON p.id = d.message_row"
-)
-
-
-def _letter(row: Sequence[Any]) -> DeadLetter:
-    letter_id, webhook, *rest = row
-    return DeadLetter(letter_id, webhook_ref(webhook), *rest)
-
 
 async def dead_letters(conn: Conn, which: DeadLetterFilter) -> list[DeadLetter]:
     rows = await conn.fetch(
-        f"SELECT {_LETTER_COLUMNS} {_LETTER_FROM}"
+        f"SELECT {LETTER_COLUMNS} {LETTER_FROM}"
         " WHERE ($1::text IS NULL OR w.code = $1) AND ($2::text IS NULL OR d.reason = $2)"
         " AND ($3::bigint[] IS NULL OR d.id = ANY($3))"
         " ORDER BY d.id LIMIT $4",
@@ -592,18 +574,18 @@ async def dead_letters(conn: Conn, which: DeadLetterFilter) -> list[DeadLetter]:
         [int(i) for i in which.ids] if which.ids else None,
         which.limit,
     )
-    return [_letter(row) for row in rows]
+    return [dead_letter_of(row) for row in rows]
 
 
 async def dead_letter(conn: Conn, letter_id: int) -> DeadLetterDetail | None:
     row = await conn.fetchrow(
-        f"SELECT {_LETTER_COLUMNS}, w.raw_body, p.payload, m.last_error {_LETTER_FROM}"
+        f"SELECT {LETTER_COLUMNS}, w.raw_body, p.payload, m.last_error {LETTER_FROM}"
         " WHERE d.id = $1",
         letter_id,
     )
     if row is None:
         return None
-    return DeadLetterDetail(_letter(row[:9]), row[9], row[10], row[11])
+    return DeadLetterDetail(dead_letter_of(row[:9]), row[9], row[10], row[11])
 
 
 async def webhooks_of_letters(conn: Conn, letters: Sequence[int]) -> list[tuple[int, int, Webhook]]:
@@ -669,13 +651,13 @@ async def find_events(conn: Conn, query: EventQuery, now: float) -> list[EventRe
 
 
 async def event(conn: Conn, ref: str, now: float) -> EventDetail | None:
-    digits = ref.removeprefix("wh_")
-    if not digits.isdigit() or len(digits) > 18:
+    row_id = webhook_row(ref)
+    if row_id is None:
         return None
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         found = await conn.fetchrow(
             "SELECT id, code, portal_id, received_at, raw_body FROM webhooks WHERE id = $1",
-            int(digits),
+            row_id,
         )
         if found is None:
             return None

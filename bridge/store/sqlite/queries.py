@@ -30,6 +30,7 @@ from bridge.store import (
     StoreStats,
     Webhook,
 )
+from bridge.store.rows import LETTER_COLUMNS, LETTER_FROM, dead_letter_of, webhook_ref, webhook_row
 
 MAX_ERROR_CHARS = 4000
 
@@ -53,10 +54,6 @@ _INSERT_DEAD = (
     " VALUES (?,?,?,?,?,?)"
 )
 #: Sets of ids travel as one JSON array parameter: "id IN (SELECT value FROM json_each(?))".
-
-
-def webhook_ref(row_id: int) -> str:
-    return f"wh_{row_id}"
 
 
 def _ids(ids: Iterable[int]) -> bytes:
@@ -379,21 +376,6 @@ def _revive_or_insert(
 
 # ---- reads (reader connection) ---------------------------------------------------------------
 
-_LETTER_COLUMNS = (
-    "d.id, d.webhook_id, w.code, w.portal_id, m.message_id, d.reason, d.detail, d.attempts,"
-    " d.created_at"
-)
-_LETTER_FROM = (
-    "FROM dead_letters d JOIN webhooks w ON w.id = d.webhook_id"
-    " LEFT JOIN messages m ON m.id = d.message_row"
-    " LEFT JOIN message_payloads p ON p.id = d.message_row"
-)
-
-
-def _letter(row: Sequence[object]) -> DeadLetter:
-    letter_id, webhook, *rest = row
-    return DeadLetter(letter_id, webhook_ref(webhook), *rest)  # type: ignore[arg-type]
-
 
 def dead_letters(conn: sqlite3.Connection, which: DeadLetterFilter) -> list[DeadLetter]:
     where: list[str] = ["1"]
@@ -409,20 +391,20 @@ def dead_letters(conn: sqlite3.Connection, which: DeadLetterFilter) -> list[Dead
         params.append(_ids(which.ids))
     limit = -1 if which.limit is None else which.limit
     # Built only from the constant fragments above; every value is a bound parameter.
-    sql = f"SELECT {_LETTER_COLUMNS} {_LETTER_FROM} WHERE {' AND '.join(where)}"
+    sql = f"SELECT {LETTER_COLUMNS} {LETTER_FROM} WHERE {' AND '.join(where)}"
     rows = conn.execute(f"{sql} ORDER BY d.id LIMIT ?", (*params, limit)).fetchall()
-    return [_letter(row) for row in rows]
+    return [dead_letter_of(row) for row in rows]
 
 
 def dead_letter(conn: sqlite3.Connection, letter_id: int) -> DeadLetterDetail | None:
     row = conn.execute(
-        f"SELECT {_LETTER_COLUMNS}, w.raw_body, p.payload, m.last_error {_LETTER_FROM}"
+        f"SELECT {LETTER_COLUMNS}, w.raw_body, p.payload, m.last_error {LETTER_FROM}"
         " WHERE d.id = ?",
         (letter_id,),
     ).fetchone()
     if row is None:
         return None
-    return DeadLetterDetail(_letter(row[:9]), row[9], row[10], row[11])
+    return DeadLetterDetail(dead_letter_of(row[:9]), row[9], row[10], row[11])
 
 
 def webhooks_of_letters(
@@ -499,12 +481,6 @@ _MESSAGE_COLUMNS = (
     " (SELECT d.reason FROM dead_letters d WHERE d.message_row = m.id ORDER BY d.id DESC LIMIT 1),"
     " p.payload"
 )
-
-
-def webhook_row(ref: str) -> int | None:
-    """The row id behind a ``webhook_ref`` (``wh_12`` -> 12; a bare ``12`` is accepted too)."""
-    digits = ref.removeprefix("wh_")
-    return int(digits) if digits.isdigit() and len(digits) < 19 else None
 
 
 def find_events(conn: sqlite3.Connection, query: EventQuery, now: float) -> list[EventRecord]:

@@ -1,0 +1,43 @@
+"""What both SQL backends share about rows: the public webhook id and the dead-letter read.
+
+The schemas of SQLite and PostgreSQL have the same shape (webhooks, messages, message_payloads,
+dead_letters), so the dead-letter columns and joins are one text; only placeholders and
+drivers differ, and those stay in each backend's ``queries``. Pure: no driver is imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bridge.store import DeadLetter
+
+#: The longest row id a webhook reference may name (a bigint has 19 digits; 18 always fits).
+MAX_ROW_DIGITS = 18
+
+LETTER_COLUMNS = (
+    "d.id, d.webhook_id, w.code, w.portal_id, m.message_id, d.reason, d.detail, d.attempts,"
+    " d.created_at"
+)
+LETTER_FROM = (
+    "FROM dead_letters d JOIN webhooks w ON w.id = d.webhook_id"
+    " LEFT JOIN messages m ON m.id = d.message_row"
+    " LEFT JOIN message_payloads p ON p.id = d.message_row"
+)
+
+
+def webhook_ref(row_id: int) -> str:
+    """The webhook id operators see (answers, logs, ``events``): ``wh_<row id>``."""
+    return f"wh_{row_id}"
+
+
+def webhook_row(ref: str) -> int | None:
+    """The row id behind a ``webhook_ref`` (``wh_12`` -> 12; a bare ``12`` is accepted too)."""
+    digits = ref.removeprefix("wh_")
+    return int(digits) if digits.isdigit() and len(digits) <= MAX_ROW_DIGITS else None
+
+
+def dead_letter_of(row: Sequence[Any]) -> DeadLetter:
+    """A dead letter from a row of :data:`LETTER_COLUMNS`."""
+    letter_id, webhook, *rest = row
+    return DeadLetter(letter_id, webhook_ref(webhook), *rest)
