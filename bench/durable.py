@@ -5,6 +5,11 @@ has committed every waiting body in one SQLite transaction (WAL, ``synchronous=F
 cheapest design that still keeps the bridge's promise (no 2xx before the commit). Same
 interpreter, same aiohttp, the same uvloop and no access log, like the bridge. The bridge divided
 by this is our own overhead; this divided by bare aiohttp is the price of durability itself.
+
+With ``--postgres URL`` the same receiver commits to PostgreSQL instead (asyncpg, every waiting
+body in one ``INSERT ... SELECT unnest($1::bytea[])``, up to :data:`PG_FLUSHERS` groups in flight
+as the bridge's PostgreSQL store does with its default pool): the yardstick for the bridge on
+PostgreSQL, one process or several on one database.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Protocol
 
+import asyncpg
 import uvloop
 from aiohttp import web
 
@@ -53,13 +60,63 @@ class GroupCommitter:
             self._loop.call_soon_threadsafe(_resolve, group)
 
 
+#: Groups in flight at once on PostgreSQL: the bridge's default (``pool_size`` 10 / 2).
+PG_FLUSHERS = 5
+
+
+class PostgresGroupCommitter:
+    """Group commit on PostgreSQL: each flusher takes every body waiting and inserts it at once."""
+
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._url = url
+        self._loop = loop
+        self._waiting: Waiting = []
+        self._arrived = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._url, min_size=PG_FLUSHERS, max_size=PG_FLUSHERS
+        )
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS bodies (id bigserial PRIMARY KEY, body bytea)"
+            )
+        for _ in range(PG_FLUSHERS):
+            self._loop.create_task(self._flush())
+
+    async def commit(self, body: bytes) -> None:
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._waiting.append((body, done))
+        self._arrived.set()
+        await done
+
+    async def _flush(self) -> None:
+        assert self._pool is not None
+        while True:
+            await self._arrived.wait()
+            group, self._waiting = self._waiting, []
+            self._arrived.clear()
+            if not group:
+                continue
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO bodies (body) SELECT unnest($1::bytea[])", [b for b, _ in group]
+                )
+            _resolve(group)
+
+
 def _resolve(group: Waiting) -> None:
     for _, done in group:
         if not done.done():
             done.set_result(None)
 
 
-COMMITTER = web.AppKey("committer", GroupCommitter)
+class Committer(Protocol):
+    async def commit(self, body: bytes) -> None: ...
+
+
+COMMITTER = web.AppKey("committer", Committer)
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -71,9 +128,20 @@ async def healthz(request: web.Request) -> web.Response:  # noqa: ARG001 - aioht
     return web.Response(text="ok")
 
 
-def app(path: Path, loop: asyncio.AbstractEventLoop) -> web.Application:
+def app(
+    path: Path, loop: asyncio.AbstractEventLoop, postgres: str | None = None
+) -> web.Application:
     application = web.Application()
-    application[COMMITTER] = GroupCommitter(path, loop)
+    if postgres:
+        committer = PostgresGroupCommitter(postgres, loop)
+        application[COMMITTER] = committer
+
+        async def started(_: web.Application) -> None:
+            await committer.start()
+
+        application.on_startup.append(started)
+    else:
+        application[COMMITTER] = GroupCommitter(path, loop)
     application.router.add_post("/webhooks/synap/{code}", receive)
     application.router.add_get("/healthz", healthz)
     return application
@@ -82,11 +150,14 @@ def app(path: Path, loop: asyncio.AbstractEventLoop) -> web.Application:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--db", type=Path, help="the SQLite file (without --postgres)")
+    parser.add_argument("--postgres", help="commit to this PostgreSQL database instead")
     args = parser.parse_args(argv)
+    if not args.postgres and args.db is None:
+        parser.error("--db or --postgres is required")
     loop = uvloop.new_event_loop()
     web.run_app(
-        app(args.db, loop),
+        app(args.db, loop, args.postgres),
         host="127.0.0.1",
         port=args.port,
         access_log=None,

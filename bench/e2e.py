@@ -34,6 +34,12 @@ class E2EResult:
     max_ms: float
     answer_p50_ms: float
     answer_p99_ms: float
+    requests: int = 0  # batch requests the fake Segment received
+    accepted: int = 0  # messages it accepted
+
+    @property
+    def requests_per_1000(self) -> float:
+        return 1000 * self.requests / self.accepted if self.accepted else 0.0
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -88,6 +94,7 @@ def run(rate: float, seconds: float) -> E2EResult:
                     break
                 time.sleep(0.1)
             arrivals = procs.get_json(fake.url + "/_arrivals", timeout=30)
+            stats = procs.get_json(fake.url + "/_stats")
     latencies = [arrivals[user][1] - at for user, at in sent.items() if user in arrivals]
     return E2EResult(
         rate=rate,
@@ -100,4 +107,6 @@ def run(rate: float, seconds: float) -> E2EResult:
         max_ms=max(latencies, default=float("nan")) * 1000,
         answer_p50_ms=percentile(answers, 0.50) * 1000,
         answer_p99_ms=percentile(answers, 0.99) * 1000,
+        requests=int(stats["requests"]),
+        accepted=int(stats["accepted"]),
     )

@@ -39,6 +39,8 @@ class IntakePoint:
     errors: int
     acknowledged: int
     stored: int
+    durable_rate: float = 0.0  # the minimal durable receiver on the same store, as many processes
+    durable_p99_ms: float = 0.0
 
 
 @dataclass
@@ -97,6 +99,50 @@ def _postgres_cpu(cluster: Cluster) -> float:
     return total
 
 
+def _drive(servers: list[procs.Proc], seconds: float, tag: str) -> tuple[list[wrk.WrkResult], int]:
+    """wrk against each server at once, CONNECTIONS split between them (a load balancer's job):
+    the measured runs, and the 2xx answers of warm-up and measured runs together."""
+    per = CONNECTIONS // len(servers)
+    auth = procs.basic_auth()
+    with ThreadPoolExecutor(len(servers)) as pool:
+        warm = list(
+            pool.map(lambda s: wrk.run(s.url + PATH, per, 2.0, f"{tag}w{s.name}", auth), servers)
+        )
+        runs = list(
+            pool.map(lambda s: wrk.run(s.url + PATH, per, seconds, f"{tag}{s.name}", auth), servers)
+        )
+    return runs, sum(r.acknowledged for r in runs + warm)
+
+
+def _durable(cluster: Cluster, processes: int, seconds: float, sqlite: bool) -> wrk.WrkResult:
+    """The minimal durable receiver (bench/durable.py) on the same store, as many processes."""
+    if sqlite:
+        servers = [procs.durable_app("durable-pg-beside")]
+    else:
+        url = cluster.new_database()
+        servers = [procs.durable_app(f"durable-pg{processes}-{n}", url) for n in range(processes)]
+    try:
+        runs, _ = _drive(servers, seconds, f"pgd{processes}")
+    finally:
+        for server in servers:
+            server.stop()
+    return _combined(runs)
+
+
+def _combined(runs: list[wrk.WrkResult]) -> wrk.WrkResult:
+    """Runs side by side as one: requests added (over the longest run), the worst latencies."""
+    return wrk.WrkResult(
+        connections=sum(r.connections for r in runs),
+        requests=sum(r.requests for r in runs),
+        seconds=max(r.seconds for r in runs),
+        errors=sum(r.errors for r in runs),
+        status_errors=sum(r.status_errors for r in runs),
+        p50_ms=max(r.p50_ms for r in runs),
+        p99_ms=max(r.p99_ms for r in runs),
+        max_ms=max(r.max_ms for r in runs),
+    )
+
+
 def _intake(cluster: Cluster, replicas: int, seconds: float, sqlite: bool = False) -> IntakePoint:
     url = _fresh_sqlite() if sqlite else cluster.new_database()
     with procs.running(procs.fake_segment(f"fake-pg-intake{replicas}")) as fake:
@@ -105,23 +151,7 @@ def _intake(cluster: Cluster, replicas: int, seconds: float, sqlite: bool = Fals
             for n in range(replicas)
         ]
         try:
-            per = CONNECTIONS // replicas
-            auth = procs.basic_auth()
-            with ThreadPoolExecutor(replicas) as pool:
-                warm = list(
-                    pool.map(
-                        lambda b: wrk.run(b.url + PATH, per, 2.0, f"pgw{replicas}{b.name}", auth),
-                        bridges,
-                    )
-                )
-                runs = list(
-                    pool.map(
-                        lambda b: wrk.run(
-                            b.url + PATH, per, seconds, f"pg{replicas}{b.name}", auth
-                        ),
-                        bridges,
-                    )
-                )
+            runs, acknowledged = _drive(bridges, seconds, f"pg{replicas}")
         finally:
             for bridge in bridges:
                 bridge.stop()
@@ -130,6 +160,7 @@ def _intake(cluster: Cluster, replicas: int, seconds: float, sqlite: bool = Fals
             stored = int(conn.execute("SELECT count(*) FROM webhooks").fetchone()[0])
     else:
         stored = int(cluster.psql(url.rsplit("/", 1)[1], "SELECT count(*) FROM webhooks"))
+    durable = _durable(cluster, replicas, seconds, sqlite)
     return IntakePoint(
         backend="SQLite" if sqlite else "PostgreSQL",
         replicas=replicas,
@@ -137,8 +168,10 @@ def _intake(cluster: Cluster, replicas: int, seconds: float, sqlite: bool = Fals
         p50_ms=max(r.p50_ms for r in runs),
         p99_ms=max(r.p99_ms for r in runs),
         errors=sum(r.errors for r in runs),
-        acknowledged=sum(r.acknowledged for r in runs + warm),
+        acknowledged=acknowledged,
         stored=stored,
+        durable_rate=durable.rate,
+        durable_p99_ms=durable.p99_ms,
     )
 
 

@@ -180,15 +180,20 @@ def bare_app(name: str = "bare") -> Proc:
     return proc
 
 
-def durable_app(name: str = "durable") -> Proc:
-    """The minimal durable receiver (bench/durable.py) on a fresh database in bench/out/."""
+def durable_app(name: str = "durable", postgres: str | None = None) -> Proc:
+    """The minimal durable receiver (bench/durable.py) on a fresh database in bench/out/, or on
+    the PostgreSQL database ``postgres`` (a URL)."""
     port = free_port()
-    db = OUT / f"{name}.db"
-    for stale in OUT.glob(f"{name}.db*"):
-        stale.unlink()
+    if postgres:
+        store = ["--postgres", postgres]
+    else:
+        db = OUT / f"{name}.db"
+        for stale in OUT.glob(f"{name}.db*"):
+            stale.unlink()
+        store = ["--db", str(db)]
     proc = Proc(
         name,
-        python("-m", "bench.durable", "--port", str(port), "--db", str(db)),
+        python("-m", "bench.durable", "--port", str(port), *store),
         url=f"http://127.0.0.1:{port}",
     )
     proc.wait_http(f"{proc.url}/healthz")

@@ -1,0 +1,73 @@
+"""Sustained end-to-end rate: does delivery keep up with intake at full load for 60 s?
+
+wrk drives ``serve`` at 64 connections for the whole window while the bridge delivers to the fake
+Segment (a separate process), as in production. Counted from the fake's ``/_stats`` at the start
+and the end of the window: messages accepted by Segment per second beside webhooks acknowledged
+per second (one message per benchmark webhook), the requests it took per 1,000 messages, and,
+once wrk stops, how long the rest takes to arrive (the backlog the window left behind). Delivery
+keeps up when it carries about what intake took in and the catch-up is short.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from bench import procs, wrk
+from bench.intake import PATH
+from bench.procs import OUT
+
+CONNECTIONS = 64
+CATCH_UP_LIMIT_SECS = 120.0
+
+
+@dataclass
+class SustainedResult:
+    seconds: float
+    intake: wrk.WrkResult
+    arrived_during: int  # messages the fake accepted inside the window
+    requests_during: int  # batch requests the fake received inside the window
+    backlog_at_end: int  # acknowledged but not yet arrived when wrk stopped
+    catch_up_secs: float  # from wrk's end until every acknowledged webhook's message arrived
+
+    @property
+    def delivered_rate(self) -> float:
+        return self.arrived_during / self.seconds
+
+    @property
+    def requests_per_1000(self) -> float:
+        return 1000 * self.requests_during / self.arrived_during if self.arrived_during else 0.0
+
+
+def _unique(fake: procs.Proc) -> tuple[int, int]:
+    stats = procs.get_json(fake.url + "/_stats")
+    return int(stats["unique"]), int(stats["requests"])
+
+
+def run(seconds: float) -> SustainedResult:
+    db = OUT / "sustained.db"
+    for stale in OUT.glob("sustained.db*"):
+        stale.unlink()
+    auth = procs.basic_auth()
+    with procs.running(procs.fake_segment("fake-sustained")) as fake:
+        config = procs.bridge_config(db, procs.free_port(), fake.url)
+        with procs.running(procs.bridge("bridge-sustained", config)) as bridge:
+            warm = wrk.run(bridge.url + PATH, CONNECTIONS, 2.0, "sustw", auth)
+            before, requests_before = _unique(fake)
+            load = wrk.run(bridge.url + PATH, CONNECTIONS, seconds, "sust", auth)
+            after, requests_after = _unique(fake)
+            ended = time.monotonic()
+            expected = warm.acknowledged + load.acknowledged
+            arrived = after
+            while arrived < expected and time.monotonic() - ended < CATCH_UP_LIMIT_SECS:
+                time.sleep(0.05)  # polling another process: no event to wait on
+                arrived, _ = _unique(fake)
+            caught_up = time.monotonic() - ended
+    return SustainedResult(
+        seconds=load.seconds,
+        intake=load,
+        arrived_during=after - before,
+        requests_during=requests_after - requests_before,
+        backlog_at_end=max(0, expected - after),
+        catch_up_secs=caught_up if arrived >= expected else float("inf"),
+    )
