@@ -21,7 +21,7 @@ from bridge.delivery.sinks import Sink, build_sinks
 from bridge.metrics import Metrics
 from bridge.receive import backpressure, health
 from bridge.receive import webhook as receive
-from bridge.receive.answers import hide_versions, json_errors
+from bridge.receive.answers import json_errors
 from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.store import Store
 from bridge.store.factory import open_store
@@ -67,10 +67,10 @@ def metrics_app(runtime: Runtime) -> web.Application:
 
 
 def _application(runtime: Runtime) -> web.Application:
-    """What every listener shares: the runtime, JSON error answers, no versions in ``Server``."""
+    """What every listener shares: the runtime, JSON error answers (no versions in ``Server``:
+    :mod:`bridge.receive.answers` sets aiohttp's default)."""
     app = web.Application(middlewares=[json_errors])
     app[RUNTIME] = runtime
-    app.on_response_prepare.append(hide_versions)
     return app
 
 

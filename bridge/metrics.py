@@ -11,6 +11,7 @@ these names (tests/test_dashboards.py checks each against a real scrape).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,6 +40,8 @@ class Metrics:
             ["code", "outcome"],
             registry=r,
         )
+        #: ``webhooks`` children by (code, outcome); bounded because both labels are.
+        self._webhook_children: dict[tuple[str, str], Any] = {}
         self.request_seconds = Histogram(
             "synap_bridge_request_duration_seconds",
             "Time from request start to answer, webhook intake only.",
@@ -135,6 +138,17 @@ class Metrics:
             "1 while every webhook is answered 503 (back-pressure or shutdown), else 0.",
             registry=r,
         )
+
+    def webhook_received(self, code: str, outcome: str) -> None:
+        """Count one webhook. ``code`` and ``outcome`` must come from bounded sets (the caller
+        maps unknown codes to ``unknown``): each pair's child is looked up once and kept, since
+        ``labels(code=..., outcome=...)`` validates and hashes its keywords on every call (~3 µs
+        of the event loop's time per webhook, against ~0.5 µs for the kept child)."""
+        child = self._webhook_children.get((code, outcome))
+        if child is None:
+            child = self.webhooks.labels(code=code, outcome=outcome)
+            self._webhook_children[code, outcome] = child
+        child.inc()
 
     def observe_state(
         self, *, ready: bool, delivering: bool, refusing: bool, paused: Mapping[str, bool]

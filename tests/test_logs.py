@@ -5,11 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from bridge import logs
+from bridge.app import build_app
+from bridge.config import Config
+from tests.conftest import attempt_completed, basic_auth
 
 
 @pytest.fixture
@@ -66,3 +71,32 @@ def test_caller_lookup_is_off_and_stdlib_lines_still_render(stream: io.StringIO)
     (line,) = lines(stream)
     assert line["event"] == "boom 1"
     assert logging._srcfile is None
+
+
+def test_enabled_follows_the_configured_level(stream: io.StringIO) -> None:
+    assert logs.enabled(logging.INFO)
+    logs.configure("warning", "json", stream)
+    assert not logs.enabled(logging.INFO)
+    assert logs.enabled(logging.WARNING)
+    assert logs.enabled(logging.ERROR)
+
+
+async def test_at_warning_level_only_the_unknown_code_line_of_a_webhook_is_written(
+    stream: io.StringIO,
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+    config_factory: Callable[..., Config],
+) -> None:
+    """The per-webhook line is skipped before its fields are built when info is off; the
+    warning for a code nobody mapped still reaches the log."""
+    logs.configure("warning", "json", stream)
+    client = await aiohttp_client(build_app(config_factory()))
+    for code in ("attempt.completed", "course.finished"):
+        body = attempt_completed(code)
+        async with client.post(f"/webhooks/synap/{code}", json=body, headers=basic_auth()) as r:
+            assert r.status in (200, 202)
+    (line,) = [line for line in lines(stream) if line["event"] == "webhook"]
+    assert (line["level"], line["code"], line["reason"]) == (
+        "warning",
+        "course.finished",
+        "unknown_code",
+    )

@@ -6,6 +6,7 @@ goes to the strict fake Segment.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import sqlite3
@@ -24,6 +25,7 @@ from bridge.receive.runtime import RUNTIME
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import basic_auth, eventually
 from tests.fakes import FakeSegment
+from tests.test_hostile import http_status
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -129,6 +131,63 @@ class TestBodyLimits:
         headers = {**basic_auth(), "Content-Encoding": "gzip"}
         response = await small.post(URL, data=compressed, headers=headers)
         assert response.status == 200
+
+    # A body complete before the handler runs is taken from the buffer; one still arriving is
+    # read under the body deadline. Both paths, with the same answers:
+
+    @pytest.mark.parametrize(("size", "status"), [(1000, 200), (5000, 413)])
+    async def test_a_chunked_body_sent_whole(self, small: Client, size: int, status: int) -> None:
+        body = json.dumps({**attempt_completed(), "pad": "x" * size}).encode()
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        reply = await exchange(small, _head("Transfer-Encoding: chunked") + chunked)
+        assert http_status(reply) == status
+
+    async def test_a_body_still_arriving_when_the_handler_runs(self, small: Client) -> None:
+        body = json.dumps(attempt_completed("late")).encode()
+        head = _head(f"Content-Length: {len(body)}")
+        reply = await exchange(small, head + body[:10], body[10:], waiting_in="read_limited")
+        assert http_status(reply) == 200
+        assert await pending(small) == 1
+
+
+def _head(*fields: str) -> bytes:
+    lines = [
+        f"POST {URL} HTTP/1.1",
+        "Host: bridge",
+        f"Authorization: {basic_auth()['Authorization']}",
+    ]
+    return ("\r\n".join([*lines, *fields]) + "\r\n\r\n").encode()
+
+
+async def exchange(
+    client: Client, first: bytes, then: bytes = b"", waiting_in: str | None = None
+) -> bytes:
+    """Send ``first``; once a handler awaits inside ``waiting_in`` (when given), ``then``; the
+    answer's bytes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(first)
+        await writer.drain()
+        if waiting_in is not None:
+            await eventually(lambda: _awaiting(waiting_in))
+            writer.write(then)
+            await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read(65536)
+    finally:
+        writer.close()
+
+
+def _awaiting(function: str) -> bool:
+    """Whether some task of this loop is suspended inside ``function`` (the server runs here)."""
+    for task in asyncio.all_tasks():
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            code = getattr(awaited, "cr_code", None) or getattr(awaited, "ag_code", None)
+            if code is not None and code.co_name == function:
+                return True
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return False
 
 
 class TestPayloadChecks:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -101,9 +102,14 @@ class TestTraces:
         assert (line["levelname"], line["reason"]) == ("WARNING", "unknown_code")
 
     async def test_server_header_names_no_version(self, bridge: Client) -> None:
-        for path in ("/healthz", "/nope", URL):
+        for path in ("/healthz", "/readyz", "/metrics", "/nope", URL):
             async with bridge.get(path) as answer:
                 assert answer.headers["Server"] == "synap-bridge"
+        for body, status in ((orjson.dumps(attempt_completed(7)), 200), (b"[]", 400)):
+            async with bridge.post(URL, data=body, headers=basic_auth()) as answer:
+                assert (answer.status, answer.headers["Server"]) == (status, "synap-bridge")
+        async with bridge.post(URL, json={}) as answer:
+            assert (answer.status, answer.headers["Server"]) == (401, "synap-bridge")
         reply = await raw_request(bridge.port, b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert http_status(reply) == 400
         assert b"aiohttp" not in reply.lower()

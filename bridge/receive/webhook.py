@@ -24,6 +24,8 @@ the count left out). A client that hangs up mid-body is one ``outcome=disconnect
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from typing import Any
 
@@ -77,7 +79,7 @@ async def webhook(request: web.Request) -> web.Response:
     fields: dict[str, Any] = {}
     outcome, response = await _handle(request, runtime, code, fields)
     latency = time.perf_counter() - started
-    runtime.metrics.webhooks.labels(code=_label(runtime, code, outcome), outcome=outcome).inc()
+    runtime.metrics.webhook_received(_label(runtime, code, outcome), outcome)
     runtime.metrics.request_seconds.observe(latency)
     if outcome == "unauthorized":
         # Anyone can send these: one line a second at most, never a label of their choosing.
@@ -86,16 +88,21 @@ async def webhook(request: web.Request) -> web.Response:
             return response
         fields["suppressed"] = suppressed
     # A code nobody mapped is data waiting for a config change: an operator should see it.
-    emit = log.warning if fields.get("reason") == "unknown_code" else log.info
-    emit(
-        "webhook",
-        code=code,
-        outcome=outcome,
-        status=response.status,
-        latency_ms=round(latency * 1000, 2),
-        client=client_address(request, runtime.config.server.trusted_proxies),
-        **fields,
-    )
+    level = logging.WARNING if fields.get("reason") == "unknown_code" else logging.INFO
+    if logs.enabled(level):  # the line's fields are not even gathered when nobody reads them
+        client = client_address(request, runtime.config.server.trusted_proxies)
+        latency_ms = round(latency * 1000, 2)
+        status = response.status
+        log.log(
+            level,
+            "webhook",
+            code=code,
+            outcome=outcome,
+            status=status,
+            latency_ms=latency_ms,
+            client=client,
+            **fields,
+        )
     return response
 
 
@@ -105,8 +112,15 @@ def _label(runtime: Runtime, code: str, outcome: str) -> str:
     path."""
     if outcome == "unauthorized":
         return UNKNOWN_CODE
-    released = runtime.config.mapping.exam_results_released_code
-    return code if code in synap_codes.all_codes(released) else UNKNOWN_CODE
+    known = _known_codes(runtime.config.mapping.exam_results_released_code)
+    return code if code in known else UNKNOWN_CODE
+
+
+@functools.lru_cache(maxsize=8)
+def _known_codes(released: str) -> frozenset[str]:
+    """The codes a label may name, as a set built once per configured "released" code (a reload
+    may change it) instead of a list built and scanned per webhook."""
+    return frozenset(synap_codes.all_codes(released))
 
 
 async def _handle(
@@ -182,21 +196,30 @@ async def _read_body(
     """The body, or the outcome and answer that refuse it (400, 408, 413, or a gone client).
 
     The whole read shares one deadline (``server.body_timeout_secs``): a client that sends half
-    a body and stops holds a connection for that long, not for as long as it likes.
+    a body and stops holds a connection for that long, not for as long as it likes. A body that
+    is complete before the handler runs (the common case: head and body in one read) is taken
+    from the buffer without a deadline, since nothing is left to wait for: an
+    ``asyncio.timeout`` costs ~7 µs of the event loop's time per request to arm and disarm.
     """
     limit = server.max_body_bytes
-    try:
-        async with asyncio.timeout(server.body_timeout_secs):
-            raw = await read_limited(request, limit)
-    except InvalidPayloadError as exc:
-        return _refuse(fields, "invalid", 400, exc.code, exc.detail, close=True)
-    except TimeoutError:
-        detail = f"the body did not arrive within {server.body_timeout_secs} s"
-        return _refuse(fields, "timeout", 408, "body_timeout", detail, close=True)
-    except ConnectionError:
-        # The client hung up mid-body: its fault, nobody reads this answer, no 5xx, no traceback.
-        detail = "the client closed the connection before the body was complete"
-        return _refuse(fields, "disconnected", 400, "client_disconnected", detail, close=True)
+    content = request.content
+    if content.is_eof() and content.exception() is None:
+        whole = content.read_nowait(-1)
+        raw: bytes | None = whole if len(whole) <= limit else None
+    else:
+        try:
+            async with asyncio.timeout(server.body_timeout_secs):
+                raw = await read_limited(request, limit)
+        except InvalidPayloadError as exc:
+            return _refuse(fields, "invalid", 400, exc.code, exc.detail, close=True)
+        except TimeoutError:
+            detail = f"the body did not arrive within {server.body_timeout_secs} s"
+            return _refuse(fields, "timeout", 408, "body_timeout", detail, close=True)
+        except ConnectionError:
+            # The client hung up mid-body: its fault, nobody reads this answer, no 5xx, no
+            # traceback.
+            detail = "the client closed the connection before the body was complete"
+            return _refuse(fields, "disconnected", 400, "client_disconnected", detail, close=True)
     if raw is None:
         detail = f"the body is larger than {limit} bytes"
         return _refuse(fields, "too_large", 413, "payload_too_large", detail)
