@@ -111,6 +111,7 @@ class Delivery:
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
         self._pruned_at: float | None = None
+        self._backlog = False  # the last claim was full: more is due (see _free)
 
     def _use(self, sinks: Mapping[str, Sink]) -> None:
         self._uploads.use(sinks)
@@ -188,7 +189,7 @@ class Delivery:
         try:
             while not self._stopping:
                 tasks = self._reap(tasks)
-                free = self._config.concurrency - len(tasks)
+                free = self._free(tasks)
                 claimed: list[ClaimedMessage] = []
                 if free > 0:
                     limit = free * self._config.batch.max_events
@@ -200,7 +201,7 @@ class Delivery:
                 elif tasks and wait and free > 0:
                     await self._arrivals.wait(IDLE_MAX_SECS, tasks)
                 elif tasks:
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    await self._uploads.wait(tasks)
                 elif wait:
                     await self._dry_run.show()
                     await self._idle()
@@ -212,6 +213,18 @@ class Delivery:
         finally:
             await self._uploads.settle(tasks)
         return report
+
+    def _free(self, tasks: set[asyncio.Task[None]]) -> int:
+        """Batches' worth to claim now: one per free upload slot, and while a backlog is
+        being drained (the last claim was full), one more as soon as no batch waits for a
+        slot. That claim then runs while every slot uploads, so the next batch is ready when
+        a slot frees, and it shares the writer's transaction with the acks queued meanwhile
+        (bridge.store.sqlite.store.ack). Bounded: at most one claim waits ahead; at a quiet
+        hour claims are never full, so adaptive batching is unchanged."""
+        free = self._config.concurrency - len(tasks)
+        if free <= 0 and self._backlog and self._uploads.waiting == 0:
+            return 1
+        return free
 
     def _reap(self, tasks: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
         done = {task for task in tasks if task.done()}
@@ -258,12 +271,17 @@ class Delivery:
 
     async def _claim(self, limit: int) -> list[ClaimedMessage]:
         if self._stopping or self._all_paused():
+            self._backlog = False
             return []
         now = self._clock()
         exclude = self._dry_run.destinations
+        self._backlog = False
         if exclude:
-            return await self._store.claim(now, limit, self._lease_secs, exclude=exclude)
-        return await self._store.claim(now, limit, self._lease_secs)
+            claimed = await self._store.claim(now, limit, self._lease_secs, exclude=exclude)
+        else:
+            claimed = await self._store.claim(now, limit, self._lease_secs)
+        self._backlog = len(claimed) >= limit
+        return claimed
 
     async def _gather(self, limit: int, uploads: set[asyncio.Task[None]]) -> list[ClaimedMessage]:
         """Uploads are in flight: claim due messages, and if fewer than a batch, wait for more
