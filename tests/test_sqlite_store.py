@@ -135,6 +135,24 @@ class TestGroupCommit:
         assert commits(store) - before <= 2 < 100
         assert query(db, "SELECT count(*) FROM messages") == [(100,)]
 
+    async def test_acks_and_the_next_claim_share_a_commit(
+        self, store: SQLiteStore, db: Path
+    ) -> None:
+        """A drain's acks and the claim after them, queued behind a busy writer, cost one
+        transaction (one fsync), and each gets its own answer."""
+        await store.enqueue(hook(1), [msg(f"m{i}") for i in range(6)])
+        first, second = await store.claim(NOW, 2, 30), await store.claim(NOW, 2, 30)
+        before = commits(store)
+        with write_lock(db):
+            acks = [asyncio.create_task(store.ack([m.id for m in b], NOW)) for b in (first, second)]
+            claim = asyncio.create_task(store.claim(NOW, 10, 30))
+            await asyncio.sleep(0)  # let every task submit its write
+            assert not any(task.done() for task in [*acks, claim])
+        await asyncio.gather(*acks)
+        assert [m.message_id for m in await claim] == ["m4", "m5"]
+        assert commits(store) - before <= 2 < 3
+        assert query(db, "SELECT count(*) FROM messages WHERE state = 'delivered'") == [(4,)]
+
     async def test_one_bad_item_does_not_fail_its_group(self, db: Path) -> None:
         store = SQLiteStore(db, max_page_count=200)  # 800 KB
         await store.open()

@@ -1,13 +1,16 @@
 """run_in_daemon_thread: results and errors reach the awaiting task; the thread never holds
-the interpreter's exit."""
+the interpreter's exit; workers are reused, a blocked one never delays another call, and idle
+ones leave."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
 
-from bridge.delivery.threads import run_in_daemon_thread
+from bridge.delivery.threads import DaemonPool, run_in_daemon_thread
+from tests.conftest import eventually
 
 
 class TestDaemonThread:
@@ -29,3 +32,33 @@ class TestDaemonThread:
 
         with pytest.raises(ValueError, match="boom"):
             await run_in_daemon_thread("t", fail)
+
+
+class TestPool:
+    async def test_a_worker_is_used_again(self) -> None:
+        def who() -> threading.Thread:
+            return threading.current_thread()
+
+        first = await run_in_daemon_thread("t-reuse", who)
+        assert await run_in_daemon_thread("t-reuse", who) is first
+
+    async def test_a_blocked_call_does_not_delay_another(self) -> None:
+        """A stuck upload holds its worker; the next call gets a new one."""
+        gate = threading.Event()
+        stuck = run_in_daemon_thread("t-stuck", gate.wait, 30.0)
+        try:
+            assert await asyncio.wait_for(run_in_daemon_thread("t-stuck", sum, [1, 2]), 5) == 3
+            assert not stuck.done()
+        finally:
+            gate.set()
+        assert await stuck is True
+
+    async def test_idle_workers_leave(self) -> None:
+        pool = DaemonPool("t-idle", idle_secs=0.05)
+        done = threading.Event()
+        pool.submit(done.set)
+        await asyncio.to_thread(done.wait, 5)
+        await eventually(lambda: pool.workers == 0, within=5.0)
+        again = threading.Event()
+        pool.submit(again.set)  # a pool whose workers left starts a new one
+        assert await asyncio.to_thread(again.wait, 5)

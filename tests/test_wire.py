@@ -84,7 +84,7 @@ class TestHeaders:
 
 
 class TestCompress:
-    def test_round_trip_at_level_6(self) -> None:
+    def test_round_trip_at_a_middle_level(self) -> None:
         data = wire.body([b'{"a":1}'] * 100, wire.SENT_AT_SAMPLE, KEY)
         packed = wire.compress(data)
         assert gzip.decompress(packed) == data

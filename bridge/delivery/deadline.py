@@ -6,8 +6,9 @@ could hold its batch and its upload slot for as long as the peer liked. The awai
 stops waiting at the deadline (:mod:`bridge.delivery.loop`); this module makes the worker
 thread stop too, so a stuck peer cannot pile up threads and connections: the connection pool
 registers each connection an upload takes with the thread's current :class:`Deadline`, and
-when it expires a watcher shuts the socket down (again every :data:`ABORT_RETRY_SECS`, in case
-the socket was still connecting), so the blocked read fails at once with a connection error.
+when it expires the watcher (one thread for all uploads) shuts the socket down (again every
+:data:`ABORT_RETRY_SECS`, in case the socket was still connecting), so the blocked read fails
+at once with a connection error.
 
 Through a proxy configured in the environment (``HTTPS_PROXY``; requests then uses urllib3's
 proxy manager, whose pools are not ours) connections are not registered: the loop's own wait
@@ -24,8 +25,11 @@ Use::
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
@@ -45,21 +49,22 @@ class Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
+        self.done = False
         self._connections: list[Any] = []
         self._lock = threading.Lock()
-        self._done = threading.Event()
 
     def __enter__(self) -> Deadline:
         _CURRENT.deadline = self
-        watcher = threading.Thread(target=self._watch, name="upload-deadline", daemon=True)
-        watcher.start()
+        WATCHER.watch(self, time.monotonic() + self.seconds)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         _CURRENT.deadline = None
-        self._done.set()
+        with self._lock:
+            self.done = True
+            self._connections.clear()  # the watcher may hold this object until its time
 
     def attach(self, connection: Any) -> None:
         """``connection`` now carries this upload: abort it at the deadline."""
@@ -69,15 +74,14 @@ class Deadline:
         if expired:
             self._abort()
 
-    def _watch(self) -> None:
-        if self._done.wait(self.seconds):
-            return
+    def expire(self) -> bool:
+        """The deadline has passed: abort the upload's sockets; False once it has finished."""
         with self._lock:
+            if self.done:
+                return False
             self.expired = True
-        while True:
-            self._abort()
-            if self._done.wait(ABORT_RETRY_SECS):
-                return
+        self._abort()
+        return True
 
     def _abort(self) -> None:
         with self._lock:
@@ -87,6 +91,60 @@ class Deadline:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+class Watcher:
+    """One daemon thread for every upload's deadline: a heap ordered by expiry time.
+
+    Why not a thread per upload (as before): a drain starts an upload every few milliseconds,
+    and each new thread cost a start-up hand-shake under the GIL for a thread that almost
+    always just waited and left (docs/benchmarks.md). A finished deadline stays in the heap
+    until its time comes (then it is dropped unread); at most one entry per upload started
+    within the total timeout, each without its connections (cleared on exit).
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: Deadline, at: float) -> None:
+        """Call ``deadline.expire()`` at ``at`` (monotonic), and every
+        :data:`ABORT_RETRY_SECS` after while the upload is still running."""
+        with self._changed:
+            heapq.heappush(self._heap, (at, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="upload-deadlines", daemon=True
+                )
+                self._thread.start()
+            if self._heap[0][2] is deadline:  # sooner than what the thread waits for
+                self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            deadline = self._next_due()
+            if deadline.expire():
+                self.watch(deadline, time.monotonic() + ABORT_RETRY_SECS)
+
+    def _next_due(self) -> Deadline:
+        """Wait for the earliest deadline still running to pass, and take it off the heap."""
+        with self._changed:
+            while True:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._changed.wait()
+                    continue
+                delay = self._heap[0][0] - time.monotonic()
+                if delay <= 0:
+                    return heapq.heappop(self._heap)[2]
+                self._changed.wait(delay)
+
+
+#: The one watcher (its thread starts with the first upload).
+WATCHER = Watcher()
 
 
 def _attach(connection: Any) -> None:

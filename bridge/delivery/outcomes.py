@@ -104,13 +104,7 @@ class Outcomes:
         report: DrainReport,
     ) -> None:
         mono = self._monotonic()
-        if state.paused_until <= mono:
-            state.failures += 1
-            state.paused_until = mono + self._policy.delay(state.failures, error.retry_after)
-            if self._metrics:
-                self._metrics.pauses.labels(batch.destination).inc()
-        elif error.retry_after is not None:
-            state.paused_until = max(state.paused_until, mono + error.retry_after)
+        self.pause(batch.destination, error)  # done already if the upload called it
         expired = [m for m in batch.messages if self._policy.expired(m.enqueued_at, now)]
         if expired:
             detail = f"not delivered within {self._policy.max_age_secs:.0f}s; last: {error.detail}"
@@ -120,6 +114,24 @@ class Outcomes:
         await self.hand_back(live, now + (state.paused_until - mono), error.detail, report)
         if self._metrics and live:
             self._metrics.retried.labels(batch.destination).inc(len(live))
+
+    def pause(self, destination: str, error: TransientDeliveryError) -> None:
+        """Pause ``destination`` for a transient failure (the first of an outage counts; a
+        sibling failing meanwhile only extends the pause to its ``Retry-After``).
+
+        Synchronous, so the upload calls it before it frees its slot: a batch queued behind it
+        (the loop claims ahead during a drain) then sees the pause and hands its batch back
+        instead of probing the outage again. Calling it again for the same failure (as
+        :meth:`record` does) changes nothing."""
+        state = self.destinations[destination]
+        mono = self._monotonic()
+        if state.paused_until <= mono:
+            state.failures += 1
+            state.paused_until = mono + self._policy.delay(state.failures, error.retry_after)
+            if self._metrics:
+                self._metrics.pauses.labels(destination).inc()
+        elif error.retry_after is not None:
+            state.paused_until = max(state.paused_until, mono + error.retry_after)
 
     async def hand_back(
         self, messages: Sequence[ClaimedMessage], due_at: float, error: str, report: DrainReport

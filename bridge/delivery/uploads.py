@@ -52,6 +52,9 @@ class Uploads:
         self._sinks: dict[str, Sink] = {}
         #: Every batch task not finished yet (stop() waits for them, then cancels).
         self.inflight: set[asyncio.Task[None]] = set()
+        #: Batch tasks that have not had an upload slot yet (the loop claims ahead when none).
+        self._queued: set[asyncio.Task[None]] = set()
+        self._slot_taken = asyncio.Event()
 
     def use(self, sinks: Mapping[str, Sink]) -> None:
         """New sinks (reload); batches already in flight keep theirs."""
@@ -77,7 +80,24 @@ class Uploads:
         for task in tasks:
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
+            self._queued.add(task)
+            task.add_done_callback(self._queued.discard)
         return tasks
+
+    @property
+    def waiting(self) -> int:
+        """Batches started that have not had an upload slot yet."""
+        return len(self._queued)
+
+    async def wait(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Until one of ``tasks`` finishes or a waiting batch gets an upload slot (then the
+        loop may claim ahead: :meth:`bridge.delivery.loop.Delivery._free`)."""
+        self._slot_taken.clear()
+        taken = asyncio.ensure_future(self._slot_taken.wait())
+        try:
+            await asyncio.wait({*tasks, taken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            taken.cancel()
 
     async def settle(self, tasks: set[asyncio.Task[None]]) -> None:
         """Wait for every batch task (stop() may cancel them: they hand their batch back)."""
@@ -100,7 +120,7 @@ class Uploads:
     async def _upload(self, batch: Batch, report: DrainReport) -> bool:
         """Send one batch and record the outcome; True when Segment refused it permanently."""
         sink = self._sinks[batch.destination]
-        async with self._handed_back_if_cancelled(batch), self._slots:
+        async with self._handed_back_if_cancelled(batch), self._slot():
             paused = self._outcomes.destinations[batch.destination].paused_until - self._monotonic()
             if paused > 0:  # a sibling batch just met an outage
                 resume = self._clock() + paused
@@ -108,6 +128,8 @@ class Uploads:
                 return False
             report.batches += 1
             error, latency_ms = await self._send(sink, batch)
+            if isinstance(error, TransientDeliveryError):  # before the slot passes on
+                self._outcomes.pause(batch.destination, error)
         await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report))
         return isinstance(error, PermanentDeliveryError)
 
@@ -128,6 +150,16 @@ class Uploads:
             log.exception("sink_error", destination=batch.destination)
             error = TransientDeliveryError(f"sink error: {type(exc).__name__}")
         return error, round((time.perf_counter() - started) * 1000, 1)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """Hold an upload slot (the task's batch then no longer counts as :attr:`waiting`)."""
+        async with self._slots:
+            task = asyncio.current_task()
+            if task in self._queued:
+                self._queued.discard(task)
+                self._slot_taken.set()
+            yield
 
     @contextlib.asynccontextmanager
     async def _handed_back_if_cancelled(self, batch: Batch) -> AsyncIterator[None]:

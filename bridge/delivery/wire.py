@@ -32,9 +32,13 @@ from bridge import __version__
 SENT_AT_SAMPLE = "2024-01-01T00:00:00.000000+00:00"
 #: Bytes between two messages in the ``batch`` array.
 SEPARATOR_BYTES = 1
-#: zlib's default level. The library's ``GzipFile`` default, 9, costs about four times the CPU
-#: on this JSON for bodies hardly smaller (figures in docs/benchmarks.md).
-GZIP_LEVEL = 6
+#: Level 2, not zlib's default 6: on a full batch of the benchmark's messages (473 KB of JSON)
+#: level 6 takes 2.4 ms of CPU and gives 12.6 KB, level 2 takes 0.9 ms and gives 14.3 KB (+13%),
+#: level 9 (the library's ``GzipFile`` default) 3.9 ms for 12.1 KB. During a drain that CPU is
+#: spent beside the writer and the event loop on a small machine, while the bytes saved are a few
+#: KB per request; Segment's limits (500 KB per request, 32 KB per message) apply to the JSON,
+#: not to its compressed size, so the level changes nothing Segment checks (docs/benchmarks.md).
+GZIP_LEVEL = 2
 USER_AGENT = f"synap-segment-bridge/{__version__}"
 
 _HEAD = b'{"batch":['
