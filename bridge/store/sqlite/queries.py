@@ -22,7 +22,6 @@ from bridge.store import (
     DeadLetterDetail,
     DeadLetterFilter,
     DeadReason,
-    EnqueueReceipt,
     EventDetail,
     EventMessage,
     EventQuery,
@@ -34,20 +33,11 @@ from bridge.store.rows import LETTER_COLUMNS, LETTER_FROM, dead_letter_of, webho
 
 MAX_ERROR_CHARS = 4000
 
-_INSERT_WEBHOOK = "INSERT INTO webhooks (code, portal_id, received_at, raw_body) VALUES (?,?,?,?)"
 _INSERT_MESSAGE = (
     "INSERT INTO messages (webhook_id, message_id, destination, user_id, state,"
     " attempts, due_at, enqueued_at, rank) VALUES (?,?,?,?,'pending',0,?,?,?)"
     " ON CONFLICT (message_id) DO NOTHING RETURNING id"
 )
-#: The stored message of the same messageId, if it is still pending (not claimed, delivered or
-#: dead) and less complete: it takes the new version in place (same row, same messageId).
-_SUPERSEDE = (
-    "UPDATE messages SET webhook_id = ?, destination = ?, user_id = ?, rank = ?,"
-    " due_at = min(due_at, ?) WHERE message_id = ? AND state = 'pending' AND rank < ?"
-    " RETURNING id"
-)
-_REPLACE_PAYLOAD = "UPDATE message_payloads SET payload = ? WHERE id = ?"
 _INSERT_PAYLOAD = "INSERT INTO message_payloads (id, payload) VALUES (?,?)"
 _INSERT_DEAD = (
     "INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts, created_at)"
@@ -65,32 +55,6 @@ def _error(text: str) -> str:
 
 
 # ---- writes (inside the writer's transaction) ----------------------------------------------
-
-
-def enqueue(
-    conn: sqlite3.Connection,
-    webhook: Webhook,
-    messages: Sequence[OutgoingMessage],
-    dead: DeadReason | None,
-) -> EnqueueReceipt:
-    cursor = conn.execute(
-        _INSERT_WEBHOOK, (webhook.code, webhook.portal_id, webhook.received_at, webhook.raw_body)
-    )
-    row_id = cursor.lastrowid
-    assert row_id is not None
-    if dead is not None:
-        conn.execute(_INSERT_DEAD, (row_id, None, dead.reason, dead.detail, 0, webhook.received_at))
-        return EnqueueReceipt(webhook_ref(row_id), 0, 0)
-    if not messages:
-        return EnqueueReceipt(webhook_ref(row_id), 0, 0)
-    stored = superseded = 0
-    for message in messages:
-        if _insert_message(conn, row_id, message, webhook.received_at):
-            stored += 1
-        elif _supersede(conn, row_id, message, webhook.received_at):
-            superseded += 1
-    duplicates = len(messages) - stored - superseded
-    return EnqueueReceipt(webhook_ref(row_id), stored, duplicates, superseded)
 
 
 def _insert_message(
@@ -112,32 +76,6 @@ def _insert_message(
     if inserted is None:
         return 0
     conn.execute(_INSERT_PAYLOAD, (inserted[0], message.payload))
-    return 1
-
-
-def _supersede(conn: sqlite3.Connection, webhook: int, message: OutgoingMessage, at: float) -> int:
-    """Replace the stored, still pending, lower-ranked message of the same messageId; 0 if none.
-
-    Why in the store and in the writer's transaction: the claim that would send the held
-    version runs on the same single writer, so "still pending" cannot change between the check
-    and the replacement, and a crash loses neither version (both commits are durable).
-    ``enqueued_at`` is kept: a message's age counts from its first arrival.
-    """
-    replaced = conn.execute(
-        _SUPERSEDE,
-        (
-            webhook,
-            message.destination,
-            message.user_id,
-            message.rank,
-            at + message.hold_secs,
-            message.message_id,
-            message.rank,
-        ),
-    ).fetchone()
-    if replaced is None:
-        return 0
-    conn.execute(_REPLACE_PAYLOAD, (message.payload, replaced[0]))
     return 1
 
 

@@ -44,6 +44,7 @@ from bridge.store import (
 )
 from bridge.store.sqlite import queries as ops
 from bridge.store.sqlite.checkpoint import Checkpointer
+from bridge.store.sqlite.enqueue import Item, enqueue_group
 from bridge.store.sqlite.identity import FileIdentity
 from bridge.store.sqlite.schema import (
     SYNCHRONOUS_MODES,
@@ -190,12 +191,10 @@ class SQLiteStore:
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    async def _write(
-        self, work: Callable[[sqlite3.Connection], T], doing: str, *, groupable: bool = False
-    ) -> T:
+    async def _write(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         if self._writer is None:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
-        return cast(T, await self._writer.submit(work, doing, groupable=groupable))
+        return cast(T, await self._writer.submit(work, doing))
 
     async def _read(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         if self._reader is None:
@@ -238,8 +237,12 @@ class SQLiteStore:
     ) -> EnqueueReceipt:
         if dead is not None and messages:
             raise ValueError("a webhook is stored either with messages or as a dead letter")
-        work = partial(ops.enqueue, webhook=webhook, messages=tuple(messages), dead=dead)
-        return await self._write(work, "store the webhook", groupable=True)
+        doing = "store the webhook"
+        if self._writer is None:
+            raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
+        item: Item = (webhook, tuple(messages), dead)
+        receipt = self._writer.submit_grouped(enqueue_group, item, doing)
+        return cast(EnqueueReceipt, await receipt)
 
     async def claim(
         self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
