@@ -153,6 +153,34 @@ class TestGroupCommit:
         assert commits(store) - before <= 2 < 3
         assert query(db, "SELECT count(*) FROM messages WHERE state = 'delivered'") == [(4,)]
 
+    async def test_enqueues_acks_and_a_claim_queued_together_share_a_commit(
+        self, store: SQLiteStore, db: Path
+    ) -> None:
+        """Grouped enqueues (one call per run) and delivery's acks and claim, queued in that
+        order behind a busy writer, run in order in one transaction: the claim sees the
+        webhooks enqueued before it, every caller gets its own answer."""
+        await store.enqueue(hook(1), [msg(f"old{i}") for i in range(2)])
+        old = await store.claim(NOW, 2, 30)
+        before = commits(store)
+        with write_lock(db):
+            enqueues = [
+                asyncio.create_task(store.enqueue(hook(10 + i), [msg(f"new{i}")]))
+                for i in range(3)
+            ]
+            ack = asyncio.create_task(store.ack([m.id for m in old], NOW))
+            claim = asyncio.create_task(store.claim(NOW, 10, 30))
+            late = asyncio.create_task(store.enqueue(hook(20), [msg("new0"), msg("late")]))
+            await asyncio.sleep(0)  # let every task submit its write
+            assert not any(t.done() for t in [*enqueues, ack, claim, late])
+        receipts = await asyncio.gather(*enqueues)
+        await ack
+        assert [r.stored for r in receipts] == [1, 1, 1]
+        assert sorted(m.message_id for m in await claim) == ["new0", "new1", "new2"]
+        receipt = await late
+        assert (receipt.stored, receipt.duplicates) == (1, 1)
+        assert commits(store) - before <= 2 < 6
+        assert query(db, "SELECT count(*) FROM messages WHERE state = 'delivered'") == [(2,)]
+
     async def test_one_bad_item_does_not_fail_its_group(self, db: Path) -> None:
         store = SQLiteStore(db, max_page_count=200)  # 800 KB
         await store.open()

@@ -191,10 +191,12 @@ class SQLiteStore:
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
+    async def _write(
+        self, work: Callable[[sqlite3.Connection], T], doing: str, *, groupable: bool = False
+    ) -> T:
         if self._writer is None:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
-        return cast(T, await self._writer.submit(work, doing))
+        return cast(T, await self._writer.submit(work, doing, groupable=groupable))
 
     async def _read(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         if self._reader is None:

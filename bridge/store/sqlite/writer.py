@@ -5,14 +5,17 @@ must never wait on a disk. Why one: SQLite has one writer at a time anyway; a si
 a queue serialises writes without lock contention and lets us batch.
 
 Group commit: jobs arriving while a transaction commits wait in the queue; the next round takes
-all of them, and consecutive *grouped* jobs of the same kind (``enqueue``) share ONE transaction
-and ONE call of their group function (:meth:`Writer.submit_grouped`), so 64 concurrent requests
-cost one fsync and a few statements, not 64 and a few hundred. Nobody is acknowledged before
-COMMIT returns. If the shared transaction fails, it is rolled back and each job is tried again in
-its own transaction, so one bad item (say, a body too large for the space left) cannot fail the
-others; a job that did not commit gets :class:`~bridge.errors.StorageUnavailableError`. A
-busy/locked database is not retried item by item (each retry would wait a full busy_timeout
-again). The outcomes of a round go back to the event loop in one wake-up per loop.
+all of them, and consecutive *shareable* jobs share ONE transaction: *grouped* jobs (``enqueue``)
+with ONE call of their group function per run of the same function
+(:meth:`Writer.submit_grouped`), so 64 concurrent requests cost one fsync and a few statements,
+not 64 and a few hundred; and *groupable* jobs (delivery's claim and ack, ``submit(...,
+groupable=True)``), so the acks of finished uploads and the next claim share one fsync too.
+Nobody is acknowledged before COMMIT returns. If the shared transaction fails, it is rolled back
+and each job is tried again in its own transaction, so one bad item (say, a body too large for
+the space left) cannot fail the others; a job that did not commit gets
+:class:`~bridge.errors.StorageUnavailableError`. A busy/locked database is not retried item by
+item (each retry would wait a full busy_timeout again). The outcomes of a round go back to the
+event loop in one wake-up per loop.
 
 The database file: after each COMMIT, before answering, the writer checks that the path still
 names the file it writes (:mod:`bridge.store.sqlite.identity`); when idle, once a second.
@@ -42,7 +45,8 @@ class Job:
     """``work`` runs inside a write transaction on the writer's connection, alone.
 
     A grouped job has no ``work`` but an ``item`` for its ``grouped`` function, which runs once
-    for a run of consecutive jobs of the same function, in one transaction.
+    for a run of consecutive jobs of the same function. Grouped and ``groupable`` jobs may share
+    a transaction with their shareable neighbours; other jobs run in a transaction of their own.
     ``raw=True`` jobs get the connection outside any transaction (open/migrate, close).
     """
 
@@ -53,6 +57,7 @@ class Job:
     grouped: Grouped | None = None
     item: Any = None
     raw: bool = False
+    groupable: bool = False
     outcome: tuple[bool, Any] = field(default=(False, None))
 
 
@@ -85,9 +90,11 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, work: Work, doing: str, *, raw: bool = False) -> asyncio.Future[Any]:
+    def submit(
+        self, work: Work, doing: str, *, groupable: bool = False, raw: bool = False
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        job = Job(work, loop.create_future(), loop, doing, raw=raw)
+        job = Job(work, loop.create_future(), loop, doing, raw=raw, groupable=groupable)
         self._queue.put(job)
         return job.future
 
@@ -95,7 +102,7 @@ class Writer:
         """``grouped(conn, [item, ...])`` runs for this job and its queued neighbours of the
         same function, in one transaction; the future gets this item's outcome."""
         loop = asyncio.get_running_loop()
-        job = Job(None, loop.create_future(), loop, doing, grouped, item)
+        job = Job(None, loop.create_future(), loop, doing, grouped, item, groupable=True)
         self._queue.put(job)
         return job.future
 
@@ -137,9 +144,8 @@ class Writer:
         start = 0
         while start < len(batch):
             end = start + 1
-            grouped = batch[start].grouped
-            if grouped is not None:
-                while end < len(batch) and batch[end].grouped is grouped:
+            if batch[start].groupable:
+                while end < len(batch) and batch[end].groupable:
                     end += 1
             group = batch[start:end]
             if group[0].raw:
@@ -213,16 +219,25 @@ class Writer:
 
 
 def _work(conn: sqlite3.Connection, jobs: list[Job]) -> None:
-    """The jobs' work, with their outcomes: one call for grouped jobs, else one per job."""
-    grouped = jobs[0].grouped
-    if grouped is not None:
-        outcomes = grouped(conn, [job.item for job in jobs])
-        for job, outcome in zip(jobs, outcomes, strict=True):
+    """The jobs' work, in order, with their outcomes: one call per run of jobs of the same
+    group function, one call per other job."""
+    start = 0
+    while start < len(jobs):
+        grouped = jobs[start].grouped
+        if grouped is None:
+            work = jobs[start].work
+            assert work is not None
+            jobs[start].outcome = (True, work(conn))
+            start += 1
+            continue
+        end = start + 1
+        while end < len(jobs) and jobs[end].grouped is grouped:
+            end += 1
+        run = jobs[start:end]
+        outcomes = grouped(conn, [job.item for job in run])
+        for job, outcome in zip(run, outcomes, strict=True):
             job.outcome = (True, outcome)
-        return
-    for job in jobs:
-        assert job.work is not None
-        job.outcome = (True, job.work(conn))
+        start = end
 
 
 def _failure(exc: Exception, doing: str) -> Exception:
