@@ -47,7 +47,7 @@ from bridge.synap.payloads import (
     OverrideValue,
     State,
 )
-from bridge.synap.values import as_id, as_texts, clean, content_hash
+from bridge.synap.values import as_id, as_number, as_texts, clean, content_hash
 
 #: code -> (stage, default track event)
 STAGES: dict[str, tuple[str, str]] = {
@@ -63,6 +63,8 @@ RESULTS_RELEASED = ("resultsReleased", "Exam Results Released")
 ESSENTIALS = ("testId", "attemptId", "isExam", "examId")
 #: Store ranks: the exam.* version of an attempt's event is the complete one.
 ATTEMPT_RANK, EXAM_RANK = 0, 1
+#: The documented numbers of a ``marks`` object (the fields of :class:`Marks`), in its order.
+MARK_KEYS = tuple(Marks.model_fields)
 #: ``state.results.status`` values that say pass / fail, for ``isPass`` when there is no grade.
 PASS_STATUS = {"pass": True, "passed": True, "fail": False, "failed": False}
 
@@ -210,9 +212,17 @@ def _section(section: Any, settings: MappingConfig) -> dict[str, Any]:
 
 
 def _marks(value: object) -> dict[str, object]:
-    """Marks with their documented numbers read as numbers (``"42"`` -> 42), like mapped fields."""
-    marks = Marks.model_validate(value if isinstance(value, dict) else {})
-    return compact(marks.model_dump())
+    """Marks with their documented numbers read as numbers (``"42"`` -> 42), like mapped fields:
+    the reader of the :class:`Marks` model, applied to the four keys directly (building the model
+    only to turn it back into a dict cost more than the reading)."""
+    if not isinstance(value, dict):
+        return {}
+    marks: dict[str, object] = {}
+    for key in MARK_KEYS:
+        number = as_number(value.get(key))
+        if number is not None:
+            marks[key] = number
+    return marks
 
 
 def _section_grade(item: dict[str, object]) -> dict[str, object]:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from bridge.errors import UnmappableError
-from bridge.messages import iso8601, parse_time
+from bridge.messages import as_iso8601, iso8601
 
 Kind = Literal["identify", "track", "group"]
 
@@ -80,13 +80,9 @@ def user_id(*candidates: str | None, where: str) -> str:
 def event_time(received_at: datetime, *candidates: Any) -> str:
     """The first candidate that parses as a time, else the receipt time (ISO-8601, UTC, ms)."""
     for candidate in candidates:
-        moment = parse_time(candidate)
-        if moment is None:
-            continue
-        try:
-            return iso8601(moment)
-        except (OverflowError, ValueError):  # e.g. year 9999 with a negative offset
-            continue
+        text = as_iso8601(candidate)  # None also for e.g. year 9999 with a negative offset
+        if text is not None:
+            return text
     return iso8601(received_at)
 
 
@@ -107,13 +103,7 @@ def occurrence(*candidates: Any) -> str | None:
 
 def iso_or_none(value: Any) -> str | None:
     """A payload time as ISO-8601 for a property, or None when it does not parse."""
-    moment = parse_time(value)
-    if moment is None:
-        return None
-    try:
-        return iso8601(moment)
-    except (OverflowError, ValueError):
-        return None
+    return as_iso8601(value)
 
 
 def first(*values: Any) -> Any:
