@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import pytest
 
+from bridge.synap import payloads
 from bridge.synap.lenient import Lenient, Reader, field
 from bridge.synap.payloads import Attempt, AttemptPayload, GroupRef, Marks, Num, Text, part
 from bridge.synap.values import as_object
@@ -92,3 +94,37 @@ def test_a_field_needs_one_reader_and_a_default() -> None:
 
         class NoDefault(Lenient):
             count: Num
+
+
+def _models() -> list[type[Lenient]]:
+    found = [
+        value
+        for value in vars(payloads).values()
+        if isinstance(value, type) and issubclass(value, Lenient) and value is not Lenient
+    ]
+    assert len(found) > 20
+    return found
+
+
+SAMPLES: dict[type, list[Any]] = {
+    str: ["", "a", " id ", "é", "\ud800", "x" * 300],
+    int: [0, 7, -1, 2**63, 2**70],
+    float: [0.5, -0.0, math.nan, math.inf],
+    bool: [True, False],
+    dict: [{}, {"a": 1}, {"id": "g", "label": "L"}],
+    list: [[], [1, "a"], [{"id": 1}]],
+}
+
+
+@pytest.mark.parametrize("model", _models(), ids=lambda model: model.__name__)
+def test_the_shortcuts_of_every_payload_field_give_what_its_reader_gives(
+    model: type[Lenient],
+) -> None:
+    """``keep``: the reader returns such values unchanged; ``on_dict``: it reads a dict so."""
+    for name, reader in model.model_readers.items():
+        for kind in reader.keep:
+            for value in SAMPLES[kind]:
+                assert reader.read(value) is value, (model.__name__, name, value)
+        if reader.on_dict is not None:
+            for value in SAMPLES[dict]:
+                assert reader.on_dict(value) == reader.read(value), (model.__name__, name)

@@ -47,7 +47,7 @@ from bridge.synap.payloads import (
     OverrideValue,
     State,
 )
-from bridge.synap.values import as_id, as_number, as_texts, clean, content_hash
+from bridge.synap.values import as_id, as_number, as_texts, clean, content_hash, safe_text
 
 #: code -> (stage, default track event)
 STAGES: dict[str, tuple[str, str]] = {
@@ -226,12 +226,20 @@ def _marks(value: object) -> dict[str, object]:
 
 
 def _section_grade(item: dict[str, object]) -> dict[str, object]:
-    """``exam.sectionGrades[]`` ``{id, marks}``: the documented keys typed, others kept clean."""
-    typed: dict[str, object] = clean(item)
-    if "marks" in item:
-        typed["marks"] = _marks(item["marks"])
-    if "id" in item:
-        typed["id"] = as_id(item["id"])
+    """``exam.sectionGrades[]`` ``{id, marks}``: the documented keys typed, others kept clean.
+
+    One pass over the item, each key in its place (what ``clean(item)`` and then typing ``id``
+    and ``marks`` over it gave, without cleaning the two typed values first). A cleaned key can
+    never become ``id`` or ``marks``: cleaning only replaces lone surrogates, with ``?``.
+    """
+    typed: dict[str, object] = {}
+    for key, value in item.items():
+        if key == "marks":
+            typed[key] = _marks(value)
+        elif key == "id":
+            typed[key] = as_id(value)
+        else:
+            typed[safe_text(str(key))] = clean(value, 1)
     return compact(typed)
 
 

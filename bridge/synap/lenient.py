@@ -33,9 +33,17 @@ _SET = object.__setattr__
 
 @dataclass(frozen=True, slots=True)
 class Reader:
-    """The annotation marker: how a field's value is read from the body's value."""
+    """The annotation marker: how a field's value is read from the body's value.
+
+    ``keep`` and ``on_dict`` only save calls on the common path, they change no result: a value
+    whose exact type is in ``keep`` is one ``read`` returns unchanged (so it is kept without the
+    call), and a dict goes to ``on_dict`` directly when ``read`` would only pass it on to it (a
+    nested part's model). tests/test_lenient.py checks both claims for every payload field.
+    """
 
     read: Callable[[Any], Any]
+    keep: tuple[type, ...] = ()
+    on_dict: Callable[[dict[str, Any]], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,8 @@ class Lenient:
 
     #: The declared fields, in order: name -> default.
     model_fields: ClassVar[dict[str, Any]] = {}
+    #: How each field is read: name -> its Reader.
+    model_readers: ClassVar[dict[str, Reader]] = {}
 
     @classmethod
     def model_validate(cls, data: Mapping[str, Any]) -> Self:  # noqa: ARG003 (every model's)
@@ -65,6 +75,7 @@ class Lenient:
         hints = typing.get_type_hints(cls, include_extras=True)
         fields = {name: hint for name, hint in hints.items() if not name.startswith("model_")}
         readers = {name: _reader_of(cls, name, hint) for name, hint in fields.items()}
+        cls.model_readers = readers
         defaults = {name: _default_of(cls, name) for name in fields}
         cls.model_fields = {
             name: (default.make() if isinstance(default, _Factory) else default)
@@ -72,7 +83,7 @@ class Lenient:
         }
         cls.model_validate = _compile(cls, readers, defaults)  # type: ignore[assignment]
         for name, reader in readers.items():
-            if reader(None) != cls.model_fields[name]:
+            if reader.read(None) != cls.model_fields[name]:
                 raise TypeError(f"{cls.__name__}.{name}: its reader must map None to its default")
 
     def __init__(self, **values: Any) -> None:
@@ -94,11 +105,11 @@ class Lenient:
         return f"{type(self).__name__}({shown})"
 
 
-def _reader_of(cls: type, name: str, hint: Any) -> Callable[[Any], Any]:
+def _reader_of(cls: type, name: str, hint: Any) -> Reader:
     found = [item for item in getattr(hint, "__metadata__", ()) if isinstance(item, Reader)]
     if len(found) != 1 or not name.isidentifier():
         raise TypeError(f"{cls.__name__}.{name} needs exactly one Reader in its annotation")
-    return found[0].read
+    return found[0]
 
 
 def _default_of(cls: type, name: str) -> Any:
@@ -108,7 +119,7 @@ def _default_of(cls: type, name: str) -> Any:
 
 
 def _compile(
-    cls: type, readers: dict[str, Callable[[Any], Any]], defaults: dict[str, Any]
+    cls: type, readers: dict[str, Reader], defaults: dict[str, Any]
 ) -> classmethod[Any, Any, Any]:
     """The model's reader as one generated function (see the module docstring for why).
 
@@ -123,7 +134,7 @@ def _compile(
             })
             return self
     """
-    scope: dict[str, Any] = {"new": object.__new__, "set": _SET}
+    scope: dict[str, Any] = {"new": object.__new__, "set": _SET, "type": type}
     lines = [
         "def model_validate(cls, data):",
         "    get = data.get",
@@ -132,7 +143,7 @@ def _compile(
     ]
     for name, reader in readers.items():
         default = defaults[name]
-        scope[f"r_{name}"] = reader
+        read = _read_expression(name, reader, scope)
         if isinstance(default, _Factory):
             scope[f"f_{name}"] = default.make
             otherwise = f"f_{name}()"
@@ -142,10 +153,26 @@ def _compile(
             scope[f"d_{name}"] = default
             otherwise = f"d_{name}"
         lines.append(
-            f"        {name!r}: r_{name}(v) if (v := get({name!r})) is not None else {otherwise},"
+            f"        {name!r}: {read} if (v := get({name!r})) is not None else {otherwise},"
         )
     lines += ["    })", "    return self"]
     exec("\n".join(lines), scope)  # noqa: S102 (our own text: field names are identifiers)
     function = scope["model_validate"]
     function.__qualname__ = f"{cls.__qualname__}.model_validate"
     return classmethod(function)
+
+
+def _read_expression(name: str, reader: Reader, scope: dict[str, Any]) -> str:
+    """The expression that reads a present, non-null ``v`` for field ``name`` (see Reader)."""
+    scope[f"r_{name}"] = reader.read
+    read = f"r_{name}(v)"
+    if reader.on_dict is not None:
+        scope[f"o_{name}"] = reader.on_dict
+        read = f"(o_{name}(v) if type(v) is dict else {read})"
+    if len(reader.keep) == 1:
+        scope[f"k_{name}"] = reader.keep[0]
+        read = f"(v if type(v) is k_{name} else {read})"
+    elif reader.keep:
+        scope[f"k_{name}"] = reader.keep
+        read = f"(v if type(v) in k_{name} else {read})"
+    return read

@@ -38,27 +38,28 @@ from bridge.synap.values import (
 Text = Annotated[str | None, Reader(as_text)]
 Id = Annotated[str | None, Reader(as_id)]
 Num = Annotated[int | float | None, Reader(as_number)]
-Flag = Annotated[bool | None, Reader(as_flag)]
-Obj = Annotated[dict[str, Any], Reader(as_object)]
+Flag = Annotated[bool | None, Reader(as_flag, keep=(bool,))]
+Obj = Annotated[dict[str, Any], Reader(as_object, keep=(dict,))]
 Texts = Annotated[list[str], Reader(as_texts)]
 Objs = Annotated[list[dict[str, Any]], Reader(as_objects)]
-Raw = Annotated[Any, Reader(as_time)]
-Anything = Annotated[list[Any] | None, Reader(as_list_or_none)]
+Raw = Annotated[Any, Reader(as_time, keep=(str, int, float))]
+Anything = Annotated[list[Any] | None, Reader(as_list_or_none, keep=(list,))]
 
 Model = TypeVar("Model", bound=Lenient)
 
 
 def part(model: type[Model], shape: Callable[[Any], dict[str, Any]] = as_object) -> Reader:
     """A nested part: ``shape`` makes the value an object (by default anything but an object
-    reads as the empty part, all fields None)."""
+    reads as the empty part, all fields None); it must pass a dict on unchanged, so a dict
+    goes to the model's reader directly."""
     read = model.model_validate
-    return Reader(lambda value: read(shape(value)))
+    return Reader(lambda value: read(shape(value)), on_dict=read)
 
 
-def parts(model: type[Model], items: Callable[[Any], list[Any]]) -> Reader:
-    """A list of parts: ``items`` finds the list (documented shapes vary), each item a part."""
+def parts(model: type[Model], items: Callable[[Any], list[dict[str, Any]]]) -> Reader:
+    """A list of parts: ``items`` finds the list of objects (documented shapes vary)."""
     read = model.model_validate
-    return Reader(lambda value: [read(as_object(item)) for item in items(value)])
+    return Reader(lambda value: [read(item) for item in items(value)])
 
 
 class User(Lenient):
@@ -104,7 +105,7 @@ class Grade(Lenient):
     isPass: Flag = None
 
 
-def _grades(value: Any) -> list[Any]:
+def _grades(value: Any) -> list[dict[str, Any]]:
     """``gradeCriteria`` is documented as ``{grades: [grade]}``; a bare list is accepted too."""
     if isinstance(value, dict):
         value = value.get("grades")
@@ -136,7 +137,7 @@ class Section(Lenient):
     marks: Annotated[Marks, part(Marks)] = Marks()
 
 
-def _sections(value: Any) -> list[Any]:
+def _sections(value: Any) -> list[dict[str, Any]]:
     """``sections`` is documented as ``{items: [...]}``; a bare list is accepted too."""
     if isinstance(value, dict):
         value = value.get("items")

@@ -105,9 +105,17 @@ def as_objects(value: Any) -> list[dict[str, Any]]:
 def as_texts(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
-    # ASCII text (nearly every item) is kept as it is without a call to as_text.
-    texts = [item if type(item) is str and item.isascii() else as_text(item) for item in value]
-    return [text for text in texts if text is not None]
+    # ASCII text (nearly every item) is kept as it is without a call to as_text. A loop rather
+    # than two comprehensions: the lists are short, and each comprehension is a call of its own.
+    texts = []
+    for item in value:
+        if type(item) is str and item.isascii():
+            texts.append(item)
+        else:
+            text = as_text(item)
+            if text is not None:
+                texts.append(text)
+    return texts
 
 
 def as_time(value: Any) -> Any:
