@@ -120,11 +120,17 @@ SAMPLES: dict[type, list[Any]] = {
 def test_the_shortcuts_of_every_payload_field_give_what_its_reader_gives(
     model: type[Lenient],
 ) -> None:
-    """``keep``: the reader returns such values unchanged; ``on_dict``: it reads a dict so."""
+    """``keep`` and ``keep_ints``: the reader returns such values unchanged (and only those
+    ints); ``on_dict``: it reads a dict so."""
     for name, reader in model.model_readers.items():
         for kind in reader.keep:
             for value in SAMPLES[kind]:
                 assert reader.read(value) is value, (model.__name__, name, value)
+        if reader.keep_ints:
+            for value in [0, 1, -1, 2**63 - 1, -(2**63) + 1, 12345]:
+                assert reader.read(value) is value, (model.__name__, name, value)
+            for value in [2**63, -(2**63)]:
+                assert reader.read(value) is not value, (model.__name__, name, value)
         if reader.on_dict is not None:
             for value in SAMPLES[dict]:
                 assert reader.on_dict(value) == reader.read(value), (model.__name__, name)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, dataclass_transform
 
+#: ``keep_ints`` keeps ints strictly between minus this and this.
+_INT_BOUND = 2**63
 #: The name the compiled reader sees for ``object.__setattr__`` (models refuse plain assignment).
 _SET = object.__setattr__
 
@@ -38,12 +40,16 @@ class Reader:
     ``keep`` and ``on_dict`` only save calls on the common path, they change no result: a value
     whose exact type is in ``keep`` is one ``read`` returns unchanged (so it is kept without the
     call), and a dict goes to ``on_dict`` directly when ``read`` would only pass it on to it (a
-    nested part's model). tests/test_lenient.py checks both claims for every payload field.
+    nested part's model); the same for ``keep_ints``. tests/test_lenient.py checks these claims
+    for every payload field.
     """
 
     read: Callable[[Any], Any]
     keep: tuple[type, ...] = ()
     on_dict: Callable[[dict[str, Any]], Any] | None = None
+    #: An int within 64 bits (what Segment's JSON can hold) is kept as it is: the most common
+    #: number, so worth its own check.
+    keep_ints: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,8 @@ def _read_expression(name: str, reader: Reader, scope: dict[str, Any]) -> str:
     if reader.on_dict is not None:
         scope[f"o_{name}"] = reader.on_dict
         read = f"(o_{name}(v) if type(v) is dict else {read})"
+    if reader.keep_ints:
+        read = f"(v if type(v) is int and {-_INT_BOUND} < v < {_INT_BOUND} else {read})"
     if len(reader.keep) == 1:
         scope[f"k_{name}"] = reader.keep[0]
         read = f"(v if type(v) is k_{name} else {read})"

@@ -37,7 +37,7 @@ from bridge.synap.values import (
 
 Text = Annotated[str | None, Reader(as_text)]
 Id = Annotated[str | None, Reader(as_id)]
-Num = Annotated[int | float | None, Reader(as_number)]
+Num = Annotated[int | float | None, Reader(as_number, keep_ints=True)]
 Flag = Annotated[bool | None, Reader(as_flag, keep=(bool,))]
 Obj = Annotated[dict[str, Any], Reader(as_object, keep=(dict,))]
 Texts = Annotated[list[str], Reader(as_texts)]
