@@ -40,8 +40,8 @@ class Reader:
     ``keep`` and ``on_dict`` only save calls on the common path, they change no result: a value
     whose exact type is in ``keep`` is one ``read`` returns unchanged (so it is kept without the
     call), and a dict goes to ``on_dict`` directly when ``read`` would only pass it on to it (a
-    nested part's model); the same for ``keep_ints``. tests/test_lenient.py checks these claims
-    for every payload field.
+    nested part's model); the same for ``keep_ints`` and ``keep_ascii``. tests/test_lenient.py
+    checks these claims for every payload field.
     """
 
     read: Callable[[Any], Any]
@@ -50,6 +50,8 @@ class Reader:
     #: An int within 64 bits (what Segment's JSON can hold) is kept as it is: the most common
     #: number, so worth its own check.
     keep_ints: bool = False
+    #: An ASCII text (the most common text) is kept as it is.
+    keep_ascii: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +179,8 @@ def _read_expression(name: str, reader: Reader, scope: dict[str, Any]) -> str:
         read = f"(o_{name}(v) if type(v) is dict else {read})"
     if reader.keep_ints:
         read = f"(v if type(v) is int and {-_INT_BOUND} < v < {_INT_BOUND} else {read})"
+    if reader.keep_ascii:
+        read = f"(v if type(v) is str and v.isascii() else {read})"
     if len(reader.keep) == 1:
         scope[f"k_{name}"] = reader.keep[0]
         read = f"(v if type(v) is k_{name} else {read})"

@@ -35,7 +35,7 @@ from bridge.synap.values import (
     as_time,
 )
 
-Text = Annotated[str | None, Reader(as_text)]
+Text = Annotated[str | None, Reader(as_text, keep_ascii=True)]
 Id = Annotated[str | None, Reader(as_id)]
 Num = Annotated[int | float | None, Reader(as_number, keep_ints=True)]
 Flag = Annotated[bool | None, Reader(as_flag, keep=(bool,))]
