@@ -29,6 +29,8 @@ MAX_BATCH_MESSAGES = 2500
 
 #: Epoch seconds or milliseconds written as text ("1715677288", "1715677288020.5").
 EPOCH_TEXT = re.compile(r"^-?\d{9,16}(\.\d+)?$")
+#: A time already in the form :func:`iso8601` writes (``2024-05-14T09:41:27.880Z``).
+CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 CONTEXT: dict[str, Any] = {
     "library": {"name": NAME, "version": __version__},
@@ -96,6 +98,31 @@ def iso8601(moment: datetime) -> str:
         return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
     # The same text, several times cheaper: "...T09:00:00.123+00:00" with the offset as Z.
     return utc.isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def as_iso8601(value: Any) -> str | None:
+    """A Synap time (see :func:`parse_time`) as :func:`iso8601` text; None when it does not parse
+    or cannot be written (e.g. year 9999 with a negative offset).
+
+    Why a fast path: nearly every time Synap sends is already in the canonical form, and parsing
+    it into a datetime only to write the same text again was a tenth of the mapping's cost. Such
+    a text is returned as it is once ``fromisoformat`` accepts it (a real date and time: no
+    month 13 or hour 24) and it is not before 1970, which is exactly when the slow path would
+    return the same text (``…27.880Z`` parses to 27.880000 UTC and prints back identically).
+    """
+    if type(value) is str and len(value) == 24 and CANONICAL_TIME.fullmatch(value):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return value if value >= "1970" else None
+    moment = parse_time(value)
+    if moment is None:
+        return None
+    try:
+        return iso8601(moment)
+    except (OverflowError, ValueError):
+        return None
 
 
 def parse_time(value: Any) -> datetime | None:

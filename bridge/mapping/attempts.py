@@ -47,7 +47,7 @@ from bridge.synap.payloads import (
     OverrideValue,
     State,
 )
-from bridge.synap.values import as_id, as_texts, clean, content_hash
+from bridge.synap.values import as_id, as_number, as_texts, clean, content_hash, safe_text
 
 #: code -> (stage, default track event)
 STAGES: dict[str, tuple[str, str]] = {
@@ -63,6 +63,8 @@ RESULTS_RELEASED = ("resultsReleased", "Exam Results Released")
 ESSENTIALS = ("testId", "attemptId", "isExam", "examId")
 #: Store ranks: the exam.* version of an attempt's event is the complete one.
 ATTEMPT_RANK, EXAM_RANK = 0, 1
+#: The documented numbers of a ``marks`` object (the fields of :class:`Marks`), in its order.
+MARK_KEYS = tuple(Marks.model_fields)
 #: ``state.results.status`` values that say pass / fail, for ``isPass`` when there is no grade.
 PASS_STATUS = {"pass": True, "passed": True, "fail": False, "failed": False}
 
@@ -177,13 +179,24 @@ def _attempt_properties(
         "markingStatus": results.markingStatus,
         "pendingMarks": results.pendingMarks,
         "certificateUrl": body.certificate.url,
-        "tags": compact({str(key): as_texts(value) for key, value in attempt.tags.items()}),
+        "tags": _tags(attempt.tags),
         "sections": [_section(section, settings) for section in state.sections],
         "sectionGrades": [_section_grade(item) for item in exam.sectionGrades],
     }
     if settings.include_question_data:
         data["responseQuestionMap"] = clean(state.responseQuestionMap)
     return data
+
+
+def _tags(tags: dict[str, Any]) -> dict[str, list[str]]:
+    """Each tag's texts; a tag with none is left out (one loop: what ``compact`` of a dict
+    comprehension gave, without building the dict twice)."""
+    found: dict[str, list[str]] = {}
+    for key, value in tags.items():
+        texts = as_texts(value)
+        if texts:
+            found[str(key)] = texts
+    return found
 
 
 def _section(section: Any, settings: MappingConfig) -> dict[str, Any]:
@@ -210,18 +223,34 @@ def _section(section: Any, settings: MappingConfig) -> dict[str, Any]:
 
 
 def _marks(value: object) -> dict[str, object]:
-    """Marks with their documented numbers read as numbers (``"42"`` -> 42), like mapped fields."""
-    marks = Marks.model_validate(value if isinstance(value, dict) else {})
-    return compact(marks.model_dump())
+    """Marks with their documented numbers read as numbers (``"42"`` -> 42), like mapped fields:
+    the reader of the :class:`Marks` model, applied to the four keys directly (building the model
+    only to turn it back into a dict cost more than the reading)."""
+    if not isinstance(value, dict):
+        return {}
+    marks: dict[str, object] = {}
+    for key in MARK_KEYS:
+        number = as_number(value.get(key))
+        if number is not None:
+            marks[key] = number
+    return marks
 
 
 def _section_grade(item: dict[str, object]) -> dict[str, object]:
-    """``exam.sectionGrades[]`` ``{id, marks}``: the documented keys typed, others kept clean."""
-    typed: dict[str, object] = clean(item)
-    if "marks" in item:
-        typed["marks"] = _marks(item["marks"])
-    if "id" in item:
-        typed["id"] = as_id(item["id"])
+    """``exam.sectionGrades[]`` ``{id, marks}``: the documented keys typed, others kept clean.
+
+    One pass over the item, each key in its place (what ``clean(item)`` and then typing ``id``
+    and ``marks`` over it gave, without cleaning the two typed values first). A cleaned key can
+    never become ``id`` or ``marks``: cleaning only replaces lone surrogates, with ``?``.
+    """
+    typed: dict[str, object] = {}
+    for key, value in item.items():
+        if key == "marks":
+            typed[key] = _marks(value)
+        elif key == "id":
+            typed[key] = as_id(value)
+        else:
+            typed[safe_text(str(key))] = clean(value, 1)
     return compact(typed)
 
 

@@ -25,9 +25,8 @@ once the bug is fixed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge.config import CodeMapping, Config, MappingConfig
 from bridge.errors import UnmappableError
@@ -76,9 +75,11 @@ FIELD = {"track": "properties", "identify": "traits", "group": "traits"}
 NO_SWITCHES = CodeMapping()
 
 
-@dataclass(frozen=True, slots=True)
-class Mapped:
-    """What one webhook becomes. ``trimmed``: why something was cut to fit (caller logs it)."""
+class Mapped(NamedTuple):
+    """What one webhook becomes. ``trimmed``: why something was cut to fit (caller logs it).
+
+    A NamedTuple: immutable, and cheaper to build than a frozen dataclass (bridge.mapping.draft).
+    """
 
     portal_id: str | None
     messages: list[OutgoingMessage]

@@ -1,31 +1,28 @@
-"""Lenient pydantic models of Synap's webhook bodies: validation that never fails.
+"""Lenient models of Synap's webhook bodies: reading that never fails.
 
 Why lenient: Synap's documentation is inconsistent (undefined types, cut-off interfaces, a code
 spelled two ways) and says nothing about nulls. A body is an authenticated fact we must not
-throw away, so every field here is optional and every field type is wrapped in a validator
-that turns what it cannot use into ``None`` (or an empty container) instead of an error: a
-number where text was documented becomes text, text where a number was documented is parsed if
-it can be, an object where a list was documented is ignored. Only the mapping decides
-what is truly missing (above all: whose event it is), and says so with a precise reason.
+throw away, so every field here is optional and read by a function that turns what it cannot
+use into ``None`` (or an empty container) instead of an error: a number where text was
+documented becomes text, text where a number was documented is parsed if it can be, an object
+where a list was documented is ignored. Only the mapping decides what is truly missing (above
+all: whose event it is), and says so with a precise reason.
 
-Extra keys are ignored (``extra="ignore"``); free-form parts (custom attributes, ``attr``,
-``tags``) are kept as plain dicts and cleaned by :func:`bridge.synap.values.clean` on the way out.
+Extra keys are ignored; free-form parts (custom attributes, ``attr``, ``tags``) are the body's
+own dicts, cleaned by :func:`bridge.synap.values.clean` on the way out (the mapping only reads
+them, so they are not copied).
 
-Scalars (and the lists of texts or raw items) use a "plain" validator: the ``as_*`` function's
-result is the value, already of the declared type, so checking it again was pure cost. Free-form
-objects keep a "before" validator, so pydantic still copies them and checks their keys.
-
-Defaults that hold a container (a dict, a list, or a part that has one) are ``default_factory``
-rather than a literal: pydantic deep-copies an unhashable literal default on every validation,
-which was a measurable share of intake (and most of the cost of a sparse body).
+The models are :class:`bridge.synap.lenient.Lenient` (one compiled reader per model), no longer
+pydantic: every field was already read by a plain function, and pydantic's per-field call back
+into Python was a quarter of an exam attempt's intake CPU (issue 16).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
-
+from bridge.synap.lenient import Lenient, Reader, field
 from bridge.synap.values import (
     as_flag,
     as_id,
@@ -38,21 +35,31 @@ from bridge.synap.values import (
     as_time,
 )
 
-Text = Annotated[str | None, PlainValidator(as_text)]
-Id = Annotated[str | None, PlainValidator(as_id)]
-Num = Annotated[int | float | None, PlainValidator(as_number)]
-Flag = Annotated[bool | None, PlainValidator(as_flag)]
-Obj = Annotated[dict[str, Any], BeforeValidator(as_object)]
-Texts = Annotated[list[str], PlainValidator(as_texts)]
-Objs = Annotated[list[dict[str, Any]], BeforeValidator(as_objects)]
-Raw = Annotated[Any, PlainValidator(as_time)]
-Anything = Annotated[list[Any] | None, PlainValidator(as_list_or_none)]
-#: A nested part: anything but an object validates as the empty part (all fields None).
-_SUB = BeforeValidator(as_object)
+Text = Annotated[str | None, Reader(as_text, keep_ascii=True)]
+Id = Annotated[str | None, Reader(as_id)]
+Num = Annotated[int | float | None, Reader(as_number, keep_ints=True)]
+Flag = Annotated[bool | None, Reader(as_flag, keep=(bool,))]
+Obj = Annotated[dict[str, Any], Reader(as_object, keep=(dict,))]
+Texts = Annotated[list[str], Reader(as_texts)]
+Objs = Annotated[list[dict[str, Any]], Reader(as_objects)]
+Raw = Annotated[Any, Reader(as_time, keep=(str, int, float))]
+Anything = Annotated[list[Any] | None, Reader(as_list_or_none, keep=(list,))]
+
+Model = TypeVar("Model", bound=Lenient)
 
 
-class Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+def part(model: type[Model], shape: Callable[[Any], dict[str, Any]] = as_object) -> Reader:
+    """A nested part: ``shape`` makes the value an object (by default anything but an object
+    reads as the empty part, all fields None); it must pass a dict on unchanged, so a dict
+    goes to the model's reader directly."""
+    read = model.model_validate
+    return Reader(lambda value: read(shape(value)), on_dict=read)
+
+
+def parts(model: type[Model], items: Callable[[Any], list[dict[str, Any]]]) -> Reader:
+    """A list of parts: ``items`` finds the list of objects (documented shapes vary)."""
+    read = model.model_validate
+    return Reader(lambda value: [read(item) for item in items(value)])
 
 
 class User(Lenient):
@@ -61,7 +68,7 @@ class User(Lenient):
     name: Text = None
     email: Text = None
     subPortalId: Id = None
-    customAttributes: Obj = Field(default_factory=dict)
+    customAttributes: Obj = field(default_factory=dict)
 
 
 class Portal(Lenient):
@@ -98,7 +105,7 @@ class Grade(Lenient):
     isPass: Flag = None
 
 
-def _grades(value: Any) -> list[Any]:
+def _grades(value: Any) -> list[dict[str, Any]]:
     """``gradeCriteria`` is documented as ``{grades: [grade]}``; a bare list is accepted too."""
     if isinstance(value, dict):
         value = value.get("grades")
@@ -106,7 +113,7 @@ def _grades(value: Any) -> list[Any]:
 
 
 class GradeCriteria(Lenient):
-    grades: Annotated[list[Grade], BeforeValidator(_grades)] = Field(default_factory=list)
+    grades: Annotated[list[Grade], parts(Grade, _grades)] = field(default_factory=list)
 
 
 class Results(Lenient):
@@ -127,10 +134,10 @@ class Section(Lenient):
     totalCorrect: Num = None
     timeStarted: Raw = None
     timeCompleted: Raw = None
-    marks: Annotated[Marks, _SUB] = Marks()
+    marks: Annotated[Marks, part(Marks)] = Marks()
 
 
-def _sections(value: Any) -> list[Any]:
+def _sections(value: Any) -> list[dict[str, Any]]:
     """``sections`` is documented as ``{items: [...]}``; a bare list is accepted too."""
     if isinstance(value, dict):
         value = value.get("items")
@@ -148,9 +155,9 @@ class State(Lenient):
     timeStarted: Raw = None
     timeCompleted: Raw = None
     timeSpentInMs: Num = None
-    results: Annotated[Results, _SUB] = Results()
-    deferred: Annotated[Deferred, _SUB] = Deferred()
-    sections: Annotated[list[Section], BeforeValidator(_sections)] = Field(default_factory=list)
+    results: Annotated[Results, part(Results)] = Results()
+    deferred: Annotated[Deferred, part(Deferred)] = Deferred()
+    sections: Annotated[list[Section], parts(Section, _sections)] = field(default_factory=list)
 
 
 class Test(Lenient):
@@ -182,11 +189,11 @@ class Exam(Lenient):
     name: Text = None
     url: Text = None
     resitCount: Num = None
-    sourceTests: Texts = Field(default_factory=list)
-    sectionGrades: Objs = Field(default_factory=list)
-    userGroup: Annotated[GroupRef, _SUB] = GroupRef()
-    schedule: Annotated[Schedule, _SUB] = Schedule()
-    attr: Obj = Field(default_factory=dict)
+    sourceTests: Texts = field(default_factory=list)
+    sectionGrades: Objs = field(default_factory=list)
+    userGroup: Annotated[GroupRef, part(GroupRef)] = GroupRef()
+    schedule: Annotated[Schedule, part(Schedule)] = Schedule()
+    attr: Obj = field(default_factory=dict)
 
 
 class Audit(Lenient):
@@ -207,19 +214,19 @@ class Attempt(Lenient):
     timeStarted: Raw = None
     timeCompleted: Raw = None
     timeSpentInMs: Num = None
-    state: Annotated[State, _SUB] = Field(default_factory=State)
-    marks: Annotated[Marks, _SUB] = Marks()
-    tags: Obj = Field(default_factory=dict)
-    grade: Annotated[Grade, BeforeValidator(as_grade)] = Grade()
-    gradeCriteria: Annotated[GradeCriteria, BeforeValidator(as_grade_criteria)] = Field(
+    state: Annotated[State, part(State)] = field(default_factory=State)
+    marks: Annotated[Marks, part(Marks)] = Marks()
+    tags: Obj = field(default_factory=dict)
+    grade: Annotated[Grade, part(Grade, as_grade)] = Grade()
+    gradeCriteria: Annotated[GradeCriteria, part(GradeCriteria, as_grade_criteria)] = field(
         default_factory=GradeCriteria
     )
     status: Text = None
     examStatus: Text = None
     proctorStatus: Text = None
     resitCount: Num = None
-    audit: Annotated[Audit, _SUB] = Audit()
-    user: Annotated[User, _SUB] = Field(default_factory=User)
+    audit: Annotated[Audit, part(Audit)] = Audit()
+    user: Annotated[User, part(User)] = field(default_factory=User)
 
 
 class Certificate(Lenient):
@@ -231,9 +238,9 @@ class Certificate(Lenient):
 class Envelope(Lenient):
     """The common parts: whose event, on which portal, when."""
 
-    user: Annotated[User, _SUB] = Field(default_factory=User)
-    portal: Annotated[Portal, _SUB] = Portal()
-    meta: Annotated[Meta, _SUB] = Meta()
+    user: Annotated[User, part(User)] = field(default_factory=User)
+    portal: Annotated[Portal, part(Portal)] = Portal()
+    meta: Annotated[Meta, part(Meta)] = Meta()
 
 
 class AttemptPayload(Envelope):
@@ -245,11 +252,11 @@ class AttemptPayload(Envelope):
     timeStarted: Raw = None
     timeCompleted: Raw = None
     timeSpentInMs: Num = None
-    test: Annotated[Test, _SUB] = Test()
-    attempt: Annotated[Attempt, _SUB] = Field(default_factory=Attempt)
-    exam: Annotated[Exam, _SUB] = Field(default_factory=Exam)
-    userGroup: Annotated[GroupRef, _SUB] = GroupRef()
-    certificate: Annotated[Certificate, _SUB] = Certificate()
+    test: Annotated[Test, part(Test)] = Test()
+    attempt: Annotated[Attempt, part(Attempt)] = field(default_factory=Attempt)
+    exam: Annotated[Exam, part(Exam)] = field(default_factory=Exam)
+    userGroup: Annotated[GroupRef, part(GroupRef)] = GroupRef()
+    certificate: Annotated[Certificate, part(Certificate)] = Certificate()
 
 
 class OverrideValue(Lenient):
@@ -260,20 +267,20 @@ class OverrideValue(Lenient):
 
 class OverridePayload(Envelope):
     actionType: Text = None
-    score: Annotated[OverrideValue, _SUB] = OverrideValue()
-    points: Annotated[OverrideValue, _SUB] = OverrideValue()
-    credits: Annotated[OverrideValue, _SUB] = OverrideValue()
-    penalties: Annotated[OverrideValue, _SUB] = OverrideValue()
-    exam: Annotated[Exam, _SUB] = Field(default_factory=Exam)
-    attempt: Annotated[Attempt, _SUB] = Field(default_factory=Attempt)
+    score: Annotated[OverrideValue, part(OverrideValue)] = OverrideValue()
+    points: Annotated[OverrideValue, part(OverrideValue)] = OverrideValue()
+    credits: Annotated[OverrideValue, part(OverrideValue)] = OverrideValue()
+    penalties: Annotated[OverrideValue, part(OverrideValue)] = OverrideValue()
+    exam: Annotated[Exam, part(Exam)] = field(default_factory=Exam)
+    attempt: Annotated[Attempt, part(Attempt)] = field(default_factory=Attempt)
 
 
 class CertificatePayload(Envelope):
     id: Id = None
-    exam: Annotated[Exam, _SUB] = Field(default_factory=Exam)
-    attempt: Annotated[Attempt, _SUB] = Field(default_factory=Attempt)
-    test: Annotated[Test, _SUB] = Test()
-    certificate: Annotated[Certificate, _SUB] = Certificate()
+    exam: Annotated[Exam, part(Exam)] = field(default_factory=Exam)
+    attempt: Annotated[Attempt, part(Attempt)] = field(default_factory=Attempt)
+    test: Annotated[Test, part(Test)] = Test()
+    certificate: Annotated[Certificate, part(Certificate)] = Certificate()
 
 
 class FlatUserPayload(Envelope):
@@ -284,10 +291,10 @@ class FlatUserPayload(Envelope):
     name: Text = None
     email: Text = None
     subPortalId: Id = None
-    usergroups: Texts = Field(default_factory=list)
+    usergroups: Texts = field(default_factory=list)
     timeRegistered: Raw = None
-    customAttributes: Obj = Field(default_factory=dict)
-    preferences: Obj = Field(default_factory=dict)
+    customAttributes: Obj = field(default_factory=dict)
+    preferences: Obj = field(default_factory=dict)
 
 
 class GroupPayload(Envelope):
@@ -300,12 +307,12 @@ class GroupPayload(Envelope):
     isDefaultGroup: Flag = None
     userType: Text = None
     dateAdded: Raw = None
-    moderators: Objs = Field(default_factory=list)
+    moderators: Objs = field(default_factory=list)
 
 
 class ExamRegistrationPayload(Envelope):
-    exam: Annotated[Exam, _SUB] = Field(default_factory=Exam)
-    userGroup: Annotated[GroupRef, _SUB] = GroupRef()
+    exam: Annotated[Exam, part(Exam)] = field(default_factory=Exam)
+    userGroup: Annotated[GroupRef, part(GroupRef)] = GroupRef()
 
 
 class Named(Lenient):
@@ -316,8 +323,8 @@ class Named(Lenient):
 
 
 class AssignmentPayload(Envelope):
-    assignment: Annotated[Named, _SUB] = Named()
-    assignmentGroup: Annotated[Named, _SUB] = Named()
+    assignment: Annotated[Named, part(Named)] = Named()
+    assignmentGroup: Annotated[Named, part(Named)] = Named()
 
 
 class Question(Lenient):
@@ -328,11 +335,11 @@ class Question(Lenient):
 
 class FlagPayload(Envelope):
     objectId: Id = None
-    planter: Annotated[User, _SUB] = Field(default_factory=User)
+    planter: Annotated[User, part(User)] = field(default_factory=User)
     comment: Text = None
     createdAt: Raw = None
-    question: Annotated[Question, _SUB] = Question()
-    test: Annotated[Test, _SUB] = Test()
+    question: Annotated[Question, part(Question)] = Question()
+    test: Annotated[Test, part(Test)] = Test()
 
 
 class PurchasePayload(Envelope):
@@ -341,7 +348,7 @@ class PurchasePayload(Envelope):
     shortDescription: Text = None
     purchaseMethod: Text = None
     purchasedAt: Raw = None
-    unlockActions: Objs = Field(default_factory=list)
+    unlockActions: Objs = field(default_factory=list)
     price: Num = None
     revenue: Num = None
     currency: Text = None
@@ -357,7 +364,7 @@ class Invite(Lenient):
 
 
 class InvitePayload(Envelope):
-    invite: Annotated[Invite, _SUB] = Invite()
+    invite: Annotated[Invite, part(Invite)] = Invite()
 
 
 class LearningRecord(Lenient):
@@ -366,8 +373,10 @@ class LearningRecord(Lenient):
     score: Num = None
     visibleToStudent: Flag = None
     achievedOn: Raw = None
-    attr: Obj = Field(default_factory=dict)
+    attr: Obj = field(default_factory=dict)
 
 
 class LearningRecordPayload(Envelope):
-    learningRecord: Annotated[LearningRecord, _SUB] = Field(default_factory=LearningRecord)
+    learningRecord: Annotated[LearningRecord, part(LearningRecord)] = field(
+        default_factory=LearningRecord
+    )

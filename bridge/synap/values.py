@@ -105,9 +105,17 @@ def as_objects(value: Any) -> list[dict[str, Any]]:
 def as_texts(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
-    # ASCII text (nearly every item) is kept as it is without a call to as_text.
-    texts = [item if type(item) is str and item.isascii() else as_text(item) for item in value]
-    return [text for text in texts if text is not None]
+    # ASCII text (nearly every item) is kept as it is without a call to as_text. A loop rather
+    # than two comprehensions: the lists are short, and each comprehension is a call of its own.
+    texts = []
+    for item in value:
+        if type(item) is str and item.isascii():
+            texts.append(item)
+        else:
+            text = as_text(item)
+            if text is not None:
+                texts.append(text)
+    return texts
 
 
 def as_time(value: Any) -> Any:
@@ -130,10 +138,21 @@ def clean(value: Any, depth: int = 0) -> Any:  # noqa: C901
         return value if -(2**63) < value < 2**63 else as_text(value)
     if kind is float:
         return value if math.isfinite(value) else None
+    # Containers: an ASCII text key or item (nearly all of them) is kept without a call, which
+    # is most of the cost of cleaning a response map or a user's attributes (same results:
+    # ``clean`` keeps an ASCII text as it is).
     if kind is dict and depth < MAX_DEPTH:
-        return {safe_text(str(key)): clean(item, depth + 1) for key, item in value.items()}
+        return {
+            (key if type(key) is str and key.isascii() else safe_text(str(key))): (
+                item if type(item) is str and item.isascii() else clean(item, depth + 1)
+            )
+            for key, item in value.items()
+        }
     if kind is list and depth < MAX_DEPTH:
-        return [clean(item, depth + 1) for item in value]
+        return [
+            item if type(item) is str and item.isascii() else clean(item, depth + 1)
+            for item in value
+        ]
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
