@@ -164,8 +164,7 @@ class TestGroupCommit:
         before = commits(store)
         with write_lock(db):
             enqueues = [
-                asyncio.create_task(store.enqueue(hook(10 + i), [msg(f"new{i}")]))
-                for i in range(3)
+                asyncio.create_task(store.enqueue(hook(10 + i), [msg(f"new{i}")])) for i in range(3)
             ]
             ack = asyncio.create_task(store.ack([m.id for m in old], NOW))
             claim = asyncio.create_task(store.claim(NOW, 10, 30))
