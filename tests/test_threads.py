@@ -36,11 +36,15 @@ class TestDaemonThread:
 
 class TestPool:
     async def test_a_worker_is_used_again(self) -> None:
+        """The worker counts itself idle before the result comes back, so the next call, made
+        as soon as the first one's result arrives, always finds it (this raced before)."""
+
         def who() -> threading.Thread:
             return threading.current_thread()
 
         first = await run_in_daemon_thread("t-reuse", who)
-        assert await run_in_daemon_thread("t-reuse", who) is first
+        for _ in range(200):
+            assert await run_in_daemon_thread("t-reuse", who) is first
 
     async def test_a_blocked_call_does_not_delay_another(self) -> None:
         """A stuck upload holds its worker; the next call gets a new one."""
@@ -56,9 +60,9 @@ class TestPool:
     async def test_idle_workers_leave(self) -> None:
         pool = DaemonPool("t-idle", idle_secs=0.05)
         done = threading.Event()
-        pool.submit(done.set)
+        pool.submit(lambda: done.set)  # the hand-back sets it
         await asyncio.to_thread(done.wait, 5)
         await eventually(lambda: pool.workers == 0, within=5.0)
         again = threading.Event()
-        pool.submit(again.set)  # a pool whose workers left starts a new one
+        pool.submit(lambda: again.set)  # a pool whose workers left starts a new one
         assert await asyncio.to_thread(again.wait, 5)

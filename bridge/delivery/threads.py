@@ -22,6 +22,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -36,14 +37,18 @@ class DaemonPool:
     def __init__(self, name: str, idle_secs: float = IDLE_SECS) -> None:
         self.name = name
         self._idle_secs = idle_secs
-        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[Callable[[], Callable[[], None]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         #: Workers free for a call and not yet promised one (a call put in the queue takes one).
         self._idle = 0
         self.workers = 0
 
-    def submit(self, call: Callable[[], None]) -> None:
-        """Run ``call`` (which must not raise) on an idle worker, or on a new one."""
+    def submit(self, call: Callable[[], Callable[[], None]]) -> None:
+        """Run ``call`` (which must not raise) on an idle worker, or on a new one.
+
+        ``call`` returns its hand-back (say, settling a future): the worker runs it only once it
+        counts itself idle again, so whoever reacts to the result and submits the next call
+        finds this worker free instead of starting another thread."""
         with self._lock:
             self._calls.put(call)
             if self._idle:
@@ -65,12 +70,18 @@ class DaemonPool:
                         self.workers -= 1
                         return
                 continue
-            call()
+            hand_back = call()
             with self._lock:
                 self._idle += 1
+            hand_back()
 
 
 _POOLS: dict[str, DaemonPool] = {}
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop, settle: Callable[[Any], None], value: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        loop.call_soon_threadsafe(settle, value)
 
 
 def run_in_daemon_thread(name: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -85,15 +96,12 @@ def run_in_daemon_thread(name: str, fn: Callable[..., T], *args: Any) -> asyncio
         if not future.done():
             future.set_exception(exc)
 
-    def call() -> None:
+    def call() -> Callable[[], None]:
         try:
             value = fn(*args)
         except BaseException as exc:  # handed to the awaiting task, not lost in the thread
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(settle_error, exc)
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle_result, value)
+            return partial(_hand_back, loop, settle_error, exc)
+        return partial(_hand_back, loop, settle_result, value)
 
     pool = _POOLS.get(name)
     if pool is None:
