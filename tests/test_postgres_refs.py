@@ -14,7 +14,8 @@ import pytest
 from bridge import config as config_module
 from bridge.mapping import intake
 from bridge.store import EventQuery, Webhook
-from bridge.store.postgres.schema import MIGRATIONS, SCHEMA_VERSION
+from bridge.store.postgres import queries
+from bridge.store.postgres.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from bridge.store.postgres.store import PostgresStore
 from bridge.store.refs import refs_of
 from tests.pgcluster import Cluster
@@ -124,6 +125,26 @@ class TestStoredRefs:
         refs = refs_of(orjson.loads(raw))
         receipt = await store.enqueue(Webhook("test.completed", None, T0, raw, refs), [])
         assert await _stored_refs(url, receipt.webhook_id) == {"w-6"}
+
+
+class TestPlanCache:
+    async def test_the_enqueue_statement_is_planned_once_not_per_call(self, url: str) -> None:
+        """After PostgreSQL's five trial custom plans the statement runs on its generic plan:
+        re-planning it per group cost more server CPU than the inserts of a dozen webhooks."""
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+            for n in range(8):
+                raw = f'{{"id": "w-{n}", "attempt": {{"id": "a-{n}"}}}}'.encode()
+                hook = Webhook("test.completed", None, T0, raw, refs_of(orjson.loads(raw)))
+                await queries.enqueue(conn, [queries.Intake(hook, (), None)])
+            generic = await conn.fetchval(
+                "SELECT generic_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%INSERT INTO webhook_refs%'"
+            )
+        finally:
+            await conn.close()
+        assert generic >= 3
 
 
 class TestMigrationFromV2:
