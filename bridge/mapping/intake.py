@@ -33,6 +33,7 @@ from bridge.errors import InvalidPayloadError, UnmappableError
 from bridge.mapping.webhook import known_codes, map_webhook
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, Remapper, Webhook
+from bridge.store.refs import refs_of
 from bridge.synap import codes
 
 
@@ -93,7 +94,8 @@ def process(
     payload = decode(raw)
     mismatch = check_event_name(code, payload)
     if mismatch is not None:
-        webhook = Webhook(code, _portal_of(payload, portal_hint, config), received_at, raw)
+        portal = _portal_of(payload, portal_hint, config)
+        webhook = Webhook(code, portal, received_at, raw, refs_of(payload))
         return Intake(webhook, [], mismatch)
     return _mapped(code, payload, raw, received_at, config, portal_hint)
 
@@ -110,9 +112,10 @@ def _mapped(
     try:
         mapped = map_webhook(code, payload, moment, config, portal_hint)
     except UnmappableError as exc:
-        webhook = Webhook(code, _portal_of(payload, portal_hint, config), received_at, raw)
+        portal = _portal_of(payload, portal_hint, config)
+        webhook = Webhook(code, portal, received_at, raw, refs_of(payload))
         return Intake(webhook, [], DeadReason(exc.code, exc.detail))
-    webhook = Webhook(code, mapped.portal_id, received_at, raw)
+    webhook = Webhook(code, mapped.portal_id, received_at, raw, refs_of(payload))
     return Intake(webhook, mapped.messages, None, mapped.trimmed)
 
 

@@ -42,6 +42,9 @@ class Webhook:
     portal_id: str | None
     received_at: float
     raw_body: bytes
+    #: The ids the event search finds it by (:mod:`bridge.store.refs`), when the receiver has
+    #: them from its own parse of the body; None: the store works them out from ``raw_body``.
+    refs: tuple[str, ...] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,7 +100,10 @@ SELECT (SELECT array_agg(message_id) FILTER (WHERE inserted) FROM ins),
        (SELECT array_agg(message_id) FILTER (WHERE NOT inserted) FROM ins)"""
 
 #: The whole batch in ONE statement (one round trip, atomic without BEGIN/COMMIT): webhook ids
-#: drawn in order, the webhooks, the dead letters, the messages of the first round.
+#: drawn in order, the webhooks, their refs for the event search, the dead letters, the messages
+#: of the first round. The refs come from the receiver's own parse of each body (``$16``/``$17``,
+#: :mod:`bridge.store.refs`); a webhook without them (``$18``) has them worked out from its raw
+#: body by ``bridge_webhook_refs`` as the v2 trigger did for all (schema v3 explains why).
 _BATCH = (
     """
 WITH w AS MATERIALIZED (
@@ -110,6 +113,12 @@ WITH w AS MATERIALIZED (
 ), hooks AS (
     INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)
     SELECT id, code, portal_id, received_at, raw_body FROM w
+), refs AS (
+    INSERT INTO webhook_refs (ref, webhook_id)
+    SELECT r.ref, w.id FROM unnest($16::bigint[], $17::text[]) AS r(ord, ref) JOIN w USING (ord)
+    UNION ALL
+    SELECT f.ref, w.id FROM w, bridge_webhook_refs(w.raw_body) AS f(ref)
+    WHERE w.ord = ANY($18::bigint[])
 ), dead AS (
     INSERT INTO dead_letters (webhook_id, reason, detail, attempts, created_at)
     SELECT w.id, d.reason, d.detail, 0, w.received_at
@@ -179,6 +188,7 @@ async def _enqueue(
         [m.rank for _, m in first],
         [m.payload for _, m in first],
         _shard(),
+        *_refs(batch),
     )
     stored = [0] * len(batch)
     superseded = [0] * len(batch)
@@ -206,6 +216,22 @@ async def _enqueue(
         )
         for i, item in enumerate(batch)
     ]
+
+
+def _refs(batch: Sequence[Intake]) -> tuple[list[int], list[str], list[int]]:
+    """The known refs as (webhook ordinal, ref) columns, and the ordinals the database must
+    work out from the raw body (``Webhook.refs`` is None)."""
+    ordinals: list[int] = []
+    texts: list[str] = []
+    unknown: list[int] = []
+    for ordinal, item in enumerate(batch, 1):
+        refs = item.webhook.refs
+        if refs is None:
+            unknown.append(ordinal)
+            continue
+        ordinals.extend([ordinal] * len(refs))
+        texts.extend(refs)
+    return ordinals, texts, unknown
 
 
 def _tally(

@@ -159,8 +159,27 @@ SELECT r, w.id FROM webhooks w, bridge_webhook_refs(w.raw_body) AS r
 ON CONFLICT DO NOTHING;
 """
 
+# v3: intake writes ``webhook_refs`` itself, in the statement that stores the webhooks, from the
+# receiver's parse of each body (bridge/store/refs.py), so the row trigger goes. Why: the trigger
+# parsed every body again as jsonb, inside a plpgsql exception block (a subtransaction) per row:
+# 220 of the ~340 µs of server CPU per 6 KB webhook (groups of 64, tools in docs/benchmarks.md).
+# ``bridge_webhook_refs`` stays: the statement still calls it for a webhook whose refs the bridge
+# could not tell exactly (a float id), and it is the reference the Python extraction is tested
+# against. A v2 bridge still running after this step (a rolling upgrade) stores its webhooks
+# without refs (its statement relied on the trigger): those are found by every other search
+# field, not by ``--ref``; docs/operations.md says to replace the replicas promptly.
+# ``ROWS 7`` (a body has at most seven refs): with the default estimate of 1000 rows, the generic
+# plan of the enqueue statement looked costlier than a custom one, so PostgreSQL planned it
+# again on every call (``pg_prepared_statements``: 0 generic plans); that re-planning cost ~100
+# µs of server CPU per webhook in groups of 12, the size ``serve`` forms at 64 connections.
+_V3 = """
+DROP TRIGGER IF EXISTS webhooks_refs_insert ON webhooks;
+DROP FUNCTION IF EXISTS bridge_webhook_refs_insert();
+ALTER FUNCTION bridge_webhook_refs(bytea) ROWS 7;
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
