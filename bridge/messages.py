@@ -109,13 +109,17 @@ def as_iso8601(value: Any) -> str | None:
     a text is returned as it is once ``fromisoformat`` accepts it (a real date and time: no
     month 13 or hour 24) and it is not before 1970, which is exactly when the slow path would
     return the same text (``…27.880Z`` parses to 27.880000 UTC and prints back identically).
+    Hour 24 takes the slow path: Python 3.14's ``fromisoformat`` reads ``T24:00`` as the next
+    day's midnight, which the slow path writes as ``T00:00`` of that day. Checked only when the
+    parsed hour is 0 (one attribute read on the common path, not a slice of the text).
     """
     if type(value) is str and len(value) == 24 and CANONICAL_TIME.fullmatch(value):
         try:
-            datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value)
         except ValueError:
             return None
-        return value if value >= "1970" else None
+        if parsed.hour or value[11] == "0":
+            return value if value >= "1970" else None
     moment = parse_time(value)
     if moment is None:
         return None

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from types import SimpleNamespace
 
-from bridge.delivery.deadline import Deadline
+import pytest
+
+from bridge.delivery.deadline import Deadline, Watcher
 
 
 class TestWatcher:
@@ -46,3 +49,28 @@ class TestWatcher:
         finally:
             for sock in (ours, theirs, probe, peer):
                 sock.close()
+
+    def test_a_watcher_thread_that_could_not_start_is_started_by_the_next_upload(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Out of threads for the first upload: the next one's deadline is still enforced."""
+        watcher = Watcher()
+        ours, theirs = socket.socketpair()
+        try:
+
+            def refuse(_: threading.Thread) -> None:
+                raise RuntimeError("can't start new thread")
+
+            with monkeypatch.context() as patched:
+                patched.setattr(threading.Thread, "start", refuse)
+                with pytest.raises(RuntimeError):
+                    watcher.watch(Deadline(0.1), time.monotonic() + 0.1)
+            later = Deadline(0.1)
+            later.attach(SimpleNamespace(sock=ours))
+            watcher.watch(later, time.monotonic() + 0.1)
+            ours.settimeout(5.0)  # bounded: without a watcher nothing would ever cut it
+            assert ours.recv(1) == b""
+            assert later.expired
+        finally:
+            ours.close()
+            theirs.close()

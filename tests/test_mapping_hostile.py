@@ -395,6 +395,29 @@ class TestFastPathsAgreeWithTheGeneralRules:
         expected = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
         assert iso8601(moment) == expected
 
+    def test_a_canonical_looking_midnight_24_is_not_kept(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Python 3.14's ``fromisoformat`` accepts ``T24:00`` (the next day's midnight); the
+        fast path for canonical times must then not keep that text, which the slow path writes
+        as the next day's ``T00:00``. The newer parser is reproduced here on this interpreter."""
+        from bridge import messages
+
+        class Newer(datetime):
+            @classmethod
+            def fromisoformat(cls, text: str) -> Newer:
+                rest = text[19:].removeprefix(".000")  # then nothing, or the zone
+                midnight = text[11:19] == "24:00:00" and rest[:1] in ("", "Z", "+", "-")
+                if not midnight:
+                    return super().fromisoformat(text)
+                day = super().fromisoformat(text[:11] + "00" + text[13:])
+                return day + timedelta(days=1)
+
+        monkeypatch.setattr(messages, "datetime", Newer)
+        assert messages.as_iso8601("2024-02-28T24:00:00.000Z") == "2024-02-29T00:00:00.000Z"
+        assert messages.as_iso8601("2024-02-28T24:00:00Z") == "2024-02-29T00:00:00.000Z"
+        assert messages.as_iso8601("2024-02-28T23:00:00.000Z") == "2024-02-28T23:00:00.000Z"
+
     def test_fitted_serialises_once_or_after_the_cut(self) -> None:
         from bridge.mapping.sizing import fitted
 

@@ -5,6 +5,8 @@ Real databases in the throwaway test cluster; the bodies go through the real map
 
 from __future__ import annotations
 
+import random
+import string
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -18,7 +20,7 @@ from bridge.store import EventQuery, Webhook
 from bridge.store.postgres import queries
 from bridge.store.postgres.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from bridge.store.postgres.store import PostgresStore
-from bridge.store.refs import refs_of
+from bridge.store.refs import MAX_REF_BYTES, refs_of
 from tests.pgcluster import Cluster
 
 T0 = 1000.0
@@ -126,6 +128,30 @@ class TestStoredRefs:
         refs = refs_of(orjson.loads(raw))
         receipt = await store.enqueue(Webhook("test.completed", None, T0, raw, refs), [])
         assert await _stored_refs(url, receipt.webhook_id) == {"w-6"}
+
+    @pytest.mark.parametrize("float_id", [False, True])
+    async def test_an_id_too_long_to_index_does_not_refuse_the_webhook(
+        self, store: PostgresStore, url: str, float_id: bool
+    ) -> None:
+        """A btree entry holds at most 2,704 bytes: a longer ref failed the whole insert, so
+        the webhook was refused (503) on every retry and storage reported failing. It is now
+        stored without that ref, whether the receiver knew the refs or the SQL fallback (a
+        float id elsewhere) worked them out; the other refs still find it."""
+        rng = random.Random(7)  # incompressible, as PostgreSQL would otherwise shrink it
+        long_id = "".join(rng.choice(string.ascii_letters) for _ in range(MAX_REF_BYTES + 1))
+        raw = orjson.dumps({"id": long_id, "attempt": {"id": "a-long"}})
+        if float_id:  # 1e3: a ref only PostgreSQL can print ("1000"), so the SQL fallback
+            raw = raw[:-1] + b', "exam": {"id": 1e3}}'
+        refs = refs_of(orjson.loads(raw))
+        receipt = await store.enqueue(Webhook("test.completed", None, T0, raw, refs), [])
+        expected = {"a-long", "1000"} if float_id else {"a-long"}
+        assert await _stored_refs(url, receipt.webhook_id) == expected
+        found = await store.find_events(EventQuery(ref="a-long"), T0)
+        assert [record.webhook_id for record in found] == [receipt.webhook_id]
+
+    def test_the_longest_ref_that_fits_is_kept(self) -> None:
+        fits = "é" * (MAX_REF_BYTES // 2)  # two bytes each: exactly MAX_REF_BYTES
+        assert refs_of({"id": fits, "test": {"id": fits + "x"}}) == (fits,)
 
 
 def _intake(n: int) -> queries.Intake:

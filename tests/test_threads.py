@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -56,6 +57,34 @@ class TestPool:
         finally:
             gate.set()
         assert await stuck is True
+
+    async def test_a_worker_that_cannot_start_leaves_no_call_behind(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Out of threads: the caller gets the error, and its call never runs later (on the
+        next worker, after the caller has handed its batch back)."""
+        pool = DaemonPool("t-nothread")
+        ran: list[str] = []
+
+        def refuse(_: threading.Thread) -> None:
+            raise RuntimeError("can't start new thread")
+
+        def call(name: str, hand_back: Callable[[], None]) -> Callable[[], Callable[[], None]]:
+            def run() -> Callable[[], None]:
+                ran.append(name)
+                return hand_back
+
+            return run
+
+        with monkeypatch.context() as patched:
+            patched.setattr(threading.Thread, "start", refuse)
+            with pytest.raises(RuntimeError, match="can't start"):
+                pool.submit(call("refused", lambda: None))
+        done = threading.Event()
+        pool.submit(call("next", done.set))
+        assert await asyncio.to_thread(done.wait, 5)
+        assert ran == ["next"]  # FIFO: a call left queued would have run first
+        assert pool.workers == 1
 
     async def test_idle_workers_leave(self) -> None:
         pool = DaemonPool("t-idle", idle_secs=0.05)

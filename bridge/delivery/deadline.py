@@ -115,10 +115,12 @@ class Watcher:
         with self._changed:
             heapq.heappush(self._heap, (at, next(self._order), deadline))
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="upload-deadlines", daemon=True
-                )
-                self._thread.start()
+                # Kept only once started: a start that fails (out of threads) is tried again by
+                # the next upload, instead of every later deadline waiting for a thread that
+                # never ran.
+                thread = threading.Thread(target=self._run, name="upload-deadlines", daemon=True)
+                thread.start()
+                self._thread = thread
             if self._heap[0][2] is deadline:  # sooner than what the thread waits for
                 self._changed.notify()
 

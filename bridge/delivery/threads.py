@@ -50,12 +50,21 @@ class DaemonPool:
         counts itself idle again, so whoever reacts to the result and submits the next call
         finds this worker free instead of starting another thread."""
         with self._lock:
-            self._calls.put(call)
             if self._idle:
                 self._idle -= 1
+                self._calls.put(call)
                 return
             self.workers += 1
-        threading.Thread(target=self._work, name=self.name, daemon=True).start()
+        # The worker starts before the call is queued: if it cannot start (the process is out
+        # of threads), the caller gets the error and the call is gone, rather than left queued
+        # to run later, long after its caller handed the batch back.
+        try:
+            threading.Thread(target=self._work, name=self.name, daemon=True).start()
+        except BaseException:
+            with self._lock:
+                self.workers -= 1
+            raise
+        self._calls.put(call)
 
     def _work(self) -> None:
         while True:

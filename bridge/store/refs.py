@@ -10,6 +10,13 @@ same body: string values as they are, integers as their decimal text, nothing el
 Python value cannot say what PostgreSQL's jsonb would print (a float: ``1e3`` is ``1000`` there)
 or where jsonb would refuse the body (a NUL), :func:`refs_of` answers None and the store lets
 the database work the refs out from the raw body as before.
+
+One exception to "exactly": a ref longer than :data:`MAX_REF_BYTES` is left out, here and in the
+statement's SQL fallback. PostgreSQL cannot index it (a btree entry holds at most 2,704 bytes),
+so storing it failed the whole insert: the webhook was refused with a 503 on every retry, and
+each refusal marked storage as failing (``/readyz`` not ready) for every other webhook, all
+because one body carried an absurd id. Such a webhook is now stored and found by every other
+search field; SQLite, which has no such limit, still finds it by that ref too.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ PATHS: tuple[tuple[str, str | None], ...] = (
     ("assignment", "objectId"),
 )
 
+#: The longest ref (UTF-8 bytes) PostgreSQL's ``webhook_refs`` primary key can hold, with room
+#: for the webhook id and the entry's header within the btree's 2,704 bytes.
+MAX_REF_BYTES = 2048
+
 
 def refs_of(payload: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The distinct refs of a decoded JSON object, or None when only the database can tell."""
@@ -45,6 +56,9 @@ def refs_of(payload: Mapping[str, Any]) -> tuple[str, ...] | None:
             text = str(value)
         else:
             return None  # a float, or a NUL that jsonb refuses: the database decides
-        if text not in found:
+        # Characters first: a text of at most MAX_REF_BYTES // 4 characters always fits, so the
+        # common short id is never encoded just to be measured.
+        too_long = len(text) > MAX_REF_BYTES // 4 and len(text.encode("utf-8")) > MAX_REF_BYTES
+        if not too_long and text not in found:
             found.append(text)
     return tuple(found)

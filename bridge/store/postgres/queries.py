@@ -30,6 +30,7 @@ from bridge.store import (
     Webhook,
 )
 from bridge.store.postgres.schema import SHARDS
+from bridge.store.refs import MAX_REF_BYTES
 from bridge.store.rows import LETTER_COLUMNS, LETTER_FROM, dead_letter_of, webhook_ref, webhook_row
 
 MAX_ERROR_CHARS = 4000
@@ -103,7 +104,8 @@ SELECT (SELECT array_agg(message_id) FILTER (WHERE inserted) FROM ins),
 #: drawn in order, the webhooks, their refs for the event search, the dead letters, the messages
 #: of the first round. The refs come from the receiver's own parse of each body (``$16``/``$17``,
 #: :mod:`bridge.store.refs`); a webhook without them (``$18``) has them worked out from its raw
-#: body by ``bridge_webhook_refs`` as the v2 trigger did for all (schema v3 explains why).
+#: body by ``bridge_webhook_refs`` as the v2 trigger did for all (schema v3 explains why); either
+#: way without a ref too long to index (:data:`bridge.store.refs.MAX_REF_BYTES` says why).
 _BATCH = (
     """
 WITH w AS MATERIALIZED (
@@ -118,7 +120,7 @@ WITH w AS MATERIALIZED (
     SELECT r.ref, w.id FROM unnest($16::bigint[], $17::text[]) AS r(ord, ref) JOIN w USING (ord)
     UNION ALL
     SELECT f.ref, w.id FROM w, bridge_webhook_refs(w.raw_body) AS f(ref)
-    WHERE w.ord = ANY($18::bigint[])
+    WHERE w.ord = ANY($18::bigint[]) AND octet_length(f.ref) <= $MAX_REF_BYTES
 ), dead AS (
     INSERT INTO dead_letters (webhook_id, reason, detail, attempts, created_at)
     SELECT w.id, d.reason, d.detail, 0, w.received_at
@@ -136,7 +138,7 @@ WITH w AS MATERIALIZED (
     + """,
        (SELECT array_agg(id ORDER BY ord) FROM w)
 """
-)
+).replace("$MAX_REF_BYTES", str(MAX_REF_BYTES))
 
 #: A later round (a messageId that occurs again in the batch), with the webhook ids known.
 _ROUND = (
