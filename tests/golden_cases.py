@@ -20,7 +20,6 @@ Regenerate (only when a change of output is intended, and say so in the commit):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -36,6 +35,7 @@ from bridge.config import Config
 from bridge.errors import InvalidPayloadError
 from bridge.mapping import intake
 from bridge.synap import samples
+from tests.test_mapping_hostile import mutated, paths
 
 GOLDEN = Path(__file__).parent / "golden"
 OUTCOMES = GOLDEN / "outcomes.json"
@@ -401,31 +401,8 @@ def all_outcomes() -> dict[str, Any]:
 
 # --- the mutation sweep -----------------------------------------------------------------------
 
-JsonPath = tuple[str | int, ...]
-
-
-def paths(node: Any, prefix: JsonPath = ()) -> Iterator[JsonPath]:
-    """Every key path in a JSON tree (only the first two items of each list: same shape)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield (*prefix, key)
-            yield from paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node[:2]):
-            yield (*prefix, index)
-            yield from paths(value, (*prefix, index))
-
-
-def mutated(body: dict[str, Any], path: JsonPath, value: Any, delete: bool) -> dict[str, Any]:
-    copied = copy.deepcopy(body)
-    node: Any = copied
-    for part in path[:-1]:
-        node = node[part]
-    if delete and isinstance(node, dict):
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-    return copied
+# The sweep walks and replaces parts of a body as the hostile-input tests do
+# (tests/test_mapping_hostile.py: ``paths``, ``mutated``).
 
 
 MUTATION_CONFIGS = ("default", "custom")
