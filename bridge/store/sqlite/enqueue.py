@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, EnqueueReceipt, Webhook
 from bridge.store.rows import webhook_ref
+from bridge.store.sqlite.queries import message_row
 
 #: One ``enqueue`` call: the webhook, its messages, or why it is a dead letter.
 Item = tuple[Webhook, tuple[OutgoingMessage, ...], DeadReason | None]
@@ -156,15 +157,7 @@ def _insert_messages(
     for row_id, (webhook, messages, _) in zip(ids, items, strict=True):
         at = webhook.received_at
         for message in messages:
-            rows += (
-                row_id,
-                message.message_id,
-                message.destination,
-                message.user_id,
-                at + message.hold_secs,
-                at,
-                message.rank,
-            )
+            rows += message_row(row_id, message, at)
     bodies: list[object] = []
     for _, message in firsts:
         bodies += (message.message_id, message.payload)

@@ -57,22 +57,24 @@ def _error(text: str) -> str:
 # ---- writes (inside the writer's transaction) ----------------------------------------------
 
 
+def message_row(webhook: int, message: OutgoingMessage, at: float) -> tuple[object, ...]:
+    """A ``messages`` row's values in insert order: due after its hold, enqueued at ``at``."""
+    return (
+        webhook,
+        message.message_id,
+        message.destination,
+        message.user_id,
+        at + message.hold_secs,
+        at,
+        message.rank,
+    )
+
+
 def _insert_message(
     conn: sqlite3.Connection, webhook: int, message: OutgoingMessage, at: float
 ) -> int:
     """Store one message and its body, due after its hold; 0 when its messageId is stored."""
-    inserted = conn.execute(
-        _INSERT_MESSAGE,
-        (
-            webhook,
-            message.message_id,
-            message.destination,
-            message.user_id,
-            at + message.hold_secs,
-            at,
-            message.rank,
-        ),
-    ).fetchone()
+    inserted = conn.execute(_INSERT_MESSAGE, message_row(webhook, message, at)).fetchone()
     if inserted is None:
         return 0
     conn.execute(_INSERT_PAYLOAD, (inserted[0], message.payload))
