@@ -406,23 +406,29 @@ class TestStop:
         assert (await store.stats(START, START)).pending == 0
 
 
+def count_claims(store: SQLiteStore) -> list[int]:
+    """The sizes of the store's claims from now on, in order (the real claim, counted)."""
+    claimed: list[int] = []
+    original = store.claim
+
+    async def counted(
+        now: float, limit: int, lease_secs: float, exclude: Any = ()
+    ) -> list[ClaimedMessage]:
+        got = await original(now, limit, lease_secs, exclude)
+        claimed.append(len(got))
+        return got
+
+    store.claim = counted  # type: ignore[method-assign]
+    return claimed
+
+
 class TestPipelining:
     async def test_a_backlog_claims_the_next_batch_while_every_slot_uploads(
         self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
     ) -> None:
         """While the only upload slot is busy (held at the fake), the next batch is claimed
         already, so it is ready when the slot frees; one claim ahead, not the backlog."""
-        claimed: list[int] = []
-        original = store.claim
-
-        async def counted(
-            now: float, limit: int, lease_secs: float, exclude: Any = ()
-        ) -> list[ClaimedMessage]:
-            got = await original(now, limit, lease_secs, exclude)
-            claimed.append(len(got))
-            return got
-
-        store.claim = counted  # type: ignore[method-assign]  # the real claim, counted
+        claimed = count_claims(store)
         ids = await enqueue(store, START, range(500))
         delivery = make(settings(concurrency=1, max_events=100))
         fake.hold()
@@ -509,17 +515,7 @@ class TestRunLoop:
     ) -> None:
         """Claiming on every commit cost a write transaction (an fsync) per intake round.
         A batch gathers while another upload is in flight (the fake holds it)."""
-        claimed: list[int] = []
-        original = store.claim
-
-        async def counted(
-            now: float, limit: int, lease_secs: float, exclude: Any = ()
-        ) -> list[ClaimedMessage]:
-            got = await original(now, limit, lease_secs, exclude)
-            claimed.append(len(got))
-            return got
-
-        store.claim = counted  # type: ignore[method-assign]  # the real claim, counted
+        claimed = count_claims(store)
         delivery = make(settings(concurrency=2, max_events=10, timeout=30.0), clock=time.time)
         loop = asyncio.create_task(delivery.run())
         fake.hold()
