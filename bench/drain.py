@@ -63,18 +63,7 @@ def _drain(
         try:
             if profile_out is not None:
                 sampler = profile.start(bridge.pid, 5, profile_out)
-            first = None
-            deadline = started + TIMEOUT_SECS
-            while True:
-                unique = int(procs.get_json(fake.url + "/_stats")["unique"])
-                now = time.perf_counter()
-                if first is None and unique > 0:
-                    first = now
-                if unique >= count:
-                    break
-                if now > deadline:
-                    raise RuntimeError(f"{name}: {unique} of {count} after {TIMEOUT_SECS}s")
-                time.sleep(0.02)
+            first, now = wait_delivered(fake, count, started, name)
             rss = bridge.memory_kb()["VmHWM"]
             bridge_cpu = bridge.cpu_seconds()
             fake_cpu = fake.cpu_seconds() - fake_cpu
@@ -82,7 +71,6 @@ def _drain(
             if sampler is not None:
                 sampler.wait(60)
             bridge.stop()
-    assert first is not None
     return now - started, now - first, rss, bridge_cpu, fake_cpu
 
 
@@ -98,6 +86,25 @@ def _client(count: int, tag: str) -> tuple[float, int, int]:
         report = orjson.loads(done.stdout.strip().splitlines()[-1])
         counted = int(procs.get_json(fake.url + "/_stats")["unique"])
     return float(report["seconds"]), int(report["queue_full_retries"]), counted
+
+
+def wait_delivered(fake: procs.Proc, count: int, started: float, name: str) -> tuple[float, float]:
+    """Poll the fake (another process: no event to wait on) until it counted ``count``
+    messageIds: the ``perf_counter`` times of the first arrival and of the end. Bounded by
+    :data:`TIMEOUT_SECS` from ``started``."""
+    first = None
+    deadline = started + TIMEOUT_SECS
+    while True:
+        unique = int(procs.get_json(fake.url + "/_stats")["unique"])
+        now = time.perf_counter()
+        if first is None and unique > 0:
+            first = now
+        if unique >= count:
+            assert first is not None
+            return first, now
+        if now > deadline:
+            raise RuntimeError(f"{name}: {unique} of {count} after {TIMEOUT_SECS}s")
+        time.sleep(0.02)
 
 
 def run(count: int, with_profile: bool) -> DrainResult:

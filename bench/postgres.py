@@ -19,13 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import backlog, procs, profile, wrk
+from bench import backlog, drain, procs, profile, wrk
 from bench.intake import PATH
 from bench.procs import OUT
 from bridge.store.postgres.store import PostgresStore
 from tests.pgcluster import Cluster
 
-TIMEOUT_SECS = 300.0
 CONNECTIONS = 64
 
 
@@ -218,18 +217,7 @@ def _drain(
         try:
             if profile_out is not None:
                 sampler = profile.start(bridges[0].pid, 5, profile_out)
-            first = None
-            deadline = started + TIMEOUT_SECS
-            while True:
-                unique = int(procs.get_json(fake.url + "/_stats")["unique"])
-                now = time.perf_counter()
-                if first is None and unique > 0:
-                    first = now
-                if unique >= count:
-                    break
-                if now > deadline:
-                    raise RuntimeError(f"postgres drain: {unique} of {count} after {TIMEOUT_SECS}s")
-                time.sleep(0.02)
+            first, now = drain.wait_delivered(fake, count, started, "postgres drain")
             bridge_cpu = sum(bridge.cpu_seconds() for bridge in bridges)
             pg_cpu = _postgres_cpu(cluster) - pg_cpu
         finally:
@@ -237,7 +225,6 @@ def _drain(
                 summary = profile.summarise(profile_out, 5) if profile_out.exists() else None
             for bridge in bridges:
                 bridge.stop()
-    assert first is not None
     backend = "SQLite" if sqlite else "PostgreSQL"
     point = DrainPoint(
         backend, replicas, count, build_secs, now - started, now - first, bridge_cpu, pg_cpu

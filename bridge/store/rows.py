@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.store import DeadLetter
+from bridge.store import DeadLetter, DeadReason, EventMessage, EventRecord
 
 #: The longest row id a webhook reference may name (a bigint has 19 digits; 18 always fits).
 MAX_ROW_DIGITS = 18
@@ -41,3 +41,46 @@ def dead_letter_of(row: Sequence[Any]) -> DeadLetter:
     """A dead letter from a row of :data:`LETTER_COLUMNS`."""
     letter_id, webhook, *rest = row
     return DeadLetter(letter_id, webhook_ref(webhook), *rest)
+
+
+#: The columns ``events`` reads per message (with ``FROM messages m LEFT JOIN message_payloads p
+#: ON p.id = m.id``): the webhook's row id first, then :class:`EventMessage`'s fields in order.
+EVENT_MESSAGE_COLUMNS = (
+    "m.webhook_id, m.id, m.message_id, m.destination, m.user_id, m.state, m.attempts,"
+    " m.last_error, m.enqueued_at, m.due_at, m.delivered_at,"
+    " (SELECT d.reason FROM dead_letters d WHERE d.message_row = m.id ORDER BY d.id DESC LIMIT 1),"
+    " p.payload"
+)
+
+
+def event_message(row: Sequence[Any], now: float) -> tuple[int, EventMessage]:
+    """The webhook's row id and the message of a row of :data:`EVENT_MESSAGE_COLUMNS`; a
+    never-tried pending message not due yet reads as ``held``."""
+    webhook, row_id, message_id, destination, user, state, attempts, error = row[:8]
+    enqueued, due, delivered, reason, payload = row[8:]
+    if state == "pending" and attempts == 0 and due is not None and due > now:
+        state = "held"
+    return webhook, EventMessage(
+        row_id, message_id, destination, user, state, attempts, error, enqueued, due,
+        delivered, reason, bytes(payload) if payload is not None else b"",
+    )  # fmt: skip
+
+
+def event_records(
+    webhooks: Sequence[Sequence[Any]],
+    messages: dict[int, list[EventMessage]],
+    dead: dict[int, DeadReason],
+) -> list[EventRecord]:
+    """One record per webhook row ``(id, code, portal, received)``, with its messages and its
+    whole-webhook dead letter."""
+    return [
+        EventRecord(
+            webhook_ref(row_id),
+            code,
+            portal,
+            received,
+            tuple(messages.get(row_id, ())),
+            dead.get(row_id),
+        )
+        for row_id, code, portal, received in webhooks
+    ]

@@ -31,7 +31,16 @@ from bridge.store import (
 )
 from bridge.store.postgres.schema import SHARDS
 from bridge.store.refs import MAX_REF_BYTES
-from bridge.store.rows import LETTER_COLUMNS, LETTER_FROM, dead_letter_of, webhook_ref, webhook_row
+from bridge.store.rows import (
+    EVENT_MESSAGE_COLUMNS,
+    LETTER_COLUMNS,
+    LETTER_FROM,
+    dead_letter_of,
+    event_message,
+    event_records,
+    webhook_ref,
+    webhook_row,
+)
 
 MAX_ERROR_CHARS = 4000
 Conn = Any  # an asyncpg connection (asyncpg ships no types)
@@ -267,10 +276,12 @@ def _rounds(batch: Sequence[Intake]) -> list[list[tuple[int, OutgoingMessage]]]:
 
 # ---- delivery --------------------------------------------------------------------------------
 
-_CLAIM = """
+#: Claim the earliest-due messages in arrival order, skipping rows another replica holds;
+#: ``{where}`` narrows the candidates (the dry-run destinations left out).
+_CLAIM_TEMPLATE = """
 WITH c AS MATERIALIZED (
     SELECT id FROM messages
-    WHERE state IN ('pending', 'inflight') AND due_at <= $1
+    WHERE state IN ('pending', 'inflight') AND due_at <= $1{where}
     ORDER BY due_at, id LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
@@ -280,21 +291,8 @@ WHERE m.id = c.id
 RETURNING m.id, m.message_id, m.destination, m.user_id, p.payload, m.attempts, m.enqueued_at,
           m.lease
 """
-
-
-_CLAIM_EXCLUDING = """
-WITH c AS MATERIALIZED (
-    SELECT id FROM messages
-    WHERE state IN ('pending', 'inflight') AND due_at <= $1 AND destination <> ALL($4::text[])
-    ORDER BY due_at, id LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE messages m SET state = 'inflight', due_at = $1 + $3, lease = m.lease + 1
-FROM c JOIN message_payloads p ON p.id = c.id
-WHERE m.id = c.id
-RETURNING m.id, m.message_id, m.destination, m.user_id, p.payload, m.attempts, m.enqueued_at,
-          m.lease
-"""
+_CLAIM = _CLAIM_TEMPLATE.format(where="")
+_CLAIM_EXCLUDING = _CLAIM_TEMPLATE.format(where=" AND destination <> ALL($4::text[])")
 
 
 async def claim(
@@ -699,24 +697,13 @@ async def _records(
     ids = [row[0] for row in webhooks]
     messages: dict[int, list[EventMessage]] = {}
     for row in await conn.fetch(
-        "SELECT m.webhook_id, m.id, m.message_id, m.destination, m.user_id, m.state, m.attempts,"
-        " m.last_error, m.enqueued_at, m.due_at, m.delivered_at,"
-        " (SELECT d.reason FROM dead_letters d WHERE d.message_row = m.id"
-        " ORDER BY d.id DESC LIMIT 1), p.payload"
-        " FROM messages m LEFT JOIN message_payloads p ON p.id = m.id"
+        f"SELECT {EVENT_MESSAGE_COLUMNS} FROM messages m"  # noqa: S608 - constant columns
+        " LEFT JOIN message_payloads p ON p.id = m.id"
         " WHERE m.webhook_id = ANY($1::bigint[]) ORDER BY m.id",
         ids,
     ):
-        webhook, row_id, message_id, destination, user, state, attempts, error = row[:8]
-        enqueued, due, delivered, reason, payload = row[8:]
-        if state == "pending" and attempts == 0 and due is not None and due > now:
-            state = "held"
-        messages.setdefault(webhook, []).append(
-            EventMessage(
-                row_id, message_id, destination, user, state, attempts, error, enqueued, due,
-                delivered, reason, bytes(payload) if payload is not None else b"",
-            )
-        )  # fmt: skip
+        webhook, message = event_message(row, now)
+        messages.setdefault(webhook, []).append(message)
     dead = {
         row[0]: DeadReason(row[1], row[2])
         for row in await conn.fetch(
@@ -725,14 +712,4 @@ async def _records(
             ids,
         )
     }
-    return [
-        EventRecord(
-            webhook_ref(row_id),
-            code,
-            portal,
-            received,
-            tuple(messages.get(row_id, ())),
-            dead.get(row_id),
-        )
-        for row_id, code, portal, received in webhooks
-    ]
+    return event_records(webhooks, messages, dead)

@@ -29,7 +29,15 @@ from bridge.store import (
     StoreStats,
     Webhook,
 )
-from bridge.store.rows import LETTER_COLUMNS, LETTER_FROM, dead_letter_of, webhook_ref, webhook_row
+from bridge.store.rows import (
+    EVENT_MESSAGE_COLUMNS,
+    LETTER_COLUMNS,
+    LETTER_FROM,
+    dead_letter_of,
+    event_message,
+    event_records,
+    webhook_row,
+)
 
 MAX_ERROR_CHARS = 4000
 
@@ -415,12 +423,6 @@ _STATE_WHERE = {
     " AND m.state = 'delivered')",
     "dead": "w.id IN (SELECT webhook_id FROM dead_letters)",
 }
-_MESSAGE_COLUMNS = (
-    "m.webhook_id, m.id, m.message_id, m.destination, m.user_id, m.state, m.attempts,"
-    " m.last_error, m.enqueued_at, m.due_at, m.delivered_at,"
-    " (SELECT d.reason FROM dead_letters d WHERE d.message_row = m.id ORDER BY d.id DESC LIMIT 1),"
-    " p.payload"
-)
 
 
 def find_events(conn: sqlite3.Connection, query: EventQuery, now: float) -> list[EventRecord]:
@@ -481,32 +483,14 @@ def _records(
     ids = _ids(row[0] for row in webhooks)
     messages: dict[int, list[EventMessage]] = {}
     # Constant columns; the ids are one bound parameter.
-    for webhook, *fields in conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages m"  # noqa: S608
+    for row in conn.execute(
+        f"SELECT {EVENT_MESSAGE_COLUMNS} FROM messages m"  # noqa: S608
         " LEFT JOIN message_payloads p ON p.id = m.id"
         " WHERE m.webhook_id IN (SELECT value FROM json_each(?)) ORDER BY m.id",
         (ids,),
     ):
-        row_id, message_id, destination, user, state, attempts, error, enqueued, due = fields[:9]
-        delivered, reason, payload = fields[9:]
-        if state == "pending" and attempts == 0 and due is not None and due > now:
-            state = "held"
-        messages.setdefault(webhook, []).append(
-            EventMessage(
-                row_id,
-                message_id,
-                destination,
-                user,
-                state,
-                attempts,
-                error,
-                enqueued,
-                due,
-                delivered,
-                reason,
-                payload if payload is not None else b"",
-            )
-        )
+        webhook, message = event_message(row, now)
+        messages.setdefault(webhook, []).append(message)
     dead = {
         webhook: DeadReason(reason, detail)
         for webhook, reason, detail in conn.execute(
@@ -515,14 +499,4 @@ def _records(
             (ids,),
         )
     }
-    return [
-        EventRecord(
-            webhook_ref(row_id),
-            code,
-            portal,
-            received,
-            tuple(messages.get(row_id, ())),
-            dead.get(row_id),
-        )
-        for row_id, code, portal, received in webhooks
-    ]
+    return event_records(webhooks, messages, dead)
