@@ -1,8 +1,11 @@
 """The composition root: builds the aiohttp application and owns the life cycle of its parts.
 
-Start order (aiohttp ``cleanup_ctx``): store -> delivery task -> back-pressure watcher; shutdown
-runs the same list backwards, so the store closes only after the delivery task has finished or
-handed back its batch. Tests build the same app with an injected clock, store path and sinks.
+Start order (aiohttp ``cleanup_ctx``): store -> delivery task -> mapping stage -> back-pressure
+watcher; shutdown runs the same list backwards: intake has stopped by then, the mapping stage
+maps what was kept, delivery sends what it can within the grace, and the store closes last.
+The mapping stage runs in this process (``mapping="inline"``: tests, ``mapper.process: false``)
+or in a child process that ``serve`` supervises (``mapping="process"``). Tests build the same
+app with an injected clock, store path and sinks.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from bridge import logs
 from bridge.config import Config
 from bridge.delivery.loop import Delivery
 from bridge.delivery.sinks import Sink, build_sinks
+from bridge.mapper.stage import MappingStage, Report
+from bridge.mapper.supervisor import MapperSupervisor
 from bridge.metrics import Metrics
 from bridge.receive import backpressure, health
 from bridge.receive import webhook as receive
@@ -40,7 +45,12 @@ def build_app(
     clock: Callable[[], float] = time.time,
     metrics: Metrics | None = None,
     watch_interval: float = 1.0,
+    mapping: str = "inline",
+    config_path: str | None = None,
 ) -> web.Application:
+    """``mapping``: ``inline`` (the stage runs here), ``process`` (a supervised child loaded
+    from ``config_path`` and the environment) or ``none`` (webhooks stay unmapped: tests of
+    intake alone)."""
     runtime = Runtime(
         config=config,
         store=store if store is not None else open_store(config.storage),
@@ -55,6 +65,12 @@ def build_app(
         app.router.add_get("/metrics", health.metrics)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_delivery_context(sinks))
+    if mapping == "inline":
+        app.cleanup_ctx.append(_inline_mapping)
+    elif mapping == "process":
+        app.cleanup_ctx.append(_mapping_process(config_path))
+    elif mapping != "none":
+        raise ValueError(f"mapping must be inline, process or none, not {mapping!r}")
     app.cleanup_ctx.append(_watcher_context(watch_interval))
     return app
 
@@ -119,6 +135,73 @@ def _delivery_context(
                 await task
 
     return delivery
+
+
+def reported(runtime: Runtime, report: Report) -> None:
+    """A mapping round's outcome: the metrics, and delivery woken for the new messages."""
+    metrics = runtime.metrics
+    if report.mapped:
+        dead = sum(report.dead.values())
+        metrics.mapped.labels("dead_lettered").inc(dead)
+        metrics.mapped.labels("mapped").inc(report.mapped - dead)
+    for reason, count in report.dead.items():
+        metrics.dead_lettered.labels(reason=reason).inc(count)
+    if report.failures:
+        metrics.mapping_failures.inc(report.failures)
+    if report.messages:
+        metrics.enqueued.inc(report.messages)
+    if report.messages or report.superseded:
+        runtime.wake_delivery(report.messages + report.superseded)
+
+
+async def _inline_mapping(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    config = runtime.config
+    stage = MappingStage(
+        runtime.store,
+        lambda: runtime.config,
+        clock=runtime.clock,
+        on_report=lambda report: reported(runtime, report),
+        batch=config.mapper.batch,
+        max_tries=config.mapper.max_tries,
+    )
+    runtime.mapping = stage
+    runtime.mapping_waker = stage.wake
+    listen = getattr(runtime.store, "listen", None)
+    if listen is not None:
+        await listen(stage.wake)
+    task = asyncio.create_task(stage.run(), name="mapping")
+    try:
+        yield
+    finally:
+        runtime.mapping_waker = None
+        await stage.stop(time.monotonic() + runtime.grace_left())
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await stage.drain(time.monotonic() + runtime.grace_left())
+
+
+def _mapping_process(
+    config_path: str | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def mapping(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[RUNTIME]
+        supervisor = MapperSupervisor(
+            config_path,
+            on_report=lambda report: reported(runtime, report),
+            on_restart=lambda: runtime.metrics.stage_restarts.labels("mapper").inc(),
+        )
+        runtime.supervisor = supervisor
+        await supervisor.start(ready_within=runtime.config.storage.busy_timeout_secs + 10)
+        runtime.mapping_waker = supervisor.wake
+        try:
+            yield
+        finally:
+            runtime.mapping_waker = None
+            await supervisor.stop(runtime.grace_left())
+
+    return mapping
 
 
 def _watcher_context(interval: float) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -205,6 +205,18 @@ class DeliveryConfig(_Section):
     concurrency: int = Field(2, ge=1, le=32)
 
 
+class MapperConfig(_Section):
+    """The mapping stage (keep first, judge after). docs/operations.md, "Processes"."""
+
+    #: Map in a process of its own under ``serve`` (a second core); False: inside serve's own
+    #: process (one core, as small hosts and the in-process tests run it).
+    process: bool = True
+    #: Webhooks per take and record transaction.
+    batch: int = Field(128, ge=1, le=1000)
+    #: Tries before a webhook whose mapping keeps failing becomes a ``mapping_failed`` dead letter.
+    max_tries: int = Field(3, ge=1, le=20)
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console", "auto"] = "auto"
@@ -368,6 +380,7 @@ class Config(_Section):
     segment: SegmentConfig = SegmentConfig()
     storage: StorageConfig = StorageConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    mapper: MapperConfig = MapperConfig()
     logging: LoggingConfig = LoggingConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     metrics: MetricsConfig = MetricsConfig()

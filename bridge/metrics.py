@@ -133,6 +133,33 @@ class Metrics:
         self.delivery_running = Gauge(
             "synap_bridge_delivery_running", "1 while the delivery task runs, else 0.", registry=r
         )
+        self.mapped = Counter(
+            "synap_bridge_webhooks_mapped",
+            "Kept webhooks the mapping stage decided, by outcome (mapped, dead_lettered).",
+            ["outcome"],
+            registry=r,
+        )
+        self.mapping_failures = Counter(
+            "synap_bridge_mapping_failures",
+            "Mapping tries that raised or whose mapper died (poison isolation counts them).",
+            registry=r,
+        )
+        self.unmapped = Gauge(
+            "synap_bridge_unmapped_webhooks",
+            "Webhooks kept and not mapped yet (shared queue on PostgreSQL: aggregate with max).",
+            registry=r,
+        )
+        self.mapping_lag = Gauge(
+            "synap_bridge_mapping_lag_seconds",
+            "Age of the oldest webhook kept and not mapped yet (0 when none).",
+            registry=r,
+        )
+        self.stage_restarts = Counter(
+            "synap_bridge_stage_restarts",
+            "Stage processes restarted by serve after they died, by stage.",
+            ["stage"],
+            registry=r,
+        )
         self.intake_refusing = Gauge(
             "synap_bridge_intake_refusing",
             "1 while every webhook is answered 503 (back-pressure or shutdown), else 0.",
@@ -168,6 +195,9 @@ class Metrics:
         self.oldest_pending_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)
         if stats.last_delivered_at is not None:
             self.last_delivery.set(stats.last_delivered_at)
+        self.unmapped.set(stats.unmapped)
+        lag = stats.oldest_unmapped_at
+        self.mapping_lag.set(max(0.0, now - lag) if lag is not None else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

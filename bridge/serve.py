@@ -102,7 +102,8 @@ def tune_gc() -> None:
 
 async def _serve(config: Config, config_path: str | None) -> int:
     notifier = Notifier.from_environ()
-    app = build_app(config)
+    mapping = "process" if config.mapper.process else "inline"
+    app = build_app(config, mapping=mapping, config_path=config_path)
     runtime = app[RUNTIME]
     # Signals are ours before anything can be seen from outside: a SIGTERM sent as soon as the
     # "listening" line appears must stop the bridge gracefully, not kill it.
@@ -133,7 +134,7 @@ async def _serve(config: Config, config_path: str | None) -> int:
             log.info("listening", host=address[0], port=address[1], dry_run=config.dry_run)
         tune_gc()
         notifier.ready()
-        pinger = asyncio.create_task(watchdog_loop(notifier))
+        pinger = asyncio.create_task(watchdog_loop(notifier, healthy=runtime.stages_healthy))
         await stop.wait()
         log.info("stopping", grace_secs=config.shutdown.grace_secs)
         notifier.stopping()
@@ -196,6 +197,8 @@ def _apply(runtime: Runtime, config_path: str | None) -> None:
     logs.configure(updated.logging.level, updated.logging.format)
     if runtime.delivery is not None:
         runtime.delivery.replace_sinks(build_sinks(updated))
+    if runtime.supervisor is not None:
+        runtime.supervisor.signal(signal.SIGHUP)
     log.info(
         "reloaded",
         sections=list(RELOADABLE),

@@ -132,8 +132,12 @@ def _printable(address: str | bytes) -> str:
 async def watchdog_loop(
     notifier: Notifier,
     sleep: Callable[[float], Any] = asyncio.sleep,
+    healthy: Callable[[], bool] = lambda: True,
 ) -> None:
     """Ping the watchdog from the event loop until cancelled; returns at once without one.
+
+    ``healthy``: whether the other processes of the service are alive (the mapping child):
+    while it says no, no ping is sent, so systemd restarts a service with a stuck stage.
 
     Run it as a task next to the server (``asyncio.create_task(watchdog_loop(n))``) and cancel
     it on shutdown. ``sleep`` is injectable so a test can drive the loop without waiting.
@@ -142,5 +146,6 @@ async def watchdog_loop(
     if interval is None:
         return
     while True:
-        notifier.watchdog()
+        if healthy():
+            notifier.watchdog()
         await sleep(interval)

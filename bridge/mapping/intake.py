@@ -1,17 +1,20 @@
-"""From a webhook's raw bytes to what the store commits: pure, no I/O, no clock.
+"""From a kept webhook's raw bytes to what the store records: pure, no I/O, no clock.
 
-The receiver (HTTP) and the ``dead-letters replay`` command (CLI) share this one path, so a
-replayed dead letter is mapped exactly as a fresh webhook would be with the current
-configuration.
+The mapping stage (:mod:`bridge.mapper`), ``try --offline`` and the ``dead-letters replay``
+command share this one path, so a replayed dead letter is mapped exactly as a fresh webhook
+would be with the current configuration.
 
-Three outcomes:
+The webhook is already kept when this runs (the receiver commits the raw bytes and answers
+before anything here looks at them), so every outcome is a verdict on a stored webhook:
 
-- :class:`bridge.errors.InvalidPayloadError` - not JSON or not an object: answered 400, nothing
-  stored (it is not a Synap webhook we can keep meaningfully, and Synap gets told at once);
-- an :class:`Intake` with messages - answered 200 once committed;
-- an :class:`Intake` with a ``dead`` reason (unknown code, no user id, no destination, a
-  ``meta.eventName`` that names another code than the URL...) - committed as a dead letter with
-  its raw body and answered 202: nothing authenticated is lost.
+- an :class:`Intake` with messages;
+- an :class:`Intake` with a ``dead`` reason: not JSON or not an object (``invalid_json``,
+  ``not_an_object``), unknown code, no user id, no destination, a ``meta.eventName`` that names
+  another code than the URL... - a dead letter with its raw body, replayable.
+
+Text that JSON allows but UTF-8 cannot carry (a lone surrogate escape such as ``"\ud83d"``,
+what JavaScript writes when it cuts a string inside an emoji) and bytes that are not UTF-8
+become U+FFFD, so the event still goes (:func:`decode`).
 
 ``event_name_mismatch`` is a dead letter, not a 400, because the code of "exam results released"
 is not documented: a wrong guess in ``mapping.exam_results_released_code`` would otherwise lose
@@ -21,6 +24,7 @@ the configuration knows that code (e.g. after setting ``exam_results_released_co
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,15 +50,43 @@ class Intake:
 
 
 def decode(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidPayloadError (``invalid_json`` / ``not_an_object``)."""
+    """The body as a JSON object, or InvalidPayloadError (``invalid_json`` / ``not_an_object``).
+
+    orjson first (fast, strict); what it refuses is read again by the standard library, which
+    accepts lone surrogate escapes, with bytes that are not UTF-8 replaced; every string that
+    holds a lone surrogate then has it replaced by U+FFFD. Only text that is not JSON at all
+    stays refused."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidPayloadError("invalid_json", f"the body is not valid JSON ({exc})") from exc
+        payload = _lenient(raw, exc)
     if not isinstance(payload, dict):
         kind = type(payload).__name__ if payload is not None else "null"
         raise InvalidPayloadError("not_an_object", f"the body must be a JSON object, not {kind}")
     return payload
+
+
+def _lenient(raw: bytes, refused: orjson.JSONDecodeError) -> Any:
+    try:
+        text = raw.decode("utf-8", "replace")
+        return _replace_surrogates(json.loads(text))
+    except (ValueError, RecursionError) as exc:
+        detail = f"the body is not valid JSON ({refused})"
+        raise InvalidPayloadError("invalid_json", detail) from exc
+
+
+def _replace_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (keys too) as U+FFFD; valid pairs
+    (which the standard library already joined) are untouched."""
+    if isinstance(value, str):
+        if not any("\ud800" <= char <= "\udfff" for char in value):
+            return value
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    return value
 
 
 def event_name(payload: Mapping[str, Any]) -> str | None:
@@ -83,6 +115,23 @@ def _canonical(code: str) -> str:
     return _ALIASES.get(code, code)
 
 
+def judge(
+    code: str,
+    raw: bytes,
+    received_at: float,
+    config: Config,
+    portal_hint: str | None = None,
+) -> Intake:
+    """The verdict on one kept webhook: its messages, or a dead letter with the reason. Never
+    raises for what the body says (a mapping *bug* still raises: the mapping stage counts it as
+    a failed try)."""
+    try:
+        return process(code, raw, received_at, config, portal_hint)
+    except InvalidPayloadError as exc:
+        webhook = Webhook(code, portal_hint or config.mapping.default_portal_id, received_at, raw)
+        return Intake(webhook, [], DeadReason(exc.code, exc.detail))
+
+
 def process(
     code: str,
     raw: bytes,
@@ -90,7 +139,7 @@ def process(
     config: Config,
     portal_hint: str | None = None,
 ) -> Intake:
-    """Decode, check and map one webhook. Raises InvalidPayloadError (a 400), nothing else."""
+    """Decode, check and map one webhook. Raises InvalidPayloadError (not a JSON object)."""
     payload = decode(raw)
     mismatch = check_event_name(code, payload)
     if mismatch is not None:

@@ -82,7 +82,8 @@ async def refresh(runtime: Runtime) -> None:
     storage = runtime.config.storage
     # The disk to watch is SQLite's; PostgreSQL's disk is the database server's to watch.
     free = None if storage.url is not None else free_bytes(storage.path)
-    reason = refusal(stats.pending + stats.in_flight, free, storage)
+    # Webhooks kept but not mapped yet are backlog too (each becomes a message or more).
+    reason = refusal(stats.pending + stats.in_flight + stats.unmapped, free, storage)
     if reason != runtime.backpressure:
         if reason:
             log.warning("intake_refusing", reason=reason)

@@ -21,6 +21,8 @@ from bridge.store import Store
 
 if TYPE_CHECKING:
     from bridge.delivery.loop import Delivery
+    from bridge.mapper.stage import MappingStage
+    from bridge.mapper.supervisor import MapperSupervisor
 
 
 @dataclass
@@ -57,6 +59,22 @@ class Runtime:
     @property
     def delivering(self) -> bool:
         return self.delivery_task is not None and not self.delivery_task.done()
+
+    #: Wakes the mapping stage after a commit (in process, or a byte down the child's pipe).
+    mapping_waker: Callable[[], None] | None = None
+    #: The mapping stage when it runs in this process (tests wait on it), or the supervisor of
+    #: its child process.
+    mapping: MappingStage | None = None
+    supervisor: MapperSupervisor | None = None
+
+    def stages_healthy(self) -> bool:
+        """What the systemd watchdog vouches for: the event loop (it runs this) and the
+        mapping child, which must have been heard from recently."""
+        return self.supervisor is None or self.supervisor.healthy()
+
+    def wake_mapping(self) -> None:
+        if self.mapping_waker is not None:
+            self.mapping_waker()
 
     def wake_delivery(self, arrived: int) -> None:
         if self.delivery is not None:

@@ -1,14 +1,15 @@
-"""The webhook endpoint: authenticate, bound, decode, map, commit, and only then answer.
+"""The webhook endpoint: authenticate, bound, commit the webhook as received, then answer.
 
 ``POST /webhooks/synap/{code}`` - one URL per Synap subscription, because most Synap bodies do not
-name their event code. Answers (every error is JSON ``{"error", "detail"}``):
+name their event code. Keep first, judge after: nothing here reads the body's content. What it
+says (not JSON, an unknown code, no user id, a lone surrogate...) is the mapping stage's
+business (:mod:`bridge.mapper`), after the commit, so an authenticated body within the limits
+is never refused for what it says. Answers (every error is JSON ``{"error", "detail"}``):
 
 ====  ===========================================================================
-200   committed: ``{"accepted": true, "webhook_id", "messages"}`` (``messages``: newly stored,
-      0 for a duplicate, as in the log; ``superseded`` when it replaced a held message)
-202   committed as a dead letter: ``{"accepted": true, "dead_lettered": true, "reason"}``
-      (also when ``meta.eventName`` names another code than the URL: ``event_name_mismatch``)
-400   not JSON / not an object / undecodable body
+200   kept: ``{"accepted": true, "webhook_id": "wh_…"}``; mapping and delivery follow
+400   a body that cannot be read (broken gzip/deflate or chunked encoding), or a client that
+      hung up mid-body
 401   missing or wrong Basic credentials (with ``WWW-Authenticate``)
 408   the body did not arrive within ``server.body_timeout_secs`` (connection closed)
 413   body (after gzip inflation) over ``server.max_body_bytes``; not read past the limit
@@ -16,9 +17,10 @@ name their event code. Answers (every error is JSON ``{"error", "detail"}``):
       with ``Retry-After``. Never a 2xx for something not committed.
 ====  ===========================================================================
 
-One canonical log line per webhook: code, portal, messages, outcome, status, latency_ms, client
-and, for a refusal, the ``error`` code of the answer. 401 lines are throttled (one a second, with
-the count left out). A client that hangs up mid-body is one ``outcome=disconnected`` info line.
+One canonical log line per webhook: code, webhook_id, outcome, status, latency_ms, client and,
+for a refusal, the ``error`` code of the answer (the mapping stage logs the verdict). 401 lines
+are throttled (one a second, with the count left out). A client that hangs up mid-body is one
+``outcome=disconnected`` info line.
 """
 
 from __future__ import annotations
@@ -35,13 +37,12 @@ from aiohttp.web_protocol import RequestPayloadError
 from bridge import logs
 from bridge.config import ServerConfig
 from bridge.errors import InvalidPayloadError, StorageUnavailableError
-from bridge.mapping import intake
 from bridge.receive import backpressure
 from bridge.receive.answers import answer, error, unavailable
 from bridge.receive.auth import guard
 from bridge.receive.clients import client_address
 from bridge.receive.runtime import RUNTIME, Runtime
-from bridge.store import EnqueueReceipt
+from bridge.store import Webhook
 from bridge.synap import codes as synap_codes
 
 log = logs.get(__name__)
@@ -87,8 +88,7 @@ async def webhook(request: web.Request) -> web.Response:
         if suppressed is None:
             return response
         fields["suppressed"] = suppressed
-    # A code nobody mapped is data waiting for a config change: an operator should see it.
-    level = logging.WARNING if fields.get("reason") == "unknown_code" else logging.INFO
+    level = logging.INFO
     if logs.enabled(level):  # the line's fields are not even gathered when nobody reads them
         client = client_address(request, runtime.config.server.trusted_proxies)
         latency_ms = round(latency * 1000, 2)
@@ -139,55 +139,18 @@ async def _handle(
     raw = await _read_body(request, config.server, fields)
     if not isinstance(raw, bytes):
         return raw
-    received_at = runtime.clock()
+    portal = request.query.get("portal")
+    webhook = Webhook(code, portal[:200] if portal else None, runtime.clock(), raw)
     try:
-        result = intake.process(code, raw, received_at, config, request.query.get("portal"))
-    except InvalidPayloadError as exc:
-        return _refuse(fields, "invalid", 400, exc.code, exc.detail, close=True)
-    fields["portal"] = result.webhook.portal_id
-    for reason in result.trimmed:
-        log.warning("message_trimmed", code=code, reason=reason)
-    try:
-        receipt = await runtime.store.enqueue(result.webhook, result.messages, result.dead)
+        webhook_id = await runtime.store.keep(webhook)
     except StorageUnavailableError as exc:
         backpressure.storage_failed(runtime, exc)
         fields.update(error="storage_unavailable", detail=str(exc))
         return "unavailable", unavailable("storage_unavailable", "the bridge cannot store now")
     backpressure.storage_worked(runtime)
-    return _committed(runtime, result, receipt, fields)
-
-
-def _committed(
-    runtime: Runtime, result: intake.Intake, receipt: EnqueueReceipt, fields: dict[str, Any]
-) -> tuple[str, web.Response]:
-    """The answer once the webhook is committed: 202 for a dead letter, else 200."""
-    fields.update(webhook_id=receipt.webhook_id, messages=receipt.stored)
-    if receipt.duplicates:
-        fields["duplicates"] = receipt.duplicates
-    if receipt.superseded:
-        fields["superseded"] = receipt.superseded
-    if result.dead is not None:
-        runtime.metrics.dead_lettered.labels(reason=result.dead.reason).inc()
-        fields.update(reason=result.dead.reason, detail=result.dead.detail)
-        letter = {
-            "accepted": True,
-            "dead_lettered": True,
-            "webhook_id": receipt.webhook_id,
-            "reason": result.dead.reason,
-            "detail": result.dead.detail,
-        }
-        return "dead_lettered", answer(letter, 202)
-    runtime.metrics.enqueued.inc(receipt.stored)
-    runtime.wake_delivery(receipt.stored + receipt.superseded)
-    reply: dict[str, Any] = {
-        "accepted": True,
-        "webhook_id": receipt.webhook_id,
-        "messages": receipt.stored,
-    }
-    if receipt.superseded:
-        reply["superseded"] = receipt.superseded
-    duplicate = receipt.duplicates and not (receipt.stored or receipt.superseded)
-    return ("duplicate" if duplicate else "accepted"), answer(reply)
+    runtime.wake_mapping()
+    fields["webhook_id"] = webhook_id
+    return "accepted", answer({"accepted": True, "webhook_id": webhook_id})
 
 
 async def _read_body(

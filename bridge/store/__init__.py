@@ -1,16 +1,29 @@
 """The storage contract: what the rest of the bridge may ask of durable storage, and nothing more.
 
-The receiver calls :meth:`Store.enqueue` and answers 2xx only after it returns (the commit).
-The delivery loop calls ``claim`` / ``ack`` / ``retry_later`` / ``bury``. The CLI reads
-``stats``, the dead letters and the events (``find_events`` / ``event``, read-only) and calls
-``replay`` / ``purge_dead``. No SQL, no sqlite3
+The interface comes in ports, one per stage that uses it (as pgqueuer splits its repository):
+
+* :class:`IntakeStore` - the receiver calls ``keep`` and answers 2xx only after it returns (the
+  commit of the raw webhook, which is then *unmapped*);
+* :class:`MappingStore` - the mapping stage ``take``s unmapped webhooks in arrival order and
+  ``record``s each one's messages or dead letter, marking it mapped in the same transaction;
+* :class:`DeliveryStore` - the delivery loop's ``claim`` / ``ack`` / ``retry_later`` / ``bury``;
+* :class:`OperatorStore` - the CLI and the console: ``stats``, dead letters, events, ``replay``.
+
+:class:`Store` is all of them (each backend implements the whole). ``enqueue`` stores a webhook
+already mapped, in one step (tests and tools that need no mapping stage). No SQL, no sqlite3
 exception and no file path crosses this interface, so a PostgreSQL implementation (for several
 replicas) can stand behind it unchanged. Every method raises
 :class:`bridge.errors.StorageUnavailableError` when the storage cannot do its job.
 
+Webhook life cycle::
+
+    keep ──▶ unmapped ──take──▶ (mapping) ──record──▶ mapped: messages │ dead letter
+                 ▲                   │ crash, or an error: counted as a try
+                 └───────────────────┘ (past ``max_tries``: dead letter ``mapping_failed``)
+
 Message life cycle::
 
-    enqueue ──▶ pending ──claim──▶ in flight ──ack──▶ delivered ──(retention)──▶ pruned
+    record ──▶ pending ──claim──▶ in flight ──ack──▶ delivered ──(retention)──▶ pruned
                   ▲                    │  └──bury──▶ dead ──replay──▶ pending
                   └────retry_later─────┘
                   (a claim whose lease expires, e.g. after a crash, is claimable again)
@@ -113,6 +126,38 @@ class StoreStats:
     dead_letters: dict[str, int] = field(default_factory=dict)  # by reason
     storage_bytes: int = 0
     last_delivered_at: float | None = None
+    #: Webhooks kept but not mapped yet, and when the oldest of them was received (the mapping
+    #: lag is ``now - oldest_unmapped_at``).
+    unmapped: int = 0
+    oldest_unmapped_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnmappedWebhook:
+    """A kept webhook the mapping stage has taken: ``tries`` counts this take too.
+
+    ``lease`` is the fencing token of this take (PostgreSQL: a replica whose take expired
+    cannot record over another's); SQLite has one mapper and uses 0."""
+
+    row_id: int
+    webhook: Webhook
+    tries: int
+    lease: int = 0
+    last_error: str | None = None  # why the previous try failed, if one did
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """What the mapping stage decided for one taken webhook: messages, or a dead letter.
+
+    ``portal_id`` and ``refs`` come from the mapper's parse of the body (the receiver does not
+    parse it); ``refs`` None: the store works them out itself, as for ``enqueue``."""
+
+    taken: UnmappedWebhook
+    portal_id: str | None
+    messages: tuple[OutgoingMessage, ...]
+    dead: DeadReason | None = None
+    refs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +171,9 @@ class ReplayOutcome:
 #: yet (waiting out its ``hold_secs``); ``pending`` covers due messages and retries waiting for
 #: their backoff (``due_at`` says when).
 MESSAGE_STATES: tuple[str, ...] = ("pending", "held", "inflight", "delivered", "dead")
+#: What ``find_events`` can search by: the message states, and ``unmapped`` (kept, waiting for
+#: the mapping stage).
+EVENT_STATES: tuple[str, ...] = (*MESSAGE_STATES, "unmapped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +225,8 @@ class EventRecord:
     received_at: float
     messages: tuple[EventMessage, ...]
     dead: DeadReason | None  # set when the whole webhook is a dead letter (it did not map)
+    #: Kept, not mapped yet: how many times the mapping stage has taken it (0: not yet).
+    unmapped_tries: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,27 +239,51 @@ class EventDetail:
 Remapper = Callable[[Webhook], "Sequence[OutgoingMessage] | DeadReason"]
 
 
-class Store(Protocol):
+class Lifecycle(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def enqueue(
-        self,
-        webhook: Webhook,
-        messages: Sequence[OutgoingMessage],
-        dead: DeadReason | None = None,
-    ) -> EnqueueReceipt:
-        """Commit the webhook and its messages (or the webhook as a dead letter) atomically.
 
-        Concurrent calls share one commit. A message whose ``message_id`` is already stored is
-        not stored again (counted in ``duplicates``), with one exception: when the stored one is
-        still pending (not claimed, delivered or dead) and the new one has a higher ``rank``, the
-        new payload, user, destination and webhook replace it in place, due at the earlier of
-        its due time and ``webhook.received_at + hold_secs`` (counted in ``superseded``). A new
-        message is due at ``webhook.received_at + message.hold_secs``.
+class IntakeStore(Lifecycle, Protocol):
+    """The receiver's port: commit the raw webhook, nothing about its content."""
+
+    async def keep(self, webhook: Webhook) -> str:
+        """Commit ``webhook`` as received (unmapped); its ``webhook_id`` (``wh_…``).
+
+        Concurrent calls share one commit. Nothing in the body is read: any bytes are kept."""
+        ...
+
+
+class MappingStore(Lifecycle, Protocol):
+    """The mapping stage's port."""
+
+    async def take(self, limit: int, now: float, lease_secs: float) -> list[UnmappedWebhook]:
+        """Up to ``limit`` unmapped webhooks in arrival order, each try counted before it runs.
+
+        A webhook taken before and not recorded since (its mapper crashed or failed on it) is
+        taken alone: a poison webhook cannot take a batch of others down with it again. On
+        PostgreSQL a take is leased until ``now + lease_secs`` (replicas skip it meanwhile);
+        SQLite has one mapper per file and ignores both times."""
+        ...
+
+    async def record(self, judged: Sequence[Judged], now: float) -> list[EnqueueReceipt]:
+        """Write each taken webhook's messages (as ``enqueue`` does: dedupe by messageId, hold,
+        supersede) or its dead letter, and mark it mapped, in one transaction.
+
+        A webhook no longer taken by this lease (recorded meanwhile, or re-taken by another
+        replica after its lease expired) is skipped: its receipt has ``webhook_id`` and zeros.
         """
         ...
+
+    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:
+        """The mapping raised for ``taken``: keep the error, leave it unmapped for its next try
+        (its lease is released)."""
+        ...
+
+
+class DeliveryStore(Lifecycle, Protocol):
+    """The delivery loop's port."""
 
     async def claim(
         self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
@@ -257,6 +331,10 @@ class Store(Protocol):
         """When the earliest pending message falls due (None when nothing is pending)."""
         ...
 
+
+class OperatorStore(Lifecycle, Protocol):
+    """The operator's port: the CLI, the console and the back-pressure watcher."""
+
     async def stats(self, now: float, since: float) -> StoreStats: ...
 
     async def check_writable(self) -> None:
@@ -291,3 +369,24 @@ class Store(Protocol):
     async def purge_dead(self, older_than: float) -> int: ...
 
     async def prune_delivered(self, before: float) -> int: ...
+
+
+class Store(IntakeStore, MappingStore, DeliveryStore, OperatorStore, Protocol):
+    """Every port: what a backend implements."""
+
+    async def enqueue(
+        self,
+        webhook: Webhook,
+        messages: Sequence[OutgoingMessage],
+        dead: DeadReason | None = None,
+    ) -> EnqueueReceipt:
+        """Commit the webhook and its messages (or the webhook as a dead letter) atomically.
+
+        Concurrent calls share one commit. A message whose ``message_id`` is already stored is
+        not stored again (counted in ``duplicates``), with one exception: when the stored one is
+        still pending (not claimed, delivered or dead) and the new one has a higher ``rank``, the
+        new payload, user, destination and webhook replace it in place, due at the earlier of
+        its due time and ``webhook.received_at + hold_secs`` (counted in ``superseded``). A new
+        message is due at ``webhook.received_at + message.hold_secs``.
+        """
+        ...

@@ -70,9 +70,11 @@ def event_records(
     webhooks: Sequence[Sequence[Any]],
     messages: dict[int, list[EventMessage]],
     dead: dict[int, DeadReason],
+    unmapped: dict[int, int] | None = None,
 ) -> list[EventRecord]:
-    """One record per webhook row ``(id, code, portal, received)``, with its messages and its
-    whole-webhook dead letter."""
+    """One record per webhook row ``(id, code, portal, received)``, with its messages, its
+    whole-webhook dead letter, and its mapping tries while it waits to be mapped."""
+    waiting = unmapped or {}
     return [
         EventRecord(
             webhook_ref(row_id),
@@ -81,6 +83,7 @@ def event_records(
             received,
             tuple(messages.get(row_id, ())),
             dead.get(row_id),
+            waiting.get(row_id),
         )
         for row_id, code, portal, received in webhooks
     ]

@@ -26,7 +26,9 @@ from bridge.store import (
     EventMessage,
     EventQuery,
     EventRecord,
+    Judged,
     StoreStats,
+    UnmappedWebhook,
     Webhook,
 )
 from bridge.store.postgres.schema import SHARDS
@@ -274,6 +276,177 @@ def _rounds(batch: Sequence[Intake]) -> list[list[tuple[int, OutgoingMessage]]]:
     return rounds
 
 
+# ---- keep first, judge after -------------------------------------------------------------------
+
+#: The receiver's statement: webhooks as received, one ``unmapped`` row each, and a wake-up for
+#: every replica's mapper (delivered at COMMIT). One round trip, atomic without BEGIN.
+_KEEP = """
+WITH w AS MATERIALIZED (
+    SELECT nextval('webhooks_id_seq') AS id, u.*
+    FROM unnest($1::text[], $2::text[], $3::float8[], $4::bytea[]) WITH ORDINALITY
+        AS u(code, portal_id, received_at, raw_body, ord)
+), hooks AS (
+    INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)
+    SELECT id, code, portal_id, received_at, raw_body FROM w
+), waiting AS (
+    INSERT INTO unmapped (webhook_id) SELECT id FROM w
+)
+SELECT (SELECT array_agg(id ORDER BY ord) FROM w), pg_notify('bridge_unmapped', '')
+"""
+UNMAPPED_CHANNEL = "bridge_unmapped"
+
+
+async def keep(conn: Conn, batch: Sequence[Webhook]) -> list[str]:
+    ids, _ = await conn.fetchrow(
+        _KEEP,
+        [_clean(w.code) for w in batch],
+        [_clean(w.portal_id) for w in batch],
+        [w.received_at for w in batch],
+        [w.raw_body for w in batch],
+    )
+    return [webhook_ref(row_id) for row_id in ids]
+
+
+#: Take unmapped rows not leased by anyone (or whose lease ran out), in arrival order, counting
+#: the try and leasing them; ``$3``: tried before (taken alone) or never tried (a batch).
+_TAKE = """
+WITH c AS (
+    SELECT webhook_id FROM unmapped
+    WHERE (taken_until IS NULL OR taken_until < extract(epoch FROM clock_timestamp()))
+      AND (tries > 0) = $3
+    ORDER BY webhook_id LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE unmapped u SET tries = u.tries + 1, lease = u.lease + 1,
+    taken_until = extract(epoch FROM clock_timestamp()) + $2
+FROM c WHERE u.webhook_id = c.webhook_id
+RETURNING u.webhook_id, u.tries, u.lease, u.last_error
+"""
+
+
+async def take(conn: Conn, limit: int, lease_secs: float) -> list[UnmappedWebhook]:
+    """A webhook tried before comes alone (poison isolation); otherwise up to ``limit`` new."""
+    rows = await conn.fetch(_TAKE, 1, lease_secs, True)
+    if not rows:
+        rows = await conn.fetch(_TAKE, limit, lease_secs, False)
+    if not rows:
+        return []
+    taken = {row[0]: row for row in rows}
+    bodies = await conn.fetch(
+        "SELECT id, code, portal_id, received_at, raw_body FROM webhooks"
+        " WHERE id = ANY($1::bigint[]) ORDER BY id",
+        list(taken),
+    )
+    found: list[UnmappedWebhook] = []
+    for row_id, code, portal, received_at, raw in bodies:
+        _, tries, lease, error = taken[row_id]
+        webhook = Webhook(code, portal, received_at, raw)
+        found.append(UnmappedWebhook(row_id, webhook, tries, lease, error))
+    return found
+
+
+#: Mark taken webhooks mapped, only where this take's lease still holds.
+_MAPPED = """
+DELETE FROM unmapped u USING unnest($1::bigint[], $2::bigint[]) AS t(id, lease)
+WHERE u.webhook_id = t.id AND u.lease = t.lease RETURNING u.webhook_id
+"""
+#: The mapped webhooks' portals (from their bodies), refs and whole-webhook dead letters.
+_JUDGED = (
+    """
+WITH portals AS (
+    UPDATE webhooks w SET portal_id = p.portal_id
+    FROM unnest($1::bigint[], $2::text[]) AS p(id, portal_id)
+    WHERE w.id = p.id AND w.portal_id IS DISTINCT FROM p.portal_id
+), refs AS (
+    INSERT INTO webhook_refs (ref, webhook_id)
+    SELECT r.ref, r.id FROM unnest($3::bigint[], $4::text[]) AS r(id, ref)
+    UNION ALL
+    SELECT f.ref, w.id FROM webhooks w, bridge_webhook_refs(w.raw_body) AS f(ref)
+    WHERE w.id = ANY($5::bigint[]) AND octet_length(f.ref) <= $MAX_REF_BYTES
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO dead_letters (webhook_id, reason, detail, attempts, created_at)
+SELECT d.id, d.reason, d.detail, 0, d.at
+FROM unnest($6::bigint[], $7::text[], $8::text[], $9::float8[]) AS d(id, reason, detail, at)
+"""
+).replace("$MAX_REF_BYTES", str(MAX_REF_BYTES))
+
+
+async def record(conn: Conn, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
+    """The mapping stage's verdicts, in the caller's transaction: messages as ``enqueue``
+    stores them (rounds for a messageId seen twice), against the webhooks already stored."""
+    live = {
+        row[0]
+        for row in await conn.fetch(
+            _MAPPED, [j.taken.row_id for j in judged], [j.taken.lease for j in judged]
+        )
+    }
+    kept = [j for j in judged if j.taken.row_id in live]
+    ref_ids: list[int] = []
+    ref_texts: list[str] = []
+    unknown: list[int] = []
+    for j in kept:
+        if j.refs is None:
+            unknown.append(j.taken.row_id)
+            continue
+        ref_ids.extend([j.taken.row_id] * len(j.refs))
+        ref_texts.extend(j.refs)
+    dead = [j for j in kept if j.dead is not None]
+    await conn.execute(
+        _JUDGED,
+        [j.taken.row_id for j in kept],
+        [_clean(j.portal_id) for j in kept],
+        ref_ids,
+        ref_texts,
+        unknown,
+        [j.taken.row_id for j in dead],
+        [_text(j.dead.reason, 200) for j in dead if j.dead is not None],
+        [_text(j.dead.detail) for j in dead if j.dead is not None],
+        [j.taken.webhook.received_at for j in dead],
+    )
+    batch = [Intake(j.taken.webhook, j.messages, j.dead) for j in kept]
+    ids = [j.taken.row_id for j in kept]
+    stored = [0] * len(batch)
+    superseded = [0] * len(batch)
+    for round_ in _rounds(batch):
+        more_stored, more_superseded = await conn.fetchrow(
+            _ROUND,
+            [ids[index] for index, _ in round_],
+            [_clean(m.message_id) for _, m in round_],
+            [_clean(m.destination) for _, m in round_],
+            [_clean(m.user_id) for _, m in round_],
+            [batch[i].webhook.received_at + m.hold_secs for i, m in round_],
+            [batch[i].webhook.received_at for i, _ in round_],
+            [m.rank for _, m in round_],
+            [m.payload for _, m in round_],
+            _shard(),
+        )
+        _tally(round_, more_stored, more_superseded, stored, superseded)
+    receipts = {
+        row_id: EnqueueReceipt(
+            webhook_ref(row_id),
+            stored[i],
+            len(item.messages) - stored[i] - superseded[i],
+            superseded[i],
+        )
+        for i, (row_id, item) in enumerate(zip(ids, batch, strict=True))
+    }
+    return [
+        receipts.get(j.taken.row_id, EnqueueReceipt(webhook_ref(j.taken.row_id), 0, 0))
+        for j in judged
+    ]
+
+
+async def mapping_failed(conn: Conn, row_id: int, lease: int, error: str) -> None:
+    """Keep the error and release the lease (the next take may come at once)."""
+    await conn.execute(
+        "UPDATE unmapped SET last_error = $3, taken_until = NULL"
+        " WHERE webhook_id = $1 AND lease = $2",
+        row_id,
+        lease,
+        _text(error),
+    )
+
+
 # ---- delivery --------------------------------------------------------------------------------
 
 #: Claim the earliest-due messages in arrival order, skipping rows another replica holds;
@@ -442,7 +615,10 @@ SELECT
     (SELECT coalesce(json_object_agg(reason, n), '{}')::text
        FROM (SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason) AS d),
     (SELECT sum(pg_total_relation_size(t)) FROM unnest(ARRAY['webhooks', 'messages',
-       'message_payloads', 'dead_letters']::regclass[]) AS t)
+       'message_payloads', 'dead_letters']::regclass[]) AS t),
+    (SELECT count(*) FROM unmapped),
+    (SELECT w.received_at FROM unmapped u JOIN webhooks w ON w.id = u.webhook_id
+       ORDER BY u.webhook_id LIMIT 1)
 """
 
 
@@ -450,7 +626,7 @@ async def stats(conn: Conn, since: float) -> StoreStats:
     """One statement, one snapshot: the numbers agree with each other. Open and delivered
     totals come from the sharded counters; only the few in-flight rows are counted."""
     row = await conn.fetchrow(_STATS, since)
-    opened, in_flight, oldest, recent, total, last, dead, size = row
+    opened, in_flight, oldest, recent, total, last, dead, size, unmapped, oldest_unmapped = row
     return StoreStats(
         pending=int(opened) - int(in_flight),
         in_flight=int(in_flight),
@@ -460,6 +636,8 @@ async def stats(conn: Conn, since: float) -> StoreStats:
         dead_letters={k: int(v) for k, v in json.loads(dead).items()},
         storage_bytes=int(size or 0),
         last_delivered_at=last,
+        unmapped=int(unmapped),
+        oldest_unmapped_at=oldest_unmapped,
     )
 
 
@@ -637,6 +815,7 @@ _STATE_WHERE = {
     "delivered": "EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id"
     " AND m.state = 'delivered')",
     "dead": "w.id IN (SELECT webhook_id FROM dead_letters)",
+    "unmapped": "w.id IN (SELECT webhook_id FROM unmapped)",
 }
 _KEY_WHERE = (
     ("message_id", "w.id IN (SELECT webhook_id FROM messages WHERE message_id = {arg})"),
@@ -712,4 +891,10 @@ async def _records(
             ids,
         )
     }
-    return event_records(webhooks, messages, dead)
+    unmapped = {
+        row[0]: row[1]
+        for row in await conn.fetch(
+            "SELECT webhook_id, tries FROM unmapped WHERE webhook_id = ANY($1::bigint[])", ids
+        )
+    }
+    return event_records(webhooks, messages, dead, unmapped)

@@ -178,8 +178,25 @@ DROP FUNCTION IF EXISTS bridge_webhook_refs_insert();
 ALTER FUNCTION bridge_webhook_refs(bytea) ROWS 7;
 """
 
+# v4: keep first, judge after (as SQLite's v5). The receiver's statement stores the raw webhook
+# and its ``unmapped`` row and notifies ``bridge_unmapped`` (delivered at COMMIT, so a mapper
+# never wakes for a row it cannot see yet). Mappers of every replica take rows with
+# ``FOR UPDATE SKIP LOCKED``, counting the try and leasing the row until ``taken_until`` (the
+# database's clock, so replicas' clocks do not matter); ``lease`` is the take's fencing token,
+# so a mapper whose lease ran out cannot record over the replica that took the row after it.
+# Webhooks stored before v4 were mapped on arrival: the table starts empty.
+_V4 = """
+CREATE TABLE IF NOT EXISTS unmapped (
+    webhook_id  bigint PRIMARY KEY,  -- webhooks(id); no FK, as messages
+    tries       integer NOT NULL DEFAULT 0,
+    lease       bigint NOT NULL DEFAULT 0,
+    taken_until double precision,
+    last_error  text
+) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -36,19 +36,22 @@ from bridge.store import (
     EventDetail,
     EventQuery,
     EventRecord,
+    Judged,
     Remapper,
     ReplayOutcome,
     StoreStats,
+    UnmappedWebhook,
     Webhook,
 )
 from bridge.store.postgres import queries as ops
 from bridge.store.postgres.schema import (
     FOREIGN_ERRORS,
     is_connection_problem,
+    is_retryable,
     migrate,
     translate,
 )
-from bridge.store.postgres.writer import GroupWriter
+from bridge.store.postgres.writer import DEADLOCK_RETRIES, GroupWriter
 
 log = logs.get(__name__)
 
@@ -99,7 +102,9 @@ class PostgresStore:
         self.command_timeout_secs = command_timeout_secs
         self.migrate_on_open = migrate_on_open
         self._pool: Any = None
-        self._writer: GroupWriter | None = None
+        self._writer: GroupWriter[ops.Intake, EnqueueReceipt] | None = None
+        self._keeper: GroupWriter[Webhook, str] | None = None
+        self._listener: Any = None  # the connection that LISTENs for kept webhooks
         self._leases: dict[int, int] = {}  # id -> fencing token, for this store's own claims
         self._breaker = Backoff()
         #: (version before, version after) of the last migration this store ran.
@@ -152,8 +157,11 @@ class PostgresStore:
             await self._close_pool()
             raise
         # Half the pool commits intake at most, so claims and reads always find a connection.
-        self._writer = GroupWriter(self._connection, flushers=max(1, self.pool_size // 2))
+        flushers = max(1, self.pool_size // 2)
+        self._writer = GroupWriter(self._connection, flushers=flushers)
         self._writer.start()
+        self._keeper = GroupWriter(self._connection, flushers=flushers, op=ops.keep)
+        self._keeper.start()
 
     async def migrate(self) -> tuple[int, int]:
         """Apply pending schema migrations (under an advisory lock): (version before, after)."""
@@ -165,9 +173,16 @@ class PostgresStore:
         return before, after
 
     async def close(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await keeper.stop()
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.stop()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(*FOREIGN_ERRORS):
+                await asyncio.wait_for(listener.close(), timeout=self.command_timeout_secs)
         await self._close_pool()
 
     async def _close_pool(self) -> None:
@@ -201,7 +216,55 @@ class PostgresStore:
             raise translate(exc, doing, self._url) from exc
         self._breaker.succeeded()
 
-    # ---- intake and delivery ---------------------------------------------------------------
+    # ---- intake and mapping ----------------------------------------------------------------
+
+    async def keep(self, webhook: Webhook) -> str:
+        if self._keeper is None:
+            raise StorageUnavailableError("storage could not store the webhook: not open")
+        return await self._keeper.submit(webhook)
+
+    async def take(self, limit: int, now: float, lease_secs: float) -> list[UnmappedWebhook]:  # noqa: ARG002 - leases use the database's clock
+        if limit <= 0:
+            return []
+        async with self._connection("take unmapped webhooks") as conn:
+            return await ops.take(conn, limit, lease_secs)
+
+    async def record(self, judged: Sequence[Judged], now: float) -> list[EnqueueReceipt]:  # noqa: ARG002 - times come from the webhooks
+        if not judged:
+            return []
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                async with (
+                    self._connection("store the mapped messages") as conn,
+                    conn.transaction(),
+                ):
+                    return await ops.record(conn, judged)
+            except StorageUnavailableError as exc:
+                if attempt == DEADLOCK_RETRIES or not is_retryable(exc.__cause__):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:  # noqa: ARG002
+        async with self._connection("keep a mapping error") as conn:
+            await ops.mapping_failed(conn, taken.row_id, taken.lease, error)
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever any replica keeps a webhook (``LISTEN bridge_unmapped``), on a
+        connection of its own. Best effort: the mapping stage also looks every poll interval,
+        so a lost connection only slows the wake-up until the next look."""
+        try:
+            conn = await asyncpg.connect(
+                self._url,
+                timeout=self.connect_timeout_secs,
+                server_settings={"application_name": "synap-bridge-listen"},
+            )
+            await conn.add_listener(ops.UNMAPPED_CHANNEL, lambda *_: wake())
+        except FOREIGN_ERRORS as exc:  # OSError among them
+            log.warning("listen_failed", error=type(exc).__name__)
+            return
+        self._listener = conn
+
+    # ---- delivery --------------------------------------------------------------------------
 
     async def enqueue(
         self,

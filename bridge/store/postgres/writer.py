@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bridge.errors import StorageUnavailableError
-from bridge.store import EnqueueReceipt
 from bridge.store.postgres import queries as ops
 from bridge.store.postgres.schema import is_connection_problem, is_retryable
 
@@ -30,15 +29,27 @@ from bridge.store.postgres.schema import is_connection_problem, is_retryable
 Connect = Callable[[str], AbstractAsyncContextManager[Any]]
 DEADLOCK_RETRIES = 3
 
-_Job = tuple[ops.Intake, "asyncio.Future[EnqueueReceipt]"]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
-class GroupWriter:
-    def __init__(self, connect: Connect, *, flushers: int = 2, max_batch: int = 256) -> None:
+class GroupWriter(Generic[Item, Result]):
+    """``op(conn, items)`` commits a group atomically (one statement or its own transaction):
+    :func:`~bridge.store.postgres.queries.enqueue` by default, ``keep`` for the receiver."""
+
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        flushers: int = 2,
+        max_batch: int = 256,
+        op: Callable[[Any, list[Item]], Awaitable[list[Result]]] | None = None,
+    ) -> None:
         self._connect = connect
         self._flushers = flushers
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._op: Callable[[Any, list[Any]], Awaitable[list[Any]]] = op or ops.enqueue
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.commits = 0  # group transactions committed (fewer than enqueue calls under load)
 
@@ -60,10 +71,10 @@ class GroupWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*tasks)
 
-    async def submit(self, item: ops.Intake) -> EnqueueReceipt:
+    async def submit(self, item: Item) -> Result:
         if not self._tasks:
             raise StorageUnavailableError("storage could not store the webhook: store not open")
-        future: asyncio.Future[EnqueueReceipt] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
         return await future
 
@@ -86,7 +97,7 @@ class GroupWriter:
             if stop:
                 return
 
-    async def _commit(self, jobs: Sequence[_Job]) -> None:
+    async def _commit(self, jobs: Sequence[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
             receipts = await self._transaction([item for item, _ in jobs])
         except Exception as exc:
@@ -102,11 +113,11 @@ class GroupWriter:
             if not future.done():  # a caller that went away: its webhook is stored all the same
                 future.set_result(receipt)
 
-    async def _transaction(self, items: list[ops.Intake]) -> list[EnqueueReceipt]:
+    async def _transaction(self, items: list[Item]) -> list[Result]:
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
                 async with self._connect("store the webhook") as conn:
-                    receipts = await ops.enqueue(conn, items)  # atomic: one statement or a tx
+                    receipts: list[Result] = await self._op(conn, items)  # atomic
                 self.commits += 1
                 return receipts
             except StorageUnavailableError as exc:

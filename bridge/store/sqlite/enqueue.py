@@ -24,6 +24,11 @@ The result is exactly that of storing the webhooks one after another in arrival 
 
 tests/test_sqlite_group_enqueue.py compares a group's rows, ids and receipts with the same calls
 made one by one.
+
+The same machinery serves the two halves of "keep first, judge after": :func:`keep_group` stores
+raw webhooks (one statement for the webhooks, one for their ``unmapped`` rows), and
+:func:`record_group` writes the mapping stage's verdicts for webhooks already stored: the
+messages exactly as ``enqueue`` would have, against the existing webhook ids.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import functools
 import sqlite3
 from collections.abc import Sequence
 
+import orjson
+
 from bridge.messages import OutgoingMessage
-from bridge.store import DeadReason, EnqueueReceipt, Webhook
+from bridge.store import DeadReason, EnqueueReceipt, Judged, Webhook
 from bridge.store.rows import webhook_ref
 from bridge.store.sqlite.queries import message_row
 
@@ -50,6 +57,34 @@ _HIGH_WATER = (
     " max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),"
     " coalesce((SELECT max(id) FROM messages), 0))"
 )
+_MESSAGES_HIGH_WATER = (
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),"
+    " coalesce((SELECT max(id) FROM messages), 0))"
+)
+_UNMAPPED = (
+    "INSERT INTO unmapped (webhook_id)"
+    " SELECT column1 FROM (VALUES {rows}) WHERE column1 IS NOT NULL"
+)
+_REFS = (
+    "INSERT OR IGNORE INTO webhook_refs (ref, webhook_id)"
+    " SELECT column1, column2 FROM (VALUES {rows}) WHERE column1 IS NOT NULL"
+)
+#: A body whose refs Python cannot tell (not JSON to orjson, a float id): SQLite's own JSON
+#: functions decide, as the v4 trigger did for every body.
+_REFS_FROM_BODY = (
+    "INSERT OR IGNORE INTO webhook_refs (ref, webhook_id)"
+    " SELECT DISTINCT j.value, w.id FROM webhooks w, json_each("
+    " CASE WHEN json_valid(CAST(w.raw_body AS TEXT)) THEN json_extract("
+    " CAST(w.raw_body AS TEXT), '$.id', '$.attempt.id', '$.test.id', '$.test.objectId',"
+    " '$.exam.id', '$.exam.objectId', '$.assignment.objectId')"
+    " ELSE '[]' END) j WHERE w.id = ? AND j.type IN ('text', 'integer')"
+)
+#: Marks taken webhooks mapped; only those still unmapped are recorded (a second record of the
+#: same webhook, after a crash between the two, changes nothing).
+_MAPPED = (
+    "DELETE FROM unmapped WHERE webhook_id IN (SELECT value FROM json_each(?)) RETURNING webhook_id"
+)
+_PORTAL = "UPDATE webhooks SET portal_id = ? WHERE id = ? AND portal_id IS NOT ?"
 _WEBHOOKS = (
     "INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)"
     " SELECT column1, column2, column3, column4, column5 FROM (VALUES {rows})"
@@ -84,17 +119,81 @@ _SUPERSEDE = (
 _REPLACE_PAYLOAD = "UPDATE message_payloads SET payload = ? WHERE id = ?"
 
 
+def keep_group(conn: sqlite3.Connection, webhooks: Sequence[Webhook]) -> list[str]:
+    """Store raw webhooks, unmapped (inside the writer's transaction); their ``wh_`` ids."""
+    webhooks_before, _ = conn.execute(_HIGH_WATER).fetchone()
+    ids = range(webhooks_before + 1, webhooks_before + 1 + len(webhooks))
+    _insert_webhooks(conn, ids, webhooks)
+    _insert(conn, _UNMAPPED, 1, list(ids))
+    return [webhook_ref(row_id) for row_id in ids]
+
+
+def record_group(conn: sqlite3.Connection, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
+    """Write the mapping stage's verdicts for stored webhooks and mark them mapped; one receipt
+    per verdict, in order (zeros for a webhook that was not unmapped any more)."""
+    ids = [one.taken.row_id for one in judged]
+    live = {row for (row,) in conn.execute(_MAPPED, (orjson.dumps(ids),))}
+    kept = [one for one in judged if one.taken.row_id in live]
+    for one in kept:
+        row_id = one.taken.row_id
+        if one.portal_id != one.taken.webhook.portal_id:
+            conn.execute(_PORTAL, (one.portal_id, row_id, one.portal_id))
+    _insert_refs(conn, [one.taken.row_id for one in kept], [one.refs for one in kept])
+    items: list[Item] = [(one.taken.webhook, one.messages, one.dead) for one in kept]
+    (messages_before,) = conn.execute(_MESSAGES_HIGH_WATER).fetchone()
+    receipts = iter(
+        _store_messages(conn, items, [one.taken.row_id for one in kept], messages_before)
+    )
+    return [
+        next(receipts)
+        if one.taken.row_id in live
+        else EnqueueReceipt(webhook_ref(one.taken.row_id), 0, 0)
+        for one in judged
+    ]
+
+
 def enqueue_group(conn: sqlite3.Connection, items: Sequence[Item]) -> list[EnqueueReceipt]:
     """Store ``items`` (inside the writer's transaction); one receipt per item, in order."""
     webhooks_before, messages_before = conn.execute(_HIGH_WATER).fetchone()
     ids = range(webhooks_before + 1, webhooks_before + 1 + len(items))
+    _insert_webhooks(conn, ids, [webhook for webhook, _, _ in items])
+    _insert_refs(conn, list(ids), [webhook.refs for webhook, _, _ in items])
+    return _store_messages(conn, items, ids, messages_before)
+
+
+def _insert_webhooks(
+    conn: sqlite3.Connection, ids: Sequence[int], webhooks: Sequence[Webhook]
+) -> None:
     hooks: list[object] = []
+    for row_id, webhook in zip(ids, webhooks, strict=True):
+        hooks += (row_id, webhook.code, webhook.portal_id, webhook.received_at, webhook.raw_body)
+    _insert(conn, _WEBHOOKS, 5, hooks)
+
+
+def _insert_refs(
+    conn: sqlite3.Connection, ids: Sequence[int], refs: Sequence[tuple[str, ...] | None]
+) -> None:
+    """The event search's refs of each webhook: the mapper's (or caller's) parse, else the
+    database's own reading of the body."""
+    rows: list[object] = []
+    for row_id, known in zip(ids, refs, strict=True):
+        if known is None:
+            conn.execute(_REFS_FROM_BODY, (row_id,))
+            continue
+        for ref in known:
+            rows += (ref, row_id)
+    if rows:
+        _insert(conn, _REFS, 2, rows)
+
+
+def _store_messages(
+    conn: sqlite3.Connection, items: Sequence[Item], ids: Sequence[int], messages_before: int
+) -> list[EnqueueReceipt]:
+    """Dead letters and messages of webhooks whose rows exist (ids in ``ids``)."""
     dead: list[object] = []
     for row_id, (webhook, _, reason) in zip(ids, items, strict=True):
-        hooks += (row_id, webhook.code, webhook.portal_id, webhook.received_at, webhook.raw_body)
         if reason is not None:
             dead += (row_id, reason.reason, reason.detail, webhook.received_at)
-    _insert(conn, _WEBHOOKS, 5, hooks)
     if dead:
         _insert(conn, _DEAD, 4, dead)
     firsts, others = _occurrences(items)
@@ -138,7 +237,7 @@ def _occurrences(items: Sequence[Item]) -> tuple[list[Occurrence], list[Occurren
 def _insert_messages(
     conn: sqlite3.Connection,
     items: Sequence[Item],
-    ids: range,
+    ids: Sequence[int],
     firsts: list[Occurrence],
     messages_before: int,
 ) -> tuple[list[Occurrence], list[Occurrence]]:

@@ -27,6 +27,7 @@ from bridge.store import (
     EventQuery,
     EventRecord,
     StoreStats,
+    UnmappedWebhook,
     Webhook,
 )
 from bridge.store.rows import (
@@ -225,6 +226,41 @@ def bury(
     )
 
 
+# ---- the mapping stage ---------------------------------------------------------------------
+
+_UNMAPPED = (
+    "SELECT u.webhook_id, u.tries, u.last_error, w.code, w.portal_id, w.received_at, w.raw_body"
+    " FROM unmapped u JOIN webhooks w ON w.id = u.webhook_id ORDER BY u.webhook_id LIMIT ?"
+)
+
+
+def unmapped(conn: sqlite3.Connection, limit: int) -> list[UnmappedWebhook]:
+    """The next unmapped webhooks in arrival order, each as it will be once this take is
+    counted. A webhook tried before comes alone (poison isolation); the batch stops before the
+    next such one."""
+    taken: list[UnmappedWebhook] = []
+    for row_id, tries, error, code, portal, received_at, raw in conn.execute(_UNMAPPED, (limit,)):
+        if tries > 0 and taken:
+            break
+        webhook = Webhook(code, portal, received_at, bytes(raw))
+        taken.append(UnmappedWebhook(row_id, webhook, tries + 1, 0, error))
+        if tries > 0:
+            break
+    return taken
+
+
+def count_tries(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    conn.execute(
+        "UPDATE unmapped SET tries = tries + 1"
+        " WHERE webhook_id IN (SELECT value FROM json_each(?))",
+        (_ids(ids),),
+    )
+
+
+def mapping_failed(conn: sqlite3.Connection, row_id: int, error: str) -> None:
+    conn.execute("UPDATE unmapped SET last_error = ? WHERE webhook_id = ?", (_error(error), row_id))
+
+
 def probe(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writable_probe'")
 
@@ -392,6 +428,10 @@ def stats(conn: sqlite3.Connection, since: float, storage_bytes: int) -> StoreSt
         ).fetchone()
         dead = dict(conn.execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason"))
         (last,) = conn.execute("SELECT value FROM meta WHERE key = 'last_delivered_at'").fetchone()
+        unmapped, oldest_unmapped = conn.execute(
+            "SELECT count(*), (SELECT w.received_at FROM unmapped u JOIN webhooks w"
+            " ON w.id = u.webhook_id ORDER BY u.webhook_id LIMIT 1) FROM unmapped"
+        ).fetchone()
     finally:
         conn.execute("COMMIT")
     return StoreStats(
@@ -403,6 +443,8 @@ def stats(conn: sqlite3.Connection, since: float, storage_bytes: int) -> StoreSt
         dead_letters=dead,
         storage_bytes=storage_bytes,
         last_delivered_at=last,
+        unmapped=unmapped,
+        oldest_unmapped_at=oldest_unmapped,
     )
 
 
@@ -422,6 +464,7 @@ _STATE_WHERE = {
     "delivered": "EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id"
     " AND m.state = 'delivered')",
     "dead": "w.id IN (SELECT webhook_id FROM dead_letters)",
+    "unmapped": "w.id IN (SELECT webhook_id FROM unmapped)",
 }
 
 
@@ -499,4 +542,11 @@ def _records(
             (ids,),
         )
     }
-    return event_records(webhooks, messages, dead)
+    unmapped = dict(
+        conn.execute(
+            "SELECT webhook_id, tries FROM unmapped"
+            " WHERE webhook_id IN (SELECT value FROM json_each(?))",
+            (ids,),
+        ).fetchall()
+    )
+    return event_records(webhooks, messages, dead, unmapped)

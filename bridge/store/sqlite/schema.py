@@ -148,8 +148,25 @@ SELECT DISTINCT j.value, w.id FROM webhooks w, json_each(
 WHERE j.type IN ('text', 'integer');
 """
 
+# v5: keep first, judge after. The receiver commits the raw webhook and a row in ``unmapped``;
+# the mapping stage takes those rows in order, writes the messages (or the dead letter) and the
+# refs, and deletes the row, in one transaction. ``tries`` is counted when a row is taken,
+# before the mapping runs, so a webhook that kills its mapper is known by its count after a
+# restart (poison isolation). ``unmapped`` rows are ~30 bytes: marking a webhook mapped never
+# rewrites its body's pages. The refs move from the insert trigger (a json parse inside the
+# receiver's commit) to the mapping stage, which has parsed the body anyway. Every webhook
+# stored before v5 was mapped when it arrived, so the table starts empty.
+_V5 = """
+CREATE TABLE IF NOT EXISTS unmapped (
+    webhook_id INTEGER PRIMARY KEY REFERENCES webhooks(id) ON DELETE CASCADE,
+    tries      INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+DROP TRIGGER IF EXISTS webhooks_refs_insert;
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -37,14 +37,16 @@ from bridge.store import (
     EventDetail,
     EventQuery,
     EventRecord,
+    Judged,
     Remapper,
     ReplayOutcome,
     StoreStats,
+    UnmappedWebhook,
     Webhook,
 )
 from bridge.store.sqlite import queries as ops
 from bridge.store.sqlite.checkpoint import Checkpointer
-from bridge.store.sqlite.enqueue import Item, enqueue_group
+from bridge.store.sqlite.enqueue import Item, enqueue_group, keep_group, record_group
 from bridge.store.sqlite.identity import FileIdentity
 from bridge.store.sqlite.schema import (
     SYNCHRONOUS_MODES,
@@ -245,6 +247,40 @@ class SQLiteStore:
         item: Item = (webhook, tuple(messages), dead)
         receipt = self._writer.submit_grouped(enqueue_group, item, doing)
         return cast(EnqueueReceipt, await receipt)
+
+    async def keep(self, webhook: Webhook) -> str:
+        """Group commit of the raw webhook and its ``unmapped`` row: the receiver's only write."""
+        doing = "store the webhook"
+        if self._writer is None:
+            raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
+        return cast(str, await self._writer.submit_grouped(keep_group, webhook, doing))
+
+    # ---- mapping ---------------------------------------------------------------------------
+
+    async def take(self, limit: int, now: float, lease_secs: float) -> list[UnmappedWebhook]:  # noqa: ARG002 - one mapper per file: no lease
+        """Read the next unmapped webhooks on the reader (their bodies never pass through the
+        writer's transaction), then count their try on the writer before anyone maps them.
+        One mapper per file, so nothing can take them between the two."""
+        if limit <= 0:
+            return []
+        rows = await self._read(partial(ops.unmapped, limit=limit), "read unmapped webhooks")
+        if not rows:
+            return []
+        ids = tuple(row.row_id for row in rows)
+        await self._write(partial(ops.count_tries, ids=ids), "count a mapping try", groupable=True)
+        return rows
+
+    async def record(self, judged: Sequence[Judged], now: float) -> list[EnqueueReceipt]:  # noqa: ARG002 - times come from the webhooks
+        if not judged:
+            return []
+        work = partial(record_group, judged=list(judged))
+        return await self._write(
+            lambda conn: work(conn), "store the mapped messages", groupable=True
+        )
+
+    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:  # noqa: ARG002
+        work = partial(ops.mapping_failed, row_id=taken.row_id, error=error)
+        await self._write(work, "keep a mapping error")
 
     async def claim(
         self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()

@@ -1,0 +1,156 @@
+"""The mapping stage as a process of its own: ``python -m bridge.mapper.child --config PATH``.
+
+``serve`` starts it (:mod:`bridge.mapper.supervisor`) so that mapping runs on another core than
+intake: the GIL is per process. It loads the same configuration (file and environment) as its
+parent, opens the same store, and talks to the parent over its standard streams:
+
+- stdin: one byte per wake-up (webhooks were kept); end of file: the parent is gone, stop;
+- stdout: JSON lines, ``{"ready": true}`` once the store is open, ``{"report": {...}}`` after
+  each round that recorded something (the parent counts metrics and wakes delivery), and
+  ``{"alive": true}`` every :data:`HEARTBEAT_SECS` (the parent's systemd watchdog covers it);
+- stderr: its log lines, with ``stage=mapper``, as the parent's.
+
+SIGTERM: finish the round, map what is left within ``shutdown.grace_secs``, exit 0. SIGHUP:
+reload the configuration (the mapping applies to the next webhook). The kernel sends SIGKILL if
+the parent dies (``PR_SET_PDEATHSIG``), so a mapper never outlives its ``serve``. ``ps``
+shows it as ``bridge-mapper`` (``PR_SET_NAME``) with this module in its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import orjson
+import structlog
+
+from bridge import config as config_module
+from bridge import logs
+from bridge.config import Config
+from bridge.errors import ConfigError, StorageUnavailableError
+from bridge.mapper.stage import MappingStage
+from bridge.store.factory import open_store
+
+log = logs.get(__name__)
+
+HEARTBEAT_SECS = 1.0
+PROCESS_NAME = b"bridge-mapper"
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+
+
+def _linux_process_settings() -> None:
+    """Die with the parent, and be named in ``ps -o comm`` / ``top``. Linux only; elsewhere
+    nothing happens (the stdin end-of-file still stops the stage)."""
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or name is None:
+        return
+    libc = ctypes.CDLL(name, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the first prctl
+        os._exit(1)
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+async def run(config_path: str | None) -> int:
+    config = config_module.load(config_path, os.environ)
+    logs.configure(config.logging.level, config.logging.format, stream=sys.stderr)
+    structlog.contextvars.bind_contextvars(stage="mapper")
+    current: list[Config] = [config]
+    store = open_store(config.storage, create=False)
+    try:
+        await store.open()
+    except StorageUnavailableError as exc:
+        log.error("storage_unavailable", error=str(exc))
+        return 1
+    stage = MappingStage(
+        store,
+        lambda: current[0],
+        on_report=lambda report: _emit({"report": report.as_dict()}),
+        batch=config.mapper.batch,
+        max_tries=config.mapper.max_tries,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, current, config_path)
+    await _read_wakes(stage, stop)
+    listen = getattr(store, "listen", None)
+    if listen is not None:
+        await listen(stage.wake)
+    _emit({"ready": True})
+    runner = asyncio.create_task(stage.run(), name="mapping")
+    beat = asyncio.create_task(_heartbeat(), name="heartbeat")
+    try:
+        await stop.wait()
+    finally:
+        beat.cancel()
+        await stage.stop(time.monotonic() + current[0].shutdown.grace_secs)
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        left = await stage.drain(time.monotonic() + current[0].shutdown.grace_secs)
+        log.info("mapper_stopped", rounds_at_stop=left)
+        await store.close()
+    return 0
+
+
+async def _read_wakes(stage: MappingStage, stop: asyncio.Event) -> None:
+    """Each chunk read from stdin is one wake-up; end of file stops the stage."""
+
+    class Wakes(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:  # noqa: ARG002 - any bytes wake
+            stage.wake()
+
+        def eof_received(self) -> bool:
+            stop.set()
+            return False
+
+        def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002
+            stop.set()
+
+    await asyncio.get_running_loop().connect_read_pipe(Wakes, sys.stdin)
+
+
+async def _heartbeat() -> None:
+    while True:
+        _emit({"alive": True})
+        await asyncio.sleep(HEARTBEAT_SECS)
+
+
+def _reload(current: list[Config], config_path: str | None) -> None:
+    try:
+        fresh = config_module.load(config_path, os.environ)
+    except ConfigError as exc:
+        log.error("reload_refused", problems=exc.problems)
+        return
+    current[0] = current[0].model_copy(update={"mapping": fresh.mapping, "routing": fresh.routing})
+    log.info("reloaded", sections=["mapping", "routing"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bridge-mapper")
+    parser.add_argument("--config")
+    args = parser.parse_args(argv)
+    _linux_process_settings()
+    from bridge.cli.command import run_event_loop
+
+    return run_event_loop(run(args.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The mapping stage's loop: take kept webhooks, judge them, record the verdicts.
+
+Why a loop of its own: mapping is the bridge's most expensive work per webhook (decode,
+validate, map, size), and the only part that can fail on what a body says. Outside the request
+path, a content bug can no longer refuse a webhook, and intake runs at the pace of a durable
+write; in a process of its own (:mod:`bridge.mapper.child`) it runs on another core.
+
+Crash safety: a take counts the try before the mapping runs, and ``record`` marks the webhook
+mapped in the transaction that writes its messages. A crash between the two leaves it unmapped,
+and mapping it again stores nothing twice (messageIds are deterministic; ``record`` skips a
+webhook already recorded).
+
+Poison isolation: a webhook whose mapping raises is kept unmapped with the error; one that kills
+the process is seen by its count after the restart. Either way the store hands a webhook tried
+before out alone, and past ``max_tries`` it becomes a dead letter ``mapping_failed`` with the
+last error, never mapped again on its own (``dead-letters replay`` maps it again on purpose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge import logs
+from bridge.config import Config
+from bridge.errors import StorageUnavailableError
+from bridge.mapping import intake
+from bridge.store import DeadReason, EnqueueReceipt, Judged, MappingStore, UnmappedWebhook
+from bridge.store.rows import webhook_ref
+
+log = logs.get(__name__)
+
+#: Webhooks per take: large enough that a take and a record cost little per webhook, small
+#: enough that one record transaction holds SQLite's write lock for a few milliseconds.
+BATCH = 128
+#: Tries before a webhook that keeps failing becomes a dead letter ``mapping_failed``.
+MAX_TRIES = 3
+#: A take is leased this long on PostgreSQL (another replica takes it after a crash).
+LEASE_SECS = 30.0
+#: How often the stage looks without a wake-up (a lost wake, an expired lease, a webhook kept
+#: by the CLI or another replica without a notification).
+POLL_SECS = 1.0
+#: After a storage failure, wait this long before the next look.
+STORAGE_BACKOFF_SECS = 0.5
+
+
+@dataclass(slots=True)
+class Report:
+    """What one round recorded: for metrics, the delivery's wake-up and the log."""
+
+    mapped: int = 0
+    messages: int = 0
+    duplicates: int = 0
+    superseded: int = 0
+    failures: int = 0
+    dead: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        dead = data.get("dead")
+        return cls(
+            int(data.get("mapped", 0)),
+            int(data.get("messages", 0)),
+            int(data.get("duplicates", 0)),
+            int(data.get("superseded", 0)),
+            int(data.get("failures", 0)),
+            Counter({str(k): int(v) for k, v in dead.items()} if isinstance(dead, dict) else {}),
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "mapped": self.mapped,
+            "messages": self.messages,
+            "duplicates": self.duplicates,
+            "superseded": self.superseded,
+            "failures": self.failures,
+            "dead": dict(self.dead),
+        }
+
+
+class MappingStage:
+    """``run`` until cancelled; ``wake`` when webhooks were kept; ``drain`` maps what is left.
+
+    ``config`` is read per round through a callable, so a reload applies to the next webhook.
+    ``on_report`` hears of each round that recorded something (metrics, delivery wake-up)."""
+
+    def __init__(
+        self,
+        store: MappingStore,
+        config: Callable[[], Config],
+        *,
+        clock: Callable[[], float] = time.time,
+        on_report: Callable[[Report], None] | None = None,
+        batch: int = BATCH,
+        max_tries: int = MAX_TRIES,
+        poll_secs: float = POLL_SECS,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._clock = clock
+        self._on_report = on_report
+        self._batch = batch
+        self._max_tries = max_tries
+        self._poll_secs = poll_secs
+        self._woken = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self.rounds = 0
+
+    def wake(self) -> None:
+        self._idle.clear()
+        self._woken.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                self._woken.clear()
+                try:
+                    busy = await self.round()
+                except StorageUnavailableError as exc:
+                    log.warning("mapping_storage_unavailable", error=str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._woken.wait(), STORAGE_BACKOFF_SECS)
+                    continue
+                if busy:
+                    continue
+                self._idle.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), self._poll_secs)
+        finally:
+            self._stopped.set()
+
+    async def stop(self, deadline: float) -> None:
+        """Let the round in progress finish (by the monotonic ``deadline``), start no other.
+        Cancelling a round instead would leave PostgreSQL leases to expire before anyone,
+        ``drain`` included, could map those webhooks."""
+        self._stopping = True
+        self._woken.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._stopped.wait()
+
+    async def settled(self) -> None:
+        """Until a round finds nothing to map (tests; ``wake`` clears it)."""
+        await self._idle.wait()
+
+    async def drain(self, deadline: float) -> int:
+        """Map what is kept until nothing is left or the monotonic ``deadline``; rounds run."""
+        done = 0
+        while time.monotonic() < deadline:
+            try:
+                if not await self.round():
+                    return done
+            except StorageUnavailableError as exc:
+                log.warning("mapping_storage_unavailable", error=str(exc))
+                return done
+            done += 1
+        return done
+
+    async def round(self) -> bool:
+        """One take, judge and record; False when nothing was waiting."""
+        now = self._clock()
+        taken = await self._store.take(self._batch, now, LEASE_SECS)
+        if not taken:
+            return False
+        self.rounds += 1
+        config = self._config()
+        report = Report()
+        verdicts: list[Judged] = []
+        failed: list[tuple[UnmappedWebhook, str]] = []
+        for one in taken:
+            verdict = self._judge(one, config, failed)
+            if verdict is not None:
+                verdicts.append(verdict)
+        receipts = await self._store.record(verdicts, self._clock())
+        for verdict, receipt in zip(verdicts, receipts, strict=True):
+            self._count(verdict, receipt, report)
+        for one, error in failed:
+            report.failures += 1
+            await self._store.failed(one, error, self._clock())
+        if self._on_report is not None:
+            self._on_report(report)
+        return True
+
+    def _judge(
+        self, taken: UnmappedWebhook, config: Config, failed: list[tuple[UnmappedWebhook, str]]
+    ) -> Judged | None:
+        if taken.tries > self._max_tries:
+            detail = (
+                f"mapping failed {taken.tries - 1} times; last error: "
+                f"{taken.last_error or 'the mapper process died'}"
+            )
+            return Judged(taken, taken.webhook.portal_id, (), DeadReason("mapping_failed", detail))
+        hook = taken.webhook
+        try:
+            result = intake.judge(
+                hook.code, hook.raw_body, hook.received_at, config, hook.portal_id
+            )
+        except Exception as exc:  # a mapping bug: the try is counted, the webhook kept, go on
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            log.error(
+                "mapping_failed",
+                webhook_id=webhook_ref(taken.row_id),
+                code=hook.code,
+                tries=taken.tries,
+                error=error,
+            )
+            failed.append((taken, error))
+            return None
+        for reason in result.trimmed:
+            log.warning("message_trimmed", code=hook.code, reason=reason)
+        return Judged(
+            taken,
+            result.webhook.portal_id,
+            tuple(result.messages),
+            result.dead,
+            result.webhook.refs,
+        )
+
+    def _count(self, verdict: Judged, receipt: EnqueueReceipt, report: Report) -> None:
+        report.mapped += 1
+        report.messages += receipt.stored
+        report.duplicates += receipt.duplicates
+        report.superseded += receipt.superseded
+        hook = verdict.taken.webhook
+        if verdict.dead is not None:
+            report.dead[verdict.dead.reason] += 1
+            # A code nobody mapped is data waiting for a config change: an operator should see it.
+            log.warning(
+                "webhook_dead_lettered",
+                webhook_id=receipt.webhook_id,
+                code=hook.code,
+                portal=verdict.portal_id,
+                reason=verdict.dead.reason,
+                detail=verdict.dead.detail,
+            )
+            return
+        if logs.enabled(logging.INFO):
+            log.info(
+                "webhook_mapped",
+                webhook_id=receipt.webhook_id,
+                code=hook.code,
+                portal=verdict.portal_id,
+                messages=receipt.stored,
+                duplicates=receipt.duplicates,
+                superseded=receipt.superseded,
+                lag_ms=round((self._clock() - hook.received_at) * 1000, 1),
+            )
