@@ -1,0 +1,106 @@
+"""The intake and mapping ports: ``keep`` commits raw bytes, ``take`` / ``record`` / ``failed``
+turn them into messages or dead letters exactly once, in arrival order, with poison isolation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from bridge.store import DeadLetterFilter, DeadReason, EventQuery, Judged, Store, Webhook
+from tests.contract.records import NOW, hook, msg
+
+
+def judged(taken: object, *messages: object, dead: DeadReason | None = None) -> Judged:
+    return Judged(taken, "portal-9", tuple(messages), dead, ("ref-1",))  # type: ignore[arg-type]
+
+
+class TestKeep:
+    async def test_any_bytes_are_kept_unmapped_in_order(self, store: Store) -> None:
+        bodies = [b"not json", b'{"comment": "cut \\ud83d"}', b"\xff\xfe", b""]
+        ids = await asyncio.gather(*(store.keep(hook(n, body)) for n, body in enumerate(bodies)))
+        assert all(i.startswith("wh_") for i in ids)
+        stats = await store.stats(NOW, 0)
+        assert (stats.unmapped, stats.oldest_unmapped_at) == (4, 1000.0)
+        taken = await store.take(10, NOW, 30)
+        assert [t.webhook.raw_body for t in taken] == bodies
+        assert [t.tries for t in taken] == [1, 1, 1, 1]
+        detail = await store.event(ids[0], NOW)
+        assert detail is not None
+        assert detail.raw_body == b"not json"
+        assert detail.event.unmapped_tries == 1
+        assert detail.event.messages == ()
+
+    async def test_the_unmapped_are_found_by_state(self, store: Store) -> None:
+        kept = await store.keep(hook(1))
+        await store.enqueue(hook(2), [msg("a")])
+        found = await store.find_events(EventQuery(state="unmapped"), NOW)
+        assert [record.webhook_id for record in found] == [kept]
+        assert found[0].unmapped_tries == 0
+
+
+class TestRecord:
+    async def test_messages_and_dead_letters_land_and_the_webhook_is_mapped(
+        self, store: Store
+    ) -> None:
+        first = await store.keep(hook(1))
+        second = await store.keep(hook(2, b"junk"))
+        one, two = await store.take(10, NOW, 30)
+        receipts = await store.record(
+            [judged(one, msg("a"), msg("b")), judged(two, dead=DeadReason("invalid_json", "x"))],
+            NOW,
+        )
+        assert [(r.webhook_id, r.stored) for r in receipts] == [(first, 2), (second, 0)]
+        stats = await store.stats(NOW, 0)
+        assert (stats.unmapped, stats.pending) == (0, 2)
+        assert await store.take(10, NOW, 30) == []
+        [letter] = await store.dead_letters(DeadLetterFilter())
+        assert (letter.webhook_id, letter.reason, letter.portal_id) == (second, "invalid_json", "portal-9")
+        assert [r.webhook_id for r in await store.find_events(EventQuery(ref="ref-1"), NOW)] == [
+            second,
+            first,
+        ]
+        claimed = await store.claim(NOW, 10, 30)
+        assert [orjson.loads(m.payload)["messageId"] for m in claimed] == ["a", "b"]
+
+    async def test_recording_twice_stores_nothing_twice(self, store: Store) -> None:
+        await store.keep(hook(1))
+        [taken] = await store.take(10, NOW, 30)
+        await store.record([judged(taken, msg("a"))], NOW)
+        [again] = await store.record([judged(taken, msg("a"), msg("b"))], NOW)
+        assert (again.stored, again.duplicates) == (0, 0)
+        stats = await store.stats(NOW, 0)
+        assert (stats.pending, stats.unmapped) == (1, 0)
+        assert await store.dead_letters(DeadLetterFilter()) == []
+
+    async def test_mapping_again_after_a_crash_dedupes_by_message_id(self, store: Store) -> None:
+        await store.keep(hook(1))
+        await store.enqueue(hook(2), [msg("a")])  # the same message already stored otherwise
+        [taken] = await store.take(10, NOW, 30)
+        [receipt] = await store.record([judged(taken, msg("a"))], NOW)
+        assert (receipt.stored, receipt.duplicates) == (0, 1)
+
+
+class TestPoison:
+    async def test_a_webhook_tried_before_comes_alone(self, store: Store) -> None:
+        for n in range(5):
+            await store.keep(hook(n))
+        batch = await store.take(10, NOW, 0)  # a crash: nothing recorded, lease gone at once
+        assert len(batch) == 5
+        alone = await store.take(10, NOW + 1, 0)
+        assert [t.tries for t in alone] == [2]
+        await store.failed(alone[0], "ValueError: boom", NOW)
+        again = await store.take(10, NOW + 2, 30)
+        assert len(again) == 1
+        assert (again[0].tries, again[0].last_error) == (3, "ValueError: boom")
+        await store.record([judged(again[0], msg("x"))], NOW)
+        rest = await store.take(10, NOW + 3, 30)
+        assert [t.tries for t in rest] == [2]  # the others, one at a time, never lost
+
+
+class TestMigration:
+    async def test_keep_record_webhook_ids_are_the_answered_ones(self, store: Store) -> None:
+        kept = await store.keep(Webhook("user.registered", None, 5.0, b"{}"))
+        [taken] = await store.take(1, NOW, 30)
+        [receipt] = await store.record([judged(taken, msg("m"))], NOW)
+        assert receipt.webhook_id == kept
