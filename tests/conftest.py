@@ -148,6 +148,20 @@ async def polled(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> 
             await asyncio.sleep(PROCESS_POLL_SECS)
 
 
+async def settled(app: web.Application, within: float = 10.0) -> None:
+    """Wait, bounded, until the app's mapping stage has mapped every kept webhook.
+
+    Keep first, judge after: a webhook is answered once its raw body is committed, and mapped
+    after the answer, so a test that looks at messages or dead letters waits for this first."""
+    runtime = app[RUNTIME]
+
+    async def done() -> bool:
+        now = runtime.clock()
+        return (await runtime.store.stats(now, now)).unmapped == 0
+
+    await polled(done, within)
+
+
 @contextlib.asynccontextmanager
 async def serving(app: web.Application, config: Config) -> AsyncIterator[int]:
     """``app`` served as ``serve`` serves it (its runner, time bounds and connection guard) on
