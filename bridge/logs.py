@@ -55,6 +55,22 @@ def dumps(event_dict: Any, **_: Any) -> str:
         return json.dumps(event_dict, default=_fallback)
 
 
+#: Fields every line of this process carries (``stage`` in a stage process), set once at start.
+_PROCESS_FIELDS: dict[str, Any] = {}
+
+
+def bind_process(**fields: Any) -> None:
+    """Add ``fields`` to every line this process writes, from any thread (contextvars do not
+    reach the SQLite writer's thread): the mapping process marks its lines ``stage=mapper``."""
+    _PROCESS_FIELDS.update(fields)
+
+
+def _process_fields(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key, value in _PROCESS_FIELDS.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog and the stdlib root logger. Safe to call again (e.g. on SIGHUP)."""
     stream = stream or sys.stdout
@@ -66,6 +82,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _process_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,

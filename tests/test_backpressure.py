@@ -23,7 +23,7 @@ from bridge.config import Config, StorageConfig
 from bridge.receive import backpressure
 from bridge.receive.runtime import RUNTIME
 from tests.conftest import attempt_completed as attempt
-from tests.conftest import basic_auth, eventually
+from tests.conftest import basic_auth, eventually, settled
 from tests.fakes import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
@@ -68,6 +68,7 @@ class TestBacklog:
         for n in range(5):
             response = await client.post(URL, json=attempt(n), headers=basic_auth())
             assert response.status == 200
+        await settled(client.app)  # mapped: five messages, a backlog at its limit
         await backpressure.refresh(runtime)  # what the watcher does every interval
 
         refused = await client.post(URL, json=attempt(99), headers=basic_auth())

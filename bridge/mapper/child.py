@@ -30,7 +30,6 @@ import time
 from typing import Any
 
 import orjson
-import structlog
 
 from bridge import config as config_module
 from bridge import logs
@@ -68,7 +67,7 @@ def _emit(message: dict[str, Any]) -> None:
 async def run(config_path: str | None) -> int:
     config = config_module.load(config_path, os.environ)
     logs.configure(config.logging.level, config.logging.format, stream=sys.stderr)
-    structlog.contextvars.bind_contextvars(stage="mapper")
+    logs.bind_process(stage="mapper")
     current: list[Config] = [config]
     store = open_store(config.storage, create=False)
     try:

@@ -46,8 +46,10 @@ LEASE_SECS = 30.0
 #: How often the stage looks without a wake-up (a lost wake, an expired lease, a webhook kept
 #: by the CLI or another replica without a notification).
 POLL_SECS = 1.0
-#: After a storage failure, wait this long before the next look.
+#: After a storage failure, wait this long before the next look, doubling up to the maximum
+#: (a database that is gone must not become a log line every half second).
 STORAGE_BACKOFF_SECS = 0.5
+MAX_STORAGE_BACKOFF_SECS = 8.0
 
 
 @dataclass(slots=True)
@@ -119,16 +121,18 @@ class MappingStage:
         self._woken.set()
 
     async def run(self) -> None:
+        backoff = STORAGE_BACKOFF_SECS
         try:
             while not self._stopping:
                 self._woken.clear()
                 try:
                     busy = await self.round()
                 except StorageUnavailableError as exc:
-                    log.warning("mapping_storage_unavailable", error=str(exc))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._woken.wait(), STORAGE_BACKOFF_SECS)
+                    log.warning("mapping_storage_unavailable", error=str(exc), retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(MAX_STORAGE_BACKOFF_SECS, backoff * 2)
                     continue
+                backoff = STORAGE_BACKOFF_SECS
                 if busy:
                     continue
                 self._idle.set()
