@@ -23,7 +23,7 @@ from bridge.config import Config
 from bridge.receive import backpressure
 from bridge.receive.runtime import RUNTIME
 from bridge.store.sqlite.store import SQLiteStore
-from tests.conftest import basic_auth, eventually
+from tests.conftest import basic_auth, eventually, settled
 from tests.fakes import FakeSegment
 from tests.test_hostile import http_status
 
@@ -80,9 +80,10 @@ class TestAuthentication:
         response = await bridge.post(URL, json=attempt_completed(), headers=basic_auth())
         assert response.status == 200
         body = await response.json()
-        assert body["accepted"] is True
-        assert body["messages"] >= 1
-        assert body["webhook_id"]
+        assert body == {"accepted": True, "webhook_id": body["webhook_id"]}
+        assert body["webhook_id"].startswith("wh_")
+        await settled(bridge.app)
+        assert await pending(bridge) >= 1
 
     async def test_no_password_configured_means_open_on_loopback(
         self, aiohttp_client: MakeClient, config_factory: Callable[..., Config]
@@ -147,6 +148,7 @@ class TestBodyLimits:
         head = _head(f"Content-Length: {len(body)}")
         reply = await exchange(small, head + body[:10], body[10:], waiting_in="read_limited")
         assert http_status(reply) == 200
+        await settled(small.app)
         assert await pending(small) == 1
 
 
@@ -203,11 +205,21 @@ class TestPayloadChecks:
         ],
     )
     async def test_not_a_json_object(self, bridge: Client, body: bytes, error: str) -> None:
+        """Keep first, judge after: kept (200), then a dead letter with the reason and the raw
+        body, never a message."""
         response = await bridge.post(URL, data=body, headers=basic_auth())
-        assert response.status == 400
+        assert response.status == 200
         answer = await response.json()
-        assert answer["error"] == error
-        assert answer["detail"]
+        assert answer["accepted"] is True
+        await settled(bridge.app)
+        store = bridge.app[RUNTIME].store
+        (letter,) = await store.dead_letters(_all())
+        assert (letter.webhook_id, letter.reason) == (answer["webhook_id"], error)
+        assert letter.detail
+        detail = await store.dead_letter(letter.id)
+        assert detail is not None
+        assert detail.raw_body == body
+        assert await pending(bridge) == 0
 
     @pytest.mark.parametrize(
         "content_type", ["text/plain", "application/x-www-form-urlencoded", ""]
@@ -218,12 +230,18 @@ class TestPayloadChecks:
         assert response.status == 200
 
     async def test_event_name_mismatch_is_kept_as_a_dead_letter(self, bridge: Client) -> None:
-        """Not a 400 that Synap may give up on: kept (202) and replayable (tests/test_ids.py)."""
+        """Not a 400 that Synap may give up on: kept (200), then a dead letter, replayable
+        (tests/test_ids.py)."""
         body = {**attempt_completed(), "meta": {"timestamp": "x", "eventName": "attempt.started"}}
         response = await bridge.post(URL, json=body, headers=basic_auth())
-        assert response.status == 202
+        assert response.status == 200
         answer = await response.json()
-        assert (answer["dead_lettered"], answer["reason"]) == (True, "event_name_mismatch")
+        await settled(bridge.app)
+        letters = await bridge.app[RUNTIME].store.dead_letters(_all())
+        assert [(letter.webhook_id, letter.reason) for letter in letters] == [
+            (answer["webhook_id"], "event_name_mismatch")
+        ]
+        assert await pending(bridge) == 0
 
     async def test_event_name_that_agrees(self, bridge: Client) -> None:
         body = attempt_completed()
@@ -235,11 +253,10 @@ class TestPayloadChecks:
         response = await bridge.post(
             "/webhooks/synap/course.finished", json={"a": 1}, headers=basic_auth()
         )
-        assert response.status == 202
+        assert response.status == 200
         body = await response.json()
         assert body["accepted"] is True
-        assert body["dead_lettered"] is True
-        assert body["reason"] == "unknown_code"
+        await settled(bridge.app)
         store = bridge.app[RUNTIME].store
         letters = await store.dead_letters(_all())
         assert [(letter.code, letter.reason) for letter in letters] == [
@@ -250,9 +267,11 @@ class TestPayloadChecks:
         body = attempt_completed()
         del body["user"]
         response = await bridge.post(URL, json=body, headers=basic_auth())
-        assert response.status == 202
+        assert response.status == 200
+        await settled(bridge.app)
         store = bridge.app[RUNTIME].store
         (letter,) = await store.dead_letters(_all())
+        assert letter.reason == "missing_user_id"
         detail = await store.dead_letter(letter.id)
         assert detail is not None
         assert json.loads(detail.raw_body) == body
@@ -261,7 +280,8 @@ class TestPayloadChecks:
         first = await bridge.post(URL, json=attempt_completed(), headers=basic_auth())
         second = await bridge.post(URL, json=attempt_completed(), headers=basic_auth())
         assert first.status == second.status == 200
-        assert await pending(bridge) == (await first.json())["messages"]
+        await settled(bridge.app)
+        assert await pending(bridge) == 1  # one "Completed Test", stored once
 
 
 class TestErrorsAreJson:
@@ -295,7 +315,8 @@ class TestStorageFailure:
         assert response.headers["Retry-After"].isdigit()
         assert (await response.json())["error"] == "storage_unavailable"
         # Nothing of the refused webhook was committed; the store still works.
-        assert await pending(client) == (await small.json())["messages"]
+        await settled(client.app)
+        assert await pending(client) == 1  # the small webhook's one message
         again = await client.post(URL, json=attempt_completed("a-next"), headers=basic_auth())
         assert again.status == 200
 
@@ -320,15 +341,25 @@ class TestHealth:
     async def test_metrics_move_when_webhooks_flow(
         self, bridge: Client, fake_segment: FakeSegment
     ) -> None:
+        unreadable = {**basic_auth(), "Content-Encoding": "gzip"}
         await bridge.post(URL, json=attempt_completed(), headers=basic_auth())
         await bridge.post(URL, data=b"[]", headers=basic_auth())
+        await bridge.post(URL, data=b"\x1f\x8bnot gzip", headers=unreadable)
+        await settled(bridge.app)
         await fake_segment.wait_for(1)
         text = await (await bridge.get("/metrics")).text()
+        # Both readable bodies are kept; what they say is the mapping stage's verdict.
         assert (
-            'synap_bridge_webhooks_received_total{code="attempt.completed",outcome="accepted"} 1.0'
+            'synap_bridge_webhooks_received_total{code="attempt.completed",outcome="accepted"} 2.0'
             in text
         )
-        assert 'outcome="invalid"' in text
+        assert (
+            'synap_bridge_webhooks_received_total{code="attempt.completed",outcome="invalid"} 1.0'
+            in text
+        )
+        assert 'synap_bridge_webhooks_mapped_total{outcome="mapped"} 1.0' in text
+        assert 'synap_bridge_webhooks_mapped_total{outcome="dead_lettered"} 1.0' in text
+        assert 'synap_bridge_dead_letters_total{reason="not_an_object"} 1.0' in text
         assert "synap_bridge_messages_enqueued_total 1.0" in text
         await eventually(lambda: delivered_count(bridge) == 1)
         text = await (await bridge.get("/metrics")).text()
