@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from bridge.app import build_app, metrics_app
 from bridge.config import Config
 from bridge.receive.runtime import RUNTIME
-from tests.conftest import basic_auth, eventually, fixture_body
+from tests.conftest import basic_auth, eventually, fixture_body, settled
 from tests.fakes import FakeSegment
 
 Client = TestClient[web.Request, web.Application]
@@ -21,6 +21,9 @@ MakeClient = Callable[..., Awaitable[Client]]
 SERIES = (
     "synap_bridge_webhooks_received_total",
     "synap_bridge_request_duration_seconds_bucket",
+    "synap_bridge_webhooks_mapped_total",
+    "synap_bridge_unmapped_webhooks",
+    "synap_bridge_mapping_lag_seconds",
     "synap_bridge_messages_enqueued_total",
     "synap_bridge_messages_delivered_total",
     "synap_bridge_dead_letters_total",
@@ -58,7 +61,8 @@ async def test_every_series_is_reported_and_moves(
         )
         assert response.status == 200
     dead = await client.post("/webhooks/synap/no.such", json={}, headers=basic_auth())
-    assert dead.status == 202
+    assert dead.status == 200  # kept; the mapping stage makes it a dead letter
+    await settled(client.app)
     await fake_segment.wait_for(3)
     await eventually(
         lambda: sample(client, "synap_bridge_messages_delivered_total", destination="default") == 3
@@ -70,12 +74,14 @@ async def test_every_series_is_reported_and_moves(
     assert sample(client, "synap_bridge_delivery_attempts_total", result="transient") == 1
     assert sample(client, "synap_bridge_delivery_attempts_total", result="ok") >= 1
     assert sample(client, "synap_bridge_dead_letters_total", reason="unknown_code") == 1
+    assert sample(client, "synap_bridge_webhooks_mapped_total", outcome="mapped") == 2
+    assert sample(client, "synap_bridge_webhooks_mapped_total", outcome="dead_lettered") == 1
     assert (
-        sample(
-            client, "synap_bridge_webhooks_received_total", code="unknown", outcome="dead_lettered"
-        )  # an unknown code is labelled "unknown" (issue 12 item 9), never by the URL
+        sample(client, "synap_bridge_webhooks_received_total", code="unknown", outcome="accepted")
+        # an unknown code is labelled "unknown" (issue 12 item 9), never by the URL
         == 1
     )
+    assert sample(client, "synap_bridge_unmapped_webhooks") == 0
     assert sample(client, "synap_bridge_request_duration_seconds_count") == 3
     assert sample(client, "synap_bridge_last_delivery_timestamp_seconds") > 0
     assert sample(client, "synap_bridge_pending_messages") == 0
@@ -136,8 +142,9 @@ async def test_separate_metrics_port(
 async def test_url_codes_leave_the_label_set_bounded(
     aiohttp_client: MakeClient, config_factory: Callable[..., Config]
 ) -> None:
-    """Issue 12 item 9: 400 distinct bogus codes, authenticated (dead letters) and not (401),
-    add one ``unknown`` label set per outcome, and /metrics does not grow with them."""
+    """Issue 12 item 9: 400 distinct bogus codes, authenticated (kept, then dead letters) and
+    not (401), add one ``unknown`` label set per outcome, and /metrics does not grow with
+    them."""
     client = await aiohttp_client(build_app(config_factory()))
     ok = await client.post(
         "/webhooks/synap/attempt.completed",
@@ -145,6 +152,7 @@ async def test_url_codes_leave_the_label_set_bounded(
         headers=basic_auth(),
     )
     assert ok.status == 200
+    await settled(client.app)  # its mapping's series exist before the size is taken
     for n in range(200):  # unauthenticated, at a bogus code and at a real one
         for code in (f"bogus-{n}", "user.registered"):
             async with client.post(f"/webhooks/synap/{code}", json={}) as answer:
@@ -152,7 +160,8 @@ async def test_url_codes_leave_the_label_set_bounded(
     before = len(await (await client.get("/metrics")).read())
     for n in range(200):
         async with client.post(f"/webhooks/synap/x{n}", json={}, headers=basic_auth()) as answer:
-            assert answer.status == 202  # kept as a dead letter, labelled "unknown"
+            assert answer.status == 200  # kept, labelled "unknown"
+    await settled(client.app)  # and each one a dead letter: no label names its code either
     text = await (await client.get("/metrics")).text()
     assert len(text) - before < 1000  # a few new series (one label set each), not 200
     labelled = {
@@ -163,7 +172,8 @@ async def test_url_codes_leave_the_label_set_bounded(
     assert labelled == {
         'code="attempt.completed",outcome="accepted"',
         'code="unknown",outcome="unauthorized"',
-        'code="unknown",outcome="dead_lettered"',
+        'code="unknown",outcome="accepted"',
     }
+    assert sample(client, "synap_bridge_dead_letters_total", reason="unknown_code") == 200
     assert sample(client, "synap_bridge_webhooks_received_total", code="unknown",
                   outcome="unauthorized") == 400  # fmt: skip
