@@ -10,6 +10,7 @@ waiting for the held message to arrive.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from tests.conftest import (
     WRITE_KEY,
     basic_auth,
     fixture_body,
+    polled,
+    settled,
 )
 from tests.fakes import FakeSegment
 from tests.process import BridgeProcess, write_config
@@ -53,18 +56,39 @@ def attempt_body(stage: str) -> dict[str, Any]:
     return body
 
 
-async def post(client: Client, code: str, body: dict[str, Any]) -> dict[str, Any]:
+async def post(client: Client, code: str, body: dict[str, Any]) -> str:
+    """Post one webhook; its ``webhook_id`` (it is kept, and mapped after the answer)."""
     response = await client.post(f"/webhooks/synap/{code}", json=body, headers=basic_auth())
     assert response.status == 200, await response.text()
-    answer: dict[str, Any] = await response.json()
-    return answer
+    webhook_id: str = (await response.json())["webhook_id"]
+    return webhook_id
+
+
+def mapped_lines(records: list[logging.LogRecord]) -> dict[str, dict[str, Any]]:
+    """The mapping stage's ``webhook_mapped`` lines (structlog hands logging a dict), by
+    ``webhook_id``: what each webhook became (messages, duplicates, superseded)."""
+    return {
+        record.msg["webhook_id"]: record.msg
+        for record in records
+        if isinstance(record.msg, dict) and record.msg.get("event") == "webhook_mapped"
+    }
+
+
+async def mapped(
+    client: Client, caplog: pytest.LogCaptureFixture, webhook_id: str
+) -> tuple[int, int, int]:
+    """Once the mapping stage has mapped everything kept: ``webhook_id``'s verdict as its
+    ``(messages, duplicates, superseded)``."""
+    await settled(client.app)
+    line = mapped_lines(caplog.records)[webhook_id]
+    return line["messages"], line["duplicates"], line["superseded"]
 
 
 def tracks(fake: FakeSegment) -> list[dict[str, Any]]:
     return [m for m in fake.messages if m["type"] == "track"]
 
 
-async def settled(client: Client, within: float = 10.0) -> None:
+async def drained(client: Client, within: float = 10.0) -> None:
     """Wait (bounded) until nothing is pending or in flight: no further message can go out."""
     runtime = client.app[RUNTIME]
     async with asyncio.timeout(within):
@@ -83,15 +107,16 @@ class TestOrder:
         aiohttp_client: MakeClient,
         fake_segment: FakeSegment,
         config_factory: Callable[..., Config],
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         config = config_factory(fake_segment.url, mapping={"exam_hold_secs": LONG_HOLD})
         client = await aiohttp_client(build_app(config))
         held = await post(client, f"attempt.{stage}", attempt_body(stage))
-        assert held["messages"] == 1
+        assert await mapped(client, caplog, held) == (1, 0, 0)
         richer = await post(client, f"exam.{stage}", fixture_body(f"exam.{stage}"))
-        assert (richer["messages"], richer.get("superseded")) == (0, 1)
+        assert await mapped(client, caplog, richer) == (0, 0, 1)  # replaced the held one
         await fake_segment.wait_for(1)  # due at once: the exam.* version waits for nothing
-        await settled(client)
+        await drained(client)
         [event] = tracks(fake_segment)
         assert all(key in event["properties"] for key in EXAM_FIELDS)
         assert event["context"]["groupId"] == "grp_y11b"
@@ -104,14 +129,16 @@ class TestOrder:
         aiohttp_client: MakeClient,
         fake_segment: FakeSegment,
         config_factory: Callable[..., Config],
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         config = config_factory(fake_segment.url, mapping={"exam_hold_secs": LONG_HOLD})
         client = await aiohttp_client(build_app(config))
-        await post(client, f"exam.{stage}", fixture_body(f"exam.{stage}"))
+        first = await post(client, f"exam.{stage}", fixture_body(f"exam.{stage}"))
+        assert await mapped(client, caplog, first) == (1, 0, 0)
         twin = await post(client, f"attempt.{stage}", attempt_body(stage))
-        assert twin["messages"] == 0  # a duplicate, answered like the log says
+        assert await mapped(client, caplog, twin) == (0, 1, 0)  # a duplicate of the exam's
         await fake_segment.wait_for(1)
-        await settled(client)
+        await drained(client)
         [event] = tracks(fake_segment)
         assert all(key in event["properties"] for key in EXAM_FIELDS)
 
@@ -120,14 +147,15 @@ class TestOrder:
         aiohttp_client: MakeClient,
         fake_segment: FakeSegment,
         config_factory: Callable[..., Config],
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         config = config_factory(fake_segment.url, mapping={"exam_hold_secs": SHORT_HOLD})
         client = await aiohttp_client(build_app(config))
         await post(client, "attempt.completed", attempt_body("completed"))
         await fake_segment.wait_for(1)  # the hold ran out: the attempt.* version went out
         late = await post(client, "exam.completed", fixture_body("exam.completed"))
-        assert (late["messages"], late.get("superseded")) == (0, None)
-        await settled(client)
+        assert await mapped(client, caplog, late) == (0, 1, 0)  # too late to replace it
+        await drained(client)
         [event] = tracks(fake_segment)
         assert event["properties"]["isExam"] is True
         assert "examName" not in event["properties"]
@@ -154,12 +182,13 @@ class TestCrash:
     ) -> None:
         bridge = BridgeProcess(self._config(tmp_path, fake_segment, LONG_HOLD))
         try:
-            await self._post(await bridge.start(), "attempt.completed", attempt_body("completed"))
+            port = await bridge.start()
+            held = await self._post(port, "attempt.completed", attempt_body("completed"))
+            assert await self._mapped(bridge, held) == (1, 0, 0)  # held in the store
             await bridge.kill()
-            answer = await self._post(
-                await bridge.start(), "exam.completed", fixture_body("exam.completed")
-            )
-            assert answer.get("superseded") == 1
+            port = await bridge.start()
+            richer = await self._post(port, "exam.completed", fixture_body("exam.completed"))
+            assert await self._mapped(bridge, richer) == (0, 0, 1)
             await fake_segment.wait_for(1)
             assert await bridge.terminate() == 0
         finally:
@@ -200,7 +229,21 @@ class TestCrash:
         )
 
     @staticmethod
-    async def _post(port: int, code: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _mapped(bridge: BridgeProcess, webhook_id: str) -> tuple[int, int, int]:
+        """The mapper process's ``webhook_mapped`` line for ``webhook_id``, once written (its
+        log goes to serve's output): ``(messages, duplicates, superseded)``."""
+
+        async def written() -> bool:
+            return any(line["webhook_id"] == webhook_id for line in bridge.events("webhook_mapped"))
+
+        await polled(written)
+        (line,) = [
+            line for line in bridge.events("webhook_mapped") if line["webhook_id"] == webhook_id
+        ]
+        return line["messages"], line["duplicates"], line["superseded"]
+
+    @staticmethod
+    async def _post(port: int, code: str, body: dict[str, Any]) -> str:
         url = f"http://127.0.0.1:{port}/webhooks/synap/{code}"
         timeout = aiohttp.ClientTimeout(total=10)
         async with (
@@ -208,5 +251,5 @@ class TestCrash:
             session.post(url, json=body, headers=basic_auth()) as response,
         ):
             assert response.status == 200, await response.text()
-            answer: dict[str, Any] = await response.json()
-            return answer
+            webhook_id: str = (await response.json())["webhook_id"]
+            return webhook_id
