@@ -35,28 +35,53 @@ async def post_flag(session: aiohttp.ClientSession, url: str, n: int) -> int:
         return response.status
 
 
+async def kept_flag(session: aiohttp.ClientSession, url: str, n: int) -> str:
+    """Post flag ``n``; the webhook id it was kept as."""
+    body = fixture_body("flag.planted")
+    body["objectId"] = f"flag-{n}"
+    async with session.post(
+        f"{url}/webhooks/synap/flag.planted", json=body, headers=basic_auth()
+    ) as response:
+        assert response.status == 200
+        return str((await response.json())["webhook_id"])
+
+
 async def test_sighup_reloads_mapping_and_refuses_a_bad_config(tmp_path: Path) -> None:
     path = write_config(tmp_path / "config.yaml", config_data(tmp_path, flag_enabled=False))
     bridge = BridgeProcess(path)
     try:
         url = f"http://127.0.0.1:{await bridge.start()}"
         assert bridge.proc is not None
+
+        def verdict(webhook_id: str) -> str | None:
+            for event in ("webhook_mapped", "webhook_dead_lettered"):
+                if any(line["webhook_id"] == webhook_id for line in bridge.events(event)):
+                    return event
+            return None
+
+        def both(event: str) -> bool:  # serve and its mapping process each said it
+            return {"stage" in line for line in bridge.events(event)} == {True, False}
+
         async with aiohttp.ClientSession() as session:
-            assert await post_flag(session, url, 1) == 202  # code switched off: dead letter
+            first = await kept_flag(session, url, 1)
+            await eventually(lambda: verdict(first) == "webhook_dead_lettered")  # switched off
 
             write_config(path, config_data(tmp_path, flag_enabled=True))
             # Requests keep flowing while the reload happens: none may be dropped.
             posting = asyncio.gather(*(post_flag(session, url, n) for n in range(10, 40)))
             bridge.proc.send_signal(signal.SIGHUP)
             statuses = await posting
-            assert set(statuses) <= {200, 202}
-            await eventually(lambda: bool(bridge.events("reloaded")))
-            assert await post_flag(session, url, 2) == 200  # mapped now
+            assert set(statuses) == {200}
+            await eventually(lambda: both("reloaded"))
+            second = await kept_flag(session, url, 2)
+            await eventually(lambda: verdict(second) == "webhook_mapped")  # mapped now
 
             path.write_text("server:\n  port: [not a port\n", encoding="utf-8")
             bridge.proc.send_signal(signal.SIGHUP)
+            # serve refuses it and passes nothing on: its mapping process keeps its config too
             await eventually(lambda: bool(bridge.events("reload_refused")))
-            assert await post_flag(session, url, 3) == 200  # the old configuration stays
+            third = await kept_flag(session, url, 3)
+            await eventually(lambda: verdict(third) == "webhook_mapped")  # the old config stays
             async with session.get(f"{url}/healthz") as response:
                 assert response.status == 200
         assert await bridge.terminate() == 0

@@ -189,17 +189,18 @@ def _new_password_steps() -> str:
 
 
 async def _bridge_refuses(public_url: str, username: str, password: SecretStr) -> str | None:
-    """Does the bridge at ``public_url`` accept ``password``? A body that is not a JSON object
-    is answered 400 after authentication (nothing stored) and 401 before it."""
+    """Does the bridge at ``public_url`` accept ``password``? A body declared gzip that is not
+    gzip cannot be read: it is answered 400 after authentication, with nothing kept (any body
+    the bridge can read would be kept, and become a dead letter), and 401 before it."""
     raw = f"{username}:{password.get_secret_value()}".encode()
     pair = base64.b64encode(raw).decode("ascii")
-    headers = {"Authorization": f"Basic {pair}"}
+    headers = {"Authorization": f"Basic {pair}", "Content-Encoding": "gzip"}
     url = f"{synap_plan.prefix(public_url)}attempt.completed"
     timeout = aiohttp.ClientTimeout(total=PROBE_DEADLINE_SECS)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(url, data=b"[]", headers=headers) as answer,
+            session.post(url, data=b"not gzip: a password check", headers=headers) as answer,
         ):
             status = answer.status
     except (aiohttp.ClientError, TimeoutError) as exc:

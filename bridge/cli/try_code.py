@@ -151,7 +151,7 @@ async def _online(store: Store, args: argparse.Namespace, config: Config, out: T
     except (aiohttp.ClientError, TimeoutError) as exc:
         out.write(f"could not post to the bridge at {url}: {exc or type(exc).__name__}\n")
         return 1
-    if status not in (200, 202) or not isinstance(answer, dict):
+    if status != 200 or not isinstance(answer, dict):
         out.write(f"the bridge at {url} answered {status}: {answer}\n")
         return 1
     webhook_id = str(answer.get("webhook_id"))
@@ -172,7 +172,12 @@ async def _online(store: Store, args: argparse.Namespace, config: Config, out: T
             "is the bridge at that URL using another one? Try --offline to see the mapping.\n"
         )
         return 1
-    if found.event.dead is not None:
+    if found.event.unmapped_tries is not None:
+        out.write(
+            f"{webhook_id} is kept but not mapped yet (tries: {found.event.unmapped_tries}): "
+            "the mapping stage is behind or stopped; `synap-bridge stats` shows the lag\n"
+        )
+    elif found.event.dead is not None:
         out.write(f"not mapped: {found.event.dead.reason}: {found.event.dead.detail}\n")
     elif len(messages) > len(found.event.messages):
         out.write(
@@ -193,6 +198,10 @@ async def _messages(
     deadline = time.monotonic() + max(0.0, wait)
     while True:
         found = await store.event(webhook_id, time.time())
+        waiting = found is not None and found.event.unmapped_tries is not None
+        if waiting and time.monotonic() < deadline:  # kept, not mapped yet: follow it
+            await asyncio.sleep(POLL_SECS)
+            continue
         messages = list(found.event.messages) if found is not None else []
         if found is not None and found.event.dead is None:
             messages = await _with_duplicates(store, messages, code, config)
