@@ -19,7 +19,7 @@ from bridge.app import build_app
 from bridge.config import Config
 from bridge.receive.runtime import RUNTIME
 from bridge.store import EventQuery
-from tests.conftest import basic_auth, fixture_body
+from tests.conftest import basic_auth, fixture_body, settled
 from tests.fakes import FakeSegment
 from tests.pgcluster import Cluster
 
@@ -52,6 +52,7 @@ async def test_a_body_id_too_long_to_index_is_stored(bridge: Client) -> None:
     body["id"] = incompressible(3000, "abcdefghijklmnopqrstuvwxyz")
     answer = await bridge.post("/webhooks/synap/attempt.completed", json=body, headers=basic_auth())
     assert answer.status == 200, await answer.text()
+    await settled(bridge.app)  # the refs are written with the mapping stage's record
     runtime = bridge.app[RUNTIME]
     assert runtime.storage_problem is None
     found = await runtime.store.find_events(EventQuery(ref=body["test"]["id"]), runtime.clock())
