@@ -160,6 +160,10 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        # Bounded label sets, exported at 0 from the start (a restart is then an increase).
+        self.stage_restarts.labels("mapper")
+        for outcome in ("mapped", "dead_lettered"):
+            self.mapped.labels(outcome)
         self.intake_refusing = Gauge(
             "synap_bridge_intake_refusing",
             "1 while every webhook is answered 503 (back-pressure or shutdown), else 0.",

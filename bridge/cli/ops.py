@@ -125,7 +125,11 @@ async def _stats(store: Store, args: argparse.Namespace, config: Config, out: Te
     stats = await store.stats(now, now - 3600)
     oldest = stats.oldest_pending_at
     dry = config.dry_run_destinations
+    lag = stats.oldest_unmapped_at
     report: dict[str, Any] = {
+        # kept by intake, not mapped yet; the lag is the oldest one's age
+        "unmapped": stats.unmapped,
+        "mapping_lag_secs": 0.0 if lag is None else round(max(0.0, now - lag), 3),
         "pending": stats.pending,
         # waiting because their destination has no write key (dry-run keeps them queued)
         "dry_run_waiting": await store.count_open(dry) if dry else 0,
