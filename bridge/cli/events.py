@@ -25,7 +25,7 @@ import orjson
 from bridge.cli import ops
 from bridge.config import Config
 from bridge.messages import parse_time
-from bridge.store import MESSAGE_STATES, EventMessage, EventQuery, EventRecord, Store
+from bridge.store import EVENT_STATES, EventMessage, EventQuery, EventRecord, Store
 
 DEFAULT_LIMIT = 20
 
@@ -67,8 +67,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "--state",
         "--outcome",
         dest="state",
-        choices=MESSAGE_STATES,
-        help="webhooks with a message in this state (dead: also webhooks that did not map)",
+        choices=EVENT_STATES,
+        help="webhooks with a message in this state (dead: also webhooks that did not map; "
+        "unmapped: kept, waiting for the mapping stage)",
     )
     events.add_argument("--since", type=moment, metavar="WHEN", help="2h, 7d or an ISO time")
     events.add_argument("--until", type=moment, metavar="WHEN", help="2h, 7d or an ISO time")
@@ -147,6 +148,8 @@ def record_dict(record: EventRecord) -> dict[str, Any]:
         if record.dead is None
         else {"reason": record.dead.reason, "detail": record.dead.detail},
         "messages": [message_dict(message) for message in record.messages],
+        "unmapped": record.unmapped_tries is not None,
+        "mapping_tries": record.unmapped_tries,
     }
 
 
@@ -175,7 +178,18 @@ def write_record(record: EventRecord, out: TextIO) -> None:
         f"{record.webhook_id}  {_short(record.received_at)}  {record.code}  "
         f"portal {record.portal_id or '-'}\n"
     )
-    if record.dead is not None:
+    if record.unmapped_tries is not None:
+        tries = record.unmapped_tries
+        out.write(
+            "    kept, not mapped yet"
+            + (
+                f" (mapping tried {tries} time(s); see the mapping_failed log lines)"
+                if tries
+                else ""
+            )
+            + "\n"
+        )
+    elif record.dead is not None:
         out.write(f"    not mapped: {record.dead.reason}: {record.dead.detail}\n")
     elif not record.messages:
         out.write(
