@@ -21,6 +21,7 @@ from bridge import logs
 from bridge.config import Config
 from bridge.delivery.loop import Delivery
 from bridge.delivery.sinks import Sink, build_sinks
+from bridge.errors import StorageUnavailableError
 from bridge.mapper.stage import MappingStage, Report
 from bridge.mapper.supervisor import MapperSupervisor
 from bridge.metrics import Metrics
@@ -129,12 +130,45 @@ def _delivery_context(
         try:
             yield
         finally:
+            if runtime.stopping:
+                await _send_what_is_left(runtime)
             await runtime.delivery.stop(runtime.grace_left())
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     return delivery
+
+
+#: While stopping, delivery goes on until nothing is left to send, or nothing has left for this
+#: long (an outage, a pause, messages held for an exam's webhook): then what is left waits in the
+#: database for the next start rather than holding the stop up for the whole grace.
+STALLED_SECS = 1.0
+
+
+async def _send_what_is_left(runtime: Runtime) -> None:
+    """SIGTERM's last step before delivery stops: the mapping stage has mapped what intake kept;
+    send it within what is left of the grace (dry-run destinations never send: not counted)."""
+    store = runtime.store
+    dry = runtime.config.dry_run_destinations
+    best: int | None = None
+    stalled_since = time.monotonic()
+    while runtime.grace_left() > 0:
+        try:
+            now = runtime.clock()
+            stats = await store.stats(now, now)
+            left = stats.pending + stats.in_flight - (await store.count_open(dry) if dry else 0)
+        except StorageUnavailableError:
+            return
+        if left <= 0:
+            return
+        if best is None or left < best:
+            best, stalled_since = left, time.monotonic()
+        elif time.monotonic() - stalled_since > STALLED_SECS:
+            log.info("stopping_with_messages_left", messages=left)
+            return
+        runtime.wake_delivery(left)
+        await asyncio.sleep(0.05)
 
 
 def reported(runtime: Runtime, report: Report) -> None:

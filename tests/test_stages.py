@@ -237,3 +237,25 @@ async def test_a_backlog_of_unmapped_webhooks_drains_without_blocking_intake(
         assert await bridge.terminate() == 0
     finally:
         await bridge.close()
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_maps_what_was_kept_then_sends_it(
+    tmp_path: Path, fake_segment: FakeSegment
+) -> None:
+    """Webhooks kept while the mapper was stopped (SIGSTOP): at SIGTERM intake stops, the mapper
+    maps them, delivery sends them, and only then does serve exit 0."""
+    bridge = BridgeProcess(bridge_config(tmp_path, fake_segment))
+    try:
+        await bridge.start()
+        [mapper] = mapper_pids(bridge)
+        os.kill(mapper, signal.SIGSTOP)
+        acked, _ = await post_many(bridge.url, [attempt_completed(n) for n in range(50)])
+        assert len(acked) == 50
+        assert fake_segment.messages == []  # kept, not mapped: nothing could be sent
+        os.kill(mapper, signal.SIGCONT)
+        assert await bridge.terminate() == 0
+        assert acked <= {m["userId"] for m in fake_segment.messages}
+        assert [line["event"] for line in bridge.lines][-1] == "stopped"
+    finally:
+        await bridge.close()
