@@ -20,8 +20,11 @@ import aiohttp
 import orjson
 import pytest
 
+from bridge.mapper.stage import Report
+from bridge.mapper.supervisor import MapperSupervisor
 from bridge.store import DeadLetter, DeadLetterFilter, Webhook
 from bridge.store.sqlite.store import SQLiteStore
+from bridge.systemd import watchdog_loop
 from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth, polled
 from tests.fakes import FakeSegment
 from tests.process import BridgeProcess, write_config
@@ -94,6 +97,10 @@ async def delivered(fake: FakeSegment, users: set[str], within: float) -> None:
 
 def mapper_pids(bridge: BridgeProcess) -> list[int]:
     return [line["pid"] for line in bridge.events("stage_started")]
+
+
+def process_name(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text(encoding="ascii").strip()
 
 
 async def _true(value: bool) -> bool:
@@ -259,3 +266,58 @@ async def test_sigterm_maps_what_was_kept_then_sends_it(
         assert [line["event"] for line in bridge.lines][-1] == "stopped"
     finally:
         await bridge.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stuck_mapper_is_not_healthy_and_the_watchdog_stops(
+    tmp_path: Path, fake_segment: FakeSegment
+) -> None:
+    """The supervisor with a real child: SIGSTOP makes it silent, so ``healthy()`` turns False
+    (serve's watchdog loop then stops pinging systemd); SIGCONT makes it healthy again. Its
+    process is named ``bridge-mapper`` for ``ps`` and ``top``."""
+    created = SQLiteStore(tmp_path / "bridge.db")  # serve creates it before its mapper starts
+    await created.open()
+    await created.close()
+    reports: list[Report] = []
+    supervisor = MapperSupervisor(
+        str(bridge_config(tmp_path, fake_segment)),
+        on_report=reports.append,
+        on_restart=lambda: None,
+        stale_secs=1.5,
+    )
+    await supervisor.start(ready_within=20)
+    try:
+        pid = supervisor.pid
+        assert pid is not None
+        assert process_name(pid) == "bridge-mapper"
+        assert supervisor.healthy()
+        os.kill(pid, signal.SIGSTOP)
+        await polled(lambda: _true(not supervisor.healthy()), within=10)
+        os.kill(pid, signal.SIGCONT)
+        await polled(lambda: _true(supervisor.healthy()), within=10)
+        assert supervisor.restarts == 0
+    finally:
+        await supervisor.stop(10)
+
+
+async def test_the_watchdog_loop_does_not_ping_for_an_unhealthy_service() -> None:
+    pings: list[bool] = []
+
+    class Notifier:
+        watchdog_interval = 0.01
+
+        def watchdog(self) -> bool:
+            pings.append(True)
+            return True
+
+    waits = 0
+
+    async def fake_sleep(_: float) -> None:
+        nonlocal waits
+        waits += 1
+        if waits == 5:
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await watchdog_loop(Notifier(), sleep=fake_sleep, healthy=lambda: False)  # type: ignore[arg-type]
+    assert pings == []

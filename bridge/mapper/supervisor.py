@@ -49,8 +49,11 @@ class MapperSupervisor:
         config_path: str | None,
         on_report: Callable[[Report], None],
         on_restart: Callable[[], None],
+        *,
+        stale_secs: float = STALE_SECS,
     ) -> None:
         self._config_path = config_path
+        self._stale_secs = stale_secs
         self._on_report = on_report
         self._on_restart = on_restart
         self._process: asyncio.subprocess.Process | None = None
@@ -80,7 +83,7 @@ class MapperSupervisor:
 
     def healthy(self) -> bool:
         """Alive and heard from recently, or being restarted (a crash is not a hang)."""
-        return time.monotonic() - self._last_alive < STALE_SECS
+        return time.monotonic() - self._last_alive < self._stale_secs
 
     def signal(self, signum: int) -> None:
         """Pass a signal on (SIGHUP: the child reloads its mapping configuration)."""
