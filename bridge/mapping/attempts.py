@@ -92,6 +92,7 @@ def map_attempt(
         data.update(_stage_extras(stage, attempt, exam))
         calls = [Call("track", compact(data), event=event, essentials=ESSENTIALS)]
     group = _group(body)
+    test_id = first(body.test.id, body.test.objectId)
     return Draft(
         user_id=who,
         family=f"test.{stage}",
@@ -106,7 +107,15 @@ def map_attempt(
         else None,
         hold_secs=settings.exam_hold_secs if held else 0.0,
         rank=EXAM_RANK if from_exam_code else ATTEMPT_RANK,
+        exam_test_candidate=test_id if not from_exam_code and not held and calls else None,
+        teaches=_exam_tests(test_id, exam) if from_exam_code else (),
     )
+
+
+def _exam_tests(test_id: str | None, exam: Exam) -> tuple[str, ...]:
+    """The tests an ``exam.*`` webhook says are exam tests: its own and the exam's sources."""
+    named = [test_id, *(as_id(item) for item in exam.sourceTests)]
+    return tuple(item for item in named if item is not None)
 
 
 def _group(body: AttemptPayload) -> GroupRef:

@@ -62,6 +62,11 @@ class Draft(NamedTuple):
     #: message waits for its richer ``exam.*`` twin.
     hold_secs: float = 0.0
     rank: int = 0
+    #: The test id of an ``attempt.*`` webhook not held by its own ``isExam``: held after all
+    #: when the ``exam.*`` webhooks of its portal named that test (bridge.mapping.exam_tests).
+    exam_test_candidate: str | None = None
+    #: The test ids an ``exam.*`` webhook names (``test.id``, ``exam.sourceTests``): exam tests.
+    teaches: tuple[str, ...] = ()
 
 
 def need(value: str | None, reason: str, detail: str) -> str:

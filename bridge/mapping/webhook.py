@@ -39,6 +39,7 @@ from bridge.mapping.activity import (
 )
 from bridge.mapping.attempts import map_attempt, map_certificate, map_override
 from bridge.mapping.draft import Call, Draft
+from bridge.mapping.exam_tests import NONE_KNOWN, ExamTest, KnownExamTests, is_exam_test, taught
 from bridge.mapping.routing import route
 from bridge.mapping.sizing import fitted
 from bridge.mapping.traits import identify_call
@@ -84,6 +85,9 @@ class Mapped(NamedTuple):
     portal_id: str | None
     messages: list[OutgoingMessage]
     trimmed: list[str]
+    #: ``(portal, test id)`` pairs this webhook says are exam tests (bridge.mapping.exam_tests):
+    #: the caller stores them and passes them back as ``exam_tests`` for later webhooks.
+    exam_tests: tuple[ExamTest, ...] = ()
 
 
 def known_codes(config: Config) -> list[str]:
@@ -98,10 +102,17 @@ def map_webhook(
     received_at: datetime,
     config: Config,
     portal_hint: str | None = None,
+    *,
+    exam_tests: KnownExamTests = NONE_KNOWN,
 ) -> Mapped:
-    """The Segment messages for one Synap webhook; raises UnmappableError(code, detail)."""
+    """The Segment messages for one Synap webhook; raises UnmappableError(code, detail).
+
+    ``exam_tests``: the ``(portal, test id)`` pairs earlier ``exam.*`` webhooks named
+    (``Mapped.exam_tests`` of those webhooks, as the store remembers them): an ``attempt.*``
+    webhook of such a test is held for its ``exam.*`` twin whatever its ``isExam`` says.
+    """
     try:
-        return _map(code, payload, received_at, config, portal_hint)
+        return _map(code, payload, received_at, config, portal_hint, exam_tests)
     except UnmappableError:
         raise
     except Exception as exc:  # a bug must not lose the webhook: dead letter, replay after a fix
@@ -115,6 +126,7 @@ def _map(
     received_at: datetime,
     config: Config,
     portal_hint: str | None,
+    exam_tests: KnownExamTests,
 ) -> Mapped:
     settings = config.mapping
     if not isinstance(payload, Mapping):
@@ -136,9 +148,12 @@ def _map(
         )
     draft = mapper(code, payload, received_at, settings)
     portal = draft.portal_id or as_id(portal_hint) or settings.default_portal_id
+    if is_exam_test(exam_tests, portal, draft.exam_test_candidate):
+        draft = draft._replace(hold_secs=settings.exam_hold_secs)
+    learned = taught(portal, draft.teaches)
     calls = [call for call in _calls(draft, settings) if getattr(switches, call.kind)]
     if not calls:
-        return Mapped(portal, [], [])
+        return Mapped(portal, [], [], learned)
     destination = route(config.routing, portal, draft.sub_portal_id)
     messages, trimmed = [], []
     for call in calls:
@@ -152,7 +167,7 @@ def _map(
                 destination, body, serialised, hold_secs=draft.hold_secs, rank=draft.rank
             )
         )
-    return Mapped(portal, messages, trimmed)
+    return Mapped(portal, messages, trimmed, learned)
 
 
 def _calls(draft: Draft, settings: MappingConfig) -> list[Call]:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bridge.config import Config
 from bridge.metrics import Metrics
+from bridge.receive.exam_tests import ExamTestCache
 from bridge.receive.throttle import Throttle
 from bridge.store import Store
 
@@ -42,6 +43,8 @@ class Runtime:
     storage_problem: str | None = None
     #: Keeps refusal lines (401, 404, 405, refused connections) to one a second per kind.
     throttle: Throttle = field(default_factory=Throttle)
+    #: The exam tests the mapping is given (bridge.receive.exam_tests).
+    exam_tests: ExamTestCache = field(default_factory=ExamTestCache)
 
     def refusal(self) -> str | None:
         if self.stopping:

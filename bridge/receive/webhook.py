@@ -140,8 +140,11 @@ async def _handle(
     if not isinstance(raw, bytes):
         return raw
     received_at = runtime.clock()
+    known = await runtime.exam_tests.current(runtime.store)
     try:
-        result = intake.process(code, raw, received_at, config, request.query.get("portal"))
+        result = intake.process(
+            code, raw, received_at, config, request.query.get("portal"), exam_tests=known
+        )
     except InvalidPayloadError as exc:
         return _refuse(fields, "invalid", 400, exc.code, exc.detail, close=True)
     fields["portal"] = result.webhook.portal_id
@@ -154,6 +157,8 @@ async def _handle(
         fields.update(error="storage_unavailable", detail=str(exc))
         return "unavailable", unavailable("storage_unavailable", "the bridge cannot store now")
     backpressure.storage_worked(runtime)
+    if result.exam_tests:
+        await runtime.exam_tests.learn(runtime.store, result.exam_tests, received_at)
     return _committed(runtime, result, receipt, fields)
 
 

@@ -259,6 +259,14 @@ class Store(Protocol):
 
     async def stats(self, now: float, since: float) -> StoreStats: ...
 
+    async def known_exam_tests(self) -> frozenset[tuple[str, str]]:
+        """The ``(portal, test id)`` pairs ``exam.*`` webhooks named (bridge.mapping.exam_tests)."""
+        ...
+
+    async def learn_exam_tests(self, tests: Collection[tuple[str, str]], now: float) -> int:
+        """Remember exam tests (idempotent); how many were new."""
+        ...
+
     async def check_writable(self) -> None:
         """Raise StorageUnavailableError unless a write would succeed now (for /readyz)."""
         ...
