@@ -186,13 +186,13 @@ class TestTruncationMarker:
             for i in range(400)
         ]
         event = track("exam.completed", body)
-        assert event["properties"]["truncated"]["sectionGrades"] == 400
+        assert event["context"]["truncated"]["sectionGrades"] == 400
         assert 0 < len(event["properties"]["sectionGrades"]) < 400
 
     def test_an_uncut_event_has_no_marker(self) -> None:
-        assert (
-            "truncated" not in track("exam.completed", fixture_body("exam.completed"))["properties"]
-        )
+        event = track("exam.completed", fixture_body("exam.completed"))
+        assert "truncated" not in event["properties"]
+        assert "truncated" not in event["context"]
 
 
 class TestIdentifyKeepsNativeTraits:
@@ -208,11 +208,11 @@ class TestIdentifyKeepsNativeTraits:
         assert traits["createdAt"] == "2024-01-08T16:20:11.000Z"
         kept = [key for key in traits if key.startswith("EI-")]
         assert 40 < len(kept) < 150  # as many attributes as fit, not none
-        marker = traits["truncated"]
+        assert "truncated" not in traits
+        marker = identify["context"]["truncated"]
         named = {key for key in marker if key != "otherKeys"}
-        whole = [key for key in kept if key not in named]
-        # The last attribute cut may be shortened rather than removed: kept, and counted.
-        assert 150 <= len(named) + marker["otherKeys"] + len(whole) <= 151
+        assert not named & set(kept)  # a trait cut is left out whole, never shortened
+        assert len(named) + marker["otherKeys"] + len(kept) == 150
 
 
 class TestEventTimes:
@@ -473,4 +473,5 @@ class TestSizeAsSegmentMeasures:
         properties = fake_segment.messages[0]["properties"]
         assert properties["testTitle"] == "汉" * 6_000
         assert "truncated" not in properties
+        assert "truncated" not in fake_segment.messages[0]["context"]
         assert fake_segment.rejected == []
