@@ -36,6 +36,10 @@ class Call(NamedTuple):
     essentials: tuple[str, ...] = ()
     #: Keys cut first when the message is too large (an identify's custom attributes).
     expendable: tuple[str, ...] = ()
+    #: Whether ``mapping.codes.<code>.event`` renames this track (the code's main event only).
+    renamable: bool = True
+    #: Added to the draft's natural id for this call's messageId (a second event of one fact).
+    natural: tuple[str, ...] = ()
 
 
 class Draft(NamedTuple):

@@ -130,6 +130,19 @@ def map_added_to_group(
     )
 
 
+def _sitting(body: ExamRegistrationPayload, payload: Mapping[str, Any]) -> str:
+    """What tells a resit registration from the first: the exam's own fields first (a
+    ``resitCount``, should a body carry one; the sitting's ``schedule.openDate``), then
+    ``meta.timestamp`` (which Synap may re-stamp on a retry), then the body."""
+    exam = body.exam
+    if exam.resitCount is not None:
+        return f"resit:{exam.resitCount}"
+    opens = occurrence(exam.schedule.openDate)
+    if opens is not None:
+        return f"opens:{opens}"
+    return occurrence(body.meta.timestamp) or content_hash(payload)
+
+
 def map_registered_for_exam(
     code: str, payload: Mapping[str, Any], received_at: datetime, settings: MappingConfig
 ) -> Draft:
@@ -155,8 +168,7 @@ def map_registered_for_exam(
     return Draft(
         user_id=who,
         family="exam.userRegistered",
-        # A resit is a new registration for the same exam: its own time tells it apart.
-        natural=(exam_id, who, occurrence(body.meta.timestamp) or content_hash(payload)),
+        natural=(exam_id, who, _sitting(body, payload)),
         timestamp=event_time(received_at, body.meta.timestamp),
         calls=[Call("track", properties, "Exam User Registered", essentials=("examId",))],
         portal_id=body.portal.id,

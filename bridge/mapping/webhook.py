@@ -200,12 +200,14 @@ def _message(
         "type": call.kind,
         "userId": draft.user_id,
         # The body's own portal only: the URL's ?portal= must not split one fact in two.
-        "messageId": message_id(draft.portal_id or "", draft.family, *draft.natural, call.kind),
+        "messageId": message_id(
+            draft.portal_id or "", draft.family, *draft.natural, *call.natural, call.kind
+        ),
         "timestamp": draft.timestamp,
         "context": context,
     }
     if call.kind == "track":
-        body["event"] = switches.event or call.event
+        body["event"] = (switches.event if call.renamable else None) or call.event
         body["properties"] = _properties(call.data, draft, portal, switches, settings)
     else:
         if call.kind == "group":
