@@ -50,7 +50,7 @@ def map_user(
         name=first(body.name, body.user.name),
         email=first(body.email, body.user.email),
         time_registered=body.timeRegistered,
-        user_groups=body.usergroups,
+        user_groups=_groups(body, payload),
         sub_portal_id=sub_portal,
         custom_attributes=body.customAttributes or body.user.customAttributes,
         prefix=settings.trait_prefix,
@@ -81,6 +81,14 @@ def map_user(
     )
 
 
+def _groups(body: FlatUserPayload, payload: Mapping[str, Any]) -> list[str] | None:
+    """``usergroups``; an empty list only when the body sends one (the user left every group),
+    None when the body does not say."""
+    if body.usergroups:
+        return body.usergroups
+    return [] if isinstance(payload.get("usergroups"), list) else None
+
+
 def map_added_to_group(
     code: str, payload: Mapping[str, Any], received_at: datetime, settings: MappingConfig
 ) -> Draft:
@@ -93,7 +101,8 @@ def map_added_to_group(
             "name": body.name,
             "description": body.description,
             "totalUsers": body.totalUsers,
-            "userType": body.userType,
+            # Not userType: it is the added member's type, not the group's (a learner then an
+            # educator added would flip the group's profile); the track carries it.
             "isDefaultGroup": body.isDefaultGroup,
             "moderators": [
                 compact(

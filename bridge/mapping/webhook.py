@@ -25,7 +25,7 @@ once the bug is fixed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from bridge.config import CodeMapping, Config, MappingConfig
@@ -44,7 +44,7 @@ from bridge.mapping.routing import route
 from bridge.mapping.sizing import fitted
 from bridge.mapping.traits import identify_call
 from bridge.mapping.users import map_added_to_group, map_registered_for_exam, map_user
-from bridge.messages import CONTEXT, OutgoingMessage, message_id
+from bridge.messages import CONTEXT, OutgoingMessage, iso8601, message_id
 from bridge.synap import codes
 from bridge.synap.values import as_id, clean
 
@@ -74,6 +74,10 @@ MAPPERS: dict[str, Mapper] = {
 FIELD = {"track": "properties", "identify": "traits", "group": "traits"}
 #: The switches of a code with no ``mapping.codes`` entry (built once: a model is not free).
 NO_SWITCHES = CodeMapping()
+#: An event time further than this after its receipt is not believed: the receipt time is sent,
+#: and the time the body gave is kept in ``context.futureTimestamp``.
+FUTURE_SLACK = timedelta(days=1)
+FUTURE_MARKER = "futureTimestamp"
 
 
 class Mapped(NamedTuple):
@@ -155,9 +159,14 @@ def _map(
     if not calls:
         return Mapped(portal, [], [], learned)
     destination = route(config.routing, portal, draft.sub_portal_id)
+    future = _future(draft.timestamp, received_at)
+    if future is not None:
+        draft = draft._replace(timestamp=iso8601(received_at))
     messages, trimmed = [], []
     for call in calls:
         body = _message(call, draft, portal, switches, settings)
+        if future is not None:
+            body["context"][FUTURE_MARKER] = future
         serialised, cuts = fitted(
             body, FIELD[call.kind], call.essentials, expendable=call.expendable
         )
@@ -168,6 +177,15 @@ def _map(
             )
         )
     return Mapped(portal, messages, trimmed, learned)
+
+
+def _future(timestamp: str, received_at: datetime) -> str | None:
+    """The event's time when it is more than :data:`FUTURE_SLACK` after its receipt (a clock or
+    a body gone wrong: a 2099 time would sort the event after everything else forever), else
+    None. Both are canonical ISO-8601 UTC text, so they compare as text."""
+    if timestamp <= iso8601(received_at + FUTURE_SLACK):
+        return None
+    return timestamp
 
 
 def _calls(draft: Draft, settings: MappingConfig) -> list[Call]:
@@ -195,7 +213,10 @@ def _message(
     if draft.locale is not None:
         context["locale"] = draft.locale
     if call.kind == "track" and settings.context_traits and draft.user_traits:
-        context["traits"] = _without(draft.user_traits, settings.drop_traits)
+        # A copy for the destinations' benefit: no nulls (a null attribute would be copied onto
+        # every track) and no empty texts. The identify keeps nulls: there a null is news.
+        traits = _without(draft.user_traits, settings.drop_traits)
+        context["traits"] = {key: value for key, value in traits.items() if _sent(value)}
     body: dict[str, Any] = {
         "type": call.kind,
         "userId": draft.user_id,
@@ -216,6 +237,10 @@ def _message(
     return body
 
 
+def _sent(value: Any) -> bool:
+    return value is not None and not (type(value) is str and not value.strip())
+
+
 def _without(traits: dict[str, Any], dropped: tuple[str, ...]) -> dict[str, Any]:
     if not dropped:
         return dict(traits)
@@ -229,7 +254,8 @@ def _properties(
     switches: CodeMapping,
     settings: MappingConfig,
 ) -> dict[str, Any]:
-    properties = dict(data)
+    # No empty texts on a track: "" is no value (a body's blank field), not a fact.
+    properties = {key: value for key, value in data.items() if _sent(value)}
     if portal is not None:
         properties["portalId"] = portal
     if draft.sub_portal_id is not None:
