@@ -144,3 +144,11 @@ class TestThroughServe:
                     for m in fake_segment.messages
                 )
             )
+
+
+def test_exam_codes_only_drops_the_attempt_of_a_known_exam_test() -> None:
+    config = config_module.parse({"mapping": {"exam_attempts_from": "exam_codes"}})
+    body = attempt_body("att_5", "absent")
+    known = {(portal_of(body), "tst_biology_u3")}
+    assert map_webhook("attempt.completed", body, RECEIVED, config, exam_tests=known).messages == []
+    assert map_webhook("attempt.completed", body, RECEIVED, config).messages  # unknown: kept

@@ -152,9 +152,8 @@ def _map(
         )
     draft = mapper(code, payload, received_at, settings)
     portal = draft.portal_id or as_id(portal_hint) or settings.default_portal_id
-    if is_exam_test(exam_tests, portal, draft.exam_test_candidate):
-        draft = draft._replace(hold_secs=settings.exam_hold_secs)
     learned = taught(portal, draft.teaches)
+    draft = _as_exam_attempt(draft, portal, exam_tests, settings)
     calls = [call for call in _calls(draft, settings) if getattr(switches, call.kind)]
     if not calls:
         return Mapped(portal, [], [], learned)
@@ -177,6 +176,19 @@ def _map(
             )
         )
     return Mapped(portal, messages, trimmed, learned)
+
+
+def _as_exam_attempt(
+    draft: Draft, portal: str | None, exam_tests: KnownExamTests, settings: MappingConfig
+) -> Draft:
+    """An ``attempt.*`` draft of a test the portal's ``exam.*`` webhooks named is an exam
+    attempt's, whatever its ``isExam`` says: held for its twin, or (``exam_attempts_from:
+    exam_codes``) no call at all, the ``exam.*`` webhook making the event."""
+    if not is_exam_test(exam_tests, portal, draft.exam_test_candidate):
+        return draft
+    if settings.exam_attempts_from == "exam_codes":
+        return draft._replace(calls=[])
+    return draft._replace(hold_secs=settings.exam_hold_secs)
 
 
 def _future(timestamp: str, received_at: datetime) -> str | None:
