@@ -16,7 +16,9 @@ import orjson
 import pytest
 
 from bridge import config as config_module
+from bridge.mapping.exam_tests import MAX_TAUGHT
 from bridge.mapping.webhook import map_webhook
+from bridge.receive.exam_tests import ExamTestCache
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import fixture_body
 from tests.fakes import FakeSegment
@@ -152,3 +154,20 @@ def test_exam_codes_only_drops_the_attempt_of_a_known_exam_test() -> None:
     known = {(portal_of(body), "tst_biology_u3")}
     assert map_webhook("attempt.completed", body, RECEIVED, config, exam_tests=known).messages == []
     assert map_webhook("attempt.completed", body, RECEIVED, config).messages  # unknown: kept
+
+
+class TestHostile:
+    def test_a_webhook_teaches_a_bounded_number_of_tests(self) -> None:
+        body = exam_body("att_6")
+        body["exam"]["sourceTests"] = [f"tst_{i}" for i in range(10_000)] + ["t" * 300]
+        config = config_module.parse({})
+        learned = map_webhook("exam.completed", body, RECEIVED, config).exam_tests
+        assert len(learned) == MAX_TAUGHT
+        assert all(len(test) <= 256 for _, test in learned)
+
+    async def test_an_unavailable_store_neither_refuses_nor_forgets(self, tmp_path: Path) -> None:
+        cache = ExamTestCache()
+        store = SQLiteStore(tmp_path / "never-opened.db")  # every call: StorageUnavailableError
+        assert await cache.current(store) == set()
+        await cache.learn(store, [("p", "t")], 1.0)
+        assert await cache.current(store) == {("p", "t")}  # kept in memory meanwhile

@@ -7,7 +7,11 @@ Through a real ``serve`` to the strict fake Segment (which refuses any message o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import orjson
+
+from bridge.mapping.sizing import fit
 from tests.conftest import fixture_body
 from tests.fakes import FakeSegment
 from tests.serving import Serve
@@ -74,3 +78,35 @@ async def test_a_trait_that_does_not_fit_is_left_out(
     assert identify["context"]["truncated"] == {"EI-bio": 40_000}
     [registered] = bridge.tracks("User Registered")
     assert "truncated" not in registered["properties"]
+
+
+class TestFit:
+    """The cut itself, on a bare message (bridge.mapping.sizing.fit)."""
+
+    def test_many_medium_properties_lose_only_what_the_limit_asks(self) -> None:
+        medium = {f"p{i:03d}": "v" * 600 for i in range(150)}
+        properties: dict[str, Any] = {"attemptId": "a"} | medium
+        body: dict[str, Any] = {"type": "track", "event": "E", "properties": properties}
+        reasons = fit(body, "properties", ("attemptId",), limit=32_000)
+        assert len(orjson.dumps(body)) <= 32_000
+        kept = [key for key in body["properties"] if key.startswith("p")]
+        assert 45 <= len(kept) < 150  # as many as fit, whole (none shortened)
+        assert all(body["properties"][key] == "v" * 600 for key in kept)
+        assert len(body["context"]["truncated"]) + len(kept) >= 150 - 60  # named or counted
+        assert not any("essential" in reason for reason in reasons)
+
+    def test_a_large_string_inside_a_list_is_shortened_in_place(self) -> None:
+        sources = ["tst_a", "x" * 40_000, "tst_c"]
+        body: dict[str, Any] = {"type": "track", "properties": {"testId": "t", "sources": sources}}
+        fit(body, "properties", ("testId",), limit=2_000)
+        kept = body["properties"]["sources"]
+        assert (kept[0], kept[2]) == ("tst_a", "tst_c")
+        assert kept[1].endswith("…")
+        assert body["context"]["truncated"] == {"sources.1": 40_000}
+
+    def test_traits_are_left_out_whole(self) -> None:
+        traits = {"email": "e@example.org", "EI-a": "a" * 3_000, "EI-b": "b" * 500}
+        body: dict[str, Any] = {"type": "identify", "traits": traits}
+        fit(body, "traits", ("email",), limit=2_000, expendable=("EI-a", "EI-b"))
+        assert body["traits"] == {"email": "e@example.org", "EI-b": "b" * 500}
+        assert body["context"]["truncated"] == {"EI-a": 3_000}

@@ -49,8 +49,6 @@ OTHER_KEYS = "otherKeys"
 #: Cuts of a track's properties before the last resort (each cut saves what the excess asks, so
 #: more are needed only when many parts are large).
 MAX_CUTS = 64
-#: A key smaller than this is not worth a cut of its own: such keys are removed from the end.
-SMALL = 512
 
 
 def size_of(value: Any) -> int:
@@ -170,19 +168,28 @@ def _cut_leaves(
     label: str,
     reasons: list[str],
 ) -> bool:
-    """Cut the largest leaf, then the next, until ``body`` fits (module docstring, step 2)."""
+    """Cut the largest leaf, then the next, until ``body`` fits (module docstring, step 2).
+
+    While no one property can absorb the excess, properties are removed largest first in one
+    pass (sizes measured once), so thousands of them cost a few serialisations, not one each.
+    """
     data: dict[str, Any] = body[field]
     for _ in range(MAX_CUTS):
         size = size_of(body)
         if size <= limit:
             return True
         excess = size - limit + SLACK
-        path, node = _largest(data, essentials, excess)
-        if not path and not any(key not in essentials for key in data):
+        sizes = {
+            key: size_of(key) + size_of(value) + 2
+            for key, value in data.items()
+            if key not in essentials
+        }
+        if not sizes:
             return False
-        if not path:
-            _drop_keys(data, essentials, excess, cut, label, field, reasons)
+        if max(sizes.values()) < excess:
+            _remove_largest(data, sizes, excess, cut, f"{label}: {field}", reasons)
             continue
+        path, node = _largest(data, sizes, excess)
         shrunk, how = _shrink(node, excess)
         parent = _at(data, path[:-1])
         name = ".".join(str(part) for part in path)
@@ -196,18 +203,31 @@ def _cut_leaves(
     return size_of(body) <= limit
 
 
-def _largest(
-    data: dict[str, Any], essentials: tuple[str, ...], excess: int
-) -> tuple[list[Any], Any]:
-    """The path to the part to cut, and the part: the largest key, then down into its largest
-    child while that child alone is large enough to absorb the whole excess (so its siblings
-    stay). The empty path: every key is small (many small keys, cut from the end)."""
-    sizes = {key: size_of(value) for key, value in data.items() if key not in essentials}
-    if not sizes:
-        return [], data
+def _remove_largest(
+    data: dict[str, Any],
+    sizes: dict[str, int],
+    excess: int,
+    cut: dict[str, int],
+    where: str,
+    reasons: list[str],
+) -> None:
+    """Remove properties largest first until ``excess`` is saved, stopping before one large
+    enough to absorb what is left (the next round shortens it instead)."""
+    left = excess
+    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if sizes[key] >= left:
+            return
+        left += _note(cut, key, data.pop(key)) - sizes[key]
+        reasons.append(f"{where}.{key} removed ({sizes[key]:,} bytes)")
+        if left <= 0:
+            return
+
+
+def _largest(data: dict[str, Any], sizes: dict[str, int], excess: int) -> tuple[list[Any], Any]:
+    """The path to the part to cut, and the part: the largest property, then down into its
+    largest child while that child alone is large enough to absorb the whole excess (so its
+    siblings stay)."""
     key = max(sizes, key=sizes.__getitem__)
-    if sizes[key] < SMALL:
-        return [], data
     path: list[Any] = [key]
     node = data[key]
     while isinstance(node, dict | list) and node:
@@ -229,26 +249,6 @@ def _at(data: Any, path: list[Any]) -> Any:
     for part in path:
         data = data[part]
     return data
-
-
-def _drop_keys(
-    data: dict[str, Any],
-    essentials: tuple[str, ...],
-    excess: int,
-    cut: dict[str, int],
-    label: str,
-    field: str,
-    reasons: list[str],
-) -> None:
-    """No one key dominates: remove keys from the end (never an essential) to save ``excess``."""
-    saved = 0
-    for key in reversed([key for key in data if key not in essentials]):
-        value = data.pop(key)
-        saved += size_of(key) + size_of(value) + 2
-        saved -= _note(cut, key, value)
-        reasons.append(f"{label}: {field}.{key} removed")
-        if saved >= excess:
-            return
 
 
 def _note(cut: dict[str, int], key: str, value: Any) -> int:
