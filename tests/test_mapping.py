@@ -265,11 +265,15 @@ TABLE: dict[str, tuple[str, str, list[tuple[str, str | None, dict[str, Any]]]]] 
                     "name": "Year 11 Biology B",
                     "description": "Mrs Patel's Year 11 biology set",
                     "totalUsers": 28,
-                    "userType": "learner",
+                    "userType": "<missing>",  # the member's type, not the group's
                     "isDefaultGroup": False,
                 },
             ),
-            ("track", "User Added to Group", {**GROUP, "portalId": "portal_kings"}),
+            (
+                "track",
+                "User Added to Group",
+                {**GROUP, "portalId": "portal_kings", "userType": "learner"},
+            ),
         ],
     ),
     "user.registeredForExam": (

@@ -108,7 +108,8 @@ def assert_maps_or_dead_letters(code: str, payload: Any, config_index: int) -> N
         body = check_message(message.payload)
         assert message.message_id == body["messageId"]
         assert message.user_id == body["userId"]
-        marked = marked or "truncated" in body.get("properties", body.get("traits", {}))
+        marked = marked or "truncated" in body["context"]
+        assert "truncated" not in body.get("properties", body.get("traits", {}))
     assert all(isinstance(reason, str) for reason in mapped.trimmed)
     assert marked == bool(mapped.trimmed)  # a cut message says so in itself, an uncut one not
 

@@ -57,7 +57,11 @@ def messages(
 
 
 def track(code: str, body: dict[str, Any], config: Config | None = None) -> dict[str, Any]:
-    [found] = [m for m in messages(code, body, config) if m["type"] == "track"]
+    [found] = [
+        m
+        for m in messages(code, body, config)
+        if m["type"] == "track" and m["event"] != "Test Result Recorded"
+    ]
     return found
 
 
@@ -105,14 +109,16 @@ class TestUserUpdatedKeepsEveryChange:
         assert fake_segment.unique == 3
 
 
-#: code -> (the field that makes a second occurrence, its new value)
+#: code -> (the field that makes a second occurrence, its new value): the object's own
+#: occurrence field (issue 22, item 4), never ``meta.timestamp`` where the body has one.
 REPEATS: dict[str, tuple[tuple[str, ...], Any]] = {
     "user.addedToGroup": (("dateAdded",), "2024-09-02T08:00:00.000Z"),
-    "user.registeredForExam": (("meta", "timestamp"), "2024-11-01T10:00:00.000Z"),
-    "assignment.completed": (("meta", "timestamp"), "2024-06-02T10:00:00.000Z"),
-    "attemptCertificate.generated": (("meta", "timestamp"), "2024-07-01T10:00:00.000Z"),
-    "invite.sent": (("meta", "timestamp"), "2024-05-08T07:59:00.000Z"),
+    "user.registeredForExam": (("exam", "schedule", "openDate"), "2024-11-01T09:00:00.000Z"),
+    "attemptCertificate.generated": (("attempt", "grade", "label"), "A"),
+    "invite.sent": (("invite", "totalTries"), 2),
 }
+#: code -> a redelivery re-stamped by Synap (a later ``meta.timestamp``, same occurrence).
+RESTAMPED = (*sorted(REPEATS), "assignment.completed", "attemptOverride.created")
 
 
 def again(code: str) -> dict[str, Any]:
@@ -133,6 +139,13 @@ class TestRepeatableEvents:
         first = {m["messageId"] for m in messages(code, fixture_body(code))}
         second = {m["messageId"] for m in messages(code, again(code))}
         assert first.isdisjoint(second)
+
+    @pytest.mark.parametrize("code", RESTAMPED)
+    def test_a_restamped_redelivery_is_the_same_event(self, code: str) -> None:
+        body = fixture_body(code)
+        body["meta"]["timestamp"] = "2024-12-31T23:59:31.000Z"
+        first = {m["messageId"] for m in messages(code, fixture_body(code))}
+        assert {m["messageId"] for m in messages(code, body)} == first
 
     @pytest.mark.parametrize("code", sorted(REPEATS))
     def test_a_redelivery_is_the_same_event(self, code: str) -> None:
@@ -187,13 +200,13 @@ class TestTruncationMarker:
             for i in range(400)
         ]
         event = track("exam.completed", body)
-        assert event["properties"]["truncated"]["sectionGrades"] == 400
+        assert event["context"]["truncated"]["sectionGrades"] == 400
         assert 0 < len(event["properties"]["sectionGrades"]) < 400
 
     def test_an_uncut_event_has_no_marker(self) -> None:
-        assert (
-            "truncated" not in track("exam.completed", fixture_body("exam.completed"))["properties"]
-        )
+        event = track("exam.completed", fixture_body("exam.completed"))
+        assert "truncated" not in event["properties"]
+        assert "truncated" not in event["context"]
 
 
 class TestIdentifyKeepsNativeTraits:
@@ -209,11 +222,11 @@ class TestIdentifyKeepsNativeTraits:
         assert traits["createdAt"] == "2024-01-08T16:20:11.000Z"
         kept = [key for key in traits if key.startswith("EI-")]
         assert 40 < len(kept) < 150  # as many attributes as fit, not none
-        marker = traits["truncated"]
+        assert "truncated" not in traits
+        marker = identify["context"]["truncated"]
         named = {key for key in marker if key != "otherKeys"}
-        whole = [key for key in kept if key not in named]
-        # The last attribute cut may be shortened rather than removed: kept, and counted.
-        assert 150 <= len(named) + marker["otherKeys"] + len(whole) <= 151
+        assert not named & set(kept)  # a trait cut is left out whole, never shortened
+        assert len(named) + marker["otherKeys"] + len(kept) == 150
 
 
 class TestEventTimes:
@@ -474,4 +487,5 @@ class TestSizeAsSegmentMeasures:
         properties = fake_segment.messages[0]["properties"]
         assert properties["testTitle"] == "汉" * 6_000
         assert "truncated" not in properties
+        assert "truncated" not in fake_segment.messages[0]["context"]
         assert fake_segment.rejected == []

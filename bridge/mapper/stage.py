@@ -30,7 +30,9 @@ from typing import Any
 from bridge import logs
 from bridge.config import Config
 from bridge.errors import StorageUnavailableError
+from bridge.mapper.exam_tests import ExamTestCache
 from bridge.mapping import intake
+from bridge.mapping.exam_tests import ExamTest, KnownExamTests
 from bridge.store import DeadReason, EnqueueReceipt, Judged, MappingStore, UnmappedWebhook
 from bridge.store.rows import webhook_ref
 
@@ -110,6 +112,7 @@ class MappingStage:
         self._batch = batch
         self._max_tries = max_tries
         self._poll_secs = poll_secs
+        self._exam_tests = ExamTestCache()
         self._woken = asyncio.Event()
         self._idle = asyncio.Event()
         self._stopping = False
@@ -179,13 +182,17 @@ class MappingStage:
         report = Report()
         verdicts: list[Judged] = []
         failed: list[tuple[UnmappedWebhook, str]] = []
+        known = await self._exam_tests.current(self._store)
+        learned: list[ExamTest] = []
         for one in taken:
-            verdict = self._judge(one, config, failed)
+            verdict = self._judge(one, config, failed, known)
             if verdict is not None:
-                verdicts.append(verdict)
+                verdicts.append(verdict[0])
+                learned += self._exam_tests.add(verdict[1])  # the next webhook knows them
         receipts = await self._store.record(verdicts, self._clock())
-        for verdict, receipt in zip(verdicts, receipts, strict=True):
-            self._count(verdict, receipt, report)
+        await self._exam_tests.store(self._store, learned, now)
+        for judged, receipt in zip(verdicts, receipts, strict=True):
+            self._count(judged, receipt, report)
         for one, error in failed:
             report.failures += 1
             await self._store.failed(one, error, self._clock())
@@ -194,18 +201,23 @@ class MappingStage:
         return True
 
     def _judge(
-        self, taken: UnmappedWebhook, config: Config, failed: list[tuple[UnmappedWebhook, str]]
-    ) -> Judged | None:
+        self,
+        taken: UnmappedWebhook,
+        config: Config,
+        failed: list[tuple[UnmappedWebhook, str]],
+        known: KnownExamTests,
+    ) -> tuple[Judged, tuple[ExamTest, ...]] | None:
         if taken.tries > self._max_tries:
             detail = (
                 f"mapping failed {taken.tries - 1} times; last error: "
                 f"{taken.last_error or 'the mapper process died'}"
             )
-            return Judged(taken, taken.webhook.portal_id, (), DeadReason("mapping_failed", detail))
+            dead = DeadReason("mapping_failed", detail)
+            return Judged(taken, taken.webhook.portal_id, (), dead), ()
         hook = taken.webhook
         try:
             result = intake.judge(
-                hook.code, hook.raw_body, hook.received_at, config, hook.portal_id
+                hook.code, hook.raw_body, hook.received_at, config, hook.portal_id, known
             )
         except Exception as exc:  # a mapping bug: the try is counted, the webhook kept, go on
             error = f"{type(exc).__name__}: {exc}"[:500]
@@ -220,13 +232,14 @@ class MappingStage:
             return None
         for reason in result.trimmed:
             log.warning("message_trimmed", code=hook.code, reason=reason)
-        return Judged(
+        judged = Judged(
             taken,
             result.webhook.portal_id,
             tuple(result.messages),
             result.dead,
             result.webhook.refs,
         )
+        return judged, result.exam_tests
 
     def _count(self, verdict: Judged, receipt: EnqueueReceipt, report: Report) -> None:
         report.mapped += 1

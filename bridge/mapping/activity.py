@@ -58,8 +58,9 @@ def map_assignment(
     return Draft(
         user_id=who,
         family="assignment.completed",
-        # Completing an assignment again is a new event: its own time tells it apart.
-        natural=(assignment_id, who, occurrence(body.meta.timestamp) or content_hash(payload)),
+        # One completion per user and assignment (and status): the body has no occurrence field,
+        # and meta.timestamp may be re-stamped on a retry, which would split one completion.
+        natural=(assignment_id, who, as_text(assignment.status) or "-"),
         timestamp=event_time(received_at, body.meta.timestamp),
         calls=[Call("track", properties, "Assignment Completed", essentials=("assignmentId",))],
         portal_id=body.portal.id,
@@ -154,7 +155,7 @@ def map_invite(
     invite = body.invite
     who = user_id(body.user.id, body.user.objectId, where="user.id")
     invite_id = need(invite.objectId, "missing_natural_id", "no invite.objectId")
-    tries = as_text(invite.totalTries) or "-"
+
     properties = compact(
         {
             "inviteId": invite_id,
@@ -168,14 +169,22 @@ def map_invite(
     return Draft(
         user_id=who,
         family="invite.sent",
-        # A resent invite is a new event: its try count and its own time tell it apart.
-        natural=(invite_id, tries, occurrence(body.meta.timestamp) or content_hash(payload)),
+        # A resent invite is a new event: its try count (the invite's own field) tells it apart;
+        # meta.timestamp (or the body) only when the body has no count.
+        natural=(invite_id, *_try_of(invite.totalTries, body.meta.timestamp, payload)),
         timestamp=event_time(received_at, body.meta.timestamp),
         calls=[Call("track", properties, "Invite Sent", essentials=("inviteId",))],
         portal_id=body.portal.id,
         sub_portal_id=body.user.subPortalId,
         user_traits=event_user_traits(body.user, settings.trait_prefix),
     )
+
+
+def _try_of(tries: Any, meta_time: Any, payload: Mapping[str, Any]) -> tuple[str, ...]:
+    count = as_text(tries)
+    if count is not None:
+        return (count,)
+    return ("-", occurrence(meta_time) or content_hash(payload))
 
 
 def map_learning_record(

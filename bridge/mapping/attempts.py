@@ -61,6 +61,43 @@ STAGES: dict[str, tuple[str, str]] = {
 ATTEMPT_CODES = (codes.ATTEMPT_STARTED, codes.ATTEMPT_SUBMITTED, codes.ATTEMPT_COMPLETED)
 RESULTS_RELEASED = ("resultsReleased", "Exam Results Released")
 ESSENTIALS = ("testId", "attemptId", "isExam", "examId")
+RESULT_EVENT = "Test Result Recorded"
+#: A completion this long after the submission is a marking of its own (bridge: _marked_later).
+MARKING_GAP_SECS = 60.0
+#: What a Test Result Recorded carries: which attempt, and its result.
+RESULT_KEYS = (
+    "testId",
+    "attemptId",
+    "isExam",
+    "examId",
+    "score",
+    "scoreFrac",
+    "points",
+    "maxPoints",
+    "credits",
+    "penalties",
+    "grade",
+    "gradeMinScore",
+    "isPass",
+    "totalQuestions",
+    "totalAnswered",
+    "totalAnsweredCorrectly",
+    "resultsStatus",
+    "markingStatus",
+    "pendingMarks",
+    "resultsLocked",
+    "timeCompletedAt",
+)
+#: The numbers that make a result distinct (both webhooks of one marking carry them).
+RESULT_NUMBERS = (
+    "score",
+    "scoreFrac",
+    "points",
+    "maxPoints",
+    "credits",
+    "penalties",
+    "pendingMarks",
+)
 #: Store ranks: the exam.* version of an attempt's event is the complete one.
 ATTEMPT_RANK, EXAM_RANK = 0, 1
 #: The documented numbers of a ``marks`` object (the fields of :class:`Marks`), in its order.
@@ -91,11 +128,14 @@ def map_attempt(
         data = _attempt_properties(body, attempt, state, exam, is_exam, settings)
         data.update(_stage_extras(stage, attempt, exam))
         calls = [Call("track", compact(data), event=event, essentials=ESSENTIALS)]
+        if stage == "completed" and _marked_later(body, attempt, state):
+            calls.append(_result_call(data))
     group = _group(body)
+    test_id = first(body.test.id, body.test.objectId)
     return Draft(
         user_id=who,
         family=f"test.{stage}",
-        natural=(attempt_id,),
+        natural=(attempt_id, *_release(stage, attempt, body, payload)),
         timestamp=event_time(received_at, *_time_candidates(stage, body, attempt, state)),
         calls=calls,
         portal_id=body.portal.id,
@@ -106,6 +146,64 @@ def map_attempt(
         else None,
         hold_secs=settings.exam_hold_secs if held else 0.0,
         rank=EXAM_RANK if from_exam_code else ATTEMPT_RANK,
+        exam_test_candidate=test_id if not from_exam_code and not held and calls else None,
+        teaches=_exam_tests(test_id, exam) if from_exam_code else (),
+    )
+
+
+def _exam_tests(test_id: str | None, exam: Exam) -> tuple[str, ...]:
+    """The tests an ``exam.*`` webhook says are exam tests: its own and the exam's sources."""
+    named = [test_id, *(as_id(item) for item in exam.sourceTests)]
+    return tuple(item for item in named if item is not None)
+
+
+def _release(
+    stage: str, attempt: Attempt, body: AttemptPayload, payload: Mapping[str, Any]
+) -> tuple[str, ...]:
+    """What tells two releases of one attempt's results apart: ``audit.releasedAt`` (a
+    re-release has a new one), else ``meta.timestamp``, else the body. Other stages: nothing
+    (one Began/Submitted/Completed Test per attempt)."""
+    if stage != RESULTS_RELEASED[0]:
+        return ()
+    return (occurrence(attempt.audit.releasedAt, body.meta.timestamp) or content_hash(payload),)
+
+
+def _marked_later(body: AttemptPayload, attempt: Attempt, state: State) -> bool:
+    """Whether this completion is a marking after the submission (a manual marking, a re-mark):
+    ``meta.timestamp`` more than :data:`MARKING_GAP_SECS` after ``timeCompleted``. An
+    auto-marked attempt is marked as it is submitted, and may not be marked again without a
+    person, so its one Completed Test is its result."""
+    marked = _moment(body.meta.timestamp)
+    if marked is None:
+        return False
+    submitted = _moment(first(attempt.timeCompleted, body.timeCompleted, state.timeCompleted))
+    return submitted is None or (marked - submitted).total_seconds() > MARKING_GAP_SECS
+
+
+def _moment(value: Any) -> datetime | None:
+    text = iso_or_none(value)
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _result_call(data: dict[str, Any]) -> Call:
+    """``Test Result Recorded``: one per distinct result a marking after the submission gave,
+    so a re-marked attempt's latest result reaches Segment while ``Completed Test`` stays one
+    per attempt (counted once).
+
+    Its id adds the result's own numbers (score, marks, pending marks), the fields both the
+    ``attempt.*`` and the ``exam.*`` webhook of one marking carry: a redelivery and the exam
+    twin collapse into one event, a re-mark that changes the result is a new one.
+    """
+    properties = compact({key: data.get(key) for key in RESULT_KEYS})
+    numbers = [data.get(key) for key in RESULT_NUMBERS]
+    result = "|".join("" if value is None else repr(value) for value in numbers)
+    return Call(
+        "track",
+        properties,
+        RESULT_EVENT,
+        essentials=("testId", "attemptId"),
+        renamable=False,
+        natural=("result", result),
     )
 
 
@@ -288,8 +386,7 @@ def map_override(
     who = user_id(candidate.id, candidate.objectId, body.user.id, where="attempt.user.id")
     attempt_id = need(attempt.id, "missing_natural_id", "no attempt.id")
     meta_time = body.meta.timestamp
-    # Two overrides of one attempt differ by their time; without one, by their content.
-    moment = occurrence(meta_time) or content_hash(payload)
+    moment = _override_values(body) or occurrence(meta_time) or content_hash(payload)
     actor = body.user
     by = compact({"id": actor.id, "name": actor.name}) if actor.id not in (None, who) else {}
     data: dict[str, Any] = {
@@ -319,6 +416,19 @@ def map_override(
     )
 
 
+def _override_values(body: OverridePayload) -> str | None:
+    """What tells two overrides of one attempt apart: the override itself (its action and the
+    old and new values: a second override starts from the first one's new values). None when
+    the body has none of them (then ``meta.timestamp``, then the body)."""
+    parts: list[object] = [body.actionType]
+    for name in ("score", "points", "credits", "penalties"):
+        value: OverrideValue = getattr(body, name)
+        parts += [value.oldValue, value.newValue, value.isOriginal]
+    if all(part is None for part in parts):
+        return None
+    return "|".join("" if part is None else repr(part) for part in parts)
+
+
 def map_certificate(
     code: str, payload: Mapping[str, Any], received_at: datetime, settings: MappingConfig
 ) -> Draft:
@@ -344,8 +454,9 @@ def map_certificate(
     return Draft(
         user_id=who,
         family="certificate.generated",
-        # A regenerated certificate is a new event: its own time tells it apart.
-        natural=(certificate_id, occurrence(body.meta.timestamp) or content_hash(payload)),
+        # The certificate's own id, and what it certifies (a certificate generated again
+        # after a re-grade is a new event); meta.timestamp may be re-stamped on a retry.
+        natural=(certificate_id, attempt.id or "-", grade.label or "-"),
         timestamp=event_time(received_at, body.meta.timestamp),
         calls=[
             Call("track", compact(data), "Certificate Generated", essentials=("certificateId",))

@@ -36,6 +36,10 @@ class Call(NamedTuple):
     essentials: tuple[str, ...] = ()
     #: Keys cut first when the message is too large (an identify's custom attributes).
     expendable: tuple[str, ...] = ()
+    #: Whether ``mapping.codes.<code>.event`` renames this track (the code's main event only).
+    renamable: bool = True
+    #: Added to the draft's natural id for this call's messageId (a second event of one fact).
+    natural: tuple[str, ...] = ()
 
 
 class Draft(NamedTuple):
@@ -62,6 +66,11 @@ class Draft(NamedTuple):
     #: message waits for its richer ``exam.*`` twin.
     hold_secs: float = 0.0
     rank: int = 0
+    #: The test id of an ``attempt.*`` webhook not held by its own ``isExam``: held after all
+    #: when the ``exam.*`` webhooks of its portal named that test (bridge.mapping.exam_tests).
+    exam_test_candidate: str | None = None
+    #: The test ids an ``exam.*`` webhook names (``test.id``, ``exam.sourceTests``): exam tests.
+    teaches: tuple[str, ...] = ()
 
 
 def need(value: str | None, reason: str, detail: str) -> str:

@@ -34,6 +34,7 @@ import orjson
 
 from bridge.config import Config
 from bridge.errors import InvalidPayloadError, UnmappableError
+from bridge.mapping.exam_tests import NONE_KNOWN, ExamTest, KnownExamTests
 from bridge.mapping.webhook import known_codes, map_webhook
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, Remapper, Webhook
@@ -47,6 +48,10 @@ class Intake:
     messages: list[OutgoingMessage]
     dead: DeadReason | None = None
     trimmed: list[str] = field(default_factory=list)
+    #: ``(portal, test id)`` pairs this webhook named as exam tests: the caller stores them
+    #: (``Store.learn_exam_tests``) and passes them back as ``exam_tests``
+    #: (bridge.mapping.exam_tests).
+    exam_tests: tuple[ExamTest, ...] = ()
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -121,12 +126,13 @@ def judge(
     received_at: float,
     config: Config,
     portal_hint: str | None = None,
+    exam_tests: KnownExamTests = NONE_KNOWN,
 ) -> Intake:
     """The verdict on one kept webhook: its messages, or a dead letter with the reason. Never
     raises for what the body says (a mapping *bug* still raises: the mapping stage counts it as
     a failed try)."""
     try:
-        return process(code, raw, received_at, config, portal_hint)
+        return process(code, raw, received_at, config, portal_hint, exam_tests=exam_tests)
     except InvalidPayloadError as exc:
         webhook = Webhook(code, portal_hint or config.mapping.default_portal_id, received_at, raw)
         return Intake(webhook, [], DeadReason(exc.code, exc.detail))
@@ -138,15 +144,20 @@ def process(
     received_at: float,
     config: Config,
     portal_hint: str | None = None,
+    *,
+    exam_tests: KnownExamTests = NONE_KNOWN,
 ) -> Intake:
-    """Decode, check and map one webhook. Raises InvalidPayloadError (not a JSON object)."""
+    """Decode, check and map one webhook. Raises InvalidPayloadError (not a JSON object).
+
+    ``exam_tests``: what the store remembers of earlier exam.* webhooks (bridge.mapping.exam_tests).
+    """
     payload = decode(raw)
     mismatch = check_event_name(code, payload)
     if mismatch is not None:
         portal = _portal_of(payload, portal_hint, config)
         webhook = Webhook(code, portal, received_at, raw, refs_of(payload))
         return Intake(webhook, [], mismatch)
-    return _mapped(code, payload, raw, received_at, config, portal_hint)
+    return _mapped(code, payload, raw, received_at, config, portal_hint, exam_tests)
 
 
 def _mapped(
@@ -156,16 +167,17 @@ def _mapped(
     received_at: float,
     config: Config,
     portal_hint: str | None,
+    exam_tests: KnownExamTests = NONE_KNOWN,
 ) -> Intake:
     moment = datetime.fromtimestamp(received_at, UTC)
     try:
-        mapped = map_webhook(code, payload, moment, config, portal_hint)
+        mapped = map_webhook(code, payload, moment, config, portal_hint, exam_tests=exam_tests)
     except UnmappableError as exc:
         portal = _portal_of(payload, portal_hint, config)
         webhook = Webhook(code, portal, received_at, raw, refs_of(payload))
         return Intake(webhook, [], DeadReason(exc.code, exc.detail))
     webhook = Webhook(code, mapped.portal_id, received_at, raw, refs_of(payload))
-    return Intake(webhook, mapped.messages, None, mapped.trimmed)
+    return Intake(webhook, mapped.messages, None, mapped.trimmed, mapped.exam_tests)
 
 
 def _portal_of(payload: Mapping[str, Any], hint: str | None, config: Config) -> str | None:
@@ -177,8 +189,9 @@ def _portal_of(payload: Mapping[str, Any], hint: str | None, config: Config) -> 
     return hint or config.mapping.default_portal_id
 
 
-def remapper(config: Config) -> Remapper:
-    """What ``replay`` uses: the stored webhook mapped again with ``config``."""
+def remapper(config: Config, exam_tests: KnownExamTests = NONE_KNOWN) -> Remapper:
+    """What ``replay`` uses: the stored webhook mapped again with ``config`` (and the exam
+    tests the store remembers, when the caller passes them)."""
 
     def remap(webhook: Webhook) -> Sequence[OutgoingMessage] | DeadReason:
         try:
@@ -193,7 +206,13 @@ def remapper(config: Config) -> Remapper:
                 return mismatch
             code = named  # the body's own name, now that the configuration maps it
         intake = _mapped(
-            code, payload, webhook.raw_body, webhook.received_at, config, webhook.portal_id
+            code,
+            payload,
+            webhook.raw_body,
+            webhook.received_at,
+            config,
+            webhook.portal_id,
+            exam_tests,
         )
         return intake.dead if intake.dead is not None else intake.messages
 

@@ -1,22 +1,28 @@
 """Keep every Segment message under the per-message limit, and say in the message what was cut.
 
 Segment rejects a message over 32 KB, and a rejected message is a dead letter: losing a whole
-"Completed Test" because one free-form attribute was large would be the wrong trade. So, in this
-order, until the serialised message fits:
+"Completed Test" because one part of it was large would be the wrong trade, and so would losing
+more of it than the limit asks for. So, in this order, until the serialised message fits:
 
 1. ``context.traits`` (a copy of the user's traits, secondary on a track) goes;
-2. the *expendable* keys (an identify's ``EI-*`` custom attributes), largest first;
-3. the other non-essential keys, largest first;
+2. a track's properties: the **largest leaf** is cut, and only it: from the top, the cut goes
+   down into a part while one child holds at least half of it (``tags`` -> ``tags.topic``), and
+   shortens what it reaches: a list loses items from its end, an object keys from its end, a
+   text is shortened with "…". Its siblings stay (``tags.subject`` and the other sections are
+   kept when ``tags.topic`` is long). Repeated while the message is too large;
+3. an identify's or a group's traits: a trait is a profile value a destination keeps, so a
+   shortened one would write a value Synap never held. A trait that does not fit is **left
+   out** (the profile keeps its previous value), custom attributes first, largest first.
 
-where a list loses items from its end, a text is shortened, anything else is removed. The ids
-that make the event useful (and an identify's native traits) are *essential* and never cut,
-except in the last resort: essentials only, texts cut short.
+The ids that make the event useful (and an identify's native traits) are *essential* and never
+cut, except in the last resort: essentials only, texts cut short.
 
-Whatever is cut is named in the message itself, in ``truncated`` inside the properties (or
-traits): ``{"sectionGrades": 400}`` says the key was cut and held 400 items before. Counts are
+Whatever is cut is named in ``context.truncated`` (every call type; never inside properties or
+traits, where it would become a profile trait or a warehouse column of its own), by its path:
+``{"tags.topic": 3000}`` says ``properties.tags.topic`` held 3,000 items before. Counts are
 items for a list, keys for an object, characters for a text, 1 for anything else; past
-:data:`MARKER_KEYS` keys, the rest are counted under ``otherKeys``. So a cut event never looks
-complete in a report. The reasons are also returned for the log.
+:data:`MARKER_KEYS` paths, the rest are counted under ``otherKeys``. The reasons are also
+returned for the log.
 
 The size measured is the bytes Segment receives: the message as stored is spliced into the
 request as it is (bridge.delivery.wire), compact UTF-8 JSON. docs/mapping.md ("Size") explains
@@ -35,11 +41,14 @@ from bridge.messages import MAX_MESSAGE_BYTES
 #: Room kept for JSON escaping when a text is cut by its UTF-8 length.
 SLACK = 64
 ESSENTIAL_TEXT_CHARS = 1000
-#: The marker's key in properties / traits.
+#: The marker's key in ``context``.
 MARKER = "truncated"
-#: At most this many keys are named in the marker; the rest are counted under ``otherKeys``.
+#: At most this many paths are named in the marker; the rest are counted under ``otherKeys``.
 MARKER_KEYS = 40
 OTHER_KEYS = "otherKeys"
+#: Cuts of a track's properties before the last resort (each cut saves what the excess asks, so
+#: more are needed only when many parts are large).
+MAX_CUTS = 64
 
 
 def size_of(value: Any) -> int:
@@ -79,8 +88,10 @@ def fit(
 ) -> list[str]:
     """Shrink ``body`` in place until it serialises to at most ``limit`` bytes.
 
-    Returns the reasons (empty when nothing was cut). Raises UnmappableError("too_large") only if
-    even the essentials do not fit, which the id length limits make impossible in practice.
+    ``field`` is ``properties`` (a track: leaves are shortened) or ``traits`` (identify, group:
+    whole traits are left out). Returns the reasons (empty when nothing was cut). Raises
+    UnmappableError("too_large") only if even the essentials do not fit, which the id length
+    limits make impossible in practice.
     """
     size = size_of(body)
     if size <= limit:
@@ -90,20 +101,22 @@ def fit(
     reasons: list[str] = []
     cut: dict[str, int] = {}
     context = body.get("context")
-    if isinstance(context, dict) and "traits" in context:
-        cut["context.traits"] = count_of(context.pop("traits"))
+    if not isinstance(context, dict):
+        context = body["context"] = {}
+    if "traits" in context:
+        _note(cut, "context.traits", context.pop("traits"))
         reasons.append(f"{label}: context.traits removed")
-        size = size_of(body)
-    data: dict[str, Any] = body[field]
-    data[MARKER] = cut
-    if size_of(body) <= limit or _cut_keys(
-        body, field, cut, essentials, expendable, limit, label, reasons
-    ):
+    context[MARKER] = cut
+    if field == "traits":
+        done = _leave_out(body, field, cut, essentials, expendable, limit, label, reasons)
+    else:
+        done = _cut_leaves(body, field, cut, essentials, limit, label, reasons)
+    if done:
         return [_tail(reason, original, limit) for reason in reasons]
-    for key in [key for key in data if key not in essentials and key != MARKER]:
+    data: dict[str, Any] = body[field]
+    for key in [key for key in data if key not in essentials]:
         _note(cut, key, data.pop(key))
     body[field] = {key: _short(data[key]) for key in essentials if key in data}
-    body[field][MARKER] = cut
     reasons.append(f"{label}: {field} cut down to its essential keys {list(essentials)}")
     if size_of(body) > limit:
         raise UnmappableError(
@@ -112,7 +125,7 @@ def fit(
     return [_tail(reason, original, limit) for reason in reasons]
 
 
-def _cut_keys(
+def _leave_out(
     body: dict[str, Any],
     field: str,
     cut: dict[str, int],
@@ -122,39 +135,120 @@ def _cut_keys(
     label: str,
     reasons: list[str],
 ) -> bool:
-    """Cut keys in order (expendable first, then largest first) until ``body`` fits.
+    """Leave whole traits out (expendable first, then largest first) until ``body`` fits.
 
-    Sizes are measured once and subtracted as keys shrink; the whole body is serialised again
-    only when the estimate says it fits, so thousands of keys cost a few serialisations, not one
-    per key (the old bounded number of rounds left an identify with 150 attributes empty).
+    Sizes are measured once and subtracted as traits go; the whole body is serialised again
+    only when the estimate says it fits, so thousands of traits cost a few serialisations.
     """
     data: dict[str, Any] = body[field]
     first = set(expendable)
     weights = {
         key: size_of(key) + size_of(value) + 2
         for key, value in data.items()
-        if key not in essentials and key != MARKER
+        if key not in essentials
     }
     order = sorted(weights, key=lambda key: (key not in first, -weights[key]))
     size = size_of(body)
     for key in order:
-        excess = size - limit
-        value = data[key]
-        shrunk, how = _shrink(value, excess + SLACK)
-        if shrunk is None:
-            del data[key]
-            size -= weights[key]
-            how = f"removed ({weights[key]:,} bytes)"
-        else:
-            data[key] = shrunk
-            size -= size_of(value) - size_of(shrunk)
-        size += _note(cut, key, value)
-        reasons.append(f"{label}: {field}.{key} {how}")
+        size += _note(cut, key, data.pop(key)) - weights[key]
+        reasons.append(f"{label}: {field}.{key} left out ({weights[key]:,} bytes)")
         if size <= limit:
             size = size_of(body)
             if size <= limit:
                 return True
-    return False
+    return size_of(body) <= limit
+
+
+def _cut_leaves(
+    body: dict[str, Any],
+    field: str,
+    cut: dict[str, int],
+    essentials: tuple[str, ...],
+    limit: int,
+    label: str,
+    reasons: list[str],
+) -> bool:
+    """Cut the largest leaf, then the next, until ``body`` fits (module docstring, step 2).
+
+    While no one property can absorb the excess, properties are removed largest first in one
+    pass (sizes measured once), so thousands of them cost a few serialisations, not one each.
+    """
+    data: dict[str, Any] = body[field]
+    for _ in range(MAX_CUTS):
+        size = size_of(body)
+        if size <= limit:
+            return True
+        excess = size - limit + SLACK
+        sizes = {
+            key: size_of(key) + size_of(value) + 2
+            for key, value in data.items()
+            if key not in essentials
+        }
+        if not sizes:
+            return False
+        if max(sizes.values()) < excess:
+            _remove_largest(data, sizes, excess, cut, f"{label}: {field}", reasons)
+            continue
+        path, node = _largest(data, sizes, excess)
+        shrunk, how = _shrink(node, excess)
+        parent = _at(data, path[:-1])
+        name = ".".join(str(part) for part in path)
+        _note(cut, name, node)
+        if shrunk is None:
+            del parent[path[-1]]
+            how = f"removed ({size_of(node):,} bytes)"
+        else:
+            parent[path[-1]] = shrunk
+        reasons.append(f"{label}: {field}.{name} {how}")
+    return size_of(body) <= limit
+
+
+def _remove_largest(
+    data: dict[str, Any],
+    sizes: dict[str, int],
+    excess: int,
+    cut: dict[str, int],
+    where: str,
+    reasons: list[str],
+) -> None:
+    """Remove properties largest first until ``excess`` is saved, stopping before one large
+    enough to absorb what is left (the next round shortens it instead)."""
+    left = excess
+    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if sizes[key] >= left:
+            return
+        left += _note(cut, key, data.pop(key)) - sizes[key]
+        reasons.append(f"{where}.{key} removed ({sizes[key]:,} bytes)")
+        if left <= 0:
+            return
+
+
+def _largest(data: dict[str, Any], sizes: dict[str, int], excess: int) -> tuple[list[Any], Any]:
+    """The path to the part to cut, and the part: the largest property, then down into its
+    largest child while that child alone is large enough to absorb the whole excess (so its
+    siblings stay)."""
+    key = max(sizes, key=sizes.__getitem__)
+    path: list[Any] = [key]
+    node = data[key]
+    while isinstance(node, dict | list) and node:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        weight, part = max(((size_of(value), part) for part, value in items), key=_first)
+        child = node[part]
+        if weight < excess or not isinstance(child, dict | list | str):
+            break
+        path.append(part)
+        node = child
+    return path, node
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def _at(data: Any, path: list[Any]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
 
 
 def _note(cut: dict[str, int], key: str, value: Any) -> int:
@@ -175,13 +269,23 @@ def _tail(reason: str, original: int, limit: int) -> str:
 
 def _shrink(value: Any, excess: int) -> tuple[Any, str]:
     """A smaller value saving at least ``excess`` bytes if it can, with a description."""
-    if isinstance(value, list) and len(value) > 1:
+    if isinstance(value, list) and value:
         saved, keep = 0, len(value)
-        while keep > 1 and saved < excess:
+        while keep > 0 and saved < excess:
             keep -= 1
             saved += size_of(value[keep]) + 1
-        if saved >= excess:
+        if saved >= excess and keep > 0:
             return value[:keep], f"cut from {len(value):,} to {keep:,} items"
+        return None, ""
+    if isinstance(value, dict) and value:
+        keys = list(value)
+        saved, keep = 0, len(keys)
+        while keep > 0 and saved < excess:
+            keep -= 1
+            saved += size_of(keys[keep]) + size_of(value[keys[keep]]) + 2
+        if saved >= excess and keep > 0:
+            kept = {key: value[key] for key in keys[:keep]}
+            return kept, f"cut from {len(keys):,} to {keep:,} keys"
         return None, ""
     if isinstance(value, str):
         encoded = value.encode("utf-8")

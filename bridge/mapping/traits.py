@@ -23,10 +23,22 @@ NATIVE = ("name", "firstName", "lastName", "email", "createdAt", "subPortalId")
 ADDED = ("userGroups",)
 
 
+#: Unicode bidirectional formatting characters (LRM, RLM, ALM, embeddings, overrides, isolates):
+#: invisible, and a name copied from a right-to-left text often starts with one.
+BIDI = dict.fromkeys(
+    map(ord, "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+)
+
+
 def split_name(name: str | None) -> tuple[str | None, str | None]:
-    """``("José", "Ñúñez García")`` from ``"José Ñúñez García"``; ``("李小龙", None)``."""
+    """``("José", "Ñúñez García")`` from ``"José Ñúñez García"``; ``("李小龙", None)``.
+
+    Bidirectional marks are removed from the two parts (a leading right-to-left mark would
+    otherwise stay at the start of ``lastName``, invisible, and break equality and sorting)."""
     if not name:
         return None, None
+    if not name.isascii():
+        name = name.translate(BIDI)
     parts = name.split(maxsplit=1)
     if not parts:
         return None, None
@@ -40,13 +52,20 @@ def identify_traits(
     name: str | None,
     email: str | None,
     time_registered: Any,
-    user_groups: list[str],
+    user_groups: list[str] | None,
     sub_portal_id: str | None,
     custom_attributes: dict[str, Any],
     prefix: str,
 ) -> dict[str, Any]:
     """The identify traits. A custom attribute never overrides a native trait of the same name
-    (possible only with an empty prefix): the native value is the one dashboards rely on."""
+    (possible only with an empty prefix): the native value is the one dashboards rely on.
+
+    ``user_groups``: None when the body does not say; an empty list is sent (``userGroups: []``:
+    the user is in no group any more, and a destination must forget the old list).
+
+    Keys that differ only by case (``EI-Role``, ``EI-role``) are one trait to most destinations
+    and one warehouse column: they are merged, the **later** key in the body winning (its
+    spelling and value), and a native trait wins over any custom attribute of its name."""
     first_name, last_name = split_name(name.strip() if name else None)
     native = compact(
         {
@@ -59,8 +78,20 @@ def identify_traits(
             "subPortalId": sub_portal_id,
         }
     )
+    if user_groups == []:
+        native["userGroups"] = []
     # Custom attributes keep explicit nulls: in a user.updated body a null is the new value.
-    custom = {f"{prefix}{key}": value for key, value in clean(custom_attributes).items()}
+    custom: dict[str, Any] = {}
+    folded: dict[str, str] = {key.casefold(): key for key in native}
+    for key, value in clean(custom_attributes).items():
+        name = f"{prefix}{key}"
+        same = folded.get(name.casefold())
+        if same in native:
+            continue
+        if same is not None:
+            del custom[same]
+        custom[name] = value
+        folded[name.casefold()] = name
     return {**custom, **native}
 
 
@@ -81,7 +112,7 @@ def event_user_traits(user: User, prefix: str) -> dict[str, Any] | None:
         name=user.name,
         email=user.email,
         time_registered=None,
-        user_groups=[],
+        user_groups=None,
         sub_portal_id=user.subPortalId,
         custom_attributes=user.customAttributes,
         prefix=prefix,

@@ -50,7 +50,7 @@ def map_user(
         name=first(body.name, body.user.name),
         email=first(body.email, body.user.email),
         time_registered=body.timeRegistered,
-        user_groups=body.usergroups,
+        user_groups=_groups(body, payload),
         sub_portal_id=sub_portal,
         custom_attributes=body.customAttributes or body.user.customAttributes,
         prefix=settings.trait_prefix,
@@ -81,6 +81,14 @@ def map_user(
     )
 
 
+def _groups(body: FlatUserPayload, payload: Mapping[str, Any]) -> list[str] | None:
+    """``usergroups``; an empty list only when the body sends one (the user left every group),
+    None when the body does not say."""
+    if body.usergroups:
+        return body.usergroups
+    return [] if isinstance(payload.get("usergroups"), list) else None
+
+
 def map_added_to_group(
     code: str, payload: Mapping[str, Any], received_at: datetime, settings: MappingConfig
 ) -> Draft:
@@ -93,7 +101,8 @@ def map_added_to_group(
             "name": body.name,
             "description": body.description,
             "totalUsers": body.totalUsers,
-            "userType": body.userType,
+            # Not userType: it is the added member's type, not the group's (a learner then an
+            # educator added would flip the group's profile); the track carries it.
             "isDefaultGroup": body.isDefaultGroup,
             "moderators": [
                 compact(
@@ -130,6 +139,19 @@ def map_added_to_group(
     )
 
 
+def _sitting(body: ExamRegistrationPayload, payload: Mapping[str, Any]) -> str:
+    """What tells a resit registration from the first: the exam's own fields first (a
+    ``resitCount``, should a body carry one; the sitting's ``schedule.openDate``), then
+    ``meta.timestamp`` (which Synap may re-stamp on a retry), then the body."""
+    exam = body.exam
+    if exam.resitCount is not None:
+        return f"resit:{exam.resitCount}"
+    opens = occurrence(exam.schedule.openDate)
+    if opens is not None:
+        return f"opens:{opens}"
+    return occurrence(body.meta.timestamp) or content_hash(payload)
+
+
 def map_registered_for_exam(
     code: str, payload: Mapping[str, Any], received_at: datetime, settings: MappingConfig
 ) -> Draft:
@@ -155,8 +177,7 @@ def map_registered_for_exam(
     return Draft(
         user_id=who,
         family="exam.userRegistered",
-        # A resit is a new registration for the same exam: its own time tells it apart.
-        natural=(exam_id, who, occurrence(body.meta.timestamp) or content_hash(payload)),
+        natural=(exam_id, who, _sitting(body, payload)),
         timestamp=event_time(received_at, body.meta.timestamp),
         calls=[Call("track", properties, "Exam User Registered", essentials=("examId",))],
         portal_id=body.portal.id,

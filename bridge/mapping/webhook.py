@@ -25,7 +25,7 @@ once the bug is fixed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from bridge.config import CodeMapping, Config, MappingConfig
@@ -39,11 +39,12 @@ from bridge.mapping.activity import (
 )
 from bridge.mapping.attempts import map_attempt, map_certificate, map_override
 from bridge.mapping.draft import Call, Draft
+from bridge.mapping.exam_tests import NONE_KNOWN, ExamTest, KnownExamTests, is_exam_test, taught
 from bridge.mapping.routing import route
 from bridge.mapping.sizing import fitted
 from bridge.mapping.traits import identify_call
 from bridge.mapping.users import map_added_to_group, map_registered_for_exam, map_user
-from bridge.messages import CONTEXT, OutgoingMessage, message_id
+from bridge.messages import CONTEXT, OutgoingMessage, iso8601, message_id
 from bridge.synap import codes
 from bridge.synap.values import as_id, clean
 
@@ -73,6 +74,10 @@ MAPPERS: dict[str, Mapper] = {
 FIELD = {"track": "properties", "identify": "traits", "group": "traits"}
 #: The switches of a code with no ``mapping.codes`` entry (built once: a model is not free).
 NO_SWITCHES = CodeMapping()
+#: An event time further than this after its receipt is not believed: the receipt time is sent,
+#: and the time the body gave is kept in ``context.futureTimestamp``.
+FUTURE_SLACK = timedelta(days=1)
+FUTURE_MARKER = "futureTimestamp"
 
 
 class Mapped(NamedTuple):
@@ -84,6 +89,9 @@ class Mapped(NamedTuple):
     portal_id: str | None
     messages: list[OutgoingMessage]
     trimmed: list[str]
+    #: ``(portal, test id)`` pairs this webhook says are exam tests (bridge.mapping.exam_tests):
+    #: the caller stores them and passes them back as ``exam_tests`` for later webhooks.
+    exam_tests: tuple[ExamTest, ...] = ()
 
 
 def known_codes(config: Config) -> list[str]:
@@ -98,10 +106,17 @@ def map_webhook(
     received_at: datetime,
     config: Config,
     portal_hint: str | None = None,
+    *,
+    exam_tests: KnownExamTests = NONE_KNOWN,
 ) -> Mapped:
-    """The Segment messages for one Synap webhook; raises UnmappableError(code, detail)."""
+    """The Segment messages for one Synap webhook; raises UnmappableError(code, detail).
+
+    ``exam_tests``: the ``(portal, test id)`` pairs earlier ``exam.*`` webhooks named
+    (``Mapped.exam_tests`` of those webhooks, as the store remembers them): an ``attempt.*``
+    webhook of such a test is held for its ``exam.*`` twin whatever its ``isExam`` says.
+    """
     try:
-        return _map(code, payload, received_at, config, portal_hint)
+        return _map(code, payload, received_at, config, portal_hint, exam_tests)
     except UnmappableError:
         raise
     except Exception as exc:  # a bug must not lose the webhook: dead letter, replay after a fix
@@ -115,6 +130,7 @@ def _map(
     received_at: datetime,
     config: Config,
     portal_hint: str | None,
+    exam_tests: KnownExamTests,
 ) -> Mapped:
     settings = config.mapping
     if not isinstance(payload, Mapping):
@@ -136,13 +152,20 @@ def _map(
         )
     draft = mapper(code, payload, received_at, settings)
     portal = draft.portal_id or as_id(portal_hint) or settings.default_portal_id
+    learned = taught(portal, draft.teaches)
+    draft = _as_exam_attempt(draft, portal, exam_tests, settings)
     calls = [call for call in _calls(draft, settings) if getattr(switches, call.kind)]
     if not calls:
-        return Mapped(portal, [], [])
+        return Mapped(portal, [], [], learned)
     destination = route(config.routing, portal, draft.sub_portal_id)
+    future = _future(draft.timestamp, received_at)
+    if future is not None:
+        draft = draft._replace(timestamp=iso8601(received_at))
     messages, trimmed = [], []
     for call in calls:
         body = _message(call, draft, portal, switches, settings)
+        if future is not None:
+            body["context"][FUTURE_MARKER] = future
         serialised, cuts = fitted(
             body, FIELD[call.kind], call.essentials, expendable=call.expendable
         )
@@ -152,7 +175,29 @@ def _map(
                 destination, body, serialised, hold_secs=draft.hold_secs, rank=draft.rank
             )
         )
-    return Mapped(portal, messages, trimmed)
+    return Mapped(portal, messages, trimmed, learned)
+
+
+def _as_exam_attempt(
+    draft: Draft, portal: str | None, exam_tests: KnownExamTests, settings: MappingConfig
+) -> Draft:
+    """An ``attempt.*`` draft of a test the portal's ``exam.*`` webhooks named is an exam
+    attempt's, whatever its ``isExam`` says: held for its twin, or (``exam_attempts_from:
+    exam_codes``) no call at all, the ``exam.*`` webhook making the event."""
+    if not is_exam_test(exam_tests, portal, draft.exam_test_candidate):
+        return draft
+    if settings.exam_attempts_from == "exam_codes":
+        return draft._replace(calls=[])
+    return draft._replace(hold_secs=settings.exam_hold_secs)
+
+
+def _future(timestamp: str, received_at: datetime) -> str | None:
+    """The event's time when it is more than :data:`FUTURE_SLACK` after its receipt (a clock or
+    a body gone wrong: a 2099 time would sort the event after everything else forever), else
+    None. Both are canonical ISO-8601 UTC text, so they compare as text."""
+    if timestamp <= iso8601(received_at + FUTURE_SLACK):
+        return None
+    return timestamp
 
 
 def _calls(draft: Draft, settings: MappingConfig) -> list[Call]:
@@ -180,23 +225,32 @@ def _message(
     if draft.locale is not None:
         context["locale"] = draft.locale
     if call.kind == "track" and settings.context_traits and draft.user_traits:
-        context["traits"] = _without(draft.user_traits, settings.drop_traits)
+        # A copy for the destinations' benefit: no nulls (a null attribute would be copied onto
+        # every track) and no empty texts. The identify keeps nulls: there a null is news.
+        traits = _without(draft.user_traits, settings.drop_traits)
+        context["traits"] = {key: value for key, value in traits.items() if _sent(value)}
     body: dict[str, Any] = {
         "type": call.kind,
         "userId": draft.user_id,
         # The body's own portal only: the URL's ?portal= must not split one fact in two.
-        "messageId": message_id(draft.portal_id or "", draft.family, *draft.natural, call.kind),
+        "messageId": message_id(
+            draft.portal_id or "", draft.family, *draft.natural, *call.natural, call.kind
+        ),
         "timestamp": draft.timestamp,
         "context": context,
     }
     if call.kind == "track":
-        body["event"] = switches.event or call.event
+        body["event"] = (switches.event if call.renamable else None) or call.event
         body["properties"] = _properties(call.data, draft, portal, switches, settings)
     else:
         if call.kind == "group":
             body["groupId"] = call.group_id
         body["traits"] = _without(call.data, settings.drop_traits)
     return body
+
+
+def _sent(value: Any) -> bool:
+    return value is not None and not (type(value) is str and not value.strip())
 
 
 def _without(traits: dict[str, Any], dropped: tuple[str, ...]) -> dict[str, Any]:
@@ -212,7 +266,8 @@ def _properties(
     switches: CodeMapping,
     settings: MappingConfig,
 ) -> dict[str, Any]:
-    properties = dict(data)
+    # No empty texts on a track: "" is no value (a body's blank field), not a fact.
+    properties = {key: value for key, value in data.items() if _sent(value)}
     if portal is not None:
         properties["portalId"] = portal
     if draft.sub_portal_id is not None:

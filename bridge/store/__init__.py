@@ -281,6 +281,14 @@ class MappingStore(Lifecycle, Protocol):
         (its lease is released)."""
         ...
 
+    async def known_exam_tests(self) -> frozenset[tuple[str, str]]:
+        """The ``(portal, test id)`` pairs ``exam.*`` webhooks named (bridge.mapping.exam_tests)."""
+        ...
+
+    async def learn_exam_tests(self, tests: Collection[tuple[str, str]], now: float) -> int:
+        """Remember exam tests (idempotent); how many were new."""
+        ...
+
 
 class DeliveryStore(Lifecycle, Protocol):
     """The delivery loop's port."""

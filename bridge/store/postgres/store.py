@@ -43,6 +43,7 @@ from bridge.store import (
     UnmappedWebhook,
     Webhook,
 )
+from bridge.store.postgres import exam_tests
 from bridge.store.postgres import queries as ops
 from bridge.store.postgres.schema import (
     FOREIGN_ERRORS,
@@ -167,6 +168,10 @@ class PostgresStore:
         """Apply pending schema migrations (under an advisory lock): (version before, after)."""
         async with self._connection("migrate the schema") as conn:
             before, after = await migrate(conn)
+            try:
+                await exam_tests.create(conn)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                log.warning("exam_tests_table_missing", detail=str(exc)[:300])
         self.schema_versions = (before, after)
         if before != after:
             log.info("schema_migrated", backend="postgresql", before=before, after=after)
@@ -352,6 +357,16 @@ class PostgresStore:
     async def stats(self, now: float, since: float) -> StoreStats:  # noqa: ARG002 - see retry_later
         async with self._connection("read statistics") as conn:
             return await ops.stats(conn, since)
+
+    async def known_exam_tests(self) -> frozenset[tuple[str, str]]:
+        async with self._connection("read the exam tests") as conn:
+            return await exam_tests.known(conn)
+
+    async def learn_exam_tests(self, tests: Collection[tuple[str, str]], now: float) -> int:
+        if not tests:
+            return 0
+        async with self._connection("remember exam tests") as conn:
+            return await exam_tests.learn(conn, tuple(tests), now)
 
     async def check_writable(self) -> None:
         async with self._connection("write") as conn:

@@ -27,6 +27,7 @@ import sqlite3
 from pathlib import Path
 
 from bridge.errors import StorageUnavailableError
+from bridge.store.sqlite import exam_tests
 
 SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
@@ -234,6 +235,7 @@ def migrate(conn: sqlite3.Connection, *, create: bool = True) -> int:
             for statement in _statements(MIGRATIONS[step]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {step + 1}")
+        exam_tests.create(conn)  # a table without a version step (bridge.store.sqlite.exam_tests)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -44,6 +44,7 @@ from bridge.store import (
     UnmappedWebhook,
     Webhook,
 )
+from bridge.store.sqlite import exam_tests
 from bridge.store.sqlite import queries as ops
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.enqueue import Item, enqueue_group, keep_group, record_group
@@ -344,6 +345,18 @@ class SQLiteStore:
 
     async def check_writable(self) -> None:
         await self._write(ops.probe, "write")
+
+    # ---- exam tests (bridge.mapping.exam_tests) ----------------------------------------------
+
+    async def known_exam_tests(self) -> frozenset[tuple[str, str]]:
+        return await self._read(exam_tests.known, "read the exam tests")
+
+    async def learn_exam_tests(self, tests: Collection[tuple[str, str]], now: float) -> int:
+        if not tests:
+            return 0
+        return await self._write(
+            partial(exam_tests.learn, tests=tuple(tests), now=now), "remember exam tests"
+        )
 
     # ---- dead letters ----------------------------------------------------------------------
 
