@@ -4,8 +4,10 @@
     python -m bench.run --quick    # smaller and shorter, writes bench/out/benchmarks-quick.md
     python -m bench.run --only intake,drain   # a part only: bench/out/benchmarks-partial.md
     python -m bench.run --only postgres      # PostgreSQL, 1 and 2 replicas (bench/postgres.py)
+    python -m bench.run --only abdrain       # threads vs asyncio delivery (bench/ab_drain.py)
 
-Order: intake, drain, memory, end-to-end, PostgreSQL, sustained (60 s of full load). Each part
+Order: intake, drain, the threads/asyncio drain A/B, memory, end-to-end, PostgreSQL, sustained
+(60 s of full load). Each part
 starts its own processes and stops them, so the parts do not disturb each other. Every wait is
 bounded.
 """
@@ -25,10 +27,10 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
-from bench import drain, e2e, intake, memory, postgres, profile, report, sustained, wrk
+from bench import ab_drain, drain, e2e, intake, memory, postgres, profile, report, sustained, wrk
 from bench.procs import OUT, REPO
 
-PARTS = ("intake", "drain", "memory", "e2e", "postgres", "sustained")
+PARTS = ("intake", "drain", "abdrain", "memory", "e2e", "postgres", "sustained")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class Sizes:
     intake_secs: float = 10.0
     profile_secs: float = 8.0
     drain_count: int = 100_000
+    ab_count: int = 50_000
+    ab_reps: int = 3
     memory_small: int = 10_000
     memory_large: int = 1_000_000
     memory_load_secs: float = 5.0
@@ -49,6 +53,8 @@ QUICK = Sizes(
     intake_secs=3.0,
     profile_secs=3.0,
     drain_count=10_000,
+    ab_count=5_000,
+    ab_reps=1,
     memory_small=1_000,
     memory_large=20_000,
     memory_load_secs=2.0,
@@ -226,6 +232,41 @@ def drain_section(res: drain.DrainResult, fig: dict[str, Any]) -> list[str]:
     return lines
 
 
+def ab_drain_section(res: ab_drain.ABResult, fig: dict[str, Any]) -> list[str]:
+    lines = ["## 2b. Drain A/B: delivery in threads against delivery on the event loop", ""]
+    lines += [
+        f"The same backlog of {res.count:,} messages drained by the thread delivery (`requests` "
+        f"in daemon threads, commit {res.base}) and by the asyncio one (aiohttp's client, this "
+        f"tree), on both stores, {res.reps} alternating run(s) each (`bench/ab_drain.py`); "
+        "median per cell. PostgreSQL: a throwaway cluster with production durability.",
+        "",
+        "| store | threads messages/s | asyncio messages/s | asyncio / threads "
+        "| threads µs CPU/message | asyncio µs CPU/message |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    shares = []
+    for store in ab_drain.STORES:
+        old, new = res.median(store, "threads"), res.median(store, "asyncio")
+        share = ratio(new.rate, old.rate)
+        shares.append(share)
+        lines.append(
+            f"| {store} | {report.fmt(old.rate)} | {report.fmt(new.rate)} | {share:.2f} | "
+            f"{old.cpu_us:.0f} | {new.cpu_us:.0f} |"
+        )
+        key = "sqlite" if store == "SQLite" else "pg"
+        fig[f"ab drain {key} threads msg/s"] = round(old.rate, 1)
+        fig[f"ab drain {key} asyncio msg/s"] = round(new.rate, 1)
+        fig[f"ab drain {key} asyncio / threads"] = round(share, 3)
+    lines += [
+        "",
+        "Target (issue 24): the asyncio drain is not slower than the threads (asyncio / threads "
+        f">= 0.95 on both stores; a gap under 5 % is not told apart from noise here): "
+        f"{verdict(min(shares) >= 0.95)}.",
+        "",
+    ]
+    return lines
+
+
 def memory_section(
     points: tuple[memory.MemoryPoint, memory.MemoryPoint], fig: dict[str, Any]
 ) -> list[str]:
@@ -394,6 +435,9 @@ def measure(
     if "drain" in parts:
         print("drain ...", flush=True)
         sections += drain_section(drain.run(sizes.drain_count, with_profile), figures)
+    if "abdrain" in parts:
+        print("drain A/B, threads against asyncio ...", flush=True)
+        sections += ab_drain_section(ab_drain.run(sizes.ab_count, sizes.ab_reps), figures)
     if "memory" in parts:
         print("memory ...", flush=True)
         points = memory.run(sizes.memory_small, sizes.memory_large, sizes.memory_load_secs)
