@@ -101,7 +101,9 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-def intake_section(res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any]) -> list[str]:
+def intake_section(
+    res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any], profiles: list[str]
+) -> list[str]:
     lines = ["## 1. Intake", ""]
     lines += [
         f"wrk, one thread, {sizes.intake_secs:g} s per point after a 2 s warm-up, a fresh "
@@ -150,12 +152,12 @@ def intake_section(res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any]) 
     ]
     if res.profile is not None:
         load = res.profiled
-        lines += [
-            f"### Intake profile (py-spy, {sizes.profile_secs:g} s, {max(sizes.levels)} "
+        profiles += [
+            f"## Intake profile (py-spy, {sizes.profile_secs:g} s, {max(sizes.levels)} "
             f"connections{f', {load.rate:,.0f} webhooks/s while sampled' if load else ''})",
             "",
         ]
-        lines += profile.table(res.profile)
+        profiles += profile.table(res.profile)
     return lines
 
 
@@ -198,7 +200,7 @@ def durable_lines(res: intake.IntakeResult, fig: dict[str, Any]) -> list[str]:
     return lines
 
 
-def drain_section(res: drain.DrainResult, fig: dict[str, Any]) -> list[str]:
+def drain_section(res: drain.DrainResult, fig: dict[str, Any], profiles: list[str]) -> list[str]:
     share = ratio(res.bridge_rate, res.client_rate)
     fig["drain bridge msg/s"] = round(res.bridge_rate, 1)
     fig["drain Client msg/s"] = round(res.client_rate, 1)
@@ -227,8 +229,8 @@ def drain_section(res: drain.DrainResult, fig: dict[str, Any]) -> list[str]:
         "",
     ]
     if res.profile is not None:
-        lines += ["### Drain profile (py-spy, 5 s, a second copy of the backlog)", ""]
-        lines += profile.table(res.profile)
+        profiles += ["## Drain profile (py-spy, 5 s, a second copy of the backlog)", ""]
+        profiles += profile.table(res.profile)
     return lines
 
 
@@ -352,7 +354,9 @@ def sustained_section(res: sustained.SustainedResult, fig: dict[str, Any]) -> li
     ]
 
 
-def postgres_section(res: postgres.PostgresResult, sizes: Sizes, fig: dict[str, Any]) -> list[str]:
+def postgres_section(
+    res: postgres.PostgresResult, sizes: Sizes, fig: dict[str, Any], profiles: list[str]
+) -> list[str]:
     lines = ["## 5. PostgreSQL: one and two replicas on one database, SQLite beside", ""]
     lines += [
         f"PostgreSQL {res.server_version}, a throwaway cluster on this machine (fsync, "
@@ -416,25 +420,31 @@ def postgres_section(res: postgres.PostgresResult, sizes: Sizes, fig: dict[str, 
     ]
     lines.append("")
     if res.profile is not None:
-        lines += ["### PostgreSQL drain profile (py-spy, 5 s, one replica)", ""]
-        lines += profile.table(res.profile)
+        profiles += ["## PostgreSQL drain profile (py-spy, 5 s, one replica)", ""]
+        profiles += profile.table(res.profile)
     return lines
 
 
 def measure(
-    parts: list[str], sizes: Sizes, with_profile: bool, figures: dict[str, Any]
+    parts: list[str],
+    sizes: Sizes,
+    with_profile: bool,
+    figures: dict[str, Any],
+    profiles: list[str],
 ) -> list[str]:
-    """Run the chosen parts in order: their report sections (and ``figures`` filled in)."""
+    """Run the chosen parts in order: their report sections (``figures`` and the py-spy
+    ``profiles`` filled in)."""
     sections: list[str] = []
     if "intake" in parts:
         print("intake ...", flush=True)
         res_i = intake.run(
             sizes.levels, sizes.intake_secs, sizes.profile_secs if with_profile else 0
         )
-        sections += intake_section(res_i, sizes, figures)
+        sections += intake_section(res_i, sizes, figures, profiles)
     if "drain" in parts:
         print("drain ...", flush=True)
-        sections += drain_section(drain.run(sizes.drain_count, with_profile), figures)
+        res_d = drain.run(sizes.drain_count, with_profile)
+        sections += drain_section(res_d, figures, profiles)
     if "abdrain" in parts:
         print("drain A/B, threads against asyncio ...", flush=True)
         sections += ab_drain_section(ab_drain.run(sizes.ab_count, sizes.ab_reps), figures)
@@ -448,7 +458,7 @@ def measure(
     if "postgres" in parts:
         print("postgres ...", flush=True)
         res_p = postgres.run(sizes.drain_count, sizes.intake_secs, with_profile)
-        sections += postgres_section(res_p, sizes, figures)
+        sections += postgres_section(res_p, sizes, figures, profiles)
     if "sustained" in parts:
         print("sustained ...", flush=True)
         sections += sustained_section(sustained.run(sizes.sustained_secs), figures)
@@ -479,9 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     figures: dict[str, Any] = {"_date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
-    sections = measure(parts, sizes, with_profile, figures)
+    profiles: list[str] = []
+    sections = measure(parts, sizes, with_profile, figures, profiles)
     elapsed = time.monotonic() - started
-    sections.append(f"The whole run took {elapsed / 60:.1f} minutes.\n")
+    note = f"The whole run took {elapsed / 60:.1f} minutes."
+    if profiles:
+        (OUT / "profiles.md").write_text("\n".join(["# Profiles", "", *profiles]), "utf-8")
+        note += " py-spy profiles of this run: `bench/out/profiles.md` (not committed)."
+    sections.append(note + "\n")
     target = OUT / "benchmarks-quick.md" if args.quick else REPO / "docs" / "benchmarks.md"
     if set(parts) != set(PARTS):  # a partial run must not replace the full report
         target = OUT / "benchmarks-partial.md"

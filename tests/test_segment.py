@@ -17,6 +17,7 @@ from bridge.delivery.sinks import (
     DryRunSink,
     SegmentSink,
     build_sinks,
+    env_proxy,
     is_transient_status,
 )
 from bridge.errors import PermanentDeliveryError, TransientDeliveryError
@@ -295,3 +296,35 @@ class TestBuildSinks:
         assert eu.name == "eu"
         assert eu.gzip is False  # gzip and timeout come from the segment section
         assert all(name == s.name for name, s in sinks.items())
+
+
+class TestProxy:
+    """HTTPS_PROXY/NO_PROXY read once per session, as requests and curl read them."""
+
+    def test_the_environment_names_the_proxy(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert env_proxy("https://api.segment.io/v1/batch") == "http://proxy.internal:3128"
+
+    def test_no_proxy_exempts_a_host(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+        monkeypatch.setenv("NO_PROXY", "segment.io")
+        assert env_proxy("https://api.segment.io/v1/batch") is None
+
+    def test_without_a_proxy_it_is_direct(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        assert env_proxy("https://api.segment.io/v1/batch") is None
+
+    async def test_batches_go_through_the_proxy_named(
+        self, fake: FakeSegment, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The fake stands in for the proxy: an absolute-form request reaches it, and the
+        sink's own host (nowhere.invalid) is never resolved."""
+        monkeypatch.setenv("HTTP_PROXY", fake.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        target = made(SegmentSink(KEY, "http://nowhere.invalid", 5.0, True))
+        await send(target, [payload(1)])
+        assert fake.ids == {"m1": 1}
