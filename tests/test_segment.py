@@ -222,6 +222,33 @@ class TestClassification:
         assert "total_timeout_secs" in caught.value.detail
         await fake.wait_until(lambda: fake.trickles_abandoned == 1)  # the socket was closed
 
+    async def test_each_upload_is_cut_at_its_own_deadline_while_others_flow(
+        self, fake: FakeSegment
+    ) -> None:
+        """Two trickled answers (5 s each in full): the one with the shorter deadline is cut
+        first though it started second; meanwhile uploads to a healthy sink flow, and its
+        kept-alive connection is untouched by the cuts."""
+        fake.fail(trickle=0.3, times=2)
+        long = made(SegmentSink(KEY, fake.url, 1.0, True, total_timeout_secs=3.0))
+        short = made(SegmentSink(KEY, fake.url, 1.0, True, total_timeout_secs=1.0))
+        healthy = made(SegmentSink(KEY, fake.url, 5.0, True))
+        long_upload = asyncio.create_task(send(long, [payload(1)]))
+        await fake.wait_until(lambda: fake.trickling == 1)
+        short_upload = asyncio.create_task(send(short, [payload(2)]))
+        await fake.wait_until(lambda: fake.trickling == 2)
+        await send(healthy, [payload(3)])
+        assert fake.trickling == 2  # delivered while both were stuck
+        with pytest.raises(TransientDeliveryError, match="total_timeout_secs"):
+            await short_upload
+        assert not long_upload.done()
+        with pytest.raises(TransientDeliveryError, match="total_timeout_secs"):
+            await long_upload
+        await fake.wait_until(lambda: fake.trickles_abandoned == 2)
+        connections = fake.connections
+        await send(healthy, [payload(4)])
+        assert fake.connections == connections  # the same kept-alive connection
+        assert set(fake.ids) == {"m1", "m2", "m3", "m4"}
+
     async def test_connection_refused_is_transient(self) -> None:
         with socket.socket() as probe:  # a port nobody listens on once closed
             probe.bind(("127.0.0.1", 0))
