@@ -4,8 +4,10 @@
     python -m bench.run --quick    # smaller and shorter, writes bench/out/benchmarks-quick.md
     python -m bench.run --only intake,drain   # a part only: bench/out/benchmarks-partial.md
     python -m bench.run --only postgres      # PostgreSQL, 1 and 2 replicas (bench/postgres.py)
+    python -m bench.run --only abdrain       # threads vs asyncio delivery (bench/ab_drain.py)
 
-Order: intake, drain, memory, end-to-end, PostgreSQL, sustained (60 s of full load). Each part
+Order: intake, drain, the threads/asyncio drain A/B, memory, end-to-end, PostgreSQL, sustained
+(60 s of full load). Each part
 starts its own processes and stops them, so the parts do not disturb each other. Every wait is
 bounded.
 """
@@ -25,10 +27,10 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
-from bench import drain, e2e, intake, memory, postgres, profile, report, sustained, wrk
+from bench import ab_drain, drain, e2e, intake, memory, postgres, profile, report, sustained, wrk
 from bench.procs import OUT, REPO
 
-PARTS = ("intake", "drain", "memory", "e2e", "postgres", "sustained")
+PARTS = ("intake", "drain", "abdrain", "memory", "e2e", "postgres", "sustained")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class Sizes:
     intake_secs: float = 10.0
     profile_secs: float = 8.0
     drain_count: int = 100_000
+    ab_count: int = 50_000
+    ab_reps: int = 3
     memory_small: int = 10_000
     memory_large: int = 1_000_000
     memory_load_secs: float = 5.0
@@ -49,6 +53,8 @@ QUICK = Sizes(
     intake_secs=3.0,
     profile_secs=3.0,
     drain_count=10_000,
+    ab_count=5_000,
+    ab_reps=1,
     memory_small=1_000,
     memory_large=20_000,
     memory_load_secs=2.0,
@@ -95,7 +101,9 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-def intake_section(res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any]) -> list[str]:
+def intake_section(
+    res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any], profiles: list[str]
+) -> list[str]:
     lines = ["## 1. Intake", ""]
     lines += [
         f"wrk, one thread, {sizes.intake_secs:g} s per point after a 2 s warm-up, a fresh "
@@ -144,12 +152,12 @@ def intake_section(res: intake.IntakeResult, sizes: Sizes, fig: dict[str, Any]) 
     ]
     if res.profile is not None:
         load = res.profiled
-        lines += [
-            f"### Intake profile (py-spy, {sizes.profile_secs:g} s, {max(sizes.levels)} "
+        profiles += [
+            f"## Intake profile (py-spy, {sizes.profile_secs:g} s, {max(sizes.levels)} "
             f"connections{f', {load.rate:,.0f} webhooks/s while sampled' if load else ''})",
             "",
         ]
-        lines += profile.table(res.profile)
+        profiles += profile.table(res.profile)
     return lines
 
 
@@ -192,7 +200,7 @@ def durable_lines(res: intake.IntakeResult, fig: dict[str, Any]) -> list[str]:
     return lines
 
 
-def drain_section(res: drain.DrainResult, fig: dict[str, Any]) -> list[str]:
+def drain_section(res: drain.DrainResult, fig: dict[str, Any], profiles: list[str]) -> list[str]:
     share = ratio(res.bridge_rate, res.client_rate)
     fig["drain bridge msg/s"] = round(res.bridge_rate, 1)
     fig["drain Client msg/s"] = round(res.client_rate, 1)
@@ -221,8 +229,43 @@ def drain_section(res: drain.DrainResult, fig: dict[str, Any]) -> list[str]:
         "",
     ]
     if res.profile is not None:
-        lines += ["### Drain profile (py-spy, 5 s, a second copy of the backlog)", ""]
-        lines += profile.table(res.profile)
+        profiles += ["## Drain profile (py-spy, 5 s, a second copy of the backlog)", ""]
+        profiles += profile.table(res.profile)
+    return lines
+
+
+def ab_drain_section(res: ab_drain.ABResult, fig: dict[str, Any]) -> list[str]:
+    lines = ["## 2b. Drain A/B: delivery in threads against delivery on the event loop", ""]
+    lines += [
+        f"The same backlog of {res.count:,} messages drained by the thread delivery (`requests` "
+        f"in daemon threads, commit {res.base}) and by the asyncio one (aiohttp's client, this "
+        f"tree), on both stores, {res.reps} alternating run(s) each (`bench/ab_drain.py`); "
+        "median per cell. PostgreSQL: a throwaway cluster with production durability.",
+        "",
+        "| store | threads messages/s | asyncio messages/s | asyncio / threads "
+        "| threads µs CPU/message | asyncio µs CPU/message |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    shares = []
+    for store in ab_drain.STORES:
+        old, new = res.median(store, "threads"), res.median(store, "asyncio")
+        share = ratio(new.rate, old.rate)
+        shares.append(share)
+        lines.append(
+            f"| {store} | {report.fmt(old.rate)} | {report.fmt(new.rate)} | {share:.2f} | "
+            f"{old.cpu_us:.0f} | {new.cpu_us:.0f} |"
+        )
+        key = "sqlite" if store == "SQLite" else "pg"
+        fig[f"ab drain {key} threads msg/s"] = round(old.rate, 1)
+        fig[f"ab drain {key} asyncio msg/s"] = round(new.rate, 1)
+        fig[f"ab drain {key} asyncio / threads"] = round(share, 3)
+    lines += [
+        "",
+        "Target (issue 24): the asyncio drain is not slower than the threads (asyncio / threads "
+        f">= 0.95 on both stores; a gap under 5 % is not told apart from noise here): "
+        f"{verdict(min(shares) >= 0.95)}.",
+        "",
+    ]
     return lines
 
 
@@ -311,7 +354,9 @@ def sustained_section(res: sustained.SustainedResult, fig: dict[str, Any]) -> li
     ]
 
 
-def postgres_section(res: postgres.PostgresResult, sizes: Sizes, fig: dict[str, Any]) -> list[str]:
+def postgres_section(
+    res: postgres.PostgresResult, sizes: Sizes, fig: dict[str, Any], profiles: list[str]
+) -> list[str]:
     lines = ["## 5. PostgreSQL: one and two replicas on one database, SQLite beside", ""]
     lines += [
         f"PostgreSQL {res.server_version}, a throwaway cluster on this machine (fsync, "
@@ -375,25 +420,34 @@ def postgres_section(res: postgres.PostgresResult, sizes: Sizes, fig: dict[str, 
     ]
     lines.append("")
     if res.profile is not None:
-        lines += ["### PostgreSQL drain profile (py-spy, 5 s, one replica)", ""]
-        lines += profile.table(res.profile)
+        profiles += ["## PostgreSQL drain profile (py-spy, 5 s, one replica)", ""]
+        profiles += profile.table(res.profile)
     return lines
 
 
 def measure(
-    parts: list[str], sizes: Sizes, with_profile: bool, figures: dict[str, Any]
+    parts: list[str],
+    sizes: Sizes,
+    with_profile: bool,
+    figures: dict[str, Any],
+    profiles: list[str],
 ) -> list[str]:
-    """Run the chosen parts in order: their report sections (and ``figures`` filled in)."""
+    """Run the chosen parts in order: their report sections (``figures`` and the py-spy
+    ``profiles`` filled in)."""
     sections: list[str] = []
     if "intake" in parts:
         print("intake ...", flush=True)
         res_i = intake.run(
             sizes.levels, sizes.intake_secs, sizes.profile_secs if with_profile else 0
         )
-        sections += intake_section(res_i, sizes, figures)
+        sections += intake_section(res_i, sizes, figures, profiles)
     if "drain" in parts:
         print("drain ...", flush=True)
-        sections += drain_section(drain.run(sizes.drain_count, with_profile), figures)
+        res_d = drain.run(sizes.drain_count, with_profile)
+        sections += drain_section(res_d, figures, profiles)
+    if "abdrain" in parts:
+        print("drain A/B, threads against asyncio ...", flush=True)
+        sections += ab_drain_section(ab_drain.run(sizes.ab_count, sizes.ab_reps), figures)
     if "memory" in parts:
         print("memory ...", flush=True)
         points = memory.run(sizes.memory_small, sizes.memory_large, sizes.memory_load_secs)
@@ -404,7 +458,7 @@ def measure(
     if "postgres" in parts:
         print("postgres ...", flush=True)
         res_p = postgres.run(sizes.drain_count, sizes.intake_secs, with_profile)
-        sections += postgres_section(res_p, sizes, figures)
+        sections += postgres_section(res_p, sizes, figures, profiles)
     if "sustained" in parts:
         print("sustained ...", flush=True)
         sections += sustained_section(sustained.run(sizes.sustained_secs), figures)
@@ -435,9 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     figures: dict[str, Any] = {"_date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
-    sections = measure(parts, sizes, with_profile, figures)
+    profiles: list[str] = []
+    sections = measure(parts, sizes, with_profile, figures, profiles)
     elapsed = time.monotonic() - started
-    sections.append(f"The whole run took {elapsed / 60:.1f} minutes.\n")
+    note = f"The whole run took {elapsed / 60:.1f} minutes."
+    if profiles:
+        (OUT / "profiles.md").write_text("\n".join(["# Profiles", "", *profiles]), "utf-8")
+        note += " py-spy profiles of this run: `bench/out/profiles.md` (not committed)."
+    sections.append(note + "\n")
     target = OUT / "benchmarks-quick.md" if args.quick else REPO / "docs" / "benchmarks.md"
     if set(parts) != set(PARTS):  # a partial run must not replace the full report
         target = OUT / "benchmarks-partial.md"

@@ -115,6 +115,20 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.ack_retries = Counter(
+            "synap_bridge_ack_retries",
+            "Failed attempts to mark a delivered batch delivered (retried until its lease ends), "
+            "by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.acks_lost = Counter(
+            "synap_bridge_acks_lost",
+            "Messages Segment accepted whose ack never landed within the lease: they go out "
+            "again (duplicates), by destination.",
+            ["destination"],
+            registry=r,
+        )
         self.pauses = Counter(
             "synap_bridge_destination_pauses",
             "Pauses begun after a transient failure (one per backoff), by destination.",

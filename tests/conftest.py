@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 from base64 import b64encode
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from bridge.receive.connections import ConnectionGuard, GuardedSite
 from bridge.receive.runtime import RUNTIME
 from bridge.serve import make_runner
 from bridge.synap import samples
-from tests import pgcluster
+from tests import pgcluster, tiers
 from tests.fakes import FakeSegment
 
 WRITE_KEY = "test-write-key"
@@ -76,6 +77,30 @@ def make_config(tmp_path: Path, segment_url: str | None = None, **sections: Any)
     if segment_url is not None:
         data["segment"] = {"write_key": WRITE_KEY, "endpoint": segment_url, "timeout_secs": 5}
     return config_module.parse(config_module.merge(data, sections))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tier marks (``process``, ``postgres``) each test earns by what it uses."""
+    tiers.mark(items)
+
+
+@pytest.fixture(autouse=True)
+def _tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test outside the ``process``/``postgres``/``image`` tiers must start no process: if it
+    does, its mark is missing (tests/tiers.py) and ``make test-fast`` would not be fast."""
+    if any(request.node.get_closest_marker(name) for name in ("process", "postgres", "image")):
+        yield
+        return
+    started: list[str] = []
+    original = subprocess.Popen.__init__
+
+    def recorded(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
+        started.append(str(args)[:200])
+        original(self, args, *rest, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recorded)
+    yield
+    assert not started, f"started {started} without the process mark (see tests/tiers.py)"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -38,7 +38,7 @@ from tests.standin import Podman, ensure_base_image
 
 #: The whole module's bound (pytest-timeout; the project default of 60 s is per unit test):
 #: the first test pays for the stand-in base (3 minutes on a busy machine) and the build.
-pytestmark = pytest.mark.timeout(540)
+pytestmark = [pytest.mark.timeout(540), pytest.mark.image]
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/synap-bridge:image-test"

@@ -155,6 +155,9 @@ class FakeSegment:
         self.trickling = 0  # answers being trickled right now
         self.trickles_abandoned = 0  # trickled answers the client stopped reading
         self.max_active = 0
+        #: The client connections batches came on (peer address -> transport): a client that
+        #: keeps its connections alive reuses a few; one that does not opens one per batch.
+        self._transports: dict[Any, asyncio.BaseTransport] = {}
         self._gate: asyncio.Event | None = None  # set by hold(): requests wait until release()
         self._barrier: tuple[int, float] | None = None  # set by require_concurrency()
         self._changed: asyncio.Event | None = None
@@ -162,6 +165,16 @@ class FakeSegment:
     @property
     def unique(self) -> int:
         return len(self.ids)
+
+    @property
+    def connections(self) -> int:
+        """Distinct client connections that carried a batch request."""
+        return len(self._transports)
+
+    @property
+    def open_connections(self) -> int:
+        """Those still open now (a closed client session closes its kept-alive ones)."""
+        return sum(1 for t in self._transports.values() if not t.is_closing())
 
     def fail(
         self,
@@ -263,6 +276,8 @@ class FakeSegment:
     # ---- handlers ----------------------------------------------------------------------
 
     async def _batch(self, request: web.Request) -> web.StreamResponse:
+        if request.transport is not None:
+            self._transports[request.transport.get_extra_info("peername")] = request.transport
         self.requests += 1
         self.active += 1
         self.max_active = max(self.max_active, self.active)

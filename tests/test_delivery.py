@@ -98,7 +98,9 @@ MakeDelivery = Callable[..., Delivery]
 
 
 @pytest.fixture
-def make(store: SQLiteStore, fake: FakeSegment) -> MakeDelivery:
+async def make(store: SQLiteStore, fake: FakeSegment) -> AsyncIterator[MakeDelivery]:
+    made: list[Delivery] = []
+
     def factory(
         config: DeliveryConfig | None = None,
         *,
@@ -108,7 +110,7 @@ def make(store: SQLiteStore, fake: FakeSegment) -> MakeDelivery:
         retention_secs: float | None = None,
     ) -> Delivery:
         config = config or settings()
-        return Delivery(
+        delivery = Delivery(
             store,
             sinks if sinks is not None else {"default": SegmentSink(KEY, fake.url, 5.0, True)},
             config,
@@ -117,8 +119,12 @@ def make(store: SQLiteStore, fake: FakeSegment) -> MakeDelivery:
             retention_secs=retention_secs,
             policy=RetryPolicy.from_config(config.retry, random.Random(3)),
         )
+        made.append(delivery)
+        return delivery
 
-    return factory
+    yield factory
+    for delivery in made:  # closes the sinks' sessions (stop() does, as serve's shutdown)
+        await delivery.stop(grace_secs=1.0)
 
 
 class TestDrain:

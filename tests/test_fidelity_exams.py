@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from bridge import config as config_module
+from bridge.mapper.exam_tests import ExamTestCache
 from bridge.mapping.exam_tests import MAX_TAUGHT
 from bridge.mapping.webhook import map_webhook
-from bridge.mapper.exam_tests import ExamTestCache
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import fixture_body
 from tests.fakes import FakeSegment

@@ -235,7 +235,7 @@ class TestEncodings:
         ("encoding", "body"),
         [
             ("gzip", b"this is not gzip at all"),
-            ("gzip", gzip.compress(b'{"a": 1}')[:-6]),  # truncated stream
+            ("gzip", gzip.compress(b'{"a": 1}', mtime=0)[:-6]),  # truncated stream
             ("deflate", b"\x00\x01\x02 not deflate"),
             ("br", b"not brotli"),
             ("x-unknown", b'{"a": 1}'),

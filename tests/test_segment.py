@@ -10,15 +10,14 @@ from typing import Any
 
 import orjson
 import pytest
-from requests.adapters import HTTPAdapter
 
 from bridge import config as config_module
+from bridge.delivery import sinks as sinks_module
 from bridge.delivery.sinks import (
-    MAX_CONNECTIONS,
-    SESSION,
     DryRunSink,
     SegmentSink,
     build_sinks,
+    env_proxy,
     is_transient_status,
 )
 from bridge.errors import PermanentDeliveryError, TransientDeliveryError
@@ -47,14 +46,30 @@ async def fake() -> AsyncIterator[FakeSegment]:
         yield server
 
 
+_OPEN: list[SegmentSink] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_sinks() -> AsyncIterator[None]:
+    """Every sink a test made is closed after it (its session holds sockets)."""
+    yield
+    while _OPEN:
+        await _OPEN.pop().close()
+
+
+def made(target: SegmentSink) -> SegmentSink:
+    _OPEN.append(target)
+    return target
+
+
 def sink(
     fake: FakeSegment, *, key: str = KEY, gzip: bool = True, timeout: float = 5.0
 ) -> SegmentSink:
-    return SegmentSink(key, fake.url, timeout, gzip)
+    return made(SegmentSink(key, fake.url, timeout, gzip))
 
 
 async def send(target: SegmentSink, items: list[bytes]) -> None:
-    await asyncio.to_thread(target.send, items)
+    await target.send(items)
 
 
 class TestSuccess:
@@ -74,11 +89,33 @@ class TestSuccess:
         await send(sink(fake), [payload(1, properties={"text": text})])
         assert fake.messages[0]["properties"] == {"text": text}
 
-    def test_one_connection_pool_for_every_worker(self) -> None:
-        for prefix in ("http://", "https://"):
-            adapter = SESSION.get_adapter(prefix)
-            assert isinstance(adapter, HTTPAdapter)
-            assert adapter._pool_maxsize >= MAX_CONNECTIONS  # type: ignore[attr-defined]
+    async def test_batches_reuse_kept_alive_connections_up_to_the_concurrency(
+        self, fake: FakeSegment
+    ) -> None:
+        """One session per destination, its pool sized to ``delivery.concurrency``: four
+        uploads at once open four connections, and the next rounds reuse them."""
+        target = made(SegmentSink(KEY, fake.url, 5.0, True, connections=4))
+        for round_ in range(3):
+            fake.require_concurrency(4)
+            await asyncio.gather(*(send(target, [payload(4 * round_ + n)]) for n in range(4)))
+        assert fake.accepted == 12
+        assert fake.rejected == []
+        assert fake.connections == 4
+
+    def test_no_session_is_made_at_import_or_construction(self) -> None:
+        """A session belongs to the running event loop; one made at import (as it was) is
+        bound to none, and one per sink made before the loop runs would be too."""
+        assert not [v for v in vars(sinks_module).values() if type(v).__name__ == "ClientSession"]
+        assert SegmentSink(KEY, "http://127.0.0.1:9", 5.0, True)._session is None
+
+    async def test_close_releases_the_connections(self, fake: FakeSegment) -> None:
+        target = SegmentSink(KEY, fake.url, 5.0, True)
+        await send(target, [payload(1)])
+        await target.close()
+        await fake.wait_until(lambda: fake.open_connections == 0)
+        await send(target, [payload(2)])  # a closed sink opens a new session when used again
+        await target.close()
+        assert fake.unique == 2
 
 
 class TestClassification:
@@ -177,7 +214,7 @@ class TestClassification:
     async def test_a_trickled_answer_is_cut_at_the_total_deadline(self, fake: FakeSegment) -> None:
         """One byte every 0.3 s never trips a 1 s read timeout; the total deadline does."""
         fake.fail(trickle=0.3)
-        target = SegmentSink(KEY, fake.url, 1.0, True, total_timeout_secs=1.5)
+        target = made(SegmentSink(KEY, fake.url, 1.0, True, total_timeout_secs=1.5))
         started = time.monotonic()
         with pytest.raises(TransientDeliveryError) as caught:
             await send(target, [payload(1)])
@@ -185,13 +222,40 @@ class TestClassification:
         assert "total_timeout_secs" in caught.value.detail
         await fake.wait_until(lambda: fake.trickles_abandoned == 1)  # the socket was closed
 
+    async def test_each_upload_is_cut_at_its_own_deadline_while_others_flow(
+        self, fake: FakeSegment
+    ) -> None:
+        """Two trickled answers (5 s each in full): the one with the shorter deadline is cut
+        first though it started second; meanwhile uploads to a healthy sink flow, and its
+        kept-alive connection is untouched by the cuts."""
+        fake.fail(trickle=0.3, times=2)
+        long = made(SegmentSink(KEY, fake.url, 1.0, True, total_timeout_secs=3.0))
+        short = made(SegmentSink(KEY, fake.url, 1.0, True, total_timeout_secs=1.0))
+        healthy = made(SegmentSink(KEY, fake.url, 5.0, True))
+        long_upload = asyncio.create_task(send(long, [payload(1)]))
+        await fake.wait_until(lambda: fake.trickling == 1)
+        short_upload = asyncio.create_task(send(short, [payload(2)]))
+        await fake.wait_until(lambda: fake.trickling == 2)
+        await send(healthy, [payload(3)])
+        assert fake.trickling == 2  # delivered while both were stuck
+        with pytest.raises(TransientDeliveryError, match="total_timeout_secs"):
+            await short_upload
+        assert not long_upload.done()
+        with pytest.raises(TransientDeliveryError, match="total_timeout_secs"):
+            await long_upload
+        await fake.wait_until(lambda: fake.trickles_abandoned == 2)
+        connections = fake.connections
+        await send(healthy, [payload(4)])
+        assert fake.connections == connections  # the same kept-alive connection
+        assert set(fake.ids) == {"m1", "m2", "m3", "m4"}
+
     async def test_connection_refused_is_transient(self) -> None:
         with socket.socket() as probe:  # a port nobody listens on once closed
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        target = SegmentSink(KEY, f"http://127.0.0.1:{port}", 2.0, True)
+        target = made(SegmentSink(KEY, f"http://127.0.0.1:{port}", 2.0, True))
         with pytest.raises(TransientDeliveryError):
-            await asyncio.to_thread(target.send, [payload(1)])
+            await send(target, [payload(1)])
 
     def test_status_table(self) -> None:
         assert [s for s in range(400, 600) if is_transient_status(s)] == [
@@ -208,10 +272,10 @@ class TestClassification:
 
 
 class TestDryRun:
-    def test_a_batch_sent_to_dry_run_is_refused_never_acknowledged(self) -> None:
+    async def test_a_batch_sent_to_dry_run_is_refused_never_acknowledged(self) -> None:
         dry = DryRunSink("eu")
         with pytest.raises(TransientDeliveryError, match="no write key"):
-            dry.send([payload(1)])
+            await dry.send([payload(1)])
         assert dry.dry_run is True
 
 
@@ -259,3 +323,35 @@ class TestBuildSinks:
         assert eu.name == "eu"
         assert eu.gzip is False  # gzip and timeout come from the segment section
         assert all(name == s.name for name, s in sinks.items())
+
+
+class TestProxy:
+    """HTTPS_PROXY/NO_PROXY read once per session, as requests and curl read them."""
+
+    def test_the_environment_names_the_proxy(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert env_proxy("https://api.segment.io/v1/batch") == "http://proxy.internal:3128"
+
+    def test_no_proxy_exempts_a_host(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+        monkeypatch.setenv("NO_PROXY", "segment.io")
+        assert env_proxy("https://api.segment.io/v1/batch") is None
+
+    def test_without_a_proxy_it_is_direct(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        assert env_proxy("https://api.segment.io/v1/batch") is None
+
+    async def test_batches_go_through_the_proxy_named(
+        self, fake: FakeSegment, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The fake stands in for the proxy: an absolute-form request reaches it, and the
+        sink's own host (nowhere.invalid) is never resolved."""
+        monkeypatch.setenv("HTTP_PROXY", fake.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        target = made(SegmentSink(KEY, "http://nowhere.invalid", 5.0, True))
+        await send(target, [payload(1)])
+        assert fake.ids == {"m1": 1}

@@ -90,3 +90,13 @@ class TestCompress:
         assert gzip.decompress(packed) == data
         # Byte 8 of a gzip header (XFL) is 2 at level 9, 4 at level 1, 0 in between.
         assert packed[8] == 0
+
+    def test_the_streamed_body_is_the_compressed_body(self) -> None:
+        """``compressed_body`` never builds the JSON body, yet gunzips to exactly it."""
+        payloads = [b'{"a":%d,"t":"\xc3\xa9l\xc3\xa8ve"}' % n for n in range(300)]
+        data = wire.body(payloads, wire.SENT_AT_SAMPLE, KEY)
+        packed = wire.compressed_body(payloads, wire.SENT_AT_SAMPLE, KEY)
+        assert gzip.decompress(packed) == data
+        assert gzip.decompress(wire.compressed_body([], wire.SENT_AT_SAMPLE, KEY)) == wire.body(
+            [], wire.SENT_AT_SAMPLE, KEY
+        )

@@ -69,6 +69,9 @@ IDLE_MAX_SECS = 2.0
 BYTES_FILL = 0.98
 HAND_BACK_SECS = 5.0  # after the grace period, time allowed to return unfinished batches
 ERROR_PAUSE_SECS = 1.0  # after the store failed us
+#: An ack is retried until this long before the batch's lease ends (clock drift, the ack's
+#: own round trip): past the lease the messages are another claim's to deliver.
+ACK_MARGIN_SECS = 5.0
 
 
 class Delivery:
@@ -107,6 +110,7 @@ class Delivery:
             max_bytes=config.batch.max_bytes,
             clock=self._clock,
             monotonic=self._monotonic,
+            ack_window_secs=self._lease_secs - config.batch.timeout_secs - ACK_MARGIN_SECS,
         )
         self._use(sinks)
         # While a partial batch gathers, only arrivals that can fill it wake the loop (see wake).
@@ -154,19 +158,29 @@ class Delivery:
         return {name: d.paused_until > now for name, d in self._destinations.items()}
 
     async def run_once(self) -> DrainReport:
-        """One round: claim what is due now, deliver it, and wait for every outcome."""
+        """One round: claim what is due now, deliver it, and wait for every outcome (then close
+        the sinks' connections, as :meth:`drain` does)."""
         report = DrainReport()
-        claimed = await self._claim(self._claim_limit())
-        tasks = await self._uploads.start(claimed, report)
-        await self._uploads.settle(tasks)
-        await self._dry_run.show()
+        try:
+            claimed = await self._claim(self._claim_limit())
+            tasks = await self._uploads.start(claimed, report)
+            await self._uploads.settle(tasks)
+            await self._dry_run.show()
+        finally:
+            await self._uploads.close()
         return report
 
     async def drain(self) -> DrainReport:
         """Deliver until nothing is due (tests, the CLI, benchmarks): the pipeline of
         :meth:`run` without its waits. Ends when a claim finds nothing and no batch is in flight
-        (a paused destination claims nothing), so it is bounded by the backlog."""
-        return await self._pump(wait=False)
+        (a paused destination claims nothing), so it is bounded by the backlog.
+
+        Like :meth:`run_once`, a one-shot: the sinks' connections close when it returns (they
+        open again at the next upload); :meth:`run` keeps them alive until :meth:`stop`."""
+        try:
+            return await self._pump(wait=False)
+        finally:
+            await self._uploads.close()
 
     async def run(self) -> None:
         """The background loop, until :meth:`stop`. Never dies of an error: it logs and waits."""
@@ -258,6 +272,7 @@ class Delivery:
             await asyncio.wait(leftovers, timeout=HAND_BACK_SECS)
         if runner is not None and not runner.done():
             await asyncio.wait({runner}, timeout=HAND_BACK_SECS)
+        await self._uploads.close()
 
     # ---- claiming ----------------------------------------------------------------------
 

@@ -3,7 +3,11 @@
 Kept apart from :mod:`bridge.delivery.loop` (which decides *when* to send) so the rules that decide
 a message's fate read in one place:
 
-* delivered - ack; the destination's failure streak ends.
+* delivered - ack; the destination's failure streak ends. An ack the store cannot take (a
+  PostgreSQL restart, a locked file) is tried again, with backoff, until it lands or the
+  batch's lease would end: given up, the messages go out again after the lease (duplicates
+  Segment collapses by messageId). Every failed try counts in ``ack_retries``, every message
+  given up in ``acks_lost``, with a log line each (docs/reliability.md).
 * transient - the destination pauses for the retry policy's backoff (never shorter than
   ``Retry-After``); sibling batches failing in the same outage extend it but count once. Every
   message goes back to the store due at the end of the pause, except those past ``max_age``,
@@ -14,6 +18,7 @@ a message's fate read in one place:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -21,13 +26,17 @@ from typing import Literal
 from bridge import logs
 from bridge.delivery.batching import Batch
 from bridge.delivery.retry import RetryPolicy
-from bridge.errors import DeliveryError, TransientDeliveryError
+from bridge.errors import DeliveryError, StorageUnavailableError, TransientDeliveryError
 from bridge.metrics import Metrics
 from bridge.store import ClaimedMessage, DeadReason, Store
 
 log = logs.get("bridge.delivery.loop")
 
 Outcome = Literal["delivered", "transient", "permanent"]
+
+#: The first wait before an ack is tried again; doubled after each failure up to the most.
+ACK_RETRY_FIRST_SECS = 0.05
+ACK_RETRY_MAX_SECS = 2.0
 
 
 @dataclass
@@ -72,14 +81,21 @@ class Outcomes:
         self.destinations = {name: DestinationState() for name in dry_run}
 
     async def record(
-        self, batch: Batch, error: DeliveryError | None, latency_ms: float, report: DrainReport
+        self,
+        batch: Batch,
+        error: DeliveryError | None,
+        latency_ms: float,
+        report: DrainReport,
+        acks_until: float = float("inf"),
     ) -> None:
+        """Apply the outcome; a delivered batch's ack is retried until ``acks_until`` (on the
+        monotonic clock: the end of its lease, less a margin)."""
         now = self._clock()
         state = self.destinations[batch.destination]
         outcome: Outcome
         if error is None:
             outcome = "delivered"
-            await self._store.ack(batch.ids, now)
+            await self._ack(batch, acks_until)
             state.failures, state.paused_until = 0, 0.0
             report.delivered += len(batch.messages)
             if self._metrics:
@@ -94,6 +110,55 @@ class Outcomes:
                 why = DeadReason("rejected_by_segment", error.detail)
                 await self.bury(batch.messages, why, report, error=error.detail)
         self._observe(batch, outcome, error, latency_ms)
+
+    async def _ack(self, batch: Batch, acks_until: float) -> None:
+        """Mark the batch delivered, trying again while the store fails and the lease lasts.
+
+        Segment has the messages already: an ack that never lands sends them all again after
+        the lease (a PostgreSQL restart once cost 750 duplicates that way). Retrying is safe:
+        the store applies an outcome only to its own unexpired claims, and keeps the claim's
+        token when a write fails."""
+        wait = ACK_RETRY_FIRST_SECS
+        failures = 0
+        while True:
+            try:
+                await self._store.ack(batch.ids, self._clock())
+            except StorageUnavailableError as exc:
+                failures += 1
+                if self._metrics:
+                    self._metrics.ack_retries.labels(batch.destination).inc()
+                if self._monotonic() + wait >= acks_until:
+                    self._ack_lost(batch, failures, exc)
+                    raise
+                if failures == 1:
+                    log.warning(
+                        "ack_retry",
+                        destination=batch.destination,
+                        messages=len(batch.messages),
+                        detail=f"delivered, not yet marked: {exc}; retrying until the lease ends",
+                    )
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, ACK_RETRY_MAX_SECS)
+                continue
+            if failures:
+                log.info(
+                    "ack_landed",
+                    destination=batch.destination,
+                    messages=len(batch.messages),
+                    attempts=failures + 1,
+                )
+            return
+
+    def _ack_lost(self, batch: Batch, failures: int, exc: StorageUnavailableError) -> None:
+        if self._metrics:
+            self._metrics.acks_lost.labels(batch.destination).inc(len(batch.messages))
+        log.error(
+            "ack_lost",
+            destination=batch.destination,
+            messages=len(batch.messages),
+            attempts=failures,
+            detail=f"{exc}; the lease ends: these messages go out again (duplicates)",
+        )
 
     async def _transient(
         self,

@@ -13,16 +13,22 @@ Why not ``segment.analytics.request.post``: it takes the batch as Python objects
 with the standard ``json`` module, so every stored message had to be parsed and encoded again
 per upload: with its level-9 gzip, that was the largest share of a backlog drain's CPU (figures
 in docs/benchmarks.md). The stored bytes already are the messages' JSON, so
-:mod:`bridge.delivery.wire` splices them into the same request (same URL, keys, Basic auth, gzip)
-and this module posts it with ``requests``, as ``request.post`` does. What we still take from the
-library is its reading of ``Retry-After`` (:func:`segment.analytics.request.parse_retry_after`:
-seconds or an HTTP date, capped at 300 s) and its error-body convention (``{"code", "message"}``).
+:mod:`bridge.delivery.wire` splices them into the same request (same URL, keys, Basic auth, gzip).
+What we still take from the library is its reading of ``Retry-After``
+(:func:`segment.analytics.request.parse_retry_after`: seconds or an HTTP date, capped at 300 s)
+and its error-body convention (``{"code", "message"}``).
 
-Threads: ``send`` is synchronous and runs in a worker thread, up to ``delivery.concurrency`` at
-once, all sharing one module-level ``requests.Session``: its connection pool (urllib3) is
-thread-safe, the cookie jar takes a lock, and our posts change no other Session state; sharing
-keeps TLS connections alive between batches. The pool holds :data:`MAX_CONNECTIONS`, the largest
-concurrency the configuration allows (the default 10 would open and discard extra connections).
+On the event loop: each sink owns one ``aiohttp.ClientSession`` (made at its first upload, in
+the running loop; never at import), whose connector keeps up to ``delivery.concurrency``
+connections to its endpoint alive between batches. ``ClientTimeout`` bounds every upload twice:
+``segment.timeout_secs`` per connect and per read, and ``segment.total_timeout_secs`` for the
+whole request, answer included, so a peer trickling its answer one byte a second is cut at the
+total deadline and its connection closed, while the other uploads go on. The session is closed
+by :meth:`SegmentSink.close` (the delivery loop calls it when it stops or replaces the sinks).
+Like ``requests`` before it, a sink honours ``HTTPS_PROXY``/``HTTP_PROXY`` and ``NO_PROXY``, read
+once when its session is made (:func:`env_proxy`). Not aiohttp's ``trust_env``: that reads the
+environment, and ``~/.netrc`` in an executor thread, on every request (a thread in delivery, and
+a tenth of a drain's CPU in its profile).
 
 Secrets: the write key goes into the request and nowhere else. No exception text or log line
 carries it: ``_scrub`` removes it, raw or as the Basic token, from any text that comes back
@@ -31,16 +37,20 @@ from the network, as a last line of defence.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-import requests
+import aiohttp
+import orjson
 from segment.analytics import request as segment_request
 
 from bridge import logs
 from bridge.config import DEFAULT_DESTINATION, Config
 from bridge.delivery import wire
-from bridge.delivery.deadline import Deadline, DeadlineAdapter
 from bridge.errors import PermanentDeliveryError, TransientDeliveryError
 
 log = logs.get(__name__)
@@ -60,25 +70,13 @@ MESSAGE_STATUSES = frozenset({400, 422})
 #: endpoint or a reload fixes it, or ``max_age_secs`` makes them dead letters after all.
 AUTH_STATUSES = frozenset({401, 403})
 PERMANENT_5XX = frozenset({501, 505})
-#: Largest ``delivery.concurrency`` the configuration allows: the connection pool holds as many.
+#: Connections a sink keeps when it is not told ``delivery.concurrency`` (its largest value).
 MAX_CONNECTIONS = 32
 _DETAIL_CHARS = 300
 
 
-def _session() -> requests.Session:
-    session = requests.Session()
-    adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=MAX_CONNECTIONS)
-    for prefix in ("https://", "http://"):
-        session.mount(prefix, adapter)
-    return session
-
-
-#: Shared by every sink and worker thread (module docstring).
-SESSION = _session()
-
-
 class Sink(Protocol):
-    """Where one destination's batches go. ``send`` blocks; call it from a worker thread."""
+    """Where one destination's batches go."""
 
     name: str
     dry_run: bool
@@ -87,25 +85,46 @@ class Sink(Protocol):
     #: ``send`` returns or raises within this time (connect, send and the whole answer).
     total_timeout_secs: float
 
-    def send(self, batch: Sequence[bytes]) -> None: ...
+    async def send(self, batch: Sequence[bytes]) -> None: ...
+
+    async def close(self) -> None:
+        """Release the sink's connections (no upload is in flight any more)."""
+        ...
 
 
 def is_transient_status(status: int) -> bool:
     return status in TRANSIENT_STATUSES or (500 <= status <= 599 and status not in PERMANENT_5XX)
 
 
-def error_code_and_message(response: requests.Response) -> tuple[str, str]:
+def error_code_and_message(body: bytes) -> tuple[str, str]:
     """Segment's error body is ``{"code": ..., "message": ...}``; anything else is "unknown"
     with the text (the library's convention, so log lines read the same)."""
     try:
-        doc = response.json()
+        doc = orjson.loads(body)
         return str(doc["code"]), str(doc["message"])
-    except (ValueError, KeyError, TypeError):
-        return "unknown", response.text
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "unknown", body.decode("utf-8", errors="replace")
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY`` ..., unless ``NO_PROXY``
+    exempts its host), as ``requests`` and curl read it; None for a direct connection."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or (parts.hostname and urllib.request.proxy_bypass(parts.hostname)):
+        return None
+    return proxy
+
+
+class _Answer:
+    """What :func:`segment_request.parse_retry_after` reads of a response: its headers."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = headers
 
 
 class SegmentSink:
-    """Uploads batches to one Segment source (one write key)."""
+    """Uploads batches to one Segment source (one write key) over its own connection pool."""
 
     dry_run = False
 
@@ -118,6 +137,7 @@ class SegmentSink:
         *,
         name: str = DEFAULT_DESTINATION,
         total_timeout_secs: float | None = None,
+        connections: int = MAX_CONNECTIONS,
     ) -> None:
         if not write_key:
             raise ValueError("write_key is empty")
@@ -131,39 +151,72 @@ class SegmentSink:
         self.total_timeout_secs = total_timeout_secs or 2 * timeout_secs
         self.gzip = gzip
         self.name = name
+        self.connections = connections
         self.envelope_bytes = wire.envelope_bytes(write_key)
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
 
     def __repr__(self) -> str:
         return f"SegmentSink(name={self.name!r}, endpoint={self.endpoint!r}, gzip={self.gzip})"
 
-    def send(self, batch: Sequence[bytes]) -> None:
+    def _client(self) -> aiohttp.ClientSession:
+        """The sink's session, made in the running loop at the first upload."""
+        session = self._session
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=0)
+            timeout = aiohttp.ClientTimeout(
+                total=self.total_timeout_secs,
+                sock_connect=self.timeout_secs,
+                sock_read=self.timeout_secs,
+            )
+            session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+            self._session = session
+            self._proxy = env_proxy(self.url)
+        return session
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    async def send(self, batch: Sequence[bytes]) -> None:
         """Upload ``batch`` (each item the JSON of one message); raise a DeliveryError if not 2xx.
 
         ``sentAt`` is fresh per attempt, so Segment's clock-skew correction sees the real send
         time of a retried batch.
         """
-        data = wire.body(batch, wire.sent_at(), self._write_key)
+        sent = wire.sent_at()
         if self.gzip:
-            data = wire.compress(data)
+            data = wire.compressed_body(batch, sent, self._write_key)
+        else:
+            data = wire.body(batch, sent, self._write_key)
+        started = time.monotonic()
+        session = self._client()
         try:
-            with Deadline(self.total_timeout_secs) as deadline:
-                response = SESSION.post(
-                    self.url,
-                    data=data,
-                    headers=self._headers,
-                    timeout=self.timeout_secs,
-                    allow_redirects=False,
-                )
-        except requests.RequestException as exc:
-            if deadline.expired:
-                raise TransientDeliveryError(self.overdue()) from exc
-            # Connection refused/reset, DNS, TLS, timeouts, a truncated body: all are the
-            # network's doing. Anything else requests raises (an invalid URL) cannot come from
-            # a validated endpoint, and retrying until max_age is safer than burying it.
-            detail = self._scrub(f"{type(exc).__name__}: {exc}")
-            raise TransientDeliveryError(detail) from exc
-        if not 200 <= response.status_code < 300:
-            raise self._translate(response)
+            async with session.post(
+                self.url, data=data, headers=self._headers, allow_redirects=False, proxy=self._proxy
+            ) as response:
+                answer = await response.read()  # the whole answer, so the connection is reused
+                status, headers = response.status, response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._network_error(exc, time.monotonic() - started) from exc
+        if not 200 <= status < 300:
+            raise self._translate(status, headers, answer)
+
+    def _network_error(self, exc: BaseException, elapsed: float) -> TransientDeliveryError:
+        """Connection refused/reset, DNS, TLS, a timeout, a truncated answer: all the network's
+        doing, all transient. Anything else aiohttp raises (an invalid URL) cannot come from a
+        validated endpoint, and retrying until max_age is safer than burying it."""
+        total = not isinstance(exc, aiohttp.ClientError) and isinstance(exc, TimeoutError)
+        if total or elapsed >= self.total_timeout_secs:
+            return TransientDeliveryError(self.overdue())
+        if isinstance(exc, TimeoutError):
+            kind = "Timeout"
+        elif isinstance(exc, aiohttp.ClientConnectionError):
+            kind = "ConnectionError"
+        else:
+            kind = "HTTPError"
+        return TransientDeliveryError(self._scrub(f"{kind}: {type(exc).__name__}: {exc}"))
 
     def overdue(self) -> str:
         return (
@@ -172,23 +225,22 @@ class SegmentSink:
         )
 
     def _translate(
-        self, response: requests.Response
+        self, status: int, headers: Mapping[str, str], answer: bytes
     ) -> TransientDeliveryError | PermanentDeliveryError:
-        status = response.status_code
         if 300 <= status < 400:
             # Nothing was uploaded. Following would resend the write key wherever the answer
             # points (and turn the POST into a GET for 301/302). Like a refused key, this is the
             # destination's configuration, not the batch's fault: pause, never bury.
-            where = response.headers.get("Location") or "nowhere"
+            where = headers.get("Location") or "nowhere"
             detail = self._scrub(
                 f"HTTP {status}: the endpoint redirects to {where}; set the destination's "
                 "endpoint to the final address; delivery is paused"
             )
             return TransientDeliveryError(detail, status=status)
-        code, message = error_code_and_message(response)
+        code, message = error_code_and_message(answer)
         detail = self._scrub(f"HTTP {status} {code}: {message}")
         if is_transient_status(status):
-            parsed = segment_request.parse_retry_after(response)
+            parsed = segment_request.parse_retry_after(_Answer(headers))
             retry_after = float(parsed) if parsed is not None else None
             return TransientDeliveryError(detail, status=status, retry_after=retry_after)
         if status in AUTH_STATUSES:
@@ -224,12 +276,24 @@ class DryRunSink:
     def __repr__(self) -> str:
         return f"DryRunSink(name={self.name!r})"
 
-    def send(self, batch: Sequence[bytes]) -> None:  # noqa: ARG002 - the Sink protocol's signature
+    async def send(self, batch: Sequence[bytes]) -> None:  # noqa: ARG002 - the Sink protocol's signature
         raise TransientDeliveryError(f"destination {self.name!r} has no write key (dry-run)")
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+async def close_all(sinks: Sequence[Sink]) -> None:
+    """Close every sink; one that fails to close does not keep the others open."""
+    results = await asyncio.gather(*(sink.close() for sink in sinks), return_exceptions=True)
+    for sink, result in zip(sinks, results, strict=True):
+        if isinstance(result, Exception):
+            log.warning("sink_close_failed", destination=sink.name, error=type(result).__name__)
 
 
 def build_sinks(config: Config) -> dict[str, Sink]:
-    """One sink per destination: ``default`` (the segment section) and each routing entry.
+    """One sink per destination: ``default`` (the segment section) and each routing entry,
+    each with a pool of ``delivery.concurrency`` connections.
 
     A destination without a write key is a dry run: its messages are logged and kept queued,
     never marked delivered (an empty key is a configuration error, never a dry run).
@@ -251,5 +315,6 @@ def build_sinks(config: Config) -> dict[str, Sink]:
                 seg.gzip,
                 name=name,
                 total_timeout_secs=seg.total_timeout_secs,
+                connections=config.delivery.concurrency,
             )
     return sinks

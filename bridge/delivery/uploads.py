@@ -1,4 +1,4 @@
-"""Sending: cut claimed messages into batches, upload each in a worker thread, record outcomes.
+"""Sending: cut claimed messages into batches, upload each on the event loop, record outcomes.
 
 Kept apart from :mod:`bridge.delivery.loop` (which decides *when* to claim and send) so that
 what happens to one batch reads in one place: messages that cannot be sent are buried
@@ -18,15 +18,14 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from bridge import logs
 from bridge.delivery.batching import Batch, plan
 from bridge.delivery.outcomes import DrainReport, Outcomes
-from bridge.delivery.sinks import Sink
-from bridge.delivery.threads import run_in_daemon_thread
+from bridge.delivery.sinks import Sink, close_all
 from bridge.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from bridge.store import ClaimedMessage, DeadReason, Store
 
 log = logs.get("bridge.delivery.loop")
 
-#: Beyond a sink's own total deadline, how long the loop still waits for its thread to report.
-#: The sink aborts its socket at the deadline; this only covers a sink that fails to.
+#: Beyond a sink's own total deadline, how long the loop still waits for it. The sink's session
+#: cuts the upload at the deadline; this only covers a sink that fails to.
 DEADLINE_GRACE_SECS = 5.0
 
 
@@ -41,8 +40,14 @@ class Uploads:
         max_bytes: int,
         clock: Callable[[], float],
         monotonic: Callable[[], float],
+        ack_window_secs: float = float("inf"),
     ) -> None:
         self._store = store
+        #: From the start of a batch, how long its ack may still be retried: the lease less the
+        #: longest wait between the claim and the start (the batch age).
+        self._ack_window_secs = ack_window_secs
+        #: Sinks replaced by a reload, closed once no batch in flight uses them.
+        self._retiring: set[asyncio.Task[None]] = set()
         self._outcomes = outcomes
         self._max_events = max_events
         self._max_bytes = max_bytes
@@ -57,8 +62,26 @@ class Uploads:
         self._slot_taken = asyncio.Event()
 
     def use(self, sinks: Mapping[str, Sink]) -> None:
-        """New sinks (reload); batches already in flight keep theirs."""
+        """New sinks (reload); batches already in flight keep theirs, and the old sinks' sessions
+        close once those batches are done."""
+        kept = {id(sink) for sink in sinks.values()}
+        old = [sink for sink in self._sinks.values() if id(sink) not in kept]
         self._sinks = dict(sinks)
+        if old:
+            task = asyncio.get_running_loop().create_task(self._retire(old, set(self.inflight)))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, sinks: Sequence[Sink], inflight: set[asyncio.Task[None]]) -> None:
+        if inflight:
+            await asyncio.wait(inflight)
+        await close_all(sinks)
+
+    async def close(self) -> None:
+        """Close every sink (after stop: no batch is in flight any more)."""
+        if self._retiring:
+            await asyncio.wait(set(self._retiring))
+        await close_all(list(self._sinks.values()))
 
     async def start(
         self, claimed: Sequence[ClaimedMessage], report: DrainReport
@@ -76,7 +99,10 @@ class Uploads:
         if work.oversized:
             why = DeadReason("message_too_large", "message is larger than Segment's 32 KB")
             await self._outcomes.bury(work.oversized, why, report)
-        tasks = {asyncio.create_task(self._deliver(batch, report)) for batch in work.batches}
+        acks_until = self._monotonic() + self._ack_window_secs
+        tasks = {
+            asyncio.create_task(self._deliver(batch, report, acks_until)) for batch in work.batches
+        }
         for task in tasks:
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
@@ -111,13 +137,14 @@ class Uploads:
             if not task.cancelled() and task.exception() is not None:
                 log.error("delivery_batch_error", exc_info=task.exception())
 
-    async def _deliver(self, batch: Batch, report: DrainReport) -> None:
-        refused = await self._upload(batch, report)
+    async def _deliver(self, batch: Batch, report: DrainReport, acks_until: float) -> None:
+        refused = await self._upload(batch, report, acks_until)
         if refused and len(batch.messages) > 1:
             envelope = self._sinks[batch.destination].envelope_bytes
-            await asyncio.gather(*(self._deliver(half, report) for half in batch.halves(envelope)))
+            halves = batch.halves(envelope)
+            await asyncio.gather(*(self._deliver(half, report, acks_until) for half in halves))
 
-    async def _upload(self, batch: Batch, report: DrainReport) -> bool:
+    async def _upload(self, batch: Batch, report: DrainReport, acks_until: float) -> bool:
         """Send one batch and record the outcome; True when Segment refused it permanently."""
         sink = self._sinks[batch.destination]
         async with self._handed_back_if_cancelled(batch), self._slot():
@@ -130,17 +157,17 @@ class Uploads:
             error, latency_ms = await self._send(sink, batch)
             if isinstance(error, TransientDeliveryError):  # before the slot passes on
                 self._outcomes.pause(batch.destination, error)
-        await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report))
+        await asyncio.shield(self._outcomes.record(batch, error, latency_ms, report, acks_until))
         return isinstance(error, PermanentDeliveryError)
 
     async def _send(self, sink: Sink, batch: Batch) -> tuple[DeliveryError | None, float]:
-        """Upload in a worker thread; the error (None on 2xx) and the latency in ms."""
+        """Upload; the error (None on 2xx) and the latency in ms."""
         started = time.perf_counter()
         error: DeliveryError | None = None
-        upload = run_in_daemon_thread("segment-upload", sink.send, batch.payloads)
         try:
-            await asyncio.wait_for(upload, sink.total_timeout_secs + DEADLINE_GRACE_SECS)
-        except TimeoutError:  # the sink missed its own deadline: the thread is abandoned
+            async with asyncio.timeout(sink.total_timeout_secs + DEADLINE_GRACE_SECS):
+                await sink.send(batch.payloads)
+        except TimeoutError:  # the sink missed its own deadline (it raises DeliveryErrors)
             error = TransientDeliveryError(
                 f"no answer within {sink.total_timeout_secs:g}s (segment.total_timeout_secs)"
             )
