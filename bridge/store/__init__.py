@@ -113,6 +113,8 @@ class StoreStats:
     dead_letters: dict[str, int] = field(default_factory=dict)  # by reason
     storage_bytes: int = 0
     last_delivered_at: float | None = None
+    unmapped: int = 0  # webhooks stored, not mapped yet (the mapping stage's backlog)
+    oldest_unmapped_at: float | None = None  # receipt time of the oldest of those (mapping lag)
 
 
 @dataclass(frozen=True, slots=True)
