@@ -35,6 +35,7 @@ class Tick:
     x: float
     y: float
     text: str
+    anchor: str = "middle"  # SVG text-anchor: the last time label ends at the plot's edge
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +83,18 @@ def draw(minutes: Sequence[Minute]) -> Chart:
         )
         for key, label in SERIES
     )
+    last = len(minutes) - 1
     x_ticks = tuple(
-        Tick(x(i), HEIGHT - 6, datetime.fromtimestamp(m.start, UTC).strftime("%H:%M"))
+        Tick(
+            x(i),
+            HEIGHT - 6,
+            datetime.fromtimestamp(m.start, UTC).strftime("%H:%M"),
+            "end" if i == last else "start" if i == 0 else "middle",
+        )
         for i, m in enumerate(minutes)
-        if i % 15 == 0 or i == len(minutes) - 1
+        if (i % 15 == 0 and last - i >= 8) or i == last
     )
-    y_ticks = tuple(Tick(x0 - 6, y(v), str(v)) for v in (0, top // 2, top))
+    y_ticks = tuple(Tick(x0 - 6, y(v), str(v), "end") for v in (0, top // 2, top))
     totals = ", ".join(f"{line.total} {line.label}" for line in lines)
     summary = f"Last {len(minutes)} minutes, per minute: {totals}."
     return Chart(WIDTH, HEIGHT, lines, x_ticks, y_ticks, (x0, y0, x1, y1), summary)

@@ -10,8 +10,9 @@
   each failure is logged with the address. The table is bounded (:data:`MAX_TRACKED`), so a
   flood of addresses costs memory once, not without end.
 * Headers on every answer: a Content-Security-Policy that allows only the bridge's own script,
-  style and images (no inline script), ``X-Frame-Options: DENY``, ``nosniff``, no referrer,
-  and ``Cache-Control: no-store`` (every page but the static files shows personal data).
+  style and images (no inline script), ``X-Frame-Options: DENY``, ``nosniff``, referrers to
+  itself only (``no-referrer`` would make browsers send ``Origin: null`` with every form), and
+  ``Cache-Control: no-store`` (every page but the static files shows personal data).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 STATIC_PREFIX = "/static/"
