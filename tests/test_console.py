@@ -22,13 +22,20 @@ from bridge.app import build_app
 from bridge.config import Config
 from bridge.console.app import build_console
 from bridge.console.chart import draw, nice_ceiling
-from bridge.console.security import COOKIE, CSP
+from bridge.console.security import (
+    COOKIE,
+    CSP,
+    MAX_SESSIONS,
+    MAX_TRACKED,
+    LoginThrottle,
+    Sessions,
+)
 from bridge.console.traffic import Minute
 from bridge.errors import ConfigError
 from bridge.receive.runtime import RUNTIME
 from bridge.store import DeadLetterFilter, EventQuery
 from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth, polled
-from tests.fakes import FakeSegment
+from tests.fakes import FakeSegment, ManualClock
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -337,3 +344,87 @@ class TestOverview:
         assert first_y == chart.plot[3]  # zero sits on the x axis
         assert "1770 webhooks in" in chart.summary
         assert delivered.total == sum(i // 2 for i in range(60))
+
+
+class TestSearch:
+    async def test_fields_and_time_range_as_the_cli_reads_them(self, bridge: Bridge) -> None:
+        first = await bridge.post("attempt.completed", attempt_completed(1, user="ada"))
+        other = await bridge.post("attempt.completed", attempt_completed(2, user="bob"))
+        assert await sign_in(bridge.console) == 303
+
+        async def found(query: str) -> str:
+            answer = await bridge.console.get(f"/events?{query}")
+            assert answer.status == 200, query
+            return await answer.text()
+
+        by_user = await found("user=ada&since=1h")
+        assert first["webhook_id"] in by_user
+        assert other["webhook_id"] not in by_user
+        assert "1 webhook(s)" in await found("ref=att-2")
+        assert "0 webhook(s)" in await found("user=ada&until=1h")  # received less than 1h ago
+        assert "2 webhook(s)" in await found("code=attempt.completed&since=2026-01-01T00:00:00Z")
+        assert "Fill in any field" in await found("state=nonsense")
+
+    async def test_an_unreadable_time_is_said_not_guessed(self, bridge: Bridge) -> None:
+        assert await sign_in(bridge.console) == 303
+        answer = await bridge.console.get("/events?since=last+tuesday")
+        assert answer.status == 400
+        assert "since: not a time" in await answer.text()
+
+    async def test_an_unknown_webhook_or_letter_is_a_404(self, bridge: Bridge) -> None:
+        assert await sign_in(bridge.console) == 303
+        for path in ("/events/wh_999", "/events/nonsense", "/dead-letters/999", "/dead-letters/x"):
+            assert (await bridge.console.get(path)).status == 404, path
+
+
+class TestConfiguration:
+    def test_off_until_both_username_and_password_are_set(
+        self, config_factory: Callable[..., Config]
+    ) -> None:
+        assert not config_factory().console.enabled
+        assert not config_factory(console={"username": "ops"}).console.enabled
+        assert config_factory(**console_section()).console.enabled
+
+    def test_its_port_is_not_the_webhook_port(self, config_factory: Callable[..., Config]) -> None:
+        with pytest.raises(ConfigError, match=r"console\.port must differ"):
+            config_factory(server={"port": 8080}, **console_section(port=8080))
+
+
+class TestSessionsAndLimits:
+    def test_a_session_expires_and_ends(self) -> None:
+        clock = ManualClock(1000.0)
+        sessions = Sessions(60, clock)
+        token, started = sessions.start("ops")
+        assert sessions.get(token) == started
+        assert sessions.get(None) is None
+        assert sessions.get("forged") is None
+        clock.now += 61
+        assert sessions.get(token) is None  # expired, and forgotten
+        token, _ = sessions.start("ops")
+        sessions.end(token)
+        assert sessions.get(token) is None
+
+    def test_sessions_are_bounded(self) -> None:
+        sessions = Sessions(60, ManualClock(0.0))
+        first, _ = sessions.start("ops")
+        for _ in range(MAX_SESSIONS):
+            sessions.start("ops")
+        assert sessions.get(first) is None  # the oldest went first
+
+    def test_failed_sign_ins_are_forgotten_after_the_window(self) -> None:
+        clock = ManualClock(0.0)
+        throttle = LoginThrottle(2, 300, clock)
+        assert throttle.failed("192.0.2.1") == 1
+        assert throttle.failed("192.0.2.1") == 2
+        assert throttle.blocked_for("192.0.2.1") == 300
+        assert throttle.blocked_for("192.0.2.2") == 0  # per address
+        clock.now = 301
+        assert throttle.blocked_for("192.0.2.1") == 0
+        assert throttle.failed("192.0.2.1") == 1
+
+    def test_the_address_table_is_bounded(self) -> None:
+        throttle = LoginThrottle(1, 300, ManualClock(0.0))
+        throttle.failed("first")
+        for n in range(MAX_TRACKED):
+            throttle.failed(f"10.0.{n // 256}.{n % 256}")
+        assert throttle.blocked_for("first") == 0

@@ -10,6 +10,7 @@ Modules: ``app`` (the application and its routes), ``listener`` (start it beside
 ``pages`` (what a page shows, from the operator store methods), ``traffic`` (the last hour's
 counts, sampled in-process) and ``chart`` (its SVG). It may import ``bridge.config``,
 ``bridge.store``, ``bridge.explain``, ``bridge.mapping.intake`` (the remapper a replay uses),
+``bridge.cli.events`` (how a time in a search is read),
 ``bridge.receive.runtime`` and ``bridge.logs``; nothing imports it but ``bridge.serve``.
 
 Store reads go through the store's operator methods (``stats``, ``find_events``, ``event``,

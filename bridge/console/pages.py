@@ -6,6 +6,7 @@ print, each value from a webhook left as it is so that Jinja2's autoescape escap
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 
 from bridge import explain
+from bridge.cli import events as events_cli
 from bridge.config import DEFAULT_DESTINATION
 from bridge.console.chart import Chart, draw
 from bridge.console.traffic import Traffic
@@ -24,8 +26,8 @@ from bridge.store.rows import webhook_row
 HOUR = 3600.0
 SEARCH_LIMIT = 50
 LETTERS_SHOWN = 500
-#: How far back a search's "since" may reach, as the form offers it.
-SINCE_CHOICES = {"": None, "15m": 900.0, "1h": 3600.0, "24h": 86400.0, "7d": 604800.0}
+#: The search form's fields (the options of ``synap-bridge events``).
+SEARCH_FIELDS = ("user", "ref", "message_id", "code", "state", "since", "until")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,22 +86,39 @@ async def overview(runtime: Runtime, traffic: Traffic) -> Overview:
     )
 
 
-def search_query(form: Mapping[str, str], now: float) -> EventQuery | None:
-    """The search form as an :class:`EventQuery` (None when no field is filled: no search)."""
+class SearchError(ValueError):
+    """A search field the console cannot read (the message says which and why)."""
+
+
+def search_query(form: Mapping[str, str]) -> EventQuery | None:
+    """The search form as an :class:`EventQuery` (None when no field is filled: no search).
+
+    ``since`` / ``until`` read as ``synap-bridge events`` reads them: a duration ago (``15m``,
+    ``2h``, ``7d``) or an ISO-8601 time; anything else raises :class:`SearchError`.
+    """
 
     def field(name: str) -> str | None:
         value = form.get(name, "").strip()
         return value[:500] or None
 
+    def moment(name: str) -> float | None:
+        text = field(name)
+        if text is None:
+            return None
+        try:
+            return events_cli.moment(text)
+        except ArgumentTypeError as exc:
+            raise SearchError(f"{name}: {exc}") from None
+
     state = field("state")
-    since = SINCE_CHOICES.get(form.get("since", ""))
     query = EventQuery(
         user_id=field("user"),
         ref=field("ref"),
         message_id=field("message_id"),
         code=field("code"),
         state=state if state in MESSAGE_STATES else None,
-        since=None if since is None else now - since,
+        since=moment("since"),
+        until=moment("until"),
         limit=SEARCH_LIMIT,
     )
     if query == EventQuery(limit=SEARCH_LIMIT):

@@ -155,16 +155,22 @@ async def overview_live(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.Response:
     runtime = request.app[CONSOLE].runtime
-    query = pages.search_query(request.query, runtime.clock())
-    records = [] if query is None else await runtime.store.find_events(query, runtime.clock())
-    context = {
+    context: dict[str, Any] = {
         "form": request.query,
-        "searched": query is not None,
-        "records": records,
+        "searched": False,
+        "records": [],
         "states": MESSAGE_STATES,
-        "since_choices": list(pages.SINCE_CHOICES),
         "limit": pages.SEARCH_LIMIT,
+        "error": None,
     }
+    try:
+        query = pages.search_query(request.query)
+    except pages.SearchError as exc:
+        context["error"] = str(exc)
+        return _render(request, "events.html", context, 400)
+    if query is not None:
+        context["searched"] = True
+        context["records"] = await runtime.store.find_events(query, runtime.clock())
     return _render(request, "events.html", context)
 
 
