@@ -34,8 +34,9 @@ from bridge.console.traffic import Minute
 from bridge.errors import ConfigError
 from bridge.receive.runtime import RUNTIME
 from bridge.store import DeadLetterFilter, EventQuery
-from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth, polled
+from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth, fixture_body, polled
 from tests.fakes import FakeSegment, ManualClock
+from tests.test_exam_hold import attempt_body as exam_attempt
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -428,3 +429,17 @@ class TestSessionsAndLimits:
         for n in range(MAX_TRACKED):
             throttle.failed(f"10.0.{n // 256}.{n % 256}")
         assert throttle.blocked_for("first") == 0
+
+
+class TestWebhookPage:
+    async def test_held_and_superseded_are_explained(self, bridge: Bridge) -> None:
+        held = await bridge.post("attempt.completed", exam_attempt("completed"))
+        assert await sign_in(bridge.console) == 303
+        page = await (await bridge.console.get(f"/events/{held['webhook_id']}")).text()
+        assert "state-held" in page
+        assert "waits for the exam.* webhook of the same attempt" in page
+        assert "Raw webhook body, as received" in page
+        await bridge.post("exam.completed", fixture_body("exam.completed"))
+        page = await (await bridge.console.get(f"/events/{held['webhook_id']}")).text()
+        assert "no message stored" in page
+        assert "superseded" in page
