@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app
 from bridge.config import Config
+from bridge.console import listener
 from bridge.console.app import build_console
 from bridge.console.chart import draw, nice_ceiling
 from bridge.console.security import (
@@ -443,3 +444,42 @@ class TestWebhookPage:
         page = await (await bridge.console.get(f"/events/{held['webhook_id']}")).text()
         assert "no message stored" in page
         assert "superseded" in page
+
+
+class TestListener:
+    async def test_off_without_credentials(
+        self, config_factory: Callable[..., Config], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        runtime = build_app(config_factory())[RUNTIME]
+        assert await listener.start(runtime) is None
+        assert any("console_off" in r.getMessage() for r in caplog.records)
+
+    async def test_says_its_url_and_refuses_a_taken_port(
+        self, config_factory: Callable[..., Config], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        runtime = build_app(config_factory(**console_section(port=0)))[RUNTIME]
+        runner = await listener.start(runtime)
+        assert runner is not None
+        try:
+            (line,) = [
+                r.getMessage() for r in caplog.records if "console_listening" in r.getMessage()
+            ]
+            port = runner.addresses[0][1]
+            assert f"http://127.0.0.1:{port}/" in line
+            taken = build_app(config_factory(**console_section(port=port)))[RUNTIME]
+            with pytest.raises(OSError, match="address already in use"):
+                await listener.start(taken)
+            assert any("console_cannot_listen" in r.getMessage() for r in caplog.records)
+        finally:
+            await runner.cleanup()
+
+    async def test_storage_down_is_a_page_with_the_headers(self, bridge: Bridge) -> None:
+        assert await sign_in(bridge.console) == 303
+        await bridge.webhooks.app[RUNTIME].store.close()
+        answer = await bridge.console.get("/")
+        assert answer.status == 503
+        assert "storage is unavailable" in await answer.text()
+        assert answer.headers["Content-Security-Policy"] == CSP
+        assert answer.headers["Cache-Control"] == "no-store"

@@ -37,6 +37,10 @@ async def start(runtime: Runtime) -> web.AppRunner | None:
     site = web.TCPSite(runner, settings.host, settings.port)
     try:
         await site.start()
+    except OSError as exc:
+        log.error("console_cannot_listen", host=settings.host, port=settings.port, error=str(exc))
+        await runner.cleanup()
+        raise
     except BaseException:
         await runner.cleanup()
         raise

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from bridge.config import ConsoleConfig
+from bridge.errors import StorageUnavailableError
 
 COOKIE = "bridge_console"
 #: Sessions and client addresses kept at most; the oldest go first.
@@ -160,10 +161,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The security headers on every answer, errors included."""
+    response: web.StreamResponse
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         response = exc
+    except StorageUnavailableError as exc:
+        # A page, not a traceback: the operator sees why, with the headers every page has.
+        response = web.Response(status=503, text=f"The bridge's storage is unavailable: {exc}")
     response.headers.update(HEADERS)
     if request.path.startswith(STATIC_PREFIX):
         response.headers["Cache-Control"] = "private, max-age=300"

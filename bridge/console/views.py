@@ -9,7 +9,7 @@ needs the session's CSRF token; the replay asks for a confirmation first and log
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp_jinja2
@@ -246,9 +246,7 @@ async def replay(request: web.Request) -> web.Response:
     which, described = chosen
     runtime = console.runtime
     if form.get("confirm") != "yes":
-        letters = await runtime.store.dead_letters(which)
-        context = {"letters": letters, "which": which, "described": described}
-        return _render(request, "confirm.html", context)
+        return await _confirm(request, runtime, which, described)
     outcome = await runtime.store.replay(which, remapper(runtime.config), runtime.clock())
     runtime.wake_delivery(outcome.messages)
     log.info(
@@ -263,3 +261,21 @@ async def replay(request: web.Request) -> web.Response:
         messages=outcome.messages,
     )
     return _render(request, "replayed.html", {"outcome": outcome, "described": described})
+
+
+#: Dead letters a confirmation lists (the count covers them all).
+LISTED = 20
+
+
+async def _confirm(
+    request: web.Request, runtime: Runtime, which: DeadLetterFilter, described: str
+) -> web.Response:
+    """What a replay would take, before it does: the count and the first few letters."""
+    first = await runtime.store.dead_letters(replace(which, limit=LISTED))
+    if which.ids:
+        count = len(await runtime.store.dead_letters(which))
+    else:
+        now = runtime.clock()
+        count = (await runtime.store.stats(now, now)).dead_letters.get(which.reason or "", 0)
+    context = {"letters": first, "count": count, "which": which, "described": described}
+    return _render(request, "confirm.html", context)
