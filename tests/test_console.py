@@ -145,6 +145,19 @@ class TestSignIn:
         assert cookie["samesite"] == "Strict"
         assert (await bridge.console.get("/")).status == 200
 
+    async def test_secure_cookie_behind_tls(
+        self, aiohttp_client: MakeClient, config_factory: Callable[..., Config]
+    ) -> None:
+        config = config_factory(**console_section(secure_cookie=True))
+        console = await aiohttp_client(build_console(build_app(config)[RUNTIME]))
+        answer = await console.post(
+            "/login",
+            data={"username": CONSOLE_USER, "password": CONSOLE_PASSWORD},
+            allow_redirects=False,
+        )
+        assert answer.status == 303
+        assert answer.cookies[COOKIE]["secure"]
+
     async def test_the_webhook_password_opens_nothing(
         self, bridge: Bridge, caplog: pytest.LogCaptureFixture
     ) -> None:

@@ -106,7 +106,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     client = _client(request)
     wait = console.throttle.blocked_for(client)
     if wait > 0:
-        log.warning("console_login_refused", client=client, retry_after_secs=round(wait))
+        # Past the limit a client may go on trying: one line a second, with the count left out.
+        suppressed = console.runtime.throttle.allow("console_login_refused")
+        if suppressed is not None:
+            log.warning(
+                "console_login_refused",
+                client=client,
+                retry_after_secs=round(wait),
+                suppressed=suppressed,
+            )
         response = _render(
             request, "login.html", {"error": "Too many failed sign-ins: try again later."}, 429
         )
