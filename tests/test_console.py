@@ -7,6 +7,7 @@ the browser-level story is tests/test_console_browser.py.
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from bridge.console.traffic import Minute
 from bridge.errors import ConfigError
 from bridge.receive.runtime import RUNTIME
 from bridge.store import DeadLetterFilter, EventQuery
+from tests import pgcluster
 from tests.conftest import PASSWORD, USER, attempt_completed, basic_auth, fixture_body, polled
 from tests.fakes import FakeSegment, ManualClock
 from tests.test_exam_hold import attempt_body as exam_attempt
@@ -496,3 +498,34 @@ class TestListener:
         assert "storage is unavailable" in await answer.text()
         assert answer.headers["Content-Security-Policy"] == CSP
         assert answer.headers["Cache-Control"] == "no-store"
+
+
+class TestOnPostgres:
+    async def test_overview_webhook_page_and_replay(
+        self,
+        aiohttp_client: MakeClient,
+        fake_segment: FakeSegment,
+        config_factory: Callable[..., Config],
+        postgres: pgcluster.Cluster,
+    ) -> None:
+        """The same pages over the PostgreSQL store: they use the operator methods only."""
+        storage = {"url": postgres.new_database()}
+        config = config_factory(fake_segment.url, storage=storage, **console_section())
+        app = build_app(config)
+        bridge = Bridge(
+            await aiohttp_client(app), await aiohttp_client(build_console(app[RUNTIME])), config
+        )
+        delivered = await bridge.post("attempt.completed", attempt_completed(1, user="ada"))
+        await fake_segment.wait_for(1)
+        letter = await TestReplay().dead_message(bridge, fake_segment)
+        assert await sign_in(bridge.console) == 303
+        page = await (await bridge.console.get(f"/events/{delivered['webhook_id']}")).text()
+        assert '"userId": "ada"' in html.unescape(page)  # the message as sent, indented
+        assert (
+            delivered["webhook_id"] in await (await bridge.console.get("/events?user=ada")).text()
+        )
+        token = await csrf_of(bridge.console)
+        form = {"csrf": token, "id": str(letter), "confirm": "yes"}
+        done = await bridge.console.post("/dead-letters/replay", data=form)
+        assert "Replayed 1 dead letter(s) as 1 message(s)" in await done.text()
+        await fake_segment.wait_for(2)
