@@ -529,3 +529,37 @@ class TestOnPostgres:
         done = await bridge.console.post("/dead-letters/replay", data=form)
         assert "Replayed 1 dead letter(s) as 1 message(s)" in await done.text()
         await fake_segment.wait_for(2)
+
+
+class TestDestinations:
+    async def test_a_paused_destination_says_until_when_and_why(
+        self,
+        aiohttp_client: MakeClient,
+        fake_segment: FakeSegment,
+        config_factory: Callable[..., Config],
+    ) -> None:
+        retry = {"initial_backoff_secs": 60, "max_backoff_secs": 120}
+        config = config_factory(
+            fake_segment.url,
+            delivery={"batch": {"timeout_secs": 0.01}, "retry": retry},
+            routing={"destinations": {"school_b": {"portal_ids": ["portal-b"]}}},
+            **console_section(),
+        )
+        app = build_app(config)
+        bridge = Bridge(
+            await aiohttp_client(app), await aiohttp_client(build_console(app[RUNTIME])), config
+        )
+        fake_segment.fail(503, times=1)
+        await bridge.post("attempt.completed", attempt_completed(1))
+        assert await sign_in(bridge.console) == 303
+        live = ""
+
+        async def paused() -> bool:
+            nonlocal live
+            live = await (await bridge.console.get("/overview/live")).text()
+            return "state-paused" in live
+
+        await polled(paused)
+        assert "paused</span> until" in live
+        assert "HTTP 503" in live
+        assert "state-dry-run" in live  # school_b has no write key

@@ -10,7 +10,9 @@
     try {
       const answer = await fetch(live.dataset.refresh, { credentials: "same-origin", redirect: "manual" });
       if (answer.status !== 200) return false;
-      live.innerHTML = await answer.text();
+      const fresh = await answer.text();
+      // Never pull a focused link from under the keyboard: wait until focus leaves.
+      if (!live.contains(document.activeElement)) live.innerHTML = fresh;
     } catch (error) {
       // A restart or a network blip: try again at the next tick.
     }
