@@ -17,7 +17,7 @@ RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test test-fast lint format typecheck pytest bench bench-deps clean packaging-deps
-.PHONY: monitoring-deps image-deps image-test lock postgres-deps
+.PHONY: monitoring-deps image-deps image-test lock postgres-deps browser-deps
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,7 @@ typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 # Branch coverage of bridge/ (with the serve subprocesses) and a floor: 90 % (92.7 % when set).
-pytest: $(TEST_STAMP) postgres-deps
+pytest: $(TEST_STAMP) postgres-deps browser-deps
 	$(BIN)/pytest -q --cov=bridge --cov-branch --cov-report=term:skip-covered --cov-fail-under=90
 
 test: lint typecheck pytest
@@ -120,6 +120,15 @@ postgres-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	  else echo "postgres-deps: the tests need PostgreSQL (Debian/Ubuntu: sudo apt-get install postgresql)" >&2; fi; }
+
+# Chromium and its WebDriver (Debian packages chromium, chromium-driver) for the console's
+# browser tests (tests/test_console_browser.py, marker browser). Installed when missing and
+# root; otherwise this fails naming the command (never a skip).
+browser-deps:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	  else echo "browser-deps: the console's browser tests need Chromium (Debian/Ubuntu: sudo apt-get install chromium chromium-driver)" >&2; exit 1; fi; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

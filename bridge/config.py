@@ -238,6 +238,33 @@ class MetricsConfig(_Section):
     password: Secret = None
 
 
+class ConsoleConfig(_Section):
+    """The operator's console (bridge.console): its own listener and its own credentials.
+
+    Off until both ``username`` and ``password`` are set: a page that shows personal data must
+    never be open by default, and a password-less "read-only" mode would be that. It never
+    shares the webhook listener or the webhook password (a Synap subscription's password would
+    otherwise open the dead-letter replay to whoever can read Synap's settings).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=0, le=65535)
+    username: str | None = Field(None, min_length=1, max_length=200)
+    password: Secret = None
+    #: Mark the session cookie ``Secure`` (browsers then send it over HTTPS only): set it when a
+    #: TLS proxy stands in front (docs/operations.md).
+    secure_cookie: bool = False
+    #: A signed-in session ends after this long, active or not.
+    session_secs: float = Field(8 * 3600, gt=0)
+    #: Failed sign-ins allowed per client address within ``login_window_secs`` (then 429).
+    login_attempts: int = Field(5, ge=1)
+    login_window_secs: float = Field(300.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.username is not None and self.password is not None
+
+
 class CodeMapping(_Section):
     """Per Synap event code: switch it off, rename its track event, switch off single calls."""
 
@@ -387,6 +414,23 @@ class Config(_Section):
     mapping: MappingConfig = MappingConfig()
     routing: RoutingConfig = RoutingConfig()
     synap: SynapConfig = SynapConfig()
+    console: ConsoleConfig = ConsoleConfig()
+
+    @model_validator(mode="after")
+    def _console_has_its_own_password(self) -> Config:
+        password = self.console.password
+        if password is None:
+            return self
+        if self.console.enabled and self.console.port and self.console.port == self.server.port:
+            raise ValueError("console.port must differ from server.port: it is its own listener")
+        others = (self.auth.password, self.auth.next_password, self.metrics.password)
+        secret = password.get_secret_value()
+        if any(other is not None and other.get_secret_value() == secret for other in others):
+            raise ValueError(
+                "console.password must differ from the webhook and metrics passwords (auth, "
+                "metrics): whoever reads Synap's webhook settings must not be able to sign in"
+            )
+        return self
 
     @property
     def dry_run(self) -> bool:

@@ -32,6 +32,7 @@ from bridge import config as config_module
 from bridge import logs
 from bridge.app import build_app, metrics_app
 from bridge.config import Config
+from bridge.console import listener as console
 from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError, StorageUnavailableError
 from bridge.receive.connections import ConnectionGuard, GuardedSite, fit_to_descriptors
@@ -132,6 +133,7 @@ async def _serve(config: Config, config_path: str | None) -> int:
             runners.append(side)
         for address in (addr for r in runners for addr in r.addresses):
             log.info("listening", host=address[0], port=address[1], dry_run=config.dry_run)
+        runners.extend(r for r in [await console.start(runtime)] if r is not None)
         tune_gc()
         notifier.ready()
         pinger = asyncio.create_task(watchdog_loop(notifier, healthy=runtime.stages_healthy))

@@ -20,8 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import orjson
-
+from bridge import explain
 from bridge.cli import ops
 from bridge.config import Config
 from bridge.messages import parse_time
@@ -92,28 +91,6 @@ def when(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
-def _short(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _call(payload: bytes) -> str:
-    """``track Completed Test`` / ``identify`` / ``group g-1``: what the message is, in brief."""
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return "?"
-    if not isinstance(body, dict):
-        return "?"
-    kind = str(body.get("type", "?"))
-    if kind == "track":
-        return f"track {body.get('event', '?')}"
-    if kind == "group":
-        return f"group {body.get('groupId', '?')}"
-    return kind
-
-
 def _json_or_text(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -124,7 +101,7 @@ def _json_or_text(raw: bytes) -> Any:
 def message_dict(message: EventMessage) -> dict[str, Any]:
     return {
         "message_id": message.message_id,
-        "call": _call(message.payload),
+        "call": explain.call(message.payload),
         "destination": message.destination,
         "user_id": message.user_id,
         "state": message.state,
@@ -155,13 +132,10 @@ def record_dict(record: EventRecord) -> dict[str, Any]:
 
 def message_line(message: EventMessage) -> str:
     """One line per message: what, whose, where it is, and the detail that state needs."""
-    parts = [f"{_call(message.payload)}", f"user {message.user_id}", message.state]
-    if message.state == "delivered":
-        parts.append(f"at {_short(message.delivered_at)}")
-    elif message.state in ("pending", "held") and message.due_at is not None:
-        parts.append(f"due {_short(message.due_at)}")
-    elif message.state == "inflight" and message.due_at is not None:
-        parts.append(f"lease until {_short(message.due_at)}")
+    parts = [explain.call(message.payload), f"user {message.user_id}", message.state]
+    detail = explain.state_detail(message)
+    if detail is not None:
+        parts.append(detail)
     if message.dead_reason:
         parts.append(f"reason {message.dead_reason}")
     parts.append(f"attempts {message.attempts}")
@@ -175,7 +149,7 @@ def message_line(message: EventMessage) -> str:
 
 def write_record(record: EventRecord, out: TextIO) -> None:
     out.write(
-        f"{record.webhook_id}  {_short(record.received_at)}  {record.code}  "
+        f"{record.webhook_id}  {explain.short_time(record.received_at)}  {record.code}  "
         f"portal {record.portal_id or '-'}\n"
     )
     if record.unmapped_tries is not None:
@@ -190,12 +164,9 @@ def write_record(record: EventRecord, out: TextIO) -> None:
             + "\n"
         )
     elif record.dead is not None:
-        out.write(f"    not mapped: {record.dead.reason}: {record.dead.detail}\n")
+        out.write(f"    {explain.not_mapped(record.dead)}\n")
     elif not record.messages:
-        out.write(
-            "    no message stored: each messageId it maps to was stored by an earlier webhook"
-            " (a redelivery), or it maps to none\n"
-        )
+        out.write(f"    {explain.NO_MESSAGE}\n")
     for message in record.messages:
         out.write(f"    {message_line(message)}\n")
 

@@ -152,6 +152,11 @@ class Delivery:
         remaining = self._destinations[destination].paused_until - self._monotonic()
         return self._clock() + remaining
 
+    def last_errors(self) -> dict[str, str | None]:
+        """Each destination: the detail of its last failed upload (None: none since start or
+        the last reload). For the console's overview."""
+        return {name: d.last_error for name, d in self._destinations.items()}
+
     def paused(self) -> dict[str, bool]:
         """Each destination: is it waiting out a backoff now? (``/metrics``)"""
         now = self._clock()

@@ -52,6 +52,7 @@ class DrainReport:
 class DestinationState:
     failures: int = 0  # transient failures in a row
     paused_until: float = 0.0  # on the monotonic clock (bridge.delivery.clocks)
+    last_error: str | None = None  # the last failed upload's detail (the console shows it)
 
 
 class Outcomes:
@@ -106,6 +107,7 @@ class Outcomes:
             await self._transient(batch, error, state, now, report)
         else:
             outcome = "permanent"
+            state.last_error = error.detail
             if len(batch.messages) == 1:
                 why = DeadReason("rejected_by_segment", error.detail)
                 await self.bury(batch.messages, why, report, error=error.detail)
@@ -189,6 +191,7 @@ class Outcomes:
         instead of probing the outage again. Calling it again for the same failure (as
         :meth:`record` does) changes nothing."""
         state = self.destinations[destination]
+        state.last_error = error.detail
         mono = self._monotonic()
         if state.paused_until <= mono:
             state.failures += 1

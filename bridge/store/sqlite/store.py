@@ -1,8 +1,10 @@
 """The SQLite implementation of :class:`bridge.store.Store`: the async face of the database.
 
 No database work runs on the event loop. Writes go to one writer thread (group commit, see
-:mod:`bridge.store.sqlite.writer`); reads (stats, dead letters, next due time) go to one reader
-thread with its own connection, which WAL lets run beside the writer. Another process (the CLI) may
+:mod:`bridge.store.sqlite.writer`); the service's reads (stats, next due time, dry-run peeks) go
+to one reader thread with its own connection, which WAL lets run beside the writer, and the
+operator's reads (event search, dead letters: the console, the CLI) to a second one, so a slow
+search never makes the delivery loop wait for its next due time. Another process (the CLI) may
 open the same file at the same time: WAL plus ``busy_timeout`` make them take turns.
 
 The database file must stay the one opened: deleted or replaced under a running store, every
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -93,7 +96,8 @@ class SQLiteStore:
         self._writer: Writer | None = None
         self._checkpointer: Checkpointer | None = None
         self._reader: ThreadPoolExecutor | None = None
-        self._reader_conn: sqlite3.Connection | None = None  # touched by the reader thread only
+        self._operator: ThreadPoolExecutor | None = None  # the operator's reads
+        self._conns = threading.local()  # each reader thread's own connection (``conn``)
         self._identity = FileIdentity(self.path)
 
     @classmethod
@@ -145,14 +149,17 @@ class SQLiteStore:
             raise
         self._identity.remember_companions()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-reader:{self.path.name}")
+        self._operator = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-ops:{self.path.name}")
 
     async def close(self) -> None:
-        """Finish the queued writes, then close both connections and stop both threads."""
+        """Finish the queued writes, then close every connection and stop every thread."""
         await self._stop_writer()
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            await asyncio.get_running_loop().run_in_executor(reader, self._close_reader)
-            await asyncio.to_thread(reader.shutdown, wait=True)
+        readers = (self._reader, self._operator)
+        self._reader = self._operator = None
+        for reader in readers:
+            if reader is not None:
+                await asyncio.get_running_loop().run_in_executor(reader, self._close_reader)
+                await asyncio.to_thread(reader.shutdown, wait=True)
 
     async def _stop_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -188,7 +195,7 @@ class SQLiteStore:
         )
 
     def _close_reader(self) -> None:
-        conn, self._reader_conn = self._reader_conn, None
+        conn, self._conns.conn = getattr(self._conns, "conn", None), None
         if conn is not None:
             conn.close()
 
@@ -201,28 +208,32 @@ class SQLiteStore:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
         return cast(T, await self._writer.submit(work, doing, groupable=groupable))
 
-    async def _read(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
-        if self._reader is None:
+    async def _read(
+        self, work: Callable[[sqlite3.Connection], T], doing: str, *, operator: bool = False
+    ) -> T:
+        reader = self._operator if operator else self._reader
+        if reader is None:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
         self._identity.refuse()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader, self._in_reader, work, doing)
+        return await loop.run_in_executor(reader, self._in_reader, work, doing)
 
     def _in_reader(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
+        conn: sqlite3.Connection | None = getattr(self._conns, "conn", None)
         try:
-            if self._reader_conn is None:
+            if conn is None:
                 self._identity.confirm()  # as for the checkpointer's connection
-                self._reader_conn = connect(
+                conn = self._conns.conn = connect(
                     self.path,
                     synchronous=self.synchronous,
                     busy_timeout_secs=self.busy_timeout_secs,
                     readonly=True,
                 )
-            return work(self._reader_conn)
+            return work(conn)
         except (sqlite3.Error, OSError) as exc:
-            if self._reader_conn is not None and self._reader_conn.in_transaction:
+            if conn is not None and conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
-                    self._reader_conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
             raise translate(exc, doing) from exc
 
     def _storage_bytes(self) -> int:
@@ -361,19 +372,22 @@ class SQLiteStore:
     # ---- dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, which: DeadLetterFilter) -> list[DeadLetter]:
-        return await self._read(partial(ops.dead_letters, which=which), "list dead letters")
+        work = partial(ops.dead_letters, which=which)
+        return await self._read(work, "list dead letters", operator=True)
 
     async def dead_letter(self, letter_id: int) -> DeadLetterDetail | None:
-        return await self._read(partial(ops.dead_letter, letter_id=letter_id), "read a letter")
+        work = partial(ops.dead_letter, letter_id=letter_id)
+        return await self._read(work, "read a letter", operator=True)
 
     # ---- event search ----------------------------------------------------------------------
 
     async def find_events(self, query: EventQuery, now: float) -> list[EventRecord]:
         work = partial(ops.find_events, query=query, now=now)
-        return await self._read(work, "search the events")
+        return await self._read(work, "search the events", operator=True)
 
     async def event(self, webhook_id: str, now: float) -> EventDetail | None:
-        return await self._read(partial(ops.event, ref=webhook_id, now=now), "read an event")
+        work = partial(ops.event, ref=webhook_id, now=now)
+        return await self._read(work, "read an event", operator=True)
 
     async def replay(self, which: DeadLetterFilter, remap: Remapper, now: float) -> ReplayOutcome:
         """Remap on the caller's loop, write one transaction per chunk of letters."""
@@ -382,7 +396,7 @@ class SQLiteStore:
         for start in range(0, len(letters), CHUNK):
             chunk = letters[start : start + CHUNK]
             sources = await self._read(
-                partial(ops.webhooks_of_letters, letters=chunk), "read dead letters"
+                partial(ops.webhooks_of_letters, letters=chunk), "read dead letters", operator=True
             )
             outcomes = [(letter, row, remap(webhook)) for letter, row, webhook in sources]
             work = partial(ops.replay_chunk, outcomes=outcomes, now=now)
