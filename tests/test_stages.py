@@ -268,6 +268,7 @@ async def test_sigterm_maps_what_was_kept_then_sends_it(
         await bridge.close()
 
 
+@pytest.mark.process
 @pytest.mark.timeout(60)
 async def test_a_stuck_mapper_is_not_healthy_and_the_watchdog_stops(
     tmp_path: Path, fake_segment: FakeSegment
