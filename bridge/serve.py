@@ -37,8 +37,7 @@ from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError, StorageUnavailableError
 from bridge.receive.connections import ConnectionGuard, GuardedSite, fit_to_descriptors
 from bridge.receive.runtime import RUNTIME, Runtime
-from bridge.store.factory import describe
-from bridge.store.sqlite.lock import DatabaseInUseError, ServeLock
+from bridge.store.factory import DatabaseInUseError, describe, serve_guard
 from bridge.systemd import Notifier, watchdog_loop
 
 log = logs.get(__name__)
@@ -69,9 +68,7 @@ async def serve(config: Config, config_path: str | None) -> int:
     problem = config.listen_problem()
     if problem:
         raise ConfigError([problem])
-    if config.storage.url is not None:  # PostgreSQL: replicas share the queue, no lock
-        return await _serve(config, config_path)
-    lock = ServeLock(config.storage.path)
+    lock = serve_guard(config.storage)  # one serve per SQLite file; none on PostgreSQL
     try:
         lock.acquire()
     except DatabaseInUseError as exc:

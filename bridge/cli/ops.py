@@ -30,8 +30,7 @@ from bridge.config import Config
 from bridge.errors import StorageUnavailableError
 from bridge.mapping.intake import remapper
 from bridge.store import DeadLetter, DeadLetterFilter, Store
-from bridge.store.factory import describe, open_store
-from bridge.store.sqlite.schema import DatabaseMissingError
+from bridge.store.factory import DatabaseMissingError, describe, open_store
 
 REPLAY_CHUNK = 200
 #: EX_NOINPUT: the database the command should read does not exist.

@@ -15,13 +15,12 @@ arrives.
 from __future__ import annotations
 
 import asyncio
-import shutil
-from pathlib import Path
 
 from bridge import logs
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
 from bridge.receive.runtime import Runtime
+from bridge.store.factory import free_disk_bytes
 
 log = logs.get(__name__)
 
@@ -35,14 +34,6 @@ def refusal(pending: int, free_bytes: int | None, storage: StorageConfig) -> str
             f"({storage.min_free_bytes})"
         )
     return None
-
-
-def free_bytes(path: Path) -> int | None:
-    folder = path.parent if path.parent != Path("") else Path(".")
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
 
 
 def storage_failed(runtime: Runtime, exc: StorageUnavailableError) -> None:
@@ -80,8 +71,7 @@ async def refresh(runtime: Runtime) -> None:
         return
     runtime.metrics.observe_backlog(stats, now)
     storage = runtime.config.storage
-    # The disk to watch is SQLite's; PostgreSQL's disk is the database server's to watch.
-    free = None if storage.url is not None else free_bytes(storage.path)
+    free = free_disk_bytes(storage)  # SQLite's disk; PostgreSQL's is the server's to watch
     # Webhooks kept but not mapped yet are backlog too (each becomes a message or more).
     reason = refusal(stats.pending + stats.in_flight + stats.unmapped, free, storage)
     if reason != runtime.backpressure:
