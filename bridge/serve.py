@@ -114,8 +114,8 @@ async def _serve(config: Config, config_path: str | None) -> int:
     runner = make_runner(app, config)
     try:
         await runner.setup()
-    except StorageUnavailableError as exc:
-        log.error("storage_unavailable", error=str(exc), path=describe(config.storage))
+    except StorageUnavailableError as exc:  # database_corrupt names itself
+        log.error(exc.code, error=str(exc), path=describe(config.storage))
         return 1
     runners = [runner]
     limit = fit_to_descriptors(config.server.max_connections)

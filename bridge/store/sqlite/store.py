@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar, cast
 
+from bridge import logs
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
 from bridge.messages import OutgoingMessage
@@ -48,7 +49,9 @@ from bridge.store.sqlite.enqueue import Item, enqueue_group
 from bridge.store.sqlite.identity import FileIdentity
 from bridge.store.sqlite.schema import (
     SYNCHRONOUS_MODES,
+    DatabaseCorruptError,
     DatabaseMissingError,
+    check_sound,
     connect,
     migrate,
     translate,
@@ -56,6 +59,7 @@ from bridge.store.sqlite.schema import (
 from bridge.store.sqlite.writer import Writer
 
 T = TypeVar("T")
+log = logs.get(__name__)
 
 #: Rows per transaction for the maintenance writes, so intake is never held up for long.
 CHUNK = 2000
@@ -92,6 +96,7 @@ class SQLiteStore:
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None  # touched by the reader thread only
         self._identity = FileIdentity(self.path)
+        self._corrupt: DatabaseCorruptError | None = None  # once seen, until a restart
 
     @classmethod
     def from_config(cls, cfg: StorageConfig, *, create: bool = True) -> SQLiteStore:
@@ -120,7 +125,11 @@ class SQLiteStore:
                 "this command never creates one"
             )
         self._identity = FileIdentity(self.path)  # whatever the path names now is ours
-        checkpointer = Checkpointer(self._connect_checkpointer, f"sqlite-wal:{self.path.name}")
+        checkpointer = Checkpointer(
+            self._connect_checkpointer,
+            f"sqlite-wal:{self.path.name}",
+            before=self._identity.confirm,
+        )
         checkpointer.start()
         self._checkpointer = checkpointer
         writer = Writer(
@@ -133,6 +142,8 @@ class SQLiteStore:
         writer.start()
         self._writer = writer
         try:
+            if self.create:  # serve: never on a malformed file (the CLI only reads or replays)
+                await writer.submit(check_sound, "check the database", raw=True)
             await writer.submit(partial(migrate, create=self.create), "open the database", raw=True)
         except DatabaseMissingError as exc:
             await self._stop_writer()
@@ -150,6 +161,7 @@ class SQLiteStore:
         if reader is not None:
             await asyncio.get_running_loop().run_in_executor(reader, self._close_reader)
             await asyncio.to_thread(reader.shutdown, wait=True)
+        self._identity.forget()
 
     async def _stop_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -174,15 +186,18 @@ class SQLiteStore:
         except OSError:
             conn.close()
             raise
+        self._identity.watch(conn)
         return conn
 
     def _connect_checkpointer(self) -> sqlite3.Connection:
         # Opened lazily: by then the path may name another file, whose connection would take
         # our -wal and -shm (same names) for its own and checkpoint our pages into it.
         self._identity.confirm()
-        return connect(
+        conn = connect(
             self.path, synchronous=self.synchronous, busy_timeout_secs=self.busy_timeout_secs
         )
+        self._identity.watch(conn)
+        return conn
 
     def _close_reader(self) -> None:
         conn, self._reader_conn = self._reader_conn, None
@@ -196,14 +211,28 @@ class SQLiteStore:
     ) -> T:
         if self._writer is None:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
-        return cast(T, await self._writer.submit(work, doing, groupable=groupable))
+        try:
+            return cast(T, await self._writer.submit(work, doing, groupable=groupable))
+        except DatabaseCorruptError as exc:
+            self._seen_corrupt(exc)
+            raise
 
     async def _read(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         if self._reader is None:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
         self._identity.refuse()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader, self._in_reader, work, doing)
+        try:
+            return await loop.run_in_executor(self._reader, self._in_reader, work, doing)
+        except DatabaseCorruptError as exc:
+            self._seen_corrupt(exc)
+            raise
+
+    def _seen_corrupt(self, exc: DatabaseCorruptError) -> None:
+        """A malformed file does not heal: one error line, and never writable again."""
+        if self._corrupt is None:
+            self._corrupt = exc
+            log.error("database_corrupt", path=str(self.path), error=str(exc))
 
     def _in_reader(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         try:
@@ -215,6 +244,7 @@ class SQLiteStore:
                     busy_timeout_secs=self.busy_timeout_secs,
                     readonly=True,
                 )
+                self._identity.watch(self._reader_conn)
             return work(self._reader_conn)
         except (sqlite3.Error, OSError) as exc:
             if self._reader_conn is not None and self._reader_conn.in_transaction:
@@ -307,6 +337,8 @@ class SQLiteStore:
         return await self._read(work, "read statistics")
 
     async def check_writable(self) -> None:
+        if self._corrupt is not None:
+            raise self._corrupt
         await self._write(ops.probe, "write")
 
     # ---- dead letters ----------------------------------------------------------------------
