@@ -77,8 +77,20 @@ class ServerConfig(_Section):
     body_timeout_secs: float = Field(30.0, gt=0)
     #: Open connections at most (more are closed at once); kept under the descriptor limit.
     max_connections: int = Field(2000, ge=1)
+    #: Open connections at most from one client address (unset: a tenth of max_connections),
+    #: so one client cannot hold every slot; addresses in trusted_proxies are not limited.
+    max_connections_per_client: int | None = Field(None, ge=1)
+    #: A kept-alive connection is closed after its answer once it is this old, however often
+    #: it asks: requests do not keep a connection (and its slot) forever.
+    connection_max_age_secs: float = Field(300.0, gt=0)
     #: Proxies whose X-Forwarded-For is believed for the client address in log lines.
     trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+
+    def per_client_connections(self) -> int:
+        """``max_connections_per_client``, or its default: a tenth of ``max_connections``."""
+        if self.max_connections_per_client is not None:
+            return self.max_connections_per_client
+        return max(1, self.max_connections // 10)
 
 
 class AuthConfig(_Section):

@@ -120,7 +120,13 @@ async def _serve(config: Config, config_path: str | None) -> int:
     runners = [runner]
     limit = fit_to_descriptors(config.server.max_connections)
     guard = ConnectionGuard(
-        limit, config.server.header_timeout_secs, runtime.metrics, runtime.throttle
+        limit,
+        config.server.header_timeout_secs,
+        runtime.metrics,
+        runtime.throttle,
+        per_client=min(limit, config.server.per_client_connections()),
+        exempt=config.server.trusted_proxies,
+        max_age=config.server.connection_max_age_secs,
     )
     try:
         await GuardedSite(runner, guard, config.server.host, config.server.port).start()
