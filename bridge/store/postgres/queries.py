@@ -308,15 +308,24 @@ RETURNING m.id, m.message_id, m.destination, m.user_id, p.payload, m.attempts, m
 """
 _CLAIM = _CLAIM_TEMPLATE.format(where="")
 _CLAIM_EXCLUDING = _CLAIM_TEMPLATE.format(where=" AND destination <> ALL($4::text[])")
+_CLAIM_ONLY = _CLAIM_TEMPLATE.format(where=" AND destination = ANY($4::text[])")
 
 
 async def claim(
-    conn: Conn, now: float, limit: int, lease_secs: float, exclude: Sequence[str] = ()
+    conn: Conn,
+    now: float,
+    limit: int,
+    lease_secs: float,
+    exclude: Sequence[str] = (),
+    only: Sequence[str] | None = None,
 ) -> list[tuple[ClaimedMessage, int]]:
     """Up to ``limit`` due open rows (pending and due, or in flight past their lease), in
     arrival order, with their new fencing tokens. Rows another replica holds are skipped, and
-    so are the destinations in ``exclude`` (dry-run)."""
-    if exclude:
+    so are the destinations in ``exclude`` (dry-run) and, given ``only`` (already without
+    ``exclude``), every destination not in it."""
+    if only is not None:
+        rows = await conn.fetch(_CLAIM_ONLY, now, limit, lease_secs, list(only))
+    elif exclude:
         rows = await conn.fetch(_CLAIM_EXCLUDING, now, limit, lease_secs, list(exclude))
     else:
         rows = await conn.fetch(_CLAIM, now, limit, lease_secs)

@@ -224,13 +224,21 @@ class PostgresStore:
         return await self._writer.submit(ops.Intake(received, tuple(messages), dead))
 
     async def claim(
-        self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease_secs: float,
+        exclude: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[ClaimedMessage]:
         if limit <= 0:
             return []
+        names = None if only is None else [name for name in only if name not in exclude]
+        if names == []:
+            return []
         async with self._connection("claim messages") as conn:
             claimed = await ops.claim(
-                conn, self.clock.to_db(now), limit, lease_secs, tuple(exclude)
+                conn, self.clock.to_db(now), limit, lease_secs, tuple(exclude), names
             )
         for message, token in claimed:
             self._leases[message.id] = token

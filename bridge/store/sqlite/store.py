@@ -277,12 +277,22 @@ class SQLiteStore:
         return cast(EnqueueReceipt, await receipt)
 
     async def claim(
-        self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease_secs: float,
+        exclude: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[ClaimedMessage]:
         if limit <= 0:
             return []
         work = partial(
-            ops.claim, now=now, limit=limit, lease_secs=lease_secs, exclude=tuple(exclude)
+            ops.claim,
+            now=now,
+            limit=limit,
+            lease_secs=lease_secs,
+            exclude=tuple(exclude),
+            only=None if only is None else tuple(only),
         )
         # Groupable, like ack: see ack.
         return await self._write(work, "claim messages", groupable=True)
