@@ -34,6 +34,7 @@ from bridge.app import build_app, metrics_app
 from bridge.config import Config
 from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError, StorageUnavailableError
+from bridge.receive import malformed
 from bridge.receive.connections import ConnectionGuard, GuardedSite, fit_to_descriptors
 from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.store.factory import describe
@@ -166,6 +167,7 @@ def make_runner(app: web.Application, config: Config) -> web.AppRunner:
     idle keep-alive one); ``lingering_time`` bounds draining a body the handler did not read
     (401, 503). The handler bounds the body it reads (``server.body_timeout_secs``).
     """
+    malformed.install()  # aiohttp's parser errors: throttled, without the bytes they quote
     return web.AppRunner(
         app,
         handle_signals=False,
