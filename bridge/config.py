@@ -172,25 +172,31 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 def masked_url(url: str) -> str:
     """``postgresql://bridge:s3cret@db/bridge`` -> ``postgresql://bridge:***@db/bridge``.
 
-    Also masks a ``password=`` query parameter. Used wherever a storage URL is shown (check-config,
-    logs, errors): the password never leaves the process.
+    Also masks every query parameter named like a password (``password=``, ``sslpassword=``).
+    Used wherever a storage URL is shown (check-config, logs, errors): the password never
+    leaves the process. The user info ends at the *last* ``@`` of the URL, so an unencoded
+    password holding ``@``, ``/`` or ``?`` is masked whole; an ``@`` inside the query makes
+    more than the password masked, never less.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"
-    head, question, query = rest.partition("?")
-    # The last "@" before the query ends the user info, even if an unencoded password holds "@"
-    # or "/".
-    userinfo, at, hosts = head.rpartition("@")
+    userinfo, at, after = rest.rpartition("@")
     if at:
         user, colon, _ = userinfo.partition(":")
-        head = f"{user}{':***' if colon else ''}@{hosts}"
+        user = user.partition("?")[0].partition("/")[0]
+        rest = f"{user}{':***' if colon else ''}@{after}"
+    head, question, query = rest.partition("?")
     if question:
         query = "&".join(
-            "password=***" if part.lower().startswith("password=") else part
+            f"{part.partition('=')[0]}=***" if _secret_parameter(part) else part
             for part in query.split("&")
         )
     return f"{scheme}://{head}{question}{query}"
+
+
+def _secret_parameter(part: str) -> bool:
+    return part.partition("=")[0].strip().lower().endswith("password")
 
 
 class BatchConfig(_Section):
