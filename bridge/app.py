@@ -125,6 +125,7 @@ def _delivery_context(
             metrics=runtime.metrics,
             retention_secs=config.storage.delivered_retention_secs,
             lease_secs=config.storage.lease_secs,
+            known_only=config.storage.url is not None,  # replicas: leave what others know
         )
         task = runtime.delivery_task = asyncio.create_task(runtime.delivery.run(), name="delivery")
         try:

@@ -77,8 +77,20 @@ class ServerConfig(_Section):
     body_timeout_secs: float = Field(30.0, gt=0)
     #: Open connections at most (more are closed at once); kept under the descriptor limit.
     max_connections: int = Field(2000, ge=1)
+    #: Open connections at most from one client address (unset: a tenth of max_connections),
+    #: so one client cannot hold every slot; addresses in trusted_proxies are not limited.
+    max_connections_per_client: int | None = Field(None, ge=1)
+    #: A kept-alive connection is closed after its answer once it is this old, however often
+    #: it asks: requests do not keep a connection (and its slot) forever.
+    connection_max_age_secs: float = Field(300.0, gt=0)
     #: Proxies whose X-Forwarded-For is believed for the client address in log lines.
     trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+
+    def per_client_connections(self) -> int:
+        """``max_connections_per_client``, or its default: a tenth of ``max_connections``."""
+        if self.max_connections_per_client is not None:
+            return self.max_connections_per_client
+        return max(1, self.max_connections // 10)
 
 
 class AuthConfig(_Section):
@@ -160,25 +172,31 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 def masked_url(url: str) -> str:
     """``postgresql://bridge:s3cret@db/bridge`` -> ``postgresql://bridge:***@db/bridge``.
 
-    Also masks a ``password=`` query parameter. Used wherever a storage URL is shown (check-config,
-    logs, errors): the password never leaves the process.
+    Also masks every query parameter named like a password (``password=``, ``sslpassword=``).
+    Used wherever a storage URL is shown (check-config, logs, errors): the password never
+    leaves the process. The user info ends at the *last* ``@`` of the URL, so an unencoded
+    password holding ``@``, ``/`` or ``?`` is masked whole; an ``@`` inside the query makes
+    more than the password masked, never less.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"
-    head, question, query = rest.partition("?")
-    # The last "@" before the query ends the user info, even if an unencoded password holds "@"
-    # or "/".
-    userinfo, at, hosts = head.rpartition("@")
+    userinfo, at, after = rest.rpartition("@")
     if at:
         user, colon, _ = userinfo.partition(":")
-        head = f"{user}{':***' if colon else ''}@{hosts}"
+        user = user.partition("?")[0].partition("/")[0]
+        rest = f"{user}{':***' if colon else ''}@{after}"
+    head, question, query = rest.partition("?")
     if question:
         query = "&".join(
-            "password=***" if part.lower().startswith("password=") else part
+            f"{part.partition('=')[0]}=***" if _secret_parameter(part) else part
             for part in query.split("&")
         )
     return f"{scheme}://{head}{question}{query}"
+
+
+def _secret_parameter(part: str) -> bool:
+    return part.partition("=")[0].strip().lower().endswith("password")
 
 
 class BatchConfig(_Section):

@@ -104,6 +104,12 @@ class Metrics:
             "Messages waiting, kept, because their destination has no write key (dry-run).",
             registry=r,
         )
+        self.unknown_destination_messages = Gauge(
+            "synap_bridge_unknown_destination_messages",
+            "Messages waiting for destinations this replica is not configured with (left to "
+            "the replicas that are; PostgreSQL only).",
+            registry=r,
+        )
         self.last_delivery = Gauge(
             "synap_bridge_last_delivery_timestamp_seconds",
             "Unix time of the last batch Segment accepted (0 before the first).",

@@ -35,6 +35,7 @@ from bridge.config import Config
 from bridge.console import listener as console
 from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError, StorageUnavailableError
+from bridge.receive import malformed
 from bridge.receive.connections import ConnectionGuard, GuardedSite, fit_to_descriptors
 from bridge.receive.runtime import RUNTIME, Runtime
 from bridge.store.factory import DatabaseInUseError, describe, serve_guard
@@ -113,13 +114,19 @@ async def _serve(config: Config, config_path: str | None) -> int:
     runner = make_runner(app, config)
     try:
         await runner.setup()
-    except StorageUnavailableError as exc:
-        log.error("storage_unavailable", error=str(exc), path=describe(config.storage))
+    except StorageUnavailableError as exc:  # database_corrupt names itself
+        log.error(exc.code, error=str(exc), path=describe(config.storage))
         return 1
     runners = [runner]
     limit = fit_to_descriptors(config.server.max_connections)
     guard = ConnectionGuard(
-        limit, config.server.header_timeout_secs, runtime.metrics, runtime.throttle
+        limit,
+        config.server.header_timeout_secs,
+        runtime.metrics,
+        runtime.throttle,
+        per_client=min(limit, config.server.per_client_connections()),
+        exempt=config.server.trusted_proxies,
+        max_age=config.server.connection_max_age_secs,
     )
     try:
         await GuardedSite(runner, guard, config.server.host, config.server.port).start()
@@ -160,6 +167,7 @@ def make_runner(app: web.Application, config: Config) -> web.AppRunner:
     idle keep-alive one); ``lingering_time`` bounds draining a body the handler did not read
     (401, 503). The handler bounds the body it reads (``server.body_timeout_secs``).
     """
+    malformed.install()  # aiohttp's parser errors: throttled, without the bytes they quote
     return web.AppRunner(
         app,
         handle_signals=False,

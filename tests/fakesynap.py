@@ -10,7 +10,9 @@ the URL on update, known attributes with the right types, else 422 / 409), with 
 Documented: ``POST /v3/webhook-subscriptions``. Inferred: ``GET`` the collection (pages of
 :data:`PAGE` with ``links.next``; ``lists=False``: 405) and ``PATCH`` / ``DELETE`` ``/{id}``
 (``changes=False``: 405), as an API that only does what is documented might answer.
-``hang`` makes every request wait forever (for the client's deadline). What it holds is in
+``hang`` makes every request wait forever (for the client's deadline). ``echo`` ("json" or
+"text") answers every write with an error that echoes the request, its ``Authorization`` header
+and body (the webhook password) included, as careless APIs do. What it holds is in
 :attr:`FakeSynap.subscriptions`, passwords included (the real API never shows them).
 """
 
@@ -46,6 +48,7 @@ class FakeSynap:
         self.lists = lists
         self.changes = changes
         self.hang = False
+        self.echo: str | None = None
         self.subscriptions: dict[str, Held] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self._ids = itertools.count(100)
@@ -97,6 +100,8 @@ class FakeSynap:
             await self._released.wait()  # until the test ends (__aexit__)
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _error(401, "Unauthorized", "missing, invalid or revoked token")
+        if self.echo is not None and request.method != "GET":
+            return await _echo(request, self.echo)
         accept = request.headers.get("Accept")
         if accept is not None and MEDIA_TYPE in accept:
             listed = [part.strip() for part in accept.split(",")]
@@ -217,6 +222,14 @@ def _resource(held: Held) -> dict[str, Any]:
 
 def _json(document: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(document), status=status, content_type=MEDIA_TYPE)
+
+
+async def _echo(request: web.Request, how: str) -> web.Response:
+    said = f"{request.method} {request.path} {dict(request.headers)} {await request.text()}"
+    if how == "text":
+        return web.Response(status=400, text=f"bad request: {said}")
+    error = {"status": "422", "code": "invalid_attribute", "title": said, "detail": said}
+    return _json({"errors": [error, {"status": "422", "code": f"echo {said}"}]}, 422)
 
 
 def _error(status: int, title: str, detail: str) -> web.Response:

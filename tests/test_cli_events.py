@@ -220,6 +220,26 @@ class TestTry:
         finally:
             await bridge.close()
 
+    async def test_a_routed_key_needs_yes_even_when_the_default_has_none(
+        self, tmp_path: Path, fake_segment: FakeSegment
+    ) -> None:
+        """The shipped two-schools shape: no key for "default", one for a routed school. Before,
+        ``try`` posted without ``--yes`` and the sample could reach that school's source."""
+        data = config_data(tmp_path / "bridge.db", fake_segment.url, fixed=True)
+        data["segment"]["write_key"] = None
+        path = write_config(tmp_path / "config.yaml", data)
+        bridge = BridgeProcess(path)
+        try:
+            url = f"http://127.0.0.1:{await bridge.start()}"
+            refused = await run_cli(path, "try", "user.registered", "--url", url)
+            assert refused.code == 2
+            assert "destinations: school_b" in refused.out
+            assert "Add --yes" in refused.out
+            assert bridge.events("webhook") == []  # nothing was posted
+        finally:
+            await bridge.close()
+        assert fake_segment.requests == 0
+
     async def test_a_bridge_that_is_not_there(self, tmp_path: Path) -> None:
         db = tmp_path / "bridge.db"
         data = config_data(db, fixed=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
 from bridge.app import build_app
@@ -105,8 +106,8 @@ def enough_descriptors(count: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(count, hard), hard))
 
 
-async def hold(port: int, kind: str) -> Held:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def hold(port: int, kind: str, source: str = "127.0.0.1") -> Held:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     opened = time.monotonic()
     if PARTS[kind]:
         writer.write(PARTS[kind])
@@ -116,12 +117,21 @@ async def hold(port: int, kind: str) -> Held:
 
 async def hold_many(port: int, count: int, kinds: tuple[str, ...] = tuple(PARTS)) -> list[Held]:
     """``count`` bad connections, as many of each kind, opened 100 at a time (a burst of 1,100
-    SYNs would overflow the listen backlog and measure TCP's retransmission, not the bridge)."""
+    SYNs would overflow the listen backlog and measure TCP's retransmission, not the bridge).
+    They come from :data:`SOURCES` loopback addresses, under each client's share of the cap."""
     held: list[Held] = []
     for start in range(0, count, 100):
         batch = range(start, min(count, start + 100))
-        held += await asyncio.gather(*(hold(port, kinds[n % len(kinds)]) for n in batch))
+        held += await asyncio.gather(*(hold(port, kinds[n % len(kinds)], source(n)) for n in batch))
     return held
+
+
+#: Loopback addresses the bad connections come from (any 127/8 address is the host's own).
+SOURCES = 20
+
+
+def source(n: int) -> str:
+    return f"127.0.0.{10 + n % SOURCES}"
 
 
 async def until_closed(held: Held, within: float) -> Closed:
@@ -344,3 +354,131 @@ class TestDescriptorFit:
             return
         assert fit_to_descriptors(hard) == hard - RESERVED_DESCRIPTORS
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard  # raised as far as it goes
+
+
+async def keep_asking(port: int, source: str, every: float, stop: asyncio.Event) -> str:
+    """One kept-alive connection asking ``GET /healthz`` every ``every`` seconds until ``stop``
+    or until the bridge closes it; how it ended: ``refused``, ``closed`` or ``held``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        while True:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+            if head.startswith(b"HTTP/1.1 503 "):
+                assert b"too_many_connections_from_client" in body, body
+                return "refused"
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+                return "held"
+            except TimeoutError:
+                continue
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return "closed"
+    finally:
+        writer.close()
+
+
+async def test_one_client_cannot_hold_every_slot(tmp_path: Path) -> None:
+    """400 keep-alive connections from one address (the cap), each asking ``/healthz``: before,
+    they held every slot and 50 of 50 real webhooks from elsewhere were answered 503. Now the
+    address gets its share (a tenth: 40), the rest a 503 ``too_many_connections_from_client``,
+    and every webhook from another address is accepted at its first try."""
+    cap = 400
+    enough_descriptors(cap + WEBHOOKS + 200)
+    path = bridge_config(tmp_path, header_timeout=10.0)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["server"]["max_connections"] = cap
+    write_config(path, data)
+    bridge = BridgeProcess(path)
+    stop = asyncio.Event()
+    try:
+        url = f"http://127.0.0.1:{await bridge.start()}"
+        assert bridge.port is not None
+        greedy = [
+            asyncio.create_task(keep_asking(bridge.port, "127.0.0.2", 8.0, stop))
+            for _ in range(cap)
+        ]
+        # Every connection past the address's share has been refused: the share is held.
+        await eventually(lambda: sum(t.done() for t in greedy) >= cap - cap // 10, within=20)
+        accepted = await webhooks(url, within=10)
+        stop.set()
+        ended = await asyncio.gather(*greedy)
+        assert await bridge.terminate() == 0
+    finally:
+        stop.set()
+        await bridge.close()
+    print(
+        f"\n{cap} keep-alive connections from one address: {ended.count('held')} held, "
+        f"{ended.count('refused')} refused; {len(accepted)}/{WEBHOOKS} webhooks from elsewhere "
+        f"accepted, p99 {p99(accepted) * 1000:.0f} ms"
+    )
+    assert ended.count("held") == cap // 10
+    assert ended.count("refused") == cap - cap // 10
+    assert [a.tries for a in accepted] == [1] * WEBHOOKS
+    assert bridge.events("client_connections_refused")
+
+
+async def test_requests_do_not_keep_a_connection_forever(
+    config_factory: Callable[..., Config],
+) -> None:
+    """A connection asking every 0.2 s re-arms aiohttp's keep-alive timer each time; past
+    ``server.connection_max_age_secs`` it is closed after an answer all the same."""
+    config = config_factory(server={"connection_max_age_secs": 1.0, "header_timeout_secs": 10})
+    app = build_app(config)
+    runtime = app[RUNTIME]
+    runner = web.AppRunner(app, keepalive_timeout=10, access_log=None)
+    await runner.setup()
+    guard = ConnectionGuard(100, 10, runtime.metrics, runtime.throttle, max_age=1.0)
+    site = GuardedSite(runner, guard, "127.0.0.1", 0)
+    stop = asyncio.Event()
+    try:
+        await site.start()
+        started = time.monotonic()
+        ended = await asyncio.wait_for(keep_asking(site.port, "127.0.0.1", 0.2, stop), 1 + SLACK)
+        lasted = time.monotonic() - started
+    finally:
+        stop.set()
+        await runner.cleanup()
+    assert (ended, lasted >= 1.0) == ("closed", True)
+
+
+def test_trusted_proxies_are_not_held_to_a_share(config_factory: Callable[..., Config]) -> None:
+    """Behind a proxy every client has its address: the proxy is exempt, the cap still holds."""
+    config = config_factory(server={"max_connections": 50, "trusted_proxies": ["10.0.0.0/8"]})
+    assert config.server.per_client_connections() == 5
+    runtime = build_app(config)[RUNTIME]
+    guard = ConnectionGuard(
+        50,
+        1.0,
+        runtime.metrics,
+        runtime.throttle,
+        per_client=5,
+        exempt=config.server.trusted_proxies,
+    )
+    proxy, other = _Peer("10.1.2.3"), _Peer("192.0.2.7")
+    assert [guard.admit(proxy)[0] for _ in range(20)] == [True] * 20
+    assert [guard.admit(other)[0] for _ in range(6)] == [True] * 5 + [False]
+    assert guard.by_client == {"192.0.2.7": 5}
+    guard.release("192.0.2.7")
+    assert guard.admit(other) == (True, "192.0.2.7")
+
+
+class _Peer(asyncio.Transport):
+    """A transport that is only a peer address (and swallows the refusal)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return (self.address, 40000) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -27,6 +27,8 @@ from bridge import config as config_module
 from bridge.config import Config
 from bridge.serve import EX_DATABASE_IN_USE, serve
 from bridge.store.sqlite.lock import DatabaseInUseError, ServeLock
+from bridge.store.sqlite.schema import DatabaseCorruptError
+from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import (
     PASSWORD,
     USER,
@@ -36,6 +38,7 @@ from tests.conftest import (
     eventually,
     polled,
 )
+from tests.contract.records import NOW, hook, msg
 from tests.process import REPO, BridgeProcess, write_config
 
 URL = "/webhooks/synap/attempt.completed"
@@ -270,3 +273,136 @@ class TestDatabaseFileLost:
             assert await bridge.terminate() == 0
         finally:
             await bridge.close()
+
+
+def backup(db: Path, target: Path) -> None:
+    """An operator's backup: SQLite's online backup into a file of its own."""
+    source = sqlite3.connect(db)
+    copy = sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        copy.close()
+        source.close()
+
+
+def quick_check(db: Path) -> list[tuple[str]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:  # too broken for the check to finish
+        return [(str(exc),)]
+    finally:
+        conn.close()
+
+
+class TestRestoredOverTheLiveFile:
+    """Same device and inode, other content: ``cp backup.db bridge.db`` or ``truncate -s 0``
+    under a running serve. Before: 300 more webhooks answered 200 after the ``cp`` and the
+    file turned malformed (all 700 acknowledged lost); after a restart ``/readyz`` said ready
+    on the corrupt file."""
+
+    async def _overwrite(
+        self, tmp_path: Path, session: aiohttp.ClientSession, command: list[str]
+    ) -> tuple[Path, BridgeProcess]:
+        db = tmp_path / "bridge.db"
+        config = write_config(tmp_path / "config.yaml", config_data(db))
+        bridge = BridgeProcess(config)
+        await bridge.start()
+        assert [await post(session, bridge, n) for n in range(5)] == [200] * 5
+        backup(db, tmp_path / "backup.db")
+        inode = db.stat().st_ino
+        assert [await post(session, bridge, n) for n in range(5, 40)] == [200] * 35
+        # The live file has grown past the backup (the checkpointer copied the new pages in),
+        # as it has by the time anyone restores yesterday's backup.
+        saved = (tmp_path / "backup.db").stat().st_size
+        await eventually(lambda: db.stat().st_size > saved, within=10.0)
+        await asyncio.to_thread(subprocess.run, command, check=True, cwd=tmp_path, timeout=30)
+        assert db.stat().st_ino == inode  # what the identity check alone does not see
+        answers = await asyncio.gather(*(post(session, bridge, n) for n in range(100, 150)))
+        assert answers == [503] * 50
+        await turns_unready(session, bridge)
+        (lost,) = bridge.events("database_file_lost")
+        assert lost["level"] == "error"
+        assert lost["how"] == "overwritten"
+        assert lost["moved_aside"] == [f"{db}-wal.orphaned", f"{db}-shm.orphaned"]
+        assert await bridge.terminate() == 0
+        return db, bridge
+
+    async def test_a_backup_copied_over_the_live_file(
+        self, tmp_path: Path, session: aiohttp.ClientSession
+    ) -> None:
+        db, bridge = await self._overwrite(tmp_path, session, ["cp", "backup.db", "bridge.db"])
+        # Nothing of ours was checkpointed into the restored file, even when serve closed.
+        assert quick_check(db) == [("ok",)]
+        assert stored_attempts(db) == {f"att-{n}" for n in range(5)}
+        try:
+            await bridge.start()  # the restored backup is served
+            assert await post(session, bridge, 200) == 200
+            assert await bridge.terminate() == 0
+        finally:
+            await bridge.close()
+        assert stored_attempts(db) == {f"att-{n}" for n in (*range(5), 200)}
+
+    async def test_the_live_file_truncated(
+        self, tmp_path: Path, session: aiohttp.ClientSession
+    ) -> None:
+        _, bridge = await self._overwrite(tmp_path, session, ["truncate", "-s", "0", "bridge.db"])
+        await bridge.close()
+
+    async def test_a_corrupt_file_is_never_served(
+        self, tmp_path: Path, session: aiohttp.ClientSession
+    ) -> None:
+        db = tmp_path / "bridge.db"
+        config = write_config(tmp_path / "config.yaml", config_data(db))
+        bridge = BridgeProcess(config)
+        try:
+            await bridge.start()
+            assert [await post(session, bridge, n) for n in range(40)] == [200] * 40
+            assert await bridge.terminate() == 0
+            # The last pages overwritten with zeros: the schema stays, a tree is broken.
+            with db.open("r+b") as broken:
+                page = int.from_bytes(broken.read(18)[16:18], "big")
+                broken.seek(db.stat().st_size - 4 * page)
+                broken.write(bytes(4 * page))
+            assert quick_check(db) != [("ok",)]
+            with pytest.raises(RuntimeError, match="did not start"):
+                await bridge.start()
+            assert await bridge.wait() == 1
+            (line,) = bridge.events("database_corrupt")
+            assert line["level"] == "error"
+            assert "corrupt" in line["error"]
+            assert not bridge.events("listening")
+        finally:
+            await bridge.close()
+
+
+async def test_corruption_found_while_running_makes_the_store_unwritable(tmp_path: Path) -> None:
+    """Found by a claim (the operator commands open without the start check): an error line
+    once, and the readiness probe fails from then on instead of a warning per claim."""
+    db = tmp_path / "bridge.db"
+    store = SQLiteStore(db)
+    await store.open()
+    for n in range(60):
+        await store.enqueue(hook(n), [msg(f"m{n}")])
+    await store.close()
+    conn = sqlite3.connect(db)
+    ((root,),) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'messages'")
+    ((page,),) = conn.execute("PRAGMA page_size")
+    conn.close()
+    with db.open("r+b") as broken:  # the messages table's root page, zeroed
+        broken.seek((root - 1) * page)
+        broken.write(bytes(page))
+    store = SQLiteStore(db, create=False)
+    await store.open()
+    try:
+        with capture_logs() as lines:
+            with pytest.raises(DatabaseCorruptError):
+                await store.claim(NOW, 100, 60.0)
+            for _ in range(2):
+                with pytest.raises(DatabaseCorruptError):
+                    await store.check_writable()
+        (line,) = [line for line in lines if line["event"] == "database_corrupt"]
+        assert line["log_level"] == "error"
+    finally:
+        await store.close()

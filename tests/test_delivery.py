@@ -418,9 +418,9 @@ def count_claims(store: SQLiteStore) -> list[int]:
     original = store.claim
 
     async def counted(
-        now: float, limit: int, lease_secs: float, exclude: Any = ()
+        now: float, limit: int, lease_secs: float, exclude: Any = (), only: Any = None
     ) -> list[ClaimedMessage]:
-        got = await original(now, limit, lease_secs, exclude)
+        got = await original(now, limit, lease_secs, exclude, only)
         claimed.append(len(got))
         return got
 

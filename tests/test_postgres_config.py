@@ -62,6 +62,34 @@ class TestCheckConfig:
         assert SECRET not in out.getvalue()
         assert "url: postgresql://bridge:***@db:5432/bridge" in out.getvalue()
 
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            # An unencoded "?" in the password: before, printed whole.
+            (
+                "postgresql://bridge:pw?{s}@db:5432/bridge",
+                "postgresql://bridge:***@db:5432/bridge",
+            ),
+            # sslpassword (the client key's passphrase): before, never masked.
+            (
+                "postgresql://bridge@db/bridge?sslmode=verify-full&sslpassword={s}",
+                "postgresql://bridge@db/bridge?sslmode=verify-full&sslpassword=***",
+            ),
+            (
+                "postgresql://bridge:a/b@c?{s}@db/bridge?password={s}",
+                "postgresql://bridge:***@db/bridge?password=***",
+            ),
+        ],
+    )
+    def test_every_form_of_password_is_masked(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, shown: str
+    ) -> None:
+        monkeypatch.setenv("BRIDGE_STORAGE__URL", url.format(s=SECRET))
+        out = io.StringIO()
+        assert cli.main(["--config", str(write(tmp_path, "")), "check-config"], out=out) == 0
+        assert SECRET not in out.getvalue()
+        assert f"url: {shown}" in out.getvalue()
+
     def test_the_deploy_example_loads(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("BRIDGE_AUTH__PASSWORD", "pw")
         out = io.StringIO()
@@ -98,10 +126,22 @@ class TestOperatorCommands:
         assert "0 dead letter(s)" in out.getvalue()
         assert SECRET not in out.getvalue()
 
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "postgresql://u:{s}@127.0.0.1:1/d",
+            "postgresql://u:pw?{s}@127.0.0.1:1/d",
+            "postgresql://u@127.0.0.1:1/d?sslpassword={s}",
+        ],
+    )
     def test_an_unreachable_database_is_reported_with_the_password_masked(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        url: str,
     ) -> None:
-        monkeypatch.setenv("BRIDGE_STORAGE__URL", f"postgresql://u:{SECRET}@127.0.0.1:1/d")
+        monkeypatch.setenv("BRIDGE_STORAGE__URL", url.format(s=SECRET))
         monkeypatch.setenv("BRIDGE_STORAGE__CONNECT_TIMEOUT_SECS", "2")
         out = io.StringIO()
         assert cli.main(["--config", str(write(tmp_path, "")), "stats"], out=out) == 1

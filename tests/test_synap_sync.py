@@ -149,6 +149,24 @@ class TestSync:
             active = [h.event_name for h in fake.subscriptions.values() if h.active]
             assert sorted(active) == sorted([*codes, "store.purchase"])
 
+    @pytest.mark.parametrize("how", ["json", "text"])
+    async def test_an_api_that_echoes_the_request_shows_no_secret(
+        self, tmp_path: Path, how: str
+    ) -> None:
+        """Before, the error text was printed verbatim: the Bearer token and the webhook
+        password came back in the CLI's output. Now an error is its status and its codes."""
+        async with FakeSynap(TOKEN) as fake:
+            fake.echo = how
+            ran = await run_cli(configure(tmp_path, fake.url), "synap", "sync")
+        assert ran.code == 1
+        secrets_absent(ran)
+        assert "Bearer" not in ran.out
+        if how == "json":  # the code that looks like a code is shown, the one with text is not
+            assert "HTTP 422: error code invalid_attribute" in ran.out
+            assert "echo" not in ran.out
+        else:
+            assert "HTTP 400: no error code" in ran.out
+
     async def test_token_missing_refused_and_never_shown(self, tmp_path: Path) -> None:
         async with FakeSynap(TOKEN) as fake:
             path = write_config(

@@ -10,8 +10,9 @@ messageId.
 
 ``--offline`` maps the sample in this process with this configuration and prints the calls;
 nothing is posted or stored. Without ``--offline`` the sample is a real webhook: with a Segment
-write key configured it reaches Segment (for user ``usr_7f3a9c21`` of the samples), so that
-needs ``--yes``.
+write key configured for any destination (the default or a routed one: which one the sample
+reaches depends on its portal and on routing) it reaches Segment (for user ``usr_7f3a9c21`` of
+the samples), so that needs ``--yes``.
 """
 
 from __future__ import annotations
@@ -83,13 +84,22 @@ def local_url(config: Config) -> str:
 def run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     if args.offline:
         return offline(args.code, config, out, as_json=args.json)
-    if not config.dry_run and not args.yes:
+    keyed = live_destinations(config)
+    if keyed and not args.yes:
         out.write(
-            "segment.write_key is set: the sample would reach Segment as a real event (user "
-            "usr_7f3a9c21). Add --yes to post it anyway, or use --offline.\n"
+            f"a Segment write key is set (destinations: {', '.join(keyed)}): the sample may "
+            "reach Segment as a real event (user usr_7f3a9c21). Add --yes to post it anyway, "
+            "or use --offline.\n"
         )
         return 2
     return asyncio.run(ops.with_store(config, _online, args, out))
+
+
+def live_destinations(config: Config) -> list[str]:
+    """Every destination with a write key: each is a real Segment source the sample may reach."""
+    dry = set(config.dry_run_destinations)
+    names = ["default", *config.routing.destinations]
+    return [name for name in names if name not in dry]
 
 
 def offline(code: str, config: Config, out: TextIO, *, as_json: bool = False) -> int:

@@ -45,6 +45,7 @@ from bridge.config import DeliveryConfig
 from bridge.delivery.arrivals import Arrivals
 from bridge.delivery.clocks import StoreClock
 from bridge.delivery.dryrun import DryRun
+from bridge.delivery.elsewhere import Elsewhere
 from bridge.delivery.outcomes import DrainReport, Outcomes
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sinks import Sink
@@ -87,8 +88,11 @@ class Delivery:
         lease_secs: float | None = None,
         retention_secs: float | None = None,
         policy: RetryPolicy | None = None,
+        known_only: bool = False,
     ) -> None:
         self._store = store
+        #: A shared queue (PostgreSQL): claim only configured destinations (elsewhere.py).
+        self._known_only = known_only
         self._config = config
         # An injected clock without a monotonic one serves as both (tests move one clock).
         self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
@@ -102,6 +106,7 @@ class Delivery:
             store, self._policy, self._clock, metrics, {}, monotonic=self._monotonic
         )
         self._dry_run = DryRun(store, metrics, self._monotonic)
+        self._elsewhere = Elsewhere(store, metrics, self._monotonic)
         self._uploads = Uploads(
             store,
             self._outcomes,
@@ -127,6 +132,7 @@ class Delivery:
         self._destinations = self._outcomes.destinations
         self._dry_run.configure([name for name, sink in sinks.items() if sink.dry_run])
         self._live = [name for name, sink in sinks.items() if not sink.dry_run]
+        self._elsewhere.configure(list(sinks))
 
     # ---- the public surface ------------------------------------------------------------
 
@@ -227,6 +233,8 @@ class Delivery:
                     await self._uploads.wait(tasks)
                 elif wait:
                     await self._dry_run.show()
+                    if self._known_only:
+                        await self._elsewhere.check(self._clock())
                     await self._idle()
                     await self._maybe_prune()
                 else:
@@ -300,7 +308,9 @@ class Delivery:
         now = self._clock()
         exclude = self._dry_run.destinations
         self._backlog = False
-        if exclude:
+        if self._known_only:
+            claimed = await self._store.claim(now, limit, self._lease_secs, only=self._live)
+        elif exclude:
             claimed = await self._store.claim(now, limit, self._lease_secs, exclude=exclude)
         else:
             claimed = await self._store.claim(now, limit, self._lease_secs)

@@ -9,13 +9,22 @@ arms its keep-alive timer at connection time only since 3.14 (aio-libs/aiohttp#1
 before that a connection that never completed a head stayed open for good. Later heads on a
 kept-alive connection fall under aiohttp's ``keepalive_timeout`` (serve sets it to the same
 value), and a body under ``server.body_timeout_secs`` (the handler) and ``lingering_time``.
+
+One client cannot take every slot: 2,000 keep-alive sockets from one address, each asking
+``/healthz`` every 8 s, held all of them, and every real webhook got a 503. So each client
+address has a share (``server.max_connections_per_client``, a tenth of the cap unless set;
+proxies in ``server.trusted_proxies`` are exempt, they carry everyone), and a connection is
+closed after its answer once it is ``server.connection_max_age_secs`` old, so requests that
+keep re-arming aiohttp's keep-alive timer do not keep a slot for good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import resource
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from aiohttp import web
@@ -36,73 +45,144 @@ RESERVED_DESCRIPTORS = 64
 BACKLOG = 1024
 HEAD_END = b"\r\n\r\n"
 REFUSAL = raw_unavailable("too_many_connections", "the bridge has too many open connections")
+CLIENT_REFUSAL = raw_unavailable(
+    "too_many_connections_from_client", "this client has too many open connections"
+)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConnectionGuard:
-    """Counts open connections across the bridge's listeners and refuses those over ``limit``."""
+    """Counts open connections across the bridge's listeners and refuses those over ``limit``,
+    or over ``per_client`` from one address (unless it is in ``exempt``)."""
 
     def __init__(
-        self, limit: int, header_timeout: float, metrics: Metrics, throttle: Throttle
+        self,
+        limit: int,
+        header_timeout: float,
+        metrics: Metrics,
+        throttle: Throttle,
+        *,
+        per_client: int | None = None,
+        exempt: Sequence[Network] = (),
+        max_age: float | None = None,
     ) -> None:
         self.limit = limit
+        self.per_client = per_client if per_client is not None else limit
+        self.exempt = tuple(exempt)
+        self.max_age = max_age
         self.header_timeout = header_timeout
         self.active = 0
+        self.by_client: Counter[Any] = Counter()
         self.metrics = metrics
         self.throttle = throttle
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _Guarded(self, factory)
 
-    def admit(self, transport: asyncio.BaseTransport) -> bool:
-        if self.active < self.limit:
+    def admit(self, transport: asyncio.BaseTransport) -> tuple[bool, Any]:
+        """Whether admitted, and the client counted against its share (None: exempt)."""
+        peer = _peer(transport)
+        client = None if self._exempt(peer) else peer
+        if self.active < self.limit and (
+            client is None or self.by_client[client] < self.per_client
+        ):
             self.active += 1
+            if client is not None:
+                self.by_client[client] += 1
             self.metrics.connections_open.set(self.active)
-            return True
+            return True, client
+        whole = self.active >= self.limit
         self.metrics.connections_refused.inc()
         # A cast, not isinstance: uvloop's transports do not derive from asyncio's classes.
         stream = cast(asyncio.Transport, transport)
-        stream.write(REFUSAL)
+        stream.write(REFUSAL if whole else CLIENT_REFUSAL)
         stream.close()
-        suppressed = self.throttle.allow("connection_refused")
+        kind = "connection_refused" if whole else "client_connections_refused"
+        suppressed = self.throttle.allow(kind)
         if suppressed is not None:
             log.warning(
-                "connection_refused",
+                kind,
                 open=self.active,
-                limit=self.limit,
-                peer=_peer(transport),
+                limit=self.limit if whole else self.per_client,
+                peer=peer,
                 suppressed=suppressed,
             )
-        return False
+        return False, None
 
-    def release(self) -> None:
+    def release(self, client: Any) -> None:
         self.active -= 1
+        if client is not None:
+            self.by_client[client] -= 1
+            if self.by_client[client] <= 0:
+                del self.by_client[client]
         self.metrics.connections_open.set(self.active)
+
+    def _exempt(self, peer: Any) -> bool:
+        if not self.exempt or not isinstance(peer, str):
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.exempt)
 
 
 class _Guarded(asyncio.Protocol):
     """aiohttp's protocol behind the guard: created only for an admitted connection."""
 
-    __slots__ = ("_deadline", "_factory", "_guard", "_inner", "_tail")
+    __slots__ = (
+        "_aged",
+        "_client",
+        "_deadline",
+        "_factory",
+        "_guard",
+        "_inner",
+        "_tail",
+        "_transport",
+    )
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]) -> None:
         self._guard = guard
         self._factory = factory
         self._inner: asyncio.Protocol | None = None
+        self._client: Any = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._aged: asyncio.TimerHandle | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._tail = b""  # the last bytes seen, for a head end split across two reads
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._guard.admit(transport):
-            self._inner = self._factory()
-            self._inner.connection_made(transport)
-            loop = asyncio.get_running_loop()
-            self._deadline = loop.call_later(self._guard.header_timeout, transport.close)
+        admitted, client = self._guard.admit(transport)
+        if not admitted:
+            return
+        self._client, self._transport = client, transport
+        self._inner = self._factory()
+        self._inner.connection_made(transport)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self._guard.header_timeout, transport.close)
+        if self._guard.max_age is not None:
+            self._aged = loop.call_later(self._guard.max_age, self._retire)
+
+    def _retire(self) -> None:
+        """Old enough: closed now if idle, else by aiohttp after the answer in progress.
+
+        aiohttp's ``close()`` ends a handler's loop after its answer, but one waiting for the
+        next request would only stop waiting, leaving the socket open: an idle connection (its
+        ``_waiter`` set: aiohttp's own state, read defensively) is closed here instead.
+        """
+        if getattr(self._inner, "_waiter", None) is not None or not hasattr(self._inner, "close"):
+            if self._transport is not None:
+                self._transport.close()
+            return
+        self._inner.close()  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
+        if self._aged is not None:
+            self._aged.cancel()
         if self._inner is not None:
-            self._guard.release()
+            self._guard.release(self._client)
             self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

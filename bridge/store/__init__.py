@@ -294,12 +294,19 @@ class DeliveryStore(Lifecycle, Protocol):
     """The delivery loop's port."""
 
     async def claim(
-        self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease_secs: float,
+        exclude: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[ClaimedMessage]:
         """Take up to ``limit`` due messages in arrival order, leased until ``now+lease_secs``.
 
         Messages of the destinations in ``exclude`` are left alone (dry-run destinations: their
-        messages must wait, untouched, until a write key is configured).
+        messages must wait, untouched, until a write key is configured). With ``only``, so are
+        those of every destination not in it (a replica during a rolling deploy leaves the
+        destinations it does not know to the replicas that do).
         """
         ...
 

@@ -17,6 +17,7 @@ header: it is never part of an error, a log line or ``repr``. Unlike the rest of
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -218,7 +219,7 @@ def _document(status: int, raw: bytes, doing: str, guess: bool) -> dict[str, Any
     if guess and status in NOT_SUPPORTED:
         raise NotSupportedError(doing, _errors(raw) or "not supported", status)
     if not 200 <= status < 300:
-        raise SynapApiError(doing, _errors(raw) or "no error detail", status)
+        raise SynapApiError(doing, _errors(raw) or "no error code", status)
     if status == 204 or not raw.strip():
         return {}
     try:
@@ -231,20 +232,39 @@ def _document(status: int, raw: bytes, doing: str, guess: bool) -> dict[str, Any
 
 
 def _errors(raw: bytes) -> str:
-    """JSON:API ``errors`` as one short line (titles and details), or the start of the text."""
+    """JSON:API ``errors`` as their codes (and where in the request), never their text.
+
+    An API may echo the request in ``title`` or ``detail`` (or in a body that is not JSON):
+    the Bearer token and the webhook password with it. So only what looks like a code is
+    shown (:data:`CODE`); the operator reads the rest in Synap's documentation by that code.
+    """
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw[:200].decode("utf-8", errors="replace").strip()
+        return ""
     errors = document.get("errors") if isinstance(document, dict) else None
     if not isinstance(errors, list):
         return ""
-    parts = []
+    codes = []
     for error in errors[:5]:
-        if isinstance(error, dict):
-            text = ": ".join(str(error[k]) for k in ("title", "detail") if error.get(k))
-            parts.append(text[:300])
-    return "; ".join(p for p in parts if p)
+        if not isinstance(error, dict) or not _is_code(error.get("code")):
+            continue
+        pointer = (error.get("source") or {}).get("pointer") if _has_source(error) else None
+        where = f" at {pointer}" if _is_code(pointer) else ""
+        codes.append(f"{error['code']}{where}")
+    return f"error code {', '.join(codes)}" if codes else ""
+
+
+#: What an error code (or a JSON pointer) looks like: short, no spaces, no secrets' room.
+CODE = re.compile(r"[A-Za-z0-9_./-]{1,64}")
+
+
+def _is_code(value: Any) -> bool:
+    return isinstance(value, str) and CODE.fullmatch(value) is not None
+
+
+def _has_source(error: dict[str, Any]) -> bool:
+    return isinstance(error.get("source"), dict)
 
 
 def _subscription(item: Any) -> Subscription:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bridge.messages import OutgoingMessage
 from bridge.store import Store
 from tests.contract.records import NOW, hook, msg
 
@@ -17,6 +18,18 @@ class TestClaim:
         assert [m.message_id for m in rest] == ["m3", "m4"]
         assert await store.claim(NOW, 3, 30) == []
         assert await store.claim(NOW, 0, 30) == []
+
+    async def test_only_the_named_destinations(self, store: Store) -> None:
+        """A replica leaves the destinations it does not know (a rolling deploy)."""
+        other = OutgoingMessage.build("second", {"messageId": "s1", "userId": "u", "type": "t"})
+        await store.enqueue(hook(1), [msg("d1"), other])
+        assert await store.claim(NOW, 10, 30, only=[]) == []
+        assert await store.claim(NOW, 10, 30, exclude=["default"], only=["default"]) == []
+        mine = await store.claim(NOW, 10, 30, only=["default"])
+        assert [m.message_id for m in mine] == ["d1"]
+        assert await store.count_open(["second"]) == 1  # left alone, still waiting
+        theirs = await store.claim(NOW, 10, 30, only=["second", "third"])
+        assert [m.message_id for m in theirs] == ["s1"]
 
     async def test_not_yet_received_is_not_due(self, store: Store) -> None:
         await store.enqueue(hook(5), [msg("later")])  # received at 1005

@@ -87,13 +87,18 @@ class Intake:
     dead: DeadReason | None
 
 
-#: Messages into ``messages`` (and their bodies), from a CTE ``src`` the statement defines.
+#: Messages into ``messages`` (and their bodies), from a CTE ``src`` the statement defines
+#: (with each row's ``id`` drawn in arrival order). Rows are inserted, or locked and superseded,
+#: in messageId order, the same in every transaction: two batches holding the same messageIds
+#: (Synap's concurrent redeliveries) then wait for each other instead of deadlocking, as they did
+#: in arrival order. The ids keep the arrival order claims follow.
 _UPSERT = """
 ins AS (
     INSERT INTO messages AS m
-        (webhook_id, message_id, destination, user_id, state, due_at, enqueued_at, rank)
-    SELECT webhook_id, message_id, destination, user_id, 'pending', due_at, enqueued_at, rank
-    FROM src ORDER BY n
+        (id, webhook_id, message_id, destination, user_id, state, due_at, enqueued_at, rank)
+    SELECT id, webhook_id, message_id, destination, user_id, 'pending', due_at, enqueued_at,
+           rank
+    FROM src ORDER BY message_id
     ON CONFLICT (message_id) DO UPDATE SET
         webhook_id = EXCLUDED.webhook_id, destination = EXCLUDED.destination,
         user_id = EXCLUDED.user_id, rank = EXCLUDED.rank,
@@ -103,6 +108,7 @@ ins AS (
 ), bodies AS (
     INSERT INTO message_payloads (id, payload)
     SELECT ins.id, src.payload FROM ins JOIN src USING (message_id)
+    ORDER BY ins.id
     ON CONFLICT (id) DO UPDATE SET payload = EXCLUDED.payload
 ), counted AS (
     UPDATE counts SET open = open + (SELECT count(*) FROM ins WHERE inserted)
@@ -137,13 +143,17 @@ WITH w AS MATERIALIZED (
     SELECT w.id, d.reason, d.detail, 0, w.received_at
     FROM unnest($5::bigint[], $6::text[], $7::text[]) AS d(ord, reason, detail)
     JOIN w USING (ord)
-), src AS (
-    SELECT w.id AS webhook_id, s.message_id, s.destination, s.user_id,
-           w.received_at + s.hold AS due_at, w.received_at AS enqueued_at, s.rank, s.payload, s.n
-    FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::float8[],
-                $13::integer[], $14::bytea[]) WITH ORDINALITY
-        AS s(ord, message_id, destination, user_id, hold, rank, payload, n)
-    JOIN w USING (ord)
+), src AS MATERIALIZED (
+    SELECT nextval('messages_id_seq') AS id, arrived.* FROM (
+        SELECT w.id AS webhook_id, s.message_id, s.destination, s.user_id,
+               w.received_at + s.hold AS due_at, w.received_at AS enqueued_at, s.rank,
+               s.payload, s.n
+        FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::float8[],
+                    $13::integer[], $14::bytea[]) WITH ORDINALITY
+            AS s(ord, message_id, destination, user_id, hold, rank, payload, n)
+        JOIN w USING (ord)
+        ORDER BY s.n
+    ) AS arrived
 ), """  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
     + _UPSERT.replace("$SHARD", "$15")
     + """,
@@ -154,10 +164,14 @@ WITH w AS MATERIALIZED (
 #: A later round (a messageId that occurs again in the batch), with the webhook ids known.
 _ROUND = (
     """
-WITH src AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[],
-                         $6::float8[], $7::integer[], $8::bytea[]) WITH ORDINALITY
-        AS s(webhook_id, message_id, destination, user_id, due_at, enqueued_at, rank, payload, n)
+WITH src AS MATERIALIZED (
+    SELECT nextval('messages_id_seq') AS id, arrived.* FROM (
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[],
+                             $6::float8[], $7::integer[], $8::bytea[]) WITH ORDINALITY
+            AS s(webhook_id, message_id, destination, user_id, due_at, enqueued_at, rank,
+                 payload, n)
+        ORDER BY n
+    ) AS arrived
 ), """  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
     + _UPSERT.replace("$SHARD", "$9")
 )
@@ -183,6 +197,7 @@ async def _enqueue(
     conn: Conn, batch: Sequence[Intake], rounds: list[list[tuple[int, OutgoingMessage]]]
 ) -> list[EnqueueReceipt]:
     first = rounds[0] if rounds else []
+    shard = _shard()  # one per transaction, locked last: rounds add to the row they hold
     dead = [(i + 1, item.dead) for i, item in enumerate(batch) if item.dead is not None]
     stored_ids, superseded_ids, ids = await conn.fetchrow(
         _BATCH,
@@ -200,7 +215,7 @@ async def _enqueue(
         [m.hold_secs for _, m in first],
         [m.rank for _, m in first],
         [m.payload for _, m in first],
-        _shard(),
+        shard,
         *_refs(batch),
     )
     stored = [0] * len(batch)
@@ -217,7 +232,7 @@ async def _enqueue(
             [batch[i].webhook.received_at for i, _ in round_],
             [m.rank for _, m in round_],
             [m.payload for _, m in round_],
-            _shard(),
+            shard,
         )
         _tally(round_, more_stored, more_superseded, stored, superseded)
     return [
@@ -466,21 +481,79 @@ RETURNING m.id, m.message_id, m.destination, m.user_id, p.payload, m.attempts, m
 """
 _CLAIM = _CLAIM_TEMPLATE.format(where="")
 _CLAIM_EXCLUDING = _CLAIM_TEMPLATE.format(where=" AND destination <> ALL($4::text[])")
+_CLAIM_ONLY = _CLAIM_TEMPLATE.format(where=" AND destination = ANY($4::text[])")
 
 
 async def claim(
-    conn: Conn, now: float, limit: int, lease_secs: float, exclude: Sequence[str] = ()
+    conn: Conn,
+    now: float,
+    limit: int,
+    lease_secs: float,
+    exclude: Sequence[str] = (),
+    only: Sequence[str] | None = None,
 ) -> list[tuple[ClaimedMessage, int]]:
     """Up to ``limit`` due open rows (pending and due, or in flight past their lease), in
     arrival order, with their new fencing tokens. Rows another replica holds are skipped, and
-    so are the destinations in ``exclude`` (dry-run)."""
-    if exclude:
+    so are the destinations in ``exclude`` (dry-run) and, given ``only`` (already without
+    ``exclude``), every destination not in it."""
+    if only is not None:
+        rows = await conn.fetch(_CLAIM_ONLY, now, limit, lease_secs, list(only))
+    elif exclude:
         rows = await conn.fetch(_CLAIM_EXCLUDING, now, limit, lease_secs, list(exclude))
     else:
         rows = await conn.fetch(_CLAIM, now, limit, lease_secs)
     claimed = [(ClaimedMessage(*row[:7]), int(row[7])) for row in rows]
     claimed.sort(key=lambda pair: pair[0].id)
     return claimed
+
+
+#: The rows of ``(id, lease)`` pairs still in flight under that lease, locked in messageId order
+#: as enqueue locks them (a redelivery of a message in flight locks its row too): an outcome
+#: and an enqueue over the same rows wait for each other instead of deadlocking.
+_FENCED = """
+fenced AS (
+    SELECT m.id FROM messages m
+    JOIN unnest($1::bigint[], $2::bigint[]) AS f(id, lease) ON m.id = f.id AND m.lease = f.lease
+    WHERE m.state = 'inflight'
+    ORDER BY m.message_id
+    FOR UPDATE OF m
+)"""
+
+
+_ACK = (
+    "WITH "  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
+    + _FENCED
+    + """, done AS (
+    UPDATE messages m SET state = 'delivered', delivered_at = $3, due_at = NULL
+    FROM fenced WHERE m.id = fenced.id
+    RETURNING 1
+)
+UPDATE counts SET open = open - (SELECT count(*) FROM done),
+    delivered = delivered + (SELECT count(*) FROM done), last_at = greatest(last_at, $3)
+WHERE shard = $4 AND EXISTS (SELECT 1 FROM done)"""
+)
+_RETRY = (
+    "WITH "
+    + _FENCED
+    + """
+UPDATE messages m SET state = 'pending', due_at = $3, attempts = attempts + 1, last_error = $4
+FROM fenced WHERE m.id = fenced.id"""
+)
+_BURY = (
+    "WITH "  # noqa: S608 - constant SQL fragments only; every value is a bound parameter
+    + _FENCED
+    + """, buried AS (
+    UPDATE messages m SET state = 'dead', due_at = NULL, attempts = attempts + 1,
+        last_error = $3
+    FROM fenced WHERE m.id = fenced.id
+    RETURNING m.id, m.webhook_id, m.attempts
+), letters AS (
+    INSERT INTO dead_letters (webhook_id, message_row, reason, detail, attempts, created_at)
+    SELECT webhook_id, id, $4, $5, attempts, $6 FROM buried
+)
+UPDATE counts SET open = open - (SELECT count(*) FROM buried)
+WHERE shard = $7 AND EXISTS (SELECT 1 FROM buried)"""
+)
 
 
 def _fenced(leases: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -491,17 +564,7 @@ def _fenced(leases: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
 async def ack(conn: Conn, leases: Sequence[tuple[int, int]], now: float) -> int:
     ids, tokens = _fenced(leases)
     status = await conn.execute(
-        """
-        WITH done AS (
-            UPDATE messages m SET state = 'delivered', delivered_at = $3, due_at = NULL
-            FROM unnest($1::bigint[], $2::bigint[]) AS f(id, lease)
-            WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'
-            RETURNING 1
-        )
-        UPDATE counts SET open = open - (SELECT count(*) FROM done),
-            delivered = delivered + (SELECT count(*) FROM done), last_at = greatest(last_at, $3)
-        WHERE shard = $4 AND EXISTS (SELECT 1 FROM done)
-        """,
+        _ACK,
         ids,
         tokens,
         now,
@@ -515,9 +578,7 @@ async def retry_later(
 ) -> int:
     ids, tokens = _fenced(leases)
     status = await conn.execute(
-        "UPDATE messages m SET state = 'pending', due_at = $3, attempts = attempts + 1,"
-        " last_error = $4 FROM unnest($1::bigint[], $2::bigint[]) AS f(id, lease)"
-        " WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'",
+        _RETRY,
         ids,
         tokens,
         due_at,
@@ -531,21 +592,7 @@ async def bury(
 ) -> int:
     ids, tokens = _fenced(leases)
     status = await conn.execute(
-        """
-        WITH buried AS (
-            UPDATE messages m SET state = 'dead', due_at = NULL, attempts = attempts + 1,
-                last_error = $3
-            FROM unnest($1::bigint[], $2::bigint[]) AS f(id, lease)
-            WHERE m.id = f.id AND m.lease = f.lease AND m.state = 'inflight'
-            RETURNING m.id, m.webhook_id, m.attempts
-        ), letters AS (
-            INSERT INTO dead_letters
-                (webhook_id, message_row, reason, detail, attempts, created_at)
-            SELECT webhook_id, id, $4, $5, attempts, $6 FROM buried
-        )
-        UPDATE counts SET open = open - (SELECT count(*) FROM buried)
-        WHERE shard = $7 AND EXISTS (SELECT 1 FROM buried)
-        """,
+        _BURY,
         ids,
         tokens,
         _text(error),

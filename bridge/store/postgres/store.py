@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -45,6 +46,7 @@ from bridge.store import (
 )
 from bridge.store.postgres import exam_tests
 from bridge.store.postgres import queries as ops
+from bridge.store.postgres.clock import DatabaseClock
 from bridge.store.postgres.schema import (
     FOREIGN_ERRORS,
     is_connection_problem,
@@ -93,6 +95,7 @@ class PostgresStore:
         connect_timeout_secs: float = 5.0,
         command_timeout_secs: float = 10.0,
         migrate_on_open: bool = True,
+        local_clock: Callable[[], float] = time.time,
     ) -> None:
         if pool_size < 2:
             raise ValueError("pool_size must be at least 2 (the writer and everything else)")
@@ -108,6 +111,8 @@ class PostgresStore:
         self._listener: Any = None  # the connection that LISTENs for kept webhooks
         self._leases: dict[int, int] = {}  # id -> fencing token, for this store's own claims
         self._breaker = Backoff()
+        #: Times given and returned are moved to and from the database's clock (clock.py).
+        self.clock = DatabaseClock(local_clock)
         #: (version before, version after) of the last migration this store ran.
         self.schema_versions: tuple[int, int] | None = None
 
@@ -154,6 +159,8 @@ class PostgresStore:
         try:
             if self.migrate_on_open:
                 await self.migrate()
+            async with self._connection("read the database clock") as conn:
+                await self.clock.measure(conn)
         except BaseException:
             await self._close_pool()
             raise
@@ -226,7 +233,11 @@ class PostgresStore:
     async def keep(self, webhook: Webhook) -> str:
         if self._keeper is None:
             raise StorageUnavailableError("storage could not store the webhook: not open")
-        return await self._keeper.submit(webhook)
+        # Received on the database's clock, as enqueue's webhooks: the mapping stage's hold and
+        # due times (received_at + hold) are then on the clock every replica claims by.
+        return await self._keeper.submit(
+            replace(webhook, received_at=self.clock.to_db(webhook.received_at))
+        )
 
     async def take(self, limit: int, now: float, lease_secs: float) -> list[UnmappedWebhook]:  # noqa: ARG002 - leases use the database's clock
         if limit <= 0:
@@ -281,18 +292,35 @@ class PostgresStore:
             raise ValueError("a webhook is stored either with messages or as a dead letter")
         if self._writer is None:
             raise StorageUnavailableError("storage could not store the webhook: not open")
-        return await self._writer.submit(ops.Intake(webhook, tuple(messages), dead))
+        received = replace(webhook, received_at=self.clock.to_db(webhook.received_at))
+        return await self._writer.submit(ops.Intake(received, tuple(messages), dead))
 
     async def claim(
-        self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease_secs: float,
+        exclude: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[ClaimedMessage]:
         if limit <= 0:
             return []
+        names = None if only is None else [name for name in only if name not in exclude]
+        if names == []:
+            return []
         async with self._connection("claim messages") as conn:
-            claimed = await ops.claim(conn, now, limit, lease_secs, tuple(exclude))
+            claimed = await ops.claim(
+                conn, self.clock.to_db(now), limit, lease_secs, tuple(exclude), names
+            )
         for message, token in claimed:
             self._leases[message.id] = token
-        return [message for message, _ in claimed]
+        return [self._here(message) for message, _ in claimed]
+
+    def _here(self, message: ClaimedMessage) -> ClaimedMessage:
+        """Its receipt time back on the caller's clock (ages are read against it)."""
+        if not self.clock.skew:
+            return message
+        return replace(message, enqueued_at=message.enqueued_at - self.clock.skew)
 
     async def recover(self, now: float) -> int:  # noqa: ARG002 - the Store protocol's signature
         """Releases nothing: with several live replicas a claim found at start may be a live
@@ -318,7 +346,8 @@ class PostgresStore:
                 del self._leases[row]
 
     async def ack(self, ids: Sequence[int], now: float) -> None:
-        await self._settle(ids, "mark delivered", lambda conn, leases: ops.ack(conn, leases, now))
+        at = self.clock.to_db(now)
+        await self._settle(ids, "mark delivered", lambda conn, leases: ops.ack(conn, leases, at))
 
     # Neither backend reads now here or in stats(); dropping it from the protocol changes the
     # delivery loop's calls, so it waits for that rewrite.
@@ -326,14 +355,14 @@ class PostgresStore:
         await self._settle(
             ids,
             "reschedule messages",
-            lambda conn, leases: ops.retry_later(conn, leases, due_at, error),
+            lambda conn, leases: ops.retry_later(conn, leases, self.clock.to_db(due_at), error),
         )
 
     async def bury(self, ids: Sequence[int], dead: DeadReason, error: str, now: float) -> None:
         await self._settle(
             ids,
             "store dead letters",
-            lambda conn, leases: ops.bury(conn, leases, dead, error, now),
+            lambda conn, leases: ops.bury(conn, leases, dead, error, self.clock.to_db(now)),
         )
 
     async def peek(
@@ -342,7 +371,8 @@ class PostgresStore:
         if limit <= 0 or not destinations:
             return []
         async with self._connection("read waiting messages") as conn:
-            return await ops.peek(conn, tuple(destinations), after, limit)
+            waiting = await ops.peek(conn, tuple(destinations), after, limit)
+        return [self._here(message) for message in waiting]
 
     async def count_open(self, destinations: Collection[str]) -> int:
         if not destinations:
@@ -352,11 +382,17 @@ class PostgresStore:
 
     async def next_due_at(self) -> float | None:
         async with self._connection("read the next due time") as conn:
-            return await ops.next_due_at(conn)
+            return self.clock.to_local(await ops.next_due_at(conn))
 
     async def stats(self, now: float, since: float) -> StoreStats:  # noqa: ARG002 - see retry_later
         async with self._connection("read statistics") as conn:
-            return await ops.stats(conn, since)
+            found = await ops.stats(conn, self.clock.to_db(since))
+        return replace(
+            found,
+            oldest_pending_at=self.clock.to_local(found.oldest_pending_at),
+            last_delivered_at=self.clock.to_local(found.last_delivered_at),
+            oldest_unmapped_at=self.clock.to_local(found.oldest_unmapped_at),
+        )
 
     async def known_exam_tests(self) -> frozenset[tuple[str, str]]:
         async with self._connection("read the exam tests") as conn:
@@ -371,6 +407,7 @@ class PostgresStore:
     async def check_writable(self) -> None:
         async with self._connection("write") as conn:
             problem = await ops.check_writable(conn)
+            await self.clock.measure(conn)
         if problem:
             raise StorageUnavailableError(f"storage could not write: {problem}")
 
@@ -388,11 +425,11 @@ class PostgresStore:
 
     async def find_events(self, query: EventQuery, now: float) -> list[EventRecord]:
         async with self._connection("search the events") as conn:
-            return await ops.find_events(conn, query, now)
+            return await ops.find_events(conn, query, self.clock.to_db(now))
 
     async def event(self, webhook_id: str, now: float) -> EventDetail | None:
         async with self._connection("read an event") as conn:
-            return await ops.event(conn, webhook_id, now)
+            return await ops.event(conn, webhook_id, self.clock.to_db(now))
 
     async def replay(self, which: DeadLetterFilter, remap: Remapper, now: float) -> ReplayOutcome:
         """Remap on the caller's loop, write one transaction per chunk of letters."""
@@ -404,7 +441,9 @@ class PostgresStore:
                 sources = await ops.webhooks_of_letters(conn, chunk)
             outcomes = [(letter, row, remap(webhook)) for letter, row, webhook in sources]
             async with self._connection("replay dead letters") as conn, conn.transaction():
-                done, failed, revived = await ops.replay_chunk(conn, outcomes, now)
+                done, failed, revived = await ops.replay_chunk(
+                    conn, outcomes, self.clock.to_db(now)
+                )
             replayed, still_dead, made = replayed + done, still_dead + failed, made + revived
         return ReplayOutcome(replayed=replayed, still_dead=still_dead, messages=made)
 
@@ -412,7 +451,7 @@ class PostgresStore:
         total = 0
         while True:
             async with self._connection("delete old dead letters") as conn, conn.transaction():
-                deleted = await ops.purge_dead(conn, older_than, CHUNK)
+                deleted = await ops.purge_dead(conn, self.clock.to_db(older_than), CHUNK)
             total += deleted
             if deleted < CHUNK:
                 return total
@@ -422,7 +461,7 @@ class PostgresStore:
         total = 0
         while True:
             async with self._connection("delete old rows") as conn, conn.transaction():
-                deleted = await ops.prune_delivered(conn, before, CHUNK)
+                deleted = await ops.prune_delivered(conn, self.clock.to_db(before), CHUNK)
             total += deleted
             if deleted < CHUNK:
                 return total

@@ -44,6 +44,7 @@ from collections.abc import Callable
 
 from bridge import logs
 from bridge.errors import StorageUnavailableError
+from bridge.store.sqlite.identity import DatabaseFileLostError
 
 log = logs.get(__name__)
 
@@ -64,8 +65,16 @@ WARN_INTERVAL_SECS = 60.0
 class Checkpointer:
     """``poke()`` after commits (any thread, cheap); the thread checkpoints soon after."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        name: str,
+        before: Callable[[], None] | None = None,
+    ) -> None:
         self._connect = connect
+        #: Raises when the file is no longer ours: never copy our pages into a restored file.
+        #: Called after each round too, so the size the round grew the file to is known.
+        self._before = before
         self._poked = threading.Event()
         self._stopping = threading.Event()
         self._restart_wanted = threading.Event()
@@ -133,24 +142,33 @@ class Checkpointer:
                 if self._stopping.is_set():
                     return
                 self._poked.clear()
-                seen = self.pokes  # this round copies every commit reported so far
-                try:
-                    if conn is None:
-                        conn = self._connect()
-                    ((_, frames, copied),) = conn.execute(
-                        "PRAGMA wal_checkpoint(PASSIVE)"
-                    ).fetchall()
-                    self.checkpoints += 1
-                except (sqlite3.Error, StorageUnavailableError) as exc:
-                    log.warning("wal_checkpoint_failed", error=str(exc))
-                else:
-                    self._after(frames, copied, seen)
+                conn = self._round(conn)
                 # Let commits accumulate: the next round comes no sooner than this.
                 if self._stopping.wait(MIN_INTERVAL_SECS):
                     return
         finally:
             if conn is not None:
                 conn.close()
+
+    def _round(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """One checkpoint, only while the file is ours; the connection (opened lazily)."""
+        seen = self.pokes  # this round copies every commit reported so far
+        try:
+            if self._before is not None:
+                self._before()
+            if conn is None:
+                conn = self._connect()
+            ((_, frames, copied),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.checkpoints += 1
+            if self._before is not None:
+                self._before()
+        except DatabaseFileLostError:
+            pass  # logged once where it was seen; nothing is copied any more
+        except (sqlite3.Error, StorageUnavailableError) as exc:
+            log.warning("wal_checkpoint_failed", error=str(exc))
+        else:
+            self._after(frames, copied, seen)
+        return conn
 
     def _after(self, frames: int, copied: int, seen: int) -> None:
         """After a checkpoint round: record what is copied back; ask for a rewind if due."""

@@ -104,6 +104,14 @@ _CLAIM_EXCLUDING = (
 )
 
 
+_CLAIM_ONLY = (
+    "UPDATE messages SET state = 'inflight', due_at = ? WHERE id IN"
+    " (SELECT id FROM messages WHERE state IN ('pending', 'inflight') AND due_at <= ?"
+    " AND destination IN (SELECT value FROM json_each(?)) ORDER BY due_at, id LIMIT ?)"
+    " RETURNING id, message_id, destination, user_id, attempts, enqueued_at"
+)
+
+
 def _names(names: Sequence[str]) -> bytes:
     return orjson.dumps(list(names))
 
@@ -114,13 +122,19 @@ def claim(
     limit: int,
     lease_secs: float,
     exclude: Sequence[str] = (),
+    only: Sequence[str] | None = None,
 ) -> list[ClaimedMessage]:
     """The ``limit`` earliest-due open rows (pending and due, or in flight past their lease),
-    leaving the destinations in ``exclude`` alone. With an exclusion the due-time index is
-    still used, but rows of excluded destinations are stepped over (dry-run is rare; see
-    docs/reliability.md)."""
+    leaving the destinations in ``exclude`` (and, with ``only``, those not in it) alone. With
+    an exclusion the due-time index is still used, but rows of excluded destinations are
+    stepped over (dry-run is rare; see docs/reliability.md)."""
     params: tuple[object, ...]
-    if exclude:
+    if only is not None:
+        names = [name for name in only if name not in exclude]
+        if not names:
+            return []
+        sql, params = _CLAIM_ONLY, (now + lease_secs, now, _names(names), limit)
+    elif exclude:
         sql, params = _CLAIM_EXCLUDING, (now + lease_secs, now, _names(exclude), limit)
     else:
         sql, params = _CLAIM, (now + lease_secs, now, limit)

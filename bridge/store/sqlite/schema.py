@@ -268,6 +268,35 @@ _PLAIN_WORDS = {
 }
 
 
+class DatabaseCorruptError(StorageUnavailableError):
+    """SQLite found the file malformed (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, a failed check).
+
+    Waiting does not heal it: the store stays unready until an operator restores a sound
+    file and restarts (docs/operations.md).
+    """
+
+    code = "database_corrupt"
+
+
+#: At most this many of ``quick_check``'s findings are kept in the error.
+CHECK_FINDINGS = 3
+
+
+def check_sound(conn: sqlite3.Connection) -> None:
+    """``PRAGMA quick_check`` at start: a malformed file is refused, never served.
+
+    O(size of the file) without the index cross-checks of ``integrity_check``: about a second
+    per GB read from disk. A restored backup copied over a live file is the case it catches.
+    """
+    findings = [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if findings != ["ok"]:
+        shown = "; ".join(line.splitlines()[0] for line in findings[:CHECK_FINDINGS])
+        raise DatabaseCorruptError(f"the database file is corrupt (quick_check: {shown})")
+
+
+_CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
 def is_busy(exc: BaseException) -> bool:
     """Waiting again would only wait another busy_timeout: do not retry item by item."""
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -281,6 +310,7 @@ def translate(exc: BaseException, doing: str) -> StorageUnavailableError:
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     base = name.split("_")[0:2]
     plain = _PLAIN_WORDS.get(name) or _PLAIN_WORDS.get("_".join(base), "storage error")
-    error = StorageUnavailableError(f"storage could not {doing}: {plain} ({name}: {exc})")
+    kind = DatabaseCorruptError if name.startswith(_CORRUPT) else StorageUnavailableError
+    error = kind(f"storage could not {doing}: {plain} ({name}: {exc})")
     error.__cause__ = exc  # as ``raise error from exc`` would, also when set on a future
     return error

@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar, cast
 
+from bridge import logs
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
 from bridge.messages import OutgoingMessage
@@ -54,7 +55,9 @@ from bridge.store.sqlite.enqueue import Item, enqueue_group, keep_group, record_
 from bridge.store.sqlite.identity import FileIdentity
 from bridge.store.sqlite.schema import (
     SYNCHRONOUS_MODES,
+    DatabaseCorruptError,
     DatabaseMissingError,
+    check_sound,
     connect,
     migrate,
     translate,
@@ -62,6 +65,7 @@ from bridge.store.sqlite.schema import (
 from bridge.store.sqlite.writer import Writer
 
 T = TypeVar("T")
+log = logs.get(__name__)
 
 #: Rows per transaction for the maintenance writes, so intake is never held up for long.
 CHUNK = 2000
@@ -99,6 +103,7 @@ class SQLiteStore:
         self._operator: ThreadPoolExecutor | None = None  # the operator's reads
         self._conns = threading.local()  # each reader thread's own connection (``conn``)
         self._identity = FileIdentity(self.path)
+        self._corrupt: DatabaseCorruptError | None = None  # once seen, until a restart
 
     @classmethod
     def from_config(cls, cfg: StorageConfig, *, create: bool = True) -> SQLiteStore:
@@ -127,7 +132,11 @@ class SQLiteStore:
                 "this command never creates one"
             )
         self._identity = FileIdentity(self.path)  # whatever the path names now is ours
-        checkpointer = Checkpointer(self._connect_checkpointer, f"sqlite-wal:{self.path.name}")
+        checkpointer = Checkpointer(
+            self._connect_checkpointer,
+            f"sqlite-wal:{self.path.name}",
+            before=self._identity.confirm,
+        )
         checkpointer.start()
         self._checkpointer = checkpointer
         writer = Writer(
@@ -140,6 +149,8 @@ class SQLiteStore:
         writer.start()
         self._writer = writer
         try:
+            if self.create:  # serve: never on a malformed file (the CLI only reads or replays)
+                await writer.submit(check_sound, "check the database", raw=True)
             await writer.submit(partial(migrate, create=self.create), "open the database", raw=True)
         except DatabaseMissingError as exc:
             await self._stop_writer()
@@ -160,6 +171,7 @@ class SQLiteStore:
             if reader is not None:
                 await asyncio.get_running_loop().run_in_executor(reader, self._close_reader)
                 await asyncio.to_thread(reader.shutdown, wait=True)
+        self._identity.forget()
 
     async def _stop_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -184,15 +196,18 @@ class SQLiteStore:
         except OSError:
             conn.close()
             raise
+        self._identity.watch(conn)
         return conn
 
     def _connect_checkpointer(self) -> sqlite3.Connection:
         # Opened lazily: by then the path may name another file, whose connection would take
         # our -wal and -shm (same names) for its own and checkpoint our pages into it.
         self._identity.confirm()
-        return connect(
+        conn = connect(
             self.path, synchronous=self.synchronous, busy_timeout_secs=self.busy_timeout_secs
         )
+        self._identity.watch(conn)
+        return conn
 
     def _close_reader(self) -> None:
         conn, self._conns.conn = getattr(self._conns, "conn", None), None
@@ -206,7 +221,11 @@ class SQLiteStore:
     ) -> T:
         if self._writer is None:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
-        return cast(T, await self._writer.submit(work, doing, groupable=groupable))
+        try:
+            return cast(T, await self._writer.submit(work, doing, groupable=groupable))
+        except DatabaseCorruptError as exc:
+            self._seen_corrupt(exc)
+            raise
 
     async def _read(
         self, work: Callable[[sqlite3.Connection], T], doing: str, *, operator: bool = False
@@ -216,7 +235,17 @@ class SQLiteStore:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
         self._identity.refuse()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(reader, self._in_reader, work, doing)
+        try:
+            return await loop.run_in_executor(reader, self._in_reader, work, doing)
+        except DatabaseCorruptError as exc:
+            self._seen_corrupt(exc)
+            raise
+
+    def _seen_corrupt(self, exc: DatabaseCorruptError) -> None:
+        """A malformed file does not heal: one error line, and never writable again."""
+        if self._corrupt is None:
+            self._corrupt = exc
+            log.error("database_corrupt", path=str(self.path), error=str(exc))
 
     def _in_reader(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         conn: sqlite3.Connection | None = getattr(self._conns, "conn", None)
@@ -229,6 +258,7 @@ class SQLiteStore:
                     busy_timeout_secs=self.busy_timeout_secs,
                     readonly=True,
                 )
+                self._identity.watch(conn)
             return work(conn)
         except (sqlite3.Error, OSError) as exc:
             if conn is not None and conn.in_transaction:
@@ -295,12 +325,22 @@ class SQLiteStore:
         await self._write(work, "keep a mapping error")
 
     async def claim(
-        self, now: float, limit: int, lease_secs: float, exclude: Collection[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease_secs: float,
+        exclude: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[ClaimedMessage]:
         if limit <= 0:
             return []
         work = partial(
-            ops.claim, now=now, limit=limit, lease_secs=lease_secs, exclude=tuple(exclude)
+            ops.claim,
+            now=now,
+            limit=limit,
+            lease_secs=lease_secs,
+            exclude=tuple(exclude),
+            only=None if only is None else tuple(only),
         )
         # Groupable, like ack: see ack.
         return await self._write(work, "claim messages", groupable=True)
@@ -355,6 +395,8 @@ class SQLiteStore:
         return await self._read(work, "read statistics")
 
     async def check_writable(self) -> None:
+        if self._corrupt is not None:
+            raise self._corrupt
         await self._write(ops.probe, "write")
 
     # ---- exam tests (bridge.mapping.exam_tests) ----------------------------------------------
