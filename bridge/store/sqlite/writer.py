@@ -193,7 +193,7 @@ class Writer:
                 self._identity.confirm()  # committed into the file the path names, or no answer
         except Exception as exc:
             _rollback(conn)
-            lost = isinstance(exc, DatabaseFileLostError)
+            lost = isinstance(exc, DatabaseFileLostError) or self._file_lost_under(exc)
             if not settle_failures and not is_busy(exc) and not lost:
                 return False
             for job in jobs:  # nothing committed: nobody is acknowledged
@@ -205,6 +205,19 @@ class Writer:
         if self._on_commit is not None:
             self._on_commit()
         return True
+
+    def _file_lost_under(self, exc: Exception) -> bool:
+        """A write that failed because the file is no database (any more), or is malformed:
+        see at once whether it was overwritten under us (``cp``, ``truncate``), which the
+        check after a commit never sees when no commit can succeed."""
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if self._identity is None or not name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+            return False
+        try:
+            self._identity.confirm()
+        except DatabaseFileLostError:
+            return True
+        return False
 
     def _one_by_one(self, jobs: list[Job]) -> None:
         for index, job in enumerate(jobs):
