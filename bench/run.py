@@ -217,7 +217,7 @@ def drain_section(res: drain.DrainResult, fig: dict[str, Any], profiles: list[st
         "| sender | messages | seconds | messages/s | notes |",
         "|---|---:|---:|---:|---|",
         f"| bridge | {res.count:,} | {res.bridge_secs:.2f} | {report.fmt(res.bridge_rate)} | "
-        f"from process start; {res.count / res.bridge_first_secs:,.0f}/s from the first "
+        f"from process start; {res.count / max(res.bridge_first_secs, 1e-3):,.0f}/s from the first "
         f"arrival; CPU: bridge {res.bridge_cpu_secs:.1f} s, fake {res.fake_cpu_secs:.1f} s; "
         f"peak RSS {res.bridge_rss_kb / 1024:.0f} MB |",
         f"| `Client` | {res.client_counted:,} | {res.client_secs:.2f} | "
@@ -408,7 +408,7 @@ def postgres_section(
     for d in res.drain:
         lines.append(
             f"| {d.backend} | {d.replicas} | {d.count:,} | {d.build_secs:.1f} | {d.secs:.2f} | "
-            f"{report.fmt(d.rate)} | {report.fmt(d.count / d.first_secs)} | "
+            f"{report.fmt(d.rate)} | {report.fmt(d.count / max(d.first_secs, 1e-3))} | "
             f"{d.bridge_cpu_secs:.1f} | {d.postgres_cpu_secs:.1f} |"
         )
         key = f"{'pg' if d.backend == 'PostgreSQL' else 'sqlite'} drain x{d.replicas}"

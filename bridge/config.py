@@ -18,7 +18,9 @@ exit status 78 (``EX_CONFIG``).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import os
 import types
 import typing
@@ -449,6 +451,16 @@ class Config(_Section):
                 "metrics): whoever reads Synap's webhook settings must not be able to sign in"
             )
         return self
+
+    @property
+    def mapping_tag(self) -> str:
+        """A digest of what decides how a webhook maps (``mapping`` and ``routing``, secrets
+        masked as pydantic prints them): replicas sharing a PostgreSQL queue map what a replica
+        of the same configuration kept, so a rolling deploy never maps with routes a replica
+        does not know (bridge.store.MappingStore.take)."""
+        data = self.model_dump(mode="json", include={"mapping", "routing"})
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def dry_run(self) -> bool:

@@ -16,6 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bridge.store import Webhook
+from bridge.store.postgres.queries import FOREIGN_AFTER_SECS
+from bridge.store.postgres.store import PostgresStore
 from tests.conftest import PASSWORD, USER, WRITE_KEY, attempt_completed, basic_auth, polled
 from tests.fakes import FakeSegment
 from tests.pgcluster import Cluster
@@ -118,3 +121,25 @@ async def test_an_old_replica_leaves_a_destination_it_does_not_know(
     dead = postgres.psql(url.rsplit("/", 1)[-1], "SELECT count(*) FROM dead_letters")
     assert dead.strip() == "0"
     assert fake_segment.unique == WEBHOOKS // 2
+
+
+async def test_a_replica_maps_only_what_its_own_configuration_kept(postgres: Cluster) -> None:
+    """The mapping stage's side of a rolling deploy: a webhook kept by a replica of another
+    mapping configuration (other routes) is left to that replica's mapper; only when it has
+    waited past ``FOREIGN_AFTER_SECS`` (that replica gone) does any mapper take it."""
+    url = postgres.new_database()
+    store = PostgresStore(url, pool_size=2)
+    await store.open()
+    try:
+        await store.keep(Webhook("attempt.completed", None, 1.0, b"{}"), "new-routes")
+        assert await store.take(10, 0.0, 30, "old-routes") == []
+        [mine] = await store.take(10, 0.0, 30, "new-routes")
+        await store.failed(mine, "released for the next look", 0.0)
+        postgres.psql(
+            url.rsplit("/", 1)[-1],
+            f"UPDATE unmapped SET kept_at = kept_at - {FOREIGN_AFTER_SECS + 1}",  # noqa: S608 - a constant
+        )
+        [orphan] = await store.take(10, 0.0, 30, "old-routes")  # its replica is gone
+        assert orphan.row_id == mine.row_id
+    finally:
+        await store.close()

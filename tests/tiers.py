@@ -28,7 +28,7 @@ import pytest
 #: Marks that take a test out of the fast tier (registered in pyproject.toml).
 TIERS = ("process", "postgres", "image", "browser")
 FAST = " and ".join(f"not {mark}" for mark in TIERS)
-PROCESS_SIGNS = ("subprocess", "BridgeProcess", "Popen", "create_subprocess_")
+PROCESS_SIGNS = ("subprocess", "BridgeProcess", "Popen", "create_subprocess_", "Serve(")
 POSTGRES_SIGNS = ("pgcluster", "postgres.new_database")
 
 _STARTERS: dict[tuple[str, str], frozenset[str]] = {}

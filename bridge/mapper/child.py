@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -49,10 +48,9 @@ _PR_SET_NAME = 15
 def _linux_process_settings() -> None:
     """Die with the parent, and be named in ``ps -o comm`` / ``top``. Linux only; elsewhere
     nothing happens (the stdin end-of-file still stops the stage)."""
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or name is None:
+    if not sys.platform.startswith("linux"):
         return
-    libc = ctypes.CDLL(name, use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library is already loaded
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     libc.prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
     if os.getppid() == 1:  # the parent died before the first prctl

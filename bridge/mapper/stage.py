@@ -174,11 +174,11 @@ class MappingStage:
     async def round(self) -> bool:
         """One take, judge and record; False when nothing was waiting."""
         now = self._clock()
-        taken = await self._store.take(self._batch, now, LEASE_SECS)
+        config = self._config()
+        taken = await self._store.take(self._batch, now, LEASE_SECS, config.mapping_tag)
         if not taken:
             return False
         self.rounds += 1
-        config = self._config()
         report = Report()
         verdicts: list[Judged] = []
         failed: list[tuple[UnmappedWebhook, str]] = []

@@ -66,11 +66,19 @@ class Runtime:
     #: its child process.
     mapping: MappingStage | None = None
     supervisor: MapperSupervisor | None = None
+    _tag_of: Config | None = field(default=None, repr=False)
+    _tag: str = field(default="", repr=False)
 
     def stages_healthy(self) -> bool:
         """What the systemd watchdog vouches for: the event loop (it runs this) and the
         mapping child, which must have been heard from recently."""
         return self.supervisor is None or self.supervisor.healthy()
+
+    def mapping_tag(self) -> str:
+        """``config.mapping_tag``, worked out once per configuration (a reload replaces it)."""
+        if self._tag_of is not self.config:
+            self._tag_of, self._tag = self.config, self.config.mapping_tag
+        return self._tag
 
     def wake_mapping(self) -> None:
         if self.mapping_waker is not None:

@@ -142,7 +142,7 @@ async def _handle(
     portal = request.query.get("portal")
     webhook = Webhook(code, portal[:200] if portal else None, runtime.clock(), raw)
     try:
-        webhook_id = await runtime.store.keep(webhook)
+        webhook_id = await runtime.store.keep(webhook, runtime.mapping_tag())
     except StorageUnavailableError as exc:
         backpressure.storage_failed(runtime, exc)
         fields.update(error="storage_unavailable", detail=str(exc))

@@ -248,18 +248,26 @@ class Lifecycle(Protocol):
 class IntakeStore(Lifecycle, Protocol):
     """The receiver's port: commit the raw webhook, nothing about its content."""
 
-    async def keep(self, webhook: Webhook) -> str:
+    async def keep(self, webhook: Webhook, tag: str = "") -> str:
         """Commit ``webhook`` as received (unmapped); its ``webhook_id`` (``wh_…``).
 
-        Concurrent calls share one commit. Nothing in the body is read: any bytes are kept."""
+        Concurrent calls share one commit. Nothing in the body is read: any bytes are kept.
+        ``tag`` names the mapping configuration of this process (a store shared by replicas
+        lets each map what a replica of its own configuration kept; see ``take``)."""
         ...
 
 
 class MappingStore(Lifecycle, Protocol):
     """The mapping stage's port."""
 
-    async def take(self, limit: int, now: float, lease_secs: float) -> list[UnmappedWebhook]:
+    async def take(
+        self, limit: int, now: float, lease_secs: float, tag: str = ""
+    ) -> list[UnmappedWebhook]:
         """Up to ``limit`` unmapped webhooks in arrival order, each try counted before it runs.
+
+        On a store shared by replicas, only webhooks kept under ``tag`` (this mapping
+        configuration), or kept under another one long enough ago that its replicas must be
+        gone: during a rolling deploy an old replica never maps with routes it does not know.
 
         A webhook taken before and not recorded since (its mapper crashed or failed on it) is
         taken alone: a poison webhook cannot take a batch of others down with it again. On

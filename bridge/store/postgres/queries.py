@@ -304,31 +304,36 @@ WITH w AS MATERIALIZED (
     INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)
     SELECT id, code, portal_id, received_at, raw_body FROM w
 ), waiting AS (
-    INSERT INTO unmapped (webhook_id) SELECT id FROM w
+    INSERT INTO unmapped (webhook_id, tag) SELECT id, t.tag FROM w, (SELECT $5::text AS tag) t
 )
 SELECT (SELECT array_agg(id ORDER BY ord) FROM w), pg_notify('bridge_unmapped', '')
 """
 UNMAPPED_CHANNEL = "bridge_unmapped"
 
 
-async def keep(conn: Conn, batch: Sequence[Webhook]) -> list[str]:
+async def keep(conn: Conn, batch: Sequence[tuple[Webhook, str]]) -> list[str]:
+    """Webhooks with the mapping tag of the replica that kept them (one tag per group: every
+    webhook of a group is kept by this process's configuration at the time)."""
     ids, _ = await conn.fetchrow(
         _KEEP,
-        [_clean(w.code) for w in batch],
-        [_clean(w.portal_id) for w in batch],
-        [w.received_at for w in batch],
-        [w.raw_body for w in batch],
+        [_clean(w.code) for w, _ in batch],
+        [_clean(w.portal_id) for w, _ in batch],
+        [w.received_at for w, _ in batch],
+        [w.raw_body for w, _ in batch],
+        batch[0][1] if batch else "",
     )
     return [webhook_ref(row_id) for row_id in ids]
 
 
 #: Take unmapped rows not leased by anyone (or whose lease ran out), in arrival order, counting
-#: the try and leasing them; ``$3``: tried before (taken alone) or never tried (a batch).
+#: the try and leasing them; ``$3``: tried before (taken alone) or never tried (a batch); only
+#: rows kept under this mapping configuration (``$4``), or waiting longer than ``$5`` seconds.
 _TAKE = """
 WITH c AS (
     SELECT webhook_id FROM unmapped
     WHERE (taken_until IS NULL OR taken_until < extract(epoch FROM clock_timestamp()))
       AND (tries > 0) = $3
+      AND (tag = $4 OR kept_at < extract(epoch FROM clock_timestamp()) - $5)
     ORDER BY webhook_id LIMIT $1 FOR UPDATE SKIP LOCKED
 )
 UPDATE unmapped u SET tries = u.tries + 1, lease = u.lease + 1,
@@ -338,11 +343,16 @@ RETURNING u.webhook_id, u.tries, u.lease, u.last_error
 """
 
 
-async def take(conn: Conn, limit: int, lease_secs: float) -> list[UnmappedWebhook]:
+#: How long a webhook kept under another mapping configuration waits for a replica of that
+#: configuration to map it before any replica does (that one is gone, or stuck).
+FOREIGN_AFTER_SECS = 30.0
+
+
+async def take(conn: Conn, limit: int, lease_secs: float, tag: str) -> list[UnmappedWebhook]:
     """A webhook tried before comes alone (poison isolation); otherwise up to ``limit`` new."""
-    rows = await conn.fetch(_TAKE, 1, lease_secs, True)
+    rows = await conn.fetch(_TAKE, 1, lease_secs, True, tag, FOREIGN_AFTER_SECS)
     if not rows:
-        rows = await conn.fetch(_TAKE, limit, lease_secs, False)
+        rows = await conn.fetch(_TAKE, limit, lease_secs, False, tag, FOREIGN_AFTER_SECS)
     if not rows:
         return []
     taken = {row[0]: row for row in rows}

@@ -184,6 +184,10 @@ ALTER FUNCTION bridge_webhook_refs(bytea) ROWS 7;
 # ``FOR UPDATE SKIP LOCKED``, counting the try and leasing the row until ``taken_until`` (the
 # database's clock, so replicas' clocks do not matter); ``lease`` is the take's fencing token,
 # so a mapper whose lease ran out cannot record over the replica that took the row after it.
+# ``tag`` names the mapping configuration of the replica that kept the webhook (a digest of its
+# ``mapping`` and ``routing``): during a rolling deploy a replica maps only what a replica of
+# its own configuration kept, and another's only once it has waited ``kept_at`` + 30 s (that
+# replica is gone or stuck), so an old replica never maps with routes it does not know.
 # Webhooks stored before v4 were mapped on arrival: the table starts empty.
 _V4 = """
 CREATE TABLE IF NOT EXISTS unmapped (
@@ -191,7 +195,9 @@ CREATE TABLE IF NOT EXISTS unmapped (
     tries       integer NOT NULL DEFAULT 0,
     lease       bigint NOT NULL DEFAULT 0,
     taken_until double precision,
-    last_error  text
+    last_error  text,
+    tag         text NOT NULL DEFAULT '',
+    kept_at     double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
 ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);
 """
 

@@ -107,7 +107,7 @@ class PostgresStore:
         self.migrate_on_open = migrate_on_open
         self._pool: Any = None
         self._writer: GroupWriter[ops.Intake, EnqueueReceipt] | None = None
-        self._keeper: GroupWriter[Webhook, str] | None = None
+        self._keeper: GroupWriter[tuple[Webhook, str], str] | None = None
         self._listener: Any = None  # the connection that LISTENs for kept webhooks
         self._leases: dict[int, int] = {}  # id -> fencing token, for this store's own claims
         self._breaker = Backoff()
@@ -230,20 +230,25 @@ class PostgresStore:
 
     # ---- intake and mapping ----------------------------------------------------------------
 
-    async def keep(self, webhook: Webhook) -> str:
+    async def keep(self, webhook: Webhook, tag: str = "") -> str:
         if self._keeper is None:
             raise StorageUnavailableError("storage could not store the webhook: not open")
         # Received on the database's clock, as enqueue's webhooks: the mapping stage's hold and
         # due times (received_at + hold) are then on the clock every replica claims by.
-        return await self._keeper.submit(
-            replace(webhook, received_at=self.clock.to_db(webhook.received_at))
-        )
+        kept = replace(webhook, received_at=self.clock.to_db(webhook.received_at))
+        return await self._keeper.submit((kept, tag))
 
-    async def take(self, limit: int, now: float, lease_secs: float) -> list[UnmappedWebhook]:  # noqa: ARG002 - leases use the database's clock
+    async def take(
+        self,
+        limit: int,
+        now: float,  # noqa: ARG002 - leases use the database clock
+        lease_secs: float,
+        tag: str = "",
+    ) -> list[UnmappedWebhook]:
         if limit <= 0:
             return []
         async with self._connection("take unmapped webhooks") as conn:
-            return await ops.take(conn, limit, lease_secs)
+            return await ops.take(conn, limit, lease_secs, tag)
 
     async def record(self, judged: Sequence[Judged], now: float) -> list[EnqueueReceipt]:  # noqa: ARG002 - times come from the webhooks
         if not judged:
@@ -260,7 +265,7 @@ class PostgresStore:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:  # noqa: ARG002
+    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:  # noqa: ARG002 - no time kept
         async with self._connection("keep a mapping error") as conn:
             await ops.mapping_failed(conn, taken.row_id, taken.lease, error)
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sqlite3
 from pathlib import Path
@@ -75,6 +76,7 @@ class FileIdentity:
         self._identity: tuple[int, int] | None = None
         self._companions: dict[Path, tuple[int, int]] = {}  # our -wal and -shm
         self._fd: int | None = None  # read-only, on our inode: for the magic
+        self._seen_magic = False
         self._largest = 0  # the file never shrinks while it is ours
         self._connections: list[sqlite3.Connection] = []  # three, for the life of the store
         self.lost: str | None = None  # why, once the path stopped naming our file
@@ -148,9 +150,15 @@ class FileIdentity:
         if self._fd is None or size < len(MAGIC):
             return False
         try:
-            return os.pread(self._fd, len(MAGIC), 0) != MAGIC
+            head = os.pread(self._fd, len(MAGIC), 0)
         except OSError:
             return False
+        if head == MAGIC:
+            self._seen_magic = True
+            return False
+        # A new database's first checkpoint may grow the file before page 1 is in it: only a
+        # file that has shown the magic and lost it was overwritten.
+        return self._seen_magic
 
     def _move_companions_aside(self) -> list[str]:
         """Our -wal and -shm, away from the names the replacement's openers look for."""
@@ -165,6 +173,21 @@ class FileIdentity:
                 continue
             moved.append(str(aside))
         return moved
+
+
+def _loaded_libsqlite3() -> str | None:
+    """The ``libsqlite3`` this process has loaded (the ``sqlite3`` module's), from
+    ``/proc/self/maps``: ``find_library`` would run ``ldconfig -p`` as a subprocess, from inside
+    the writer's thread, on the first connection of every process."""
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+            for line in maps:
+                path = line.rsplit(None, 1)[-1]
+                if "/libsqlite3" in path:
+                    return path
+    except OSError:  # pragma: no cover - not Linux
+        return None
+    return None  # pragma: no cover - a statically linked sqlite3 module
 
 
 def _identity(path: Path) -> tuple[int, int]:
@@ -196,8 +219,9 @@ def no_checkpoint_on_close(conn: sqlite3.Connection) -> bool:
     return int(done) == 0
 
 
+@functools.cache
 def _libsqlite3() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("sqlite3")
+    name = _loaded_libsqlite3() or ctypes.util.find_library("sqlite3")
     if name is None:  # pragma: no cover
         return None
     lib = ctypes.CDLL(name)

@@ -290,7 +290,7 @@ class SQLiteStore:
         receipt = self._writer.submit_grouped(enqueue_group, item, doing)
         return cast(EnqueueReceipt, await receipt)
 
-    async def keep(self, webhook: Webhook) -> str:
+    async def keep(self, webhook: Webhook, tag: str = "") -> str:  # noqa: ARG002 - one serve
         """Group commit of the raw webhook and its ``unmapped`` row: the receiver's only write."""
         doing = "store the webhook"
         if self._writer is None:
@@ -299,7 +299,13 @@ class SQLiteStore:
 
     # ---- mapping ---------------------------------------------------------------------------
 
-    async def take(self, limit: int, now: float, lease_secs: float) -> list[UnmappedWebhook]:  # noqa: ARG002 - one mapper per file: no lease
+    async def take(
+        self,
+        limit: int,
+        now: float,  # noqa: ARG002 - one mapper per file: no lease
+        lease_secs: float,  # noqa: ARG002 - no lease on SQLite
+        tag: str = "",  # noqa: ARG002 - one serve per file: one configuration
+    ) -> list[UnmappedWebhook]:
         """Read the next unmapped webhooks on the reader (their bodies never pass through the
         writer's transaction), then count their try on the writer before anyone maps them.
         One mapper per file, so nothing can take them between the two."""
@@ -320,7 +326,7 @@ class SQLiteStore:
             lambda conn: work(conn), "store the mapped messages", groupable=True
         )
 
-    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:  # noqa: ARG002
+    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:  # noqa: ARG002 - no time kept
         work = partial(ops.mapping_failed, row_id=taken.row_id, error=error)
         await self._write(work, "keep a mapping error")
 
