@@ -127,6 +127,12 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.refused = Gauge(
+            "synap_bridge_destination_refused",
+            "1 while a destination's last answer refused its write key (401/403), else 0.",
+            ["destination"],
+            registry=r,
+        )
         self.ready = Gauge(
             "synap_bridge_ready", "1 when /readyz answers ready, else 0.", registry=r
         )
@@ -151,16 +157,26 @@ class Metrics:
         child.inc()
 
     def observe_state(
-        self, *, ready: bool, delivering: bool, refusing: bool, paused: Mapping[str, bool]
+        self,
+        *,
+        ready: bool,
+        delivering: bool,
+        refusing: bool,
+        paused: Mapping[str, bool],
+        refused: Mapping[str, bool] | None = None,
     ) -> None:
-        """The state gauges, set at each scrape. ``paused`` names the configured destinations,
-        so the label set is bounded by the configuration (a reload's removed ones disappear)."""
+        """The state gauges, set at each scrape. ``paused`` and ``refused`` name the configured
+        destinations, so the label sets are bounded by the configuration (a reload's removed
+        ones disappear)."""
         self.ready.set(int(ready))
         self.delivery_running.set(int(delivering))
         self.intake_refusing.set(int(refusing))
         self.paused.clear()
         for destination, is_paused in paused.items():
             self.paused.labels(destination).set(int(is_paused))
+        self.refused.clear()
+        for destination, is_refused in (refused or {}).items():
+            self.refused.labels(destination).set(int(is_refused))
 
     def observe_backlog(self, stats: StoreStats, now: float) -> None:
         self.pending.set(stats.pending + stats.in_flight)
