@@ -11,9 +11,8 @@ One ``serve`` per SQLite database (PostgreSQL runs replicas instead): the lock
 ``database_in_use`` and exits with :data:`EX_DATABASE_IN_USE` (75), which the systemd unit lists
 in ``RestartPreventExitStatus=``.
 
-SIGHUP reloads ``mapping``, ``routing``, ``segment`` (destinations) and ``logging`` from the same
-file and environment. A bad new configuration is refused with a log line and the old one kept.
-The listening address and the storage need a restart (a log line says so when they changed).
+SIGHUP reloads the configuration (:mod:`bridge.reload` says what applies in place and what
+needs a restart).
 """
 
 from __future__ import annotations
@@ -21,10 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import signal
 import time
-from pathlib import Path
 
 from aiohttp import web
 
@@ -32,18 +29,16 @@ from bridge import config as config_module
 from bridge import logs
 from bridge.app import build_app, metrics_app
 from bridge.config import Config
-from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError, StorageUnavailableError
 from bridge.receive.connections import ConnectionGuard, GuardedSite, fit_to_descriptors
-from bridge.receive.runtime import RUNTIME, Runtime
+from bridge.receive.runtime import RUNTIME
+from bridge.reload import reload
 from bridge.store.factory import describe
 from bridge.store.sqlite.lock import DatabaseInUseError, ServeLock
 from bridge.systemd import Notifier, watchdog_loop
 
 log = logs.get(__name__)
 
-#: What SIGHUP applies in place; every other section of Config needs a restart (restart_needed).
-RELOADABLE = ("mapping", "routing", "segment", "logging")
 #: Another serve holds the database (EX_TEMPFAIL): retrying at once cannot help, so the unit's
 #: ``RestartPreventExitStatus=`` lists it and systemd does not restart in a loop.
 EX_DATABASE_IN_USE = 75
@@ -54,20 +49,10 @@ EX_DATABASE_IN_USE = 75
 GC_YOUNG_THRESHOLD = 50_000
 
 
-def restart_needed(old: Config, fresh: Config) -> list[str]:
-    """The changed sections a reload cannot apply: every section of the model not in RELOADABLE,
-    so a section added to Config is covered without a list to keep in step."""
-    return [
-        name
-        for name in type(fresh).model_fields
-        if name not in RELOADABLE and getattr(fresh, name) != getattr(old, name)
-    ]
-
-
 async def serve(config: Config, config_path: str | None) -> int:
-    problem = config.listen_problem()
-    if problem:
-        raise ConfigError([problem])
+    problems = [config.listen_problem(), *config_module.placeholder_secrets(config)]
+    if any(problems):
+        raise ConfigError([problem for problem in problems if problem])
     if config.storage.url is not None:  # PostgreSQL: replicas share the queue, no lock
         return await _serve(config, config_path)
     lock = ServeLock(config.storage.path)
@@ -167,38 +152,4 @@ def make_runner(app: web.Application, config: Config) -> web.AppRunner:
         access_log=None,
         keepalive_timeout=config.server.header_timeout_secs,
         lingering_time=config.server.body_timeout_secs,
-    )
-
-
-def reload(runtime: Runtime, config_path: str | None, notifier: Notifier | None = None) -> None:
-    """Apply the reloadable sections of a freshly loaded configuration, or keep the old one."""
-    if notifier is not None:
-        notifier.reloading()
-    try:
-        _apply(runtime, config_path)
-    finally:
-        if notifier is not None:
-            notifier.ready()
-
-
-def _apply(runtime: Runtime, config_path: str | None) -> None:
-    try:
-        fresh = config_module.load(config_path, os.environ)
-    except ConfigError as exc:
-        log.error("reload_refused", problems=exc.problems)
-        return
-    old = runtime.config
-    changed = restart_needed(old, fresh)
-    if changed:
-        log.warning("reload_needs_restart", sections=changed)
-    updated = old.model_copy(update={name: getattr(fresh, name) for name in RELOADABLE})
-    runtime.config = updated
-    logs.configure(updated.logging.level, updated.logging.format)
-    if runtime.delivery is not None:
-        runtime.delivery.replace_sinks(build_sinks(updated))
-    log.info(
-        "reloaded",
-        sections=list(RELOADABLE),
-        dry_run=updated.dry_run,
-        path=str(Path(config_module.config_path(config_path, os.environ))),
     )

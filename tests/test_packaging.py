@@ -155,8 +155,11 @@ class TestSystemdUnit:
         config = parse(env_overrides(env))
         assert config.storage.path == Path("/var/lib/synap-bridge/bridge.db")
 
-    def test_secrets_come_from_an_environment_file_only(self) -> None:
-        assert service("EnvironmentFile") == ["-/etc/synap-bridge/secrets.env"]
+    def test_secrets_come_from_systemd_credentials_only(self) -> None:
+        """Secrets are credentials (root-only files, visible to this service alone), never an
+        EnvironmentFile (inherited by every child, shown by /proc/<pid>/environ)."""
+        assert service("LoadCredential") == ["synap-bridge:/etc/synap-bridge/credentials"]
+        assert service("EnvironmentFile") == []
         text = UNIT.read_text()
         for secret in ("PASSWORD", "WRITE_KEY"):
             assert secret not in "".join(service("Environment")), f"{secret} in the unit"

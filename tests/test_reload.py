@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from bridge.config import Config, MappingConfig, ServerConfig, ShutdownConfig
-from bridge.serve import RELOADABLE, restart_needed
+from bridge.reload import RELOADABLE, restart_needed
 from tests.conftest import PASSWORD, USER, basic_auth, eventually, fixture_body
 from tests.process import BridgeProcess, write_config
 
@@ -65,7 +65,7 @@ async def test_sighup_reloads_mapping_and_refuses_a_bad_config(tmp_path: Path) -
 
 
 class TestRestartNeeded:
-    """Which changed sections a SIGHUP reports as needing a restart (the reload_needs_restart
+    """Which changed settings a SIGHUP reports as needing a restart (the reload_needs_restart
     line): every section of the model that is not reloaded, derived, not listed by hand."""
 
     def test_restart_only_sections_are_reported(self) -> None:
@@ -77,7 +77,7 @@ class TestRestartNeeded:
                 "mapping": MappingConfig(trait_prefix="x_"),
             }
         )
-        assert restart_needed(old, fresh) == ["server", "shutdown"]
+        assert restart_needed(old, fresh) == ["server.port", "shutdown.grace_secs"]
         assert restart_needed(old, old) == []
 
     def test_a_new_section_is_covered_without_a_list(self) -> None:
@@ -86,8 +86,8 @@ class TestRestartNeeded:
 
         old = Wider()
         fresh = old.model_copy(update={"extra": ShutdownConfig(grace_secs=3.0)})
-        assert restart_needed(old, fresh) == ["extra"]
-        assert set(Config.model_fields) >= set(RELOADABLE)
+        assert restart_needed(old, fresh) == ["extra.grace_secs"]
+        assert set(Config.model_fields) >= {entry.split(".")[0] for entry in RELOADABLE}
 
 
 async def test_a_refused_reload_does_not_log_the_broken_line(tmp_path: Path) -> None:
