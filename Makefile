@@ -69,10 +69,11 @@ packaging-deps:
 	  else echo "packaging-deps: install systemd-analyze (Debian/Ubuntu: sudo apt-get install systemd)" >&2; exit 1; fi; }
 
 # promtool (Debian package prometheus) for tests/test_dashboards.py: `promtool check rules` and
-# `promtool test rules` on deploy/prometheus. Like packaging-deps: .ci/run calls it, and without
-# root the test itself fails with the fix.
+# `promtool test rules` on deploy/prometheus; the same package's server for
+# tests/test_prometheus_real.py (real alerts during real faults). Like packaging-deps: .ci/run
+# calls it, and without root the test itself fails with the fix.
 monitoring-deps:
-	@command -v promtool >/dev/null 2>&1 || { \
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	  else echo "monitoring-deps: install promtool (Debian/Ubuntu: sudo apt-get install prometheus)" >&2; exit 1; fi; }

@@ -69,6 +69,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # Each result's series exists from the start at 0: a series born with its first
+        # increment is invisible to increase() and rate(), so the first permanent refusal
+        # would never fire SynapBridgeRejectedBySegment (found by tests/test_prometheus_real.py).
+        for result in ("ok", "transient", "permanent"):
+            self.attempts.labels(result)
         self.batch_messages = Histogram(
             "synap_bridge_batch_size_messages",
             "Messages per batch upload.",
