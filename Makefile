@@ -15,7 +15,7 @@ RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint format typecheck pytest bench bench-deps clean packaging-deps
-.PHONY: monitoring-deps image-deps image-test lock postgres-deps
+.PHONY: monitoring-deps compose-deps image-deps image-test lock postgres-deps
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,14 @@ monitoring-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	  else echo "monitoring-deps: install promtool (Debian/Ubuntu: sudo apt-get install prometheus)" >&2; exit 1; fi; }
+
+# podman-compose (Debian's compose tool) for tests/test_compose.py: deploy/compose.yaml read the
+# way `podman-compose up` reads it. Like monitoring-deps: .ci/run calls it.
+compose-deps:
+	@command -v podman-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman-compose; \
+	  else echo "compose-deps: install podman-compose (Debian/Ubuntu: sudo apt-get install podman-compose)" >&2; exit 1; fi; }
 
 # The container image, proven (tests/container_image.py): buildah builds the Dockerfile, podman
 # runs it. Not part of `make test` (a minute and a half, root); .ci/run calls it. debootstrap
