@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 
-from bridge import logs
+from bridge import logs, servicestate
 from bridge.config import Config
 from bridge.delivery.loop import Delivery
 from bridge.delivery.sinks import Sink, build_sinks
@@ -56,6 +56,7 @@ def build_app(
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_delivery_context(sinks))
     app.cleanup_ctx.append(_watcher_context(watch_interval))
+    app.cleanup_ctx.append(servicestate.context)
     return app
 
 

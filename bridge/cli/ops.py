@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from bridge import servicestate
 from bridge.config import Config
 from bridge.errors import StorageUnavailableError
 from bridge.mapping.intake import remapper
@@ -124,10 +125,12 @@ async def _stats(store: Store, args: argparse.Namespace, config: Config, out: Te
     now = time.time()
     stats = await store.stats(now, now - 3600)
     oldest = stats.oldest_pending_at
-    dry = config.dry_run_destinations
+    service = await service_report(store, config, now)
+    dry = [d["name"] for d in service["destinations"] if d.get("mode") == "dry-run"]
     report: dict[str, Any] = {
         "pending": stats.pending,
-        # waiting because their destination has no write key (dry-run keeps them queued)
+        # waiting because their destination has no write key (dry-run keeps them queued), as
+        # the serving process says, not as this command's own environment would imply
         "dry_run_waiting": await store.count_open(dry) if dry else 0,
         "in_flight": stats.in_flight,
         "oldest_pending_age_secs": None if oldest is None else round(now - oldest, 3),
@@ -137,18 +140,71 @@ async def _stats(store: Store, args: argparse.Namespace, config: Config, out: Te
         "dead_letters": dict(sorted(stats.dead_letters.items())),
         "storage_bytes": stats.storage_bytes,
         "storage_path": describe(config.storage),
+        **service,
     }
+    for destination in report["destinations"]:
+        destination["backlog"] = await store.count_open([destination["name"]])
     if args.json:
         out.write(json.dumps(report, indent=2) + "\n")
         return 0
+    _print_report(report, out)
+    return 0
+
+
+async def service_report(store: Store, config: Config, now: float) -> dict[str, Any]:
+    """The serving processes and their destinations as ``serve`` recorded them; without a live
+    one, the destinations as this command's configuration has them, and a note saying so."""
+    states = await store.service_states(now)
+    live = servicestate.alive(states)
+    processes = [
+        {
+            "process": s.process,
+            "version": s.state.get("version"),
+            "alive": s in live,
+            "ready": s.state.get("ready"),
+            "problems": s.state.get("problems", []),
+            "seen_secs_ago": round(s.age_secs, 1),
+        }
+        for s in states
+    ]
+    if live:
+        destinations = [_shown(d) for d in live[0].state.get("destinations", [])]
+        return {"service": processes, "destinations": destinations}
+    dry = set(config.dry_run_destinations)
+    names = ["default", *config.routing.destinations]
+    return {
+        "service": processes,
+        "service_note": (
+            f"no serving process recorded its state in the last {servicestate.ALIVE_SECS:.0f} s:"
+            " destinations as this command's configuration has them"
+        ),
+        "destinations": [{"name": n, "mode": "dry-run" if n in dry else "live"} for n in names],
+    }
+
+
+def _shown(destination: dict[str, Any]) -> dict[str, Any]:
+    shown = dict(destination)
+    for key in ("paused_until", "last_attempt_at"):
+        if key in shown:
+            shown[key] = _when(shown[key])
+    return shown
+
+
+def _print_report(report: dict[str, Any], out: TextIO) -> None:
     for key, value in report.items():
-        if isinstance(value, dict):
+        if key in ("service", "destinations"):
+            out.write(f"{key}:\n")
+            for item in value:
+                fields = ", ".join(f"{k}={v}" for k, v in item.items() if v not in (None, []))
+                out.write(f"  {fields}\n")
+            if not value:
+                out.write("  -\n")
+        elif isinstance(value, dict):
             out.write(f"{key}: {sum(value.values())}\n")
             for reason, count in value.items():
                 out.write(f"  {reason}: {count}\n")
         else:
             out.write(f"{key}: {value if value is not None else '-'}\n")
-    return 0
 
 
 def _filter(args: argparse.Namespace) -> DeadLetterFilter:

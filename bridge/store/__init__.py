@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge.messages import OutgoingMessage
 
@@ -113,6 +113,18 @@ class StoreStats:
     dead_letters: dict[str, int] = field(default_factory=dict)  # by reason
     storage_bytes: int = 0
     last_delivered_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """What one serving process last recorded about itself (:mod:`bridge.servicestate`):
+    ``process`` is ``host:pid``, ``state`` its JSON document, ``age_secs`` how long ago (on the
+    database's clock for PostgreSQL)."""
+
+    process: str
+    state: dict[str, Any]
+    updated_at: float
+    age_secs: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,3 +303,12 @@ class Store(Protocol):
     async def purge_dead(self, older_than: float) -> int: ...
 
     async def prune_delivered(self, before: float) -> int: ...
+
+    async def put_service_state(self, process: str, state: str, now: float) -> None:
+        """Record what serving process ``process`` reports (JSON text), replacing its last
+        record; records older than a day are dropped. The table is created on first use."""
+        ...
+
+    async def service_states(self, now: float) -> list[ServiceState]:
+        """Every recorded process, freshest first (none before the first record)."""
+        ...

@@ -38,10 +38,12 @@ from bridge.store import (
     EventRecord,
     Remapper,
     ReplayOutcome,
+    ServiceState,
     StoreStats,
     Webhook,
 )
 from bridge.store.postgres import queries as ops
+from bridge.store.postgres import servicestate as service_state
 from bridge.store.postgres.schema import (
     FOREIGN_ERRORS,
     is_connection_problem,
@@ -102,6 +104,7 @@ class PostgresStore:
         self._writer: GroupWriter | None = None
         self._leases: dict[int, int] = {}  # id -> fencing token, for this store's own claims
         self._breaker = Backoff()
+        self._service_table = False  # service_state created (IF NOT EXISTS) by this store
         #: (version before, version after) of the last migration this store ran.
         self.schema_versions: tuple[int, int] | None = None
 
@@ -295,6 +298,17 @@ class PostgresStore:
             problem = await ops.check_writable(conn)
         if problem:
             raise StorageUnavailableError(f"storage could not write: {problem}")
+
+    async def put_service_state(self, process: str, state: str, now: float) -> None:  # noqa: ARG002 - the database's clock
+        async with self._connection("record the service state") as conn:
+            if not self._service_table:
+                await conn.execute(service_state.CREATE)
+                self._service_table = True
+            await service_state.put(conn, process, state)
+
+    async def service_states(self, now: float) -> list[ServiceState]:  # noqa: ARG002 - the database's clock
+        async with self._connection("read the service state") as conn:
+            return await service_state.read(conn)
 
     # ---- dead letters ----------------------------------------------------------------------
 

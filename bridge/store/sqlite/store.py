@@ -39,10 +39,12 @@ from bridge.store import (
     EventRecord,
     Remapper,
     ReplayOutcome,
+    ServiceState,
     StoreStats,
     Webhook,
 )
 from bridge.store.sqlite import queries as ops
+from bridge.store.sqlite import servicestate as service_state
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.enqueue import Item, enqueue_group
 from bridge.store.sqlite.identity import FileIdentity
@@ -308,6 +310,13 @@ class SQLiteStore:
 
     async def check_writable(self) -> None:
         await self._write(ops.probe, "write")
+
+    async def put_service_state(self, process: str, state: str, now: float) -> None:
+        work = partial(service_state.put, process=process, state=state, now=now)
+        await self._write(work, "record the service state")
+
+    async def service_states(self, now: float) -> list[ServiceState]:
+        return await self._read(partial(service_state.read, now=now), "read the service state")
 
     # ---- dead letters ----------------------------------------------------------------------
 

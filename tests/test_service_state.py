@@ -1,0 +1,138 @@
+"""Operator commands tell the service's truth: ``stats`` reports what the serving process
+records (mode, pause, last status and error per destination; which replicas are alive), not what
+the command's own environment implies. The issue's case: ``stats`` run without the write key
+printed ``dry_run_waiting: 46`` for a live bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import PASSWORD, USER, basic_auth, eventually, fixture_body, polled
+from tests.fakes import FakeSegment
+from tests.pgcluster import shared
+from tests.process import REPO, BridgeProcess, write_config
+
+
+async def stats(config: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``synap-bridge stats --json`` as another process, with no BRIDGE_ variable of ours."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "--config",
+        str(config),
+        "stats",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**clean, **(env or {})},
+        cwd=REPO,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+async def post(url: str, n: int) -> int:
+    body = fixture_body("user.registered")
+    body["objectId"] = f"usr_{n}"
+    target = f"{url}/webhooks/synap/user.registered"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(target, json=body, headers=basic_auth()) as response,
+    ):
+        return response.status
+
+
+async def test_stats_reports_the_serving_bridge_not_its_own_environment(
+    tmp_path: Path, fake_segment: FakeSegment
+) -> None:
+    data = {
+        "server": {"port": 0},
+        "auth": {"username": USER, "password": PASSWORD},
+        "storage": {"path": str(tmp_path / "bridge.db")},
+        "segment": {"endpoint": fake_segment.url},  # the key comes from the service's env
+        "logging": {"format": "json"},
+        "delivery": {"retry": {"initial_backoff_secs": 60, "max_backoff_secs": 60}},
+    }
+    path = write_config(tmp_path / "config.yaml", data)
+    fake_segment.fail(401, times=10)
+    bridge = BridgeProcess(path, {"BRIDGE_SEGMENT__WRITE_KEY": "a-key-segment-refuses"})
+    try:
+        url = f"http://127.0.0.1:{await bridge.start()}"
+        for n in range(3):
+            assert await post(url, n) == 200
+        await eventually(lambda: any(b["status"] == 401 for b in bridge.events("batch")))
+
+        async def recorded() -> bool:
+            report = await stats(path)  # without the write key: the CLI alone would say dry-run
+            found = report["destinations"][0]
+            return bool(found.get("last_status") == 401)
+
+        await polled(recorded, within=15)
+        report = await stats(path)
+        assert report["dry_run_waiting"] == 0  # the service is live, whatever the CLI has
+        (destination,) = report["destinations"]
+        assert destination["name"] == "default"
+        assert destination["mode"] == "live"
+        assert destination["refused"] is True
+        assert destination["paused_until"].endswith("+00:00")
+        assert "refused the write key" in destination["last_error"]
+        assert destination["backlog"] == 6  # 3 webhooks x 2 messages, kept
+        (process,) = report["service"]
+        assert process["alive"] is True
+        assert process["ready"] is True
+        assert "service_note" not in report
+        assert await bridge.terminate() == 0
+        stopped = await stats(path)
+        assert stopped["service"][0]["alive"] is False  # it said so on its way out
+        assert "no serving process" in stopped["service_note"]
+    finally:
+        await bridge.close()
+    for line in bridge.raw:
+        assert "a-key-segment-refuses" not in line
+
+
+async def test_replicas_on_postgresql_each_report_alive(tmp_path: Path) -> None:
+    url = await asyncio.to_thread(shared().new_database)
+    bridges = []
+    for name in ("one", "two"):
+        data = {
+            "server": {"port": 0},
+            "auth": {"username": USER, "password": PASSWORD},
+            "storage": {"url": url},
+            "logging": {"format": "json"},
+        }
+        bridges.append(BridgeProcess(write_config(tmp_path / f"{name}.yaml", data)))
+    try:
+        await asyncio.gather(*(b.start() for b in bridges))
+        path = tmp_path / "one.yaml"
+
+        async def both_alive() -> bool:
+            report = await stats(path)
+            return len([p for p in report["service"] if p["alive"]]) == 2
+
+        await polled(both_alive, within=20)
+        report = await stats(path)
+        (destination,) = report["destinations"]
+        assert (destination["mode"], destination["backlog"]) == ("dry-run", 0)
+        assert await bridges[0].terminate() == 0
+
+        async def one_alive() -> bool:
+            report = await stats(path)
+            return len([p for p in report["service"] if p["alive"]]) == 1
+
+        await polled(one_alive, within=20)
+    finally:
+        for bridge in bridges:
+            await bridge.close()
