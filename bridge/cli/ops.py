@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from bridge import servicestate
+from bridge.cli import ids
 from bridge.config import Config
 from bridge.errors import StorageUnavailableError
 from bridge.mapping.intake import remapper
@@ -60,9 +61,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--limit", type=int, default=None)
     listing.add_argument("--json", action="store_true")
     show = actions.add_parser("show", parents=[common], help="one dead letter with its raw body")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=ids.any_id, help="e.g. dl_12 (from the list)")
     replay = actions.add_parser("replay", parents=[common], help="map again and resend")
-    replay.add_argument("ids", type=int, nargs="*", metavar="ID")
+    replay.add_argument("ids", type=ids.any_id, nargs="*", metavar="ID", help="e.g. dl_12")
     replay.add_argument("--all", action="store_true", help="every dead letter")
     replay.add_argument("--code", help="every dead letter of this event code")
     replay.add_argument("--reason", help="every dead letter with this reason")
@@ -211,7 +212,7 @@ def _filter(args: argparse.Namespace) -> DeadLetterFilter:
     return DeadLetterFilter(
         code=getattr(args, "code", None),
         reason=getattr(args, "reason", None),
-        ids=tuple(getattr(args, "ids", ()) or ()),
+        ids=tuple(n for _, n in getattr(args, "ids", ()) or ()),
         limit=getattr(args, "limit", None),
     )
 
@@ -219,7 +220,14 @@ def _filter(args: argparse.Namespace) -> DeadLetterFilter:
 async def _list(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
     letters = await store.dead_letters(_filter(args))
     if args.json:
-        rows = [{**asdict(letter), "created_at": _when(letter.created_at)} for letter in letters]
+        rows = [
+            {
+                "ref": ids.letter_ref(letter.id),
+                **asdict(letter),
+                "created_at": _when(letter.created_at),
+            }
+            for letter in letters
+        ]
         out.write(json.dumps(rows, indent=2) + "\n")
         return 0
     _table(letters, out)
@@ -228,21 +236,29 @@ async def _list(store: Store, args: argparse.Namespace, config: Config, out: Tex
 
 
 def _table(letters: Sequence[DeadLetter], out: TextIO) -> None:
-    out.write(f"{'ID':>6}  {'CREATED (UTC)':19}  {'CODE':28}  {'REASON':24}  DETAIL\n")
+    out.write(
+        f"{'ID':>9}  {'WEBHOOK':>9}  {'CREATED (UTC)':19}  {'CODE':28}  {'REASON':24}  DETAIL\n"
+    )
     for letter in letters:
         created = datetime.fromtimestamp(letter.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
         out.write(
-            f"{letter.id:>6}  {created:19}  {letter.code[:28]:28}  {letter.reason[:24]:24}  "
+            f"{ids.letter_ref(letter.id):>9}  {letter.webhook_id:>9}  {created:19}  "
+            f"{letter.code[:28]:28}  {letter.reason[:24]:24}  "
             f"{letter.detail}\n"
         )
 
 
 async def _show(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
-    found = await store.dead_letter(args.id)
+    kind, number = args.id
+    if kind == "wh":
+        out.write(f"wh_{number} is a webhook: `synap-bridge events show wh_{number}`\n")
+        return 1
+    found = await store.dead_letter(number)
     if found is None:
-        out.write(f"no dead letter with id {args.id}\n")
+        out.write(f"no dead letter with id {number} ({ids.letter_ref(number)})\n")
         return 1
     report = {
+        "ref": ids.letter_ref(found.letter.id),
         **asdict(found.letter),
         "created_at": _when(found.letter.created_at),
         "last_error": found.last_error,
