@@ -181,8 +181,9 @@ def write_record(record: EventRecord, out: TextIO) -> None:
         out.write(f"    not mapped: {record.dead.reason}: {record.dead.detail}\n")
     elif not record.messages:
         out.write(
-            "    no message stored: each messageId it maps to was stored by an earlier webhook"
-            " (a redelivery), or it maps to none\n"
+            "    no message of its own: each messageId it maps to is held by another webhook,"
+            " an earlier one (a redelivery) or a later one that replaced it (exam.* replaces"
+            " the attempt.* of the same attempt), or it maps to none\n"
         )
     for message in record.messages:
         out.write(f"    {message_line(message)}\n")

@@ -58,6 +58,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", parents=[common], help="list dead letters")
     listing.add_argument("--code", help="only this Synap event code")
     listing.add_argument("--reason", help="only this reason (e.g. missing_user_id)")
+    listing.add_argument("--user", dest="user_id", metavar="ID", help="only this Synap user's")
     listing.add_argument("--limit", type=int, default=None)
     listing.add_argument("--json", action="store_true")
     show = actions.add_parser("show", parents=[common], help="one dead letter with its raw body")
@@ -214,6 +215,7 @@ def _filter(args: argparse.Namespace) -> DeadLetterFilter:
         reason=getattr(args, "reason", None),
         ids=tuple(n for _, n in getattr(args, "ids", ()) or ()),
         limit=getattr(args, "limit", None),
+        user_id=getattr(args, "user_id", None),
     )
 
 

@@ -101,6 +101,8 @@ class DeadLetterFilter:
     reason: str | None = None
     ids: Sequence[int] = ()
     limit: int | None = None
+    #: The user's dead letters: a message of theirs, or a whole webhook whose body names them.
+    user_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
