@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
+from bridge.mapping import intake
+from bridge.store.sqlite.store import SQLiteStore
+from bridge.synap import samples
 from tests.conftest import PASSWORD, USER, basic_auth, eventually, fixture_body, polled
 from tests.fakes import FakeSegment
 from tests.pgcluster import shared
 from tests.process import REPO, BridgeProcess, write_config
+from tests.test_cli_ops import load
 
 
 async def stats(config: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -136,3 +141,68 @@ async def test_replicas_on_postgresql_each_report_alive(tmp_path: Path) -> None:
     finally:
         for bridge in bridges:
             await bridge.close()
+
+
+async def test_try_says_dry_run_at_once_and_does_not_wait(tmp_path: Path) -> None:
+    data = {
+        "server": {"port": 0},
+        "auth": {"username": USER, "password": PASSWORD},
+        "storage": {"path": str(tmp_path / "bridge.db")},
+        "logging": {"format": "json"},
+    }
+    path = write_config(tmp_path / "config.yaml", data)
+    bridge = BridgeProcess(path)
+    try:
+        url = f"http://127.0.0.1:{await bridge.start()}"
+
+        async def recorded() -> bool:
+            return bool((await stats(path))["service"])
+
+        await polled(recorded, within=15)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "bridge", "--config", str(path), "try", "user.registered"),
+            *("--url", url, "--wait", "60"),
+            stdout=asyncio.subprocess.PIPE,
+            env=clean,
+            cwd=REPO,
+        )
+        async with asyncio.timeout(30):  # well under --wait: nothing is waited for
+            out, _ = await proc.communicate()
+        text = out.decode()
+        assert proc.returncode == 0, text
+        assert text.startswith("dry-run: the serving bridge has no write key")
+        assert text.count("  pending") == 2
+        assert await bridge.terminate() == 0
+    finally:
+        await bridge.close()
+
+
+async def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``events --json | head -c 1``: no BrokenPipeError traceback (issue 23). The output is
+    well over a pipe's buffer, so the command is still writing when ``head`` leaves."""
+    data = {"storage": {"path": str(tmp_path / "bridge.db")}, "logging": {"format": "json"}}
+    path = write_config(tmp_path / "config.yaml", data)
+    config = load(path)
+    store = SQLiteStore(tmp_path / "bridge.db")
+    await store.open()
+    try:
+        for n in range(150):
+            raw = orjson.loads(samples.raw("user.registered"))
+            raw["objectId"] = f"usr_{n}"
+            result = intake.process("user.registered", orjson.dumps(raw), 1e9 + n, config)
+            await store.enqueue(result.webhook, result.messages, result.dead)
+    finally:
+        await store.close()
+    for command in ("events --json --limit 150", "events --limit 150"):
+        shell = (
+            f"{sys.executable} -m bridge --config {path} {command} | head -c 1 >/dev/null;"
+            " exit ${PIPESTATUS[0]}"
+        )
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", shell, stderr=asyncio.subprocess.PIPE, cwd=REPO
+        )
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+        assert "Traceback" not in err.decode(), (command, err.decode())
+        assert proc.returncode == 0, command

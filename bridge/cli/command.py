@@ -65,7 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    """Run one command. A reader that goes away (``stats | head``) ends it quietly: what it
+    wanted was printed, so a traceback would only be noise."""
+    try:
+        return _main(argv, out or sys.stdout)
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at /dev/null so that flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None, out: TextIO) -> int:
     args = build_parser().parse_args(argv)
     path = getattr(args, "config", None)
     if getattr(args, "credentials", None):  # in the process's environment: reloads read it too
