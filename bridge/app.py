@@ -18,6 +18,7 @@ from bridge import logs, servicestate
 from bridge.config import Config
 from bridge.delivery.loop import Delivery
 from bridge.delivery.sinks import Sink, build_sinks
+from bridge.errors import StorageUnavailableError
 from bridge.metrics import Metrics
 from bridge.receive import backpressure, health
 from bridge.receive import webhook as receive
@@ -81,7 +82,24 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await _log_left(runtime)
         await runtime.store.close()
+
+
+async def _log_left(runtime: Runtime) -> None:
+    """The stop line's figures: what waits in the store for the next start (or a replica)."""
+    now = runtime.clock()
+    try:
+        stats = await runtime.store.stats(now, now)
+    except StorageUnavailableError as exc:
+        log.warning("left_unknown", error=str(exc))
+        return
+    log.info(
+        "left",
+        pending=stats.pending,
+        in_flight=stats.in_flight,
+        dead_letters=sum(stats.dead_letters.values()),
+    )
 
 
 def _delivery_context(

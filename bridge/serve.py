@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import time
 
 from aiohttp import web
 
+from bridge import __version__, logs
 from bridge import config as config_module
-from bridge import logs
 from bridge.app import build_app, metrics_app
 from bridge.config import Config
 from bridge.errors import ConfigError, StorageUnavailableError
@@ -102,6 +103,15 @@ async def _serve(config: Config, config_path: str | None) -> int:
     except StorageUnavailableError as exc:
         log.error("storage_unavailable", error=str(exc), path=describe(config.storage))
         return 1
+    log.info(
+        "started",
+        version=__version__,
+        config=str(config_module.config_path(config_path, os.environ)),
+        store=describe(config.storage),
+        destinations={d.name: d.mode for d in runtime.delivery.statuses()}
+        if runtime.delivery is not None
+        else {},
+    )
     runners = [runner]
     limit = fit_to_descriptors(config.server.max_connections)
     guard = ConnectionGuard(

@@ -52,6 +52,10 @@ async def test_sighup_reloads_mapping_and_refuses_a_bad_config(tmp_path: Path) -
             assert set(statuses) <= {200, 202}
             await eventually(lambda: bool(bridge.events("reloaded")))
             assert await post_flag(session, url, 2) == 200  # mapped now
+            (started,) = bridge.events("started")  # the start line says what runs
+            assert started["version"]
+            assert started["config"] == str(path)
+            assert started["destinations"] == {"default": "dry-run"}
 
             path.write_text("server:\n  port: [not a port\n", encoding="utf-8")
             bridge.proc.send_signal(signal.SIGHUP)
@@ -60,6 +64,8 @@ async def test_sighup_reloads_mapping_and_refuses_a_bad_config(tmp_path: Path) -
             async with session.get(f"{url}/healthz") as response:
                 assert response.status == 200
         assert await bridge.terminate() == 0
+        (left,) = bridge.events("left")  # the stop line says what waits for the next start
+        assert left["pending"] >= 1
     finally:
         await bridge.close()
 
