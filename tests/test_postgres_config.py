@@ -63,7 +63,7 @@ class TestCheckConfig:
         assert "url: postgresql://bridge:***@db:5432/bridge" in out.getvalue()
 
     def test_the_deploy_example_loads(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("BRIDGE_AUTH__PASSWORD", "pw")
+        monkeypatch.setenv("BRIDGE_AUTH__PASSWORD", "a-password-long-enough")
         out = io.StringIO()
         assert cli.main(["--config", str(EXAMPLE), "check-config"], out=out) == 0
         shown = yaml.safe_load(out.getvalue())

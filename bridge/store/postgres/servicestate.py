@@ -1,6 +1,7 @@
 """The ``service_state`` table on PostgreSQL: one row per serving replica (see
-:mod:`bridge.servicestate`). Created on first write (IF NOT EXISTS: no schema version). Times
-are the database's, so replicas with drifting clocks still agree on who is alive."""
+:mod:`bridge.servicestate`). Created by the schema setup when missing
+(:func:`bridge.store.postgres.schema.ensure_service_state`, no schema version). Times are the
+database's, so replicas with drifting clocks still agree on who is alive."""
 
 from __future__ import annotations
 
@@ -11,13 +12,6 @@ from bridge.store import ServiceState
 
 KEEP_SECS = 86_400.0
 
-CREATE = """
-CREATE TABLE IF NOT EXISTS service_state (
-    process    text PRIMARY KEY,
-    state      text NOT NULL,
-    updated_at double precision NOT NULL
-)
-"""
 _NOW = "extract(epoch FROM clock_timestamp())"
 
 

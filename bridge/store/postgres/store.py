@@ -46,6 +46,7 @@ from bridge.store.postgres import queries as ops
 from bridge.store.postgres import servicestate as service_state
 from bridge.store.postgres.schema import (
     FOREIGN_ERRORS,
+    ensure_service_state,
     is_connection_problem,
     migrate,
     translate,
@@ -301,8 +302,8 @@ class PostgresStore:
 
     async def put_service_state(self, process: str, state: str, now: float) -> None:  # noqa: ARG002 - the database's clock
         async with self._connection("record the service state") as conn:
-            if not self._service_table:
-                await conn.execute(service_state.CREATE)
+            if not self._service_table:  # a store opened without migrating (tests, tools)
+                await ensure_service_state(conn)
                 self._service_table = True
             await service_state.put(conn, process, state)
 
