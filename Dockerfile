@@ -1,9 +1,9 @@
 # synap-segment-bridge container image. Running it: docs/operations.md.
 #   docker build -t synap-bridge .          (or: buildah bud --format docker -t synap-bridge .)
-#   docker run -d -p 8080:8080 -v synap-bridge-data:/var/lib/synap-bridge \
+#   docker run -d --stop-timeout 30 -p 8080:8080 -v synap-bridge-data:/var/lib/synap-bridge \
 #     -e BRIDGE_AUTH__PASSWORD=... -e BRIDGE_SEGMENT__WRITE_KEY=... synap-bridge
 # Checked by tests/test_packaging.py (hadolint at warning level) and built, run and probed by
-# `make image-test` (tests/image_test.py: buildah, podman). No `# syntax=` line: it would make
+# `make image-test` (tests/container_image.py: buildah, podman). No `# syntax=` line: it would make
 # the builder fetch a frontend image, which an offline builder cannot.
 #
 # Dependencies come from requirements.lock (exact versions, sha256 hashes: `make lock`). pip
