@@ -7,6 +7,7 @@ delivers to the strict fake Segment.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,8 @@ class TestEvents:
         assert "no message of its own: each messageId it maps to is held by another" in ran.out
         assert "track Completed Test  user usr_7f3a9c21  delivered  at " in ran.out
         assert ran.out.endswith("3 webhook(s)\n")
+        # Every time says its zone (issue 23): "2026-12-05 10:00:00Z".
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ  exam\.completed", ran.out)
         unmapped = await run_cli(stored.config, "events", "--state", "dead", "--limit", "1")
         assert "not mapped: missing_user_id" in unmapped.out
         assert "(the newest; raise --limit for more)" in unmapped.out

@@ -70,8 +70,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         choices=MESSAGE_STATES,
         help="webhooks with a message in this state (dead: also webhooks that did not map)",
     )
-    events.add_argument("--since", type=moment, metavar="WHEN", help="2h, 7d or an ISO time")
-    events.add_argument("--until", type=moment, metavar="WHEN", help="2h, 7d or an ISO time")
+    when_help = "2h, 7d or an ISO time (UTC unless it names a zone); times print in UTC (Z)"
+    events.add_argument("--since", type=moment, metavar="WHEN", help=when_help)
+    events.add_argument("--until", type=moment, metavar="WHEN", help=when_help)
     events.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N")
     events.add_argument("--json", action="store_true", help="machine-readable output")
     actions = events.add_subparsers(dest="action", metavar="ACTION")
@@ -96,7 +97,7 @@ def when(epoch: float | None) -> str | None:
 def _short(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")  # Z: UTC
 
 
 def _call(payload: bytes) -> str:
