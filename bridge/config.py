@@ -209,6 +209,8 @@ class DeliveryConfig(_Section):
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console", "auto"] = "auto"
+    #: Dry-run lines show messages with emails and names masked unless this is true.
+    dry_run_full: bool = False
 
     @field_validator("level", mode="before")
     @classmethod

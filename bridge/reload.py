@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from bridge import config as config_module
-from bridge import logs
+from bridge import logs, personal
 from bridge.config import Config
 from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError
@@ -132,6 +132,7 @@ def apply(runtime: Runtime, config_path: str | None, environ: Mapping[str, str])
     applied = changed(old, updated)
     runtime.config = updated
     logs.configure(updated.logging.level, updated.logging.format)
+    personal.configure(full=updated.logging.dry_run_full)
     if runtime.delivery is not None and any(
         name.startswith(("segment.", "routing.")) for name in applied
     ):

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from bridge import __version__, logs
+from bridge import __version__, logs, personal
 from bridge import config as config_module
 from bridge.cli import events as cli_events
 from bridge.cli import ops as cli_ops
@@ -89,6 +89,7 @@ def _main(argv: Sequence[str] | None, out: TextIO) -> int:
         return check_config(config, out, path)
     if args.command == "serve":
         logs.configure(config.logging.level, config.logging.format)
+        personal.configure(full=config.logging.dry_run_full)
         from bridge.serve import serve  # imported here: the operator commands need no server
 
         try:
