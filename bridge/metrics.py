@@ -184,6 +184,9 @@ class Metrics:
             self.refused.labels(destination).set(int(is_refused))
 
     def observe_backlog(self, stats: StoreStats, now: float) -> None:
+        # Mapping lag (issue 20): synap_bridge_mapping_lag_seconds is set here from
+        # stats.oldest_unmapped_at, like the oldest pending age below; its alert sits beside
+        # SynapBridgeBacklogOld and its fault in tests/test_prometheus_real.py.
         self.pending.set(stats.pending + stats.in_flight)
         oldest = stats.oldest_pending_at
         self.oldest_pending_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from structlog.testing import capture_logs
 
-from bridge.config import Config, MappingConfig, ServerConfig, ShutdownConfig
-from bridge.reload import RELOADABLE, restart_needed
+from bridge.app import build_app
+from bridge.config import Config, MappingConfig, ServerConfig, ShutdownConfig, load
+from bridge.receive.runtime import RUNTIME
+from bridge.reload import RELOADABLE, apply, restart_needed
 from tests.conftest import PASSWORD, USER, basic_auth, eventually, fixture_body
 from tests.process import BridgeProcess, write_config
 
@@ -115,3 +118,22 @@ async def test_a_refused_reload_does_not_log_the_broken_line(tmp_path: Path) -> 
     finally:
         await bridge.close()
     assert not [line for line in bridge.raw if secret in line]
+
+
+class TestApply:
+    """bridge.reload.apply on a built app's runtime: what it logs and what it keeps."""
+
+    def test_a_reload_that_would_listen_open_is_refused_whole(self, tmp_path: Path) -> None:
+        data = config_data(tmp_path, flag_enabled=True)
+        data["server"] = {"port": 0, "host": "0.0.0.0"}
+        path = write_config(tmp_path / "config.yaml", data)
+        runtime = build_app(load(path, {}))[RUNTIME]
+        before = runtime.config
+        del data["auth"]["password"]  # no password while listening beyond loopback
+        data["logging"]["level"] = "debug"
+        write_config(path, data)
+        with capture_logs() as lines:
+            apply(runtime, str(path), {})
+        (refused,) = [line for line in lines if line["event"] == "reload_refused"]
+        assert "auth.password is not set" in refused["problems"][0]
+        assert runtime.config is before  # nothing applied, not even the log level
