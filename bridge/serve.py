@@ -22,6 +22,7 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import time
 
 from aiohttp import web
@@ -54,6 +55,12 @@ async def serve(config: Config, config_path: str | None) -> int:
     problems = [config.listen_problem(), *config_module.placeholder_secrets(config)]
     if any(problems):
         raise ConfigError([problem for problem in problems if problem])
+    # Before the lock and the store: a serve that cannot listen leaves no new database behind.
+    for port in (config.server.port, config.metrics.port):
+        error = bind_problem(config.server.host, port) if port else None
+        if error is not None:
+            log.error("cannot_listen", host=config.server.host, port=port, error=error)
+            return 1
     if config.storage.url is not None:  # PostgreSQL: replicas share the queue, no lock
         return await _serve(config, config_path)
     lock = ServeLock(config.storage.path)
@@ -75,6 +82,24 @@ async def serve(config: Config, config_path: str | None) -> int:
         return await _serve(config, config_path)
     finally:
         lock.release()
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (as the server will bind it), or None."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return str(exc)
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return str(exc)
+    return None
 
 
 def tune_gc() -> None:

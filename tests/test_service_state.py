@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,31 @@ async def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) 
             _, err = await proc.communicate()
         assert "Traceback" not in err.decode(), (command, err.decode())
         assert proc.returncode == 0, command
+
+
+async def test_serve_that_cannot_listen_leaves_no_database(tmp_path: Path) -> None:
+    """Issue 23: a serve that failed to start had already created an empty database."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        db = tmp_path / "fresh" / "bridge.db"
+        db.parent.mkdir()
+        data = {
+            "server": {"port": port},
+            "storage": {"path": str(db)},
+            "logging": {"format": "json"},
+        }
+        bridge = BridgeProcess(write_config(tmp_path / "config.yaml", data))
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "bridge", "--config", str(bridge.config_path), "serve"),
+            stdout=asyncio.subprocess.PIPE,
+            env=bridge.env,
+            cwd=REPO,
+        )
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    assert proc.returncode == 1
+    (line,) = [json.loads(x) for x in out.decode().splitlines() if '"cannot_listen"' in x]
+    assert line["port"] == port
+    assert list(db.parent.iterdir()) == []  # no database, no lock file
