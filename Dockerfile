@@ -11,8 +11,12 @@
 # build only: --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro
 # --build-arg PIP_CERT=/run/host-ca.crt (never copied into a layer).
 
+# The base of both stages. tests/container_image.py passes its local stand-in here when no
+# registry answers (named localhost/synap-bridge-test-base, never like the official image).
+ARG BASE=python:3.11-slim-bookworm
+
 # ---- builder: the locked dependencies (hash-checked) and the bridge, as wheels --------------
-FROM python:3.11-slim-bookworm AS builder
+FROM ${BASE} AS builder
 
 # Unset unless given (--build-arg): the path of a CA bundle mounted for the build only.
 ARG PIP_CERT
@@ -29,7 +33,7 @@ COPY bridge ./bridge
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels/app .
 
 # ---- final: only the installed wheels, no compiler, no sources ------------------------------
-FROM python:3.11-slim-bookworm
+FROM ${BASE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -98,6 +98,7 @@ image-deps:
 	[ -x /usr/lib/podman/netavark ] || missing="$$missing netavark"; \
 	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "image-deps: installing host packages with apt-get:$$missing (from $(IMAGE_TOOLS))"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGE_TOOLS); \
 	  else echo "image-deps: missing$$missing (Debian: sudo apt-get install $(IMAGE_TOOLS))" >&2; exit 1; fi; }
 
