@@ -1,9 +1,9 @@
 # synap-segment-bridge container image. Running it: docs/operations.md.
 #   docker build -t synap-bridge .          (or: buildah bud --format docker -t synap-bridge .)
-#   docker run -d -p 8080:8080 -v synap-bridge-data:/var/lib/synap-bridge \
+#   docker run -d --stop-timeout 30 -p 8080:8080 -v synap-bridge-data:/var/lib/synap-bridge \
 #     -e BRIDGE_AUTH__PASSWORD=... -e BRIDGE_SEGMENT__WRITE_KEY=... synap-bridge
 # Checked by tests/test_packaging.py (hadolint at warning level) and built, run and probed by
-# `make image-test` (tests/image_test.py: buildah, podman). No `# syntax=` line: it would make
+# `make image-test` (tests/container_image.py: buildah, podman). No `# syntax=` line: it would make
 # the builder fetch a frontend image, which an offline builder cannot.
 #
 # Dependencies come from requirements.lock (exact versions, sha256 hashes: `make lock`). pip
@@ -11,8 +11,12 @@
 # build only: --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro
 # --build-arg PIP_CERT=/run/host-ca.crt (never copied into a layer).
 
+# The base of both stages. tests/container_image.py passes its local stand-in here when no
+# registry answers (named localhost/synap-bridge-test-base, never like the official image).
+ARG BASE=python:3.11-slim-bookworm
+
 # ---- builder: the locked dependencies (hash-checked) and the bridge, as wheels --------------
-FROM python:3.11-slim-bookworm AS builder
+FROM ${BASE} AS builder
 
 # Unset unless given (--build-arg): the path of a CA bundle mounted for the build only.
 ARG PIP_CERT
@@ -29,7 +33,7 @@ COPY bridge ./bridge
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels/app .
 
 # ---- final: only the installed wheels, no compiler, no sources ------------------------------
-FROM python:3.11-slim-bookworm
+FROM ${BASE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -17,7 +17,7 @@ RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test test-fast lint format typecheck pytest bench bench-deps clean packaging-deps
-.PHONY: monitoring-deps image-deps image-test lock postgres-deps browser-deps
+.PHONY: monitoring-deps image-deps image-test lock postgres-deps browser-deps compose-deps
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,13 +76,22 @@ packaging-deps:
 	  else echo "packaging-deps: install systemd-analyze (Debian/Ubuntu: sudo apt-get install systemd)" >&2; exit 1; fi; }
 
 # promtool (Debian package prometheus) for tests/test_dashboards.py: `promtool check rules` and
-# `promtool test rules` on deploy/prometheus. Like packaging-deps: .ci/run calls it, and without
-# root the test itself fails with the fix.
+# `promtool test rules` on deploy/prometheus; the same package's server for
+# tests/test_prometheus_real.py (real alerts during real faults). Like packaging-deps: .ci/run
+# calls it, and without root the test itself fails with the fix.
 monitoring-deps:
-	@command -v promtool >/dev/null 2>&1 || { \
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	  else echo "monitoring-deps: install promtool (Debian/Ubuntu: sudo apt-get install prometheus)" >&2; exit 1; fi; }
+
+# podman-compose (Debian's compose tool) for tests/test_compose.py: deploy/compose.yaml read the
+# way `podman-compose up` reads it. Like monitoring-deps: .ci/run calls it.
+compose-deps:
+	@command -v podman-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman-compose; \
+	  else echo "compose-deps: install podman-compose (Debian/Ubuntu: sudo apt-get install podman-compose)" >&2; exit 1; fi; }
 
 # The container image, proven (tests/container_image.py): buildah builds the Dockerfile, podman
 # runs it. Not part of `make test` (a minute and a half, root); .ci/run calls it. debootstrap
@@ -96,6 +105,7 @@ image-deps:
 	[ -x /usr/lib/podman/netavark ] || missing="$$missing netavark"; \
 	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "image-deps: installing host packages with apt-get:$$missing (from $(IMAGE_TOOLS))"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGE_TOOLS); \
 	  else echo "image-deps: missing$$missing (Debian: sudo apt-get install $(IMAGE_TOOLS))" >&2; exit 1; fi; }
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 
-from bridge import logs
+from bridge import logs, servicestate
 from bridge.config import Config
 from bridge.delivery.loop import Delivery
 from bridge.delivery.sinks import Sink, build_sinks
@@ -73,6 +73,7 @@ def build_app(
     elif mapping != "none":
         raise ValueError(f"mapping must be inline, process or none, not {mapping!r}")
     app.cleanup_ctx.append(_watcher_context(watch_interval))
+    app.cleanup_ctx.append(servicestate.context)
     return app
 
 
@@ -97,7 +98,24 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await _log_left(runtime)
         await runtime.store.close()
+
+
+async def _log_left(runtime: Runtime) -> None:
+    """The stop line's figures: what waits in the store for the next start (or a replica)."""
+    now = runtime.clock()
+    try:
+        stats = await runtime.store.stats(now, now)
+    except StorageUnavailableError as exc:
+        log.warning("left_unknown", error=str(exc))
+        return
+    log.info(
+        "left",
+        pending=stats.pending,
+        in_flight=stats.in_flight,
+        dead_letters=sum(stats.dead_letters.values()),
+    )
 
 
 def _delivery_context(

@@ -43,6 +43,7 @@ from pydantic import (
     model_validator,
 )
 
+from bridge import secretfiles
 from bridge.errors import ConfigError
 from bridge.messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
 from bridge.synap import codes as synap_codes
@@ -240,6 +241,8 @@ class MapperConfig(_Section):
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console", "auto"] = "auto"
+    #: Dry-run lines show messages with emails and names masked unless this is true.
+    dry_run_full: bool = False
 
     @field_validator("level", mode="before")
     @classmethod
@@ -485,6 +488,46 @@ class Config(_Section):
         return None
 
 
+#: The templates' placeholders (systemd/synap-bridge.env.example): never a real secret.
+PLACEHOLDERS = frozenset({"change-me", "changeme", "change_me", "secret", "password"})
+#: A webhook password shorter than this is refused by check-config (it guards every webhook).
+MIN_PASSWORD_CHARS = 16
+
+
+def placeholder_secrets(config: Config) -> list[str]:
+    """Secret settings still holding a template placeholder (serve and check-config refuse)."""
+    return [
+        f"{name}: still the template's placeholder; set the real secret"
+        for name, value in _secrets(config.model_dump(mode="python"), "")
+        if value.get_secret_value().strip().lower() in PLACEHOLDERS
+    ]
+
+
+def weak_secrets(config: Config) -> list[str]:
+    """What check-config refuses beyond a valid model: placeholders and short passwords."""
+    problems = placeholder_secrets(config)
+    for name in ("password", "next_password"):
+        value = getattr(config.auth, name)
+        if value is not None and len(value.get_secret_value()) < MIN_PASSWORD_CHARS:
+            problems.append(
+                f"auth.{name}: shorter than {MIN_PASSWORD_CHARS} characters (it guards every "
+                "webhook; use a long random one, such as `openssl rand -base64 24`)"
+            )
+    return problems
+
+
+def _secrets(value: Any, name: str) -> list[tuple[str, SecretStr]]:
+    if isinstance(value, SecretStr):
+        return [(name, value)]
+    if isinstance(value, dict):
+        return [
+            found
+            for key, item in value.items()
+            for found in _secrets(item, f"{name}.{key}" if name else str(key))
+        ]
+    return []
+
+
 def check_endpoint(value: str) -> str:
     """A Segment endpoint is a base URL: ``/v1/batch`` is appended to it, so a path such as
     ``/v1`` or ``/v1/batch`` would answer 404 to every request (and pause delivery forever).
@@ -646,7 +689,26 @@ def load(
     path = config_path(explicit_path, environ)
     named = bool(explicit_path or environ.get(ENV_CONFIG_PATH))
     data = read_yaml(path) if (named or path.exists()) else {}
-    return parse(merge(data, env_overrides(environ)), env_paths(environ))
+    # Secret files (BRIDGE_*_FILE, systemd credentials) become variables; errors name the file's.
+    resolved, sources = secretfiles.resolve(environ, is_secret_key)
+    paths = {sources.get(name, name): key for name, key in env_paths(resolved).items()}
+    return parse(merge(data, env_overrides(resolved)), paths)
+
+
+def is_secret_key(path: tuple[str, ...]) -> bool:
+    """True when the key at ``path`` is a secret (a password, write key, token, storage URL)."""
+    return _is_secret(_annotation(path))
+
+
+def _is_secret(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _is_secret(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_secret(arg) for arg in typing.get_args(annotation))
+    return False
 
 
 def _describe(exc: ValidationError, env: Mapping[str, tuple[str, ...]]) -> list[str]:
@@ -658,8 +720,8 @@ def _describe(exc: ValidationError, env: Mapping[str, tuple[str, ...]]) -> list[
         where = f"{variable} ({key})" if variable else key
         if error["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key")
-        else:
-            lines.append(f"{where}: {error['msg']}")
+        else:  # pydantic prefixes our own validators' messages: the operator needs only ours
+            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return lines
 
 

@@ -14,8 +14,9 @@ from bridge.store import DeadReason, EventMessage
 
 #: A webhook stored without a message of its own, and why that is not a loss.
 NO_MESSAGE = (
-    "no message stored: each messageId it maps to was stored by an earlier webhook"
-    " (a redelivery), or it maps to none"
+    "no message of its own: each messageId it maps to is held by another webhook, an earlier"
+    " one (a redelivery) or a later one that replaced it (exam.* replaces the attempt.* of the"
+    " same attempt), or it maps to none"
 )
 #: The same webhook on a page, where there is room for the exam hold's side of the story.
 NO_MESSAGE_LONG = (

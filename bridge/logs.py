@@ -18,6 +18,8 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
+from bridge import personal
+
 SECRET_KEYS = frozenset({"password", "write_key", "writekey", "authorization", "secret", "token"})
 #: The level :func:`configure` set last (before any call: everything is on, as in structlog's
 #: default configuration). Read by :func:`enabled`.
@@ -86,6 +88,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
+        personal.redact_dry_run,
     ]
     numeric = logging.getLevelNamesMapping()[level.upper()]
     global _level  # one process-wide setting, as structlog's own configuration

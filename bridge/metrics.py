@@ -69,6 +69,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # Each result's series exists from the start at 0: a series born with its first
+        # increment is invisible to increase() and rate(), so the first permanent refusal
+        # would never fire SynapBridgeRejectedBySegment (found by tests/test_prometheus_real.py).
+        for result in ("ok", "transient", "permanent"):
+            self.attempts.labels(result)
         self.batch_messages = Histogram(
             "synap_bridge_batch_size_messages",
             "Messages per batch upload.",
@@ -147,6 +152,12 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.refused = Gauge(
+            "synap_bridge_destination_refused",
+            "1 while a destination's last answer refused its write key (401/403), else 0.",
+            ["destination"],
+            registry=r,
+        )
         self.ready = Gauge(
             "synap_bridge_ready", "1 when /readyz answers ready, else 0.", registry=r
         )
@@ -202,18 +213,31 @@ class Metrics:
         child.inc()
 
     def observe_state(
-        self, *, ready: bool, delivering: bool, refusing: bool, paused: Mapping[str, bool]
+        self,
+        *,
+        ready: bool,
+        delivering: bool,
+        refusing: bool,
+        paused: Mapping[str, bool],
+        refused: Mapping[str, bool] | None = None,
     ) -> None:
-        """The state gauges, set at each scrape. ``paused`` names the configured destinations,
-        so the label set is bounded by the configuration (a reload's removed ones disappear)."""
+        """The state gauges, set at each scrape. ``paused`` and ``refused`` name the configured
+        destinations, so the label sets are bounded by the configuration (a reload's removed
+        ones disappear)."""
         self.ready.set(int(ready))
         self.delivery_running.set(int(delivering))
         self.intake_refusing.set(int(refusing))
         self.paused.clear()
         for destination, is_paused in paused.items():
             self.paused.labels(destination).set(int(is_paused))
+        self.refused.clear()
+        for destination, is_refused in (refused or {}).items():
+            self.refused.labels(destination).set(int(is_refused))
 
     def observe_backlog(self, stats: StoreStats, now: float) -> None:
+        # Mapping lag (issue 20): synap_bridge_mapping_lag_seconds is set here from
+        # stats.oldest_unmapped_at, like the oldest pending age below; its alert sits beside
+        # SynapBridgeBacklogOld and its fault in tests/test_prometheus_real.py.
         self.pending.set(stats.pending + stats.in_flight)
         oldest = stats.oldest_pending_at
         self.oldest_pending_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)

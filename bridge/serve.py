@@ -11,9 +11,8 @@ One ``serve`` per SQLite database (PostgreSQL runs replicas instead): the lock
 ``database_in_use`` and exits with :data:`EX_DATABASE_IN_USE` (75), which the systemd unit lists
 in ``RestartPreventExitStatus=``.
 
-SIGHUP reloads ``mapping``, ``routing``, ``segment`` (destinations) and ``logging`` from the same
-file and environment. A bad new configuration is refused with a log line and the old one kept.
-The listening address and the storage need a restart (a log line says so when they changed).
+SIGHUP reloads the configuration (:mod:`bridge.reload` says what applies in place and what
+needs a restart).
 """
 
 from __future__ import annotations
@@ -23,28 +22,26 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import time
-from pathlib import Path
 
 from aiohttp import web
 
+from bridge import __version__, logs
 from bridge import config as config_module
-from bridge import logs
 from bridge.app import build_app, metrics_app
 from bridge.config import Config
 from bridge.console import listener as console
-from bridge.delivery.sinks import build_sinks
 from bridge.errors import ConfigError, StorageUnavailableError
 from bridge.receive import malformed
 from bridge.receive.connections import ConnectionGuard, GuardedSite, fit_to_descriptors
-from bridge.receive.runtime import RUNTIME, Runtime
+from bridge.receive.runtime import RUNTIME
+from bridge.reload import reload
 from bridge.store.factory import DatabaseInUseError, describe, serve_guard
 from bridge.systemd import Notifier, watchdog_loop
 
 log = logs.get(__name__)
 
-#: What SIGHUP applies in place; every other section of Config needs a restart (restart_needed).
-RELOADABLE = ("mapping", "routing", "segment", "logging")
 #: Another serve holds the database (EX_TEMPFAIL): retrying at once cannot help, so the unit's
 #: ``RestartPreventExitStatus=`` lists it and systemd does not restart in a loop.
 EX_DATABASE_IN_USE = 75
@@ -55,20 +52,16 @@ EX_DATABASE_IN_USE = 75
 GC_YOUNG_THRESHOLD = 50_000
 
 
-def restart_needed(old: Config, fresh: Config) -> list[str]:
-    """The changed sections a reload cannot apply: every section of the model not in RELOADABLE,
-    so a section added to Config is covered without a list to keep in step."""
-    return [
-        name
-        for name in type(fresh).model_fields
-        if name not in RELOADABLE and getattr(fresh, name) != getattr(old, name)
-    ]
-
-
 async def serve(config: Config, config_path: str | None) -> int:
-    problem = config.listen_problem()
-    if problem:
-        raise ConfigError([problem])
+    problems = [config.listen_problem(), *config_module.placeholder_secrets(config)]
+    if any(problems):
+        raise ConfigError([problem for problem in problems if problem])
+    # Before the lock and the store: a serve that cannot listen leaves no new database behind.
+    for port in (config.server.port, config.metrics.port):
+        error = bind_problem(config.server.host, port) if port else None
+        if error is not None:
+            log.error("cannot_listen", host=config.server.host, port=port, error=error)
+            return 1
     lock = serve_guard(config.storage)  # one serve per SQLite file; none on PostgreSQL
     try:
         lock.acquire()
@@ -88,6 +81,24 @@ async def serve(config: Config, config_path: str | None) -> int:
         return await _serve(config, config_path)
     finally:
         lock.release()
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (as the server will bind it), or None."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return str(exc)
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return str(exc)
+    return None
 
 
 def tune_gc() -> None:
@@ -117,6 +128,15 @@ async def _serve(config: Config, config_path: str | None) -> int:
     except StorageUnavailableError as exc:  # database_corrupt names itself
         log.error(exc.code, error=str(exc), path=describe(config.storage))
         return 1
+    log.info(
+        "started",
+        version=__version__,
+        config=str(config_module.config_path(config_path, os.environ)),
+        store=describe(config.storage),
+        destinations={d.name: d.mode for d in runtime.delivery.statuses()}
+        if runtime.delivery is not None
+        else {},
+    )
     runners = [runner]
     limit = fit_to_descriptors(config.server.max_connections)
     guard = ConnectionGuard(
@@ -175,40 +195,4 @@ def make_runner(app: web.Application, config: Config) -> web.AppRunner:
         access_log=None,
         keepalive_timeout=config.server.header_timeout_secs,
         lingering_time=config.server.body_timeout_secs,
-    )
-
-
-def reload(runtime: Runtime, config_path: str | None, notifier: Notifier | None = None) -> None:
-    """Apply the reloadable sections of a freshly loaded configuration, or keep the old one."""
-    if notifier is not None:
-        notifier.reloading()
-    try:
-        _apply(runtime, config_path)
-    finally:
-        if notifier is not None:
-            notifier.ready()
-
-
-def _apply(runtime: Runtime, config_path: str | None) -> None:
-    try:
-        fresh = config_module.load(config_path, os.environ)
-    except ConfigError as exc:
-        log.error("reload_refused", problems=exc.problems)
-        return
-    old = runtime.config
-    changed = restart_needed(old, fresh)
-    if changed:
-        log.warning("reload_needs_restart", sections=changed)
-    updated = old.model_copy(update={name: getattr(fresh, name) for name in RELOADABLE})
-    runtime.config = updated
-    logs.configure(updated.logging.level, updated.logging.format)
-    if runtime.delivery is not None:
-        runtime.delivery.replace_sinks(build_sinks(updated))
-    if runtime.supervisor is not None:
-        runtime.supervisor.signal(signal.SIGHUP)
-    log.info(
-        "reloaded",
-        sections=list(RELOADABLE),
-        dry_run=updated.dry_run,
-        path=str(Path(config_module.config_path(config_path, os.environ))),
     )

@@ -55,7 +55,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
 
 @pytest.fixture(scope="module")
 def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    ensure_base_image(podman, tmp_path_factory.mktemp("standin"))
+    base = ensure_base_image(podman, tmp_path_factory.mktemp("standin"))
     build = [
         "buildah",
         "bud",
@@ -67,6 +67,8 @@ def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "--network",
         "host",
         *podman.ulimits,
+        "--build-arg",
+        f"BASE={base}",
         "--tag",
         IMAGE,
         "--file",

@@ -9,8 +9,10 @@ Facts of our machines that shape this (found by trying):
 - No container registry is reachable. ``python:3.11-slim-bookworm`` is made locally instead:
   ``debootstrap --variant=minbase bookworm`` from apt's configured mirror, Debian's python3.11
   in a virtual environment at ``/usr/local`` (so ``python`` and ``pip`` are on PATH as in the
-  official image), imported with ``podman import``. It keeps its name in local storage, so only
-  the first run pays for it (about a minute).
+  official image), imported with ``podman import`` as :data:`STANDIN_IMAGE`: never under the
+  official name, which would pass it off as the real image to every later build on the host
+  (a stand-in an earlier version left under that name is renamed). It stays in local storage,
+  so only the first run pays for it (about a minute); the Dockerfile's ``BASE`` names it.
 
 Every command has a timeout; a failure shows the command and its output.
 """
@@ -27,6 +29,8 @@ from pathlib import Path
 import pytest
 
 BASE_IMAGE = "docker.io/library/python:3.11-slim-bookworm"
+STANDIN_IMAGE = "localhost/synap-bridge-test-base:python3.11-slim-bookworm"
+STANDIN_COMMENT = "stand-in for python:3.11-slim-bookworm (tests/standin.py)"
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
 COMMAND_TIMEOUT = 120
 PULL_TIMEOUT = 60
@@ -127,15 +131,29 @@ def apt_mirror() -> str:
     return DEFAULT_MIRROR
 
 
+def _exists(podman: Podman, image: str) -> bool:
+    return podman.run("podman", "image", "exists", image, check=False).returncode == 0
+
+
 def ensure_base_image(podman: Podman, workdir: Path) -> str:
-    """``python:3.11-slim-bookworm`` in local storage: already there, pulled, or the stand-in."""
-    if podman.run("podman", "image", "exists", BASE_IMAGE, check=False).returncode == 0:
-        return "present"
+    """The base to build on (the Dockerfile's ``BASE``): the official image if present or
+    pulled, else the local stand-in (made once)."""
+    if _exists(podman, BASE_IMAGE):
+        comment = podman.run(
+            "podman", "image", "inspect", "--format", "{{.Comment}}", BASE_IMAGE, check=False
+        ).stdout.strip()
+        if comment != STANDIN_COMMENT:
+            return BASE_IMAGE
+        # An earlier run's stand-in under the official name: give it its own name.
+        podman.run("podman", "tag", BASE_IMAGE, STANDIN_IMAGE)
+        podman.run("podman", "untag", BASE_IMAGE, BASE_IMAGE)
+        return STANDIN_IMAGE
     pulled = podman.run("podman", "pull", "--quiet", BASE_IMAGE, timeout=PULL_TIMEOUT, check=False)
     if pulled.returncode == 0:
-        return "pulled"
-    build_standin(podman, workdir / "rootfs")
-    return "stand-in"
+        return BASE_IMAGE
+    if not _exists(podman, STANDIN_IMAGE):
+        build_standin(podman, workdir / "rootfs")
+    return STANDIN_IMAGE
 
 
 def build_standin(podman: Podman, root: Path) -> None:
@@ -166,8 +184,8 @@ def _build_standin(podman: Podman, root: Path) -> None:
                 "--change", f"ENV PATH={STANDIN_PATH}",
                 "--change", "ENV LANG=C.UTF-8",
                 "--change", 'CMD ["python3"]',
-                "--message", "stand-in for python:3.11-slim-bookworm (tests/standin.py)",
-                "-", BASE_IMAGE,
+                "--message", STANDIN_COMMENT,
+                "-", STANDIN_IMAGE,
             ],
             stdin=tar.stdout,
             capture_output=True,

@@ -7,6 +7,7 @@ delivers to the strict fake Segment.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +86,11 @@ class TestEvents:
         assert ran.code == 0
         rows = ran.json()
         ids = stored.ids
-        # The unmapped webhook has no user (no message to search by); the others, newest first.
-        assert webhooks(rows) == [ids["registered"], ids["started"], ids["completed"]]
-        registered, started, completed = rows
+        # The unmapped webhook has no user; the others, newest first, the exam.completed whose
+        # messageId the attempt.completed holds included (issue 23: it was missing).
+        assert webhooks(rows) == [ids["registered"], ids["started"], ids["exam"], ids["completed"]]
+        registered, started, exam, completed = rows
+        assert exam["messages"] == []
         assert [(m["call"], m["state"], m["attempts"]) for m in registered["messages"]] == [
             ("identify", "pending", 0),
             ("track User Registered", "pending", 0),
@@ -128,9 +131,11 @@ class TestEvents:
         assert ran.code == 0
         assert "track Began Test  user usr_7f3a9c21  dead  reason rejected_by_segment" in ran.out
         assert "last error: HTTP 400 invalid_request: bad message" in ran.out
-        assert "no message stored: each messageId it maps to was stored by an earlier" in ran.out
+        assert "no message of its own: each messageId it maps to is held by another" in ran.out
         assert "track Completed Test  user usr_7f3a9c21  delivered  at " in ran.out
         assert ran.out.endswith("3 webhook(s)\n")
+        # Every time says its zone (issue 23): "2026-12-05 10:00:00Z".
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ  exam\.completed", ran.out)
         unmapped = await run_cli(stored.config, "events", "--state", "dead", "--limit", "1")
         assert "not mapped: missing_user_id" in unmapped.out
         assert "(the newest; raise --limit for more)" in unmapped.out

@@ -289,6 +289,23 @@ class TestShow:
         assert rejected["segment_message"]["messageId"] == populated.rejected_message_id
         assert rejected["raw_body"]["id"] == "att-12"
 
+    async def test_both_id_kinds_are_accepted_where_an_id_is(self, populated: Populated) -> None:
+        """Issue 23: one id space a user can type, ``wh_`` webhooks and ``dl_`` dead letters."""
+        listing = (await run_cli(populated.broken, "dead-letters", "list", "--json")).json()
+        letter = ids_by_reason(listing)["code_disabled"]
+        (row,) = [r for r in listing if r["id"] == letter]
+        assert row["ref"] == f"dl_{letter}"
+        table = await run_cli(populated.broken, "dead-letters", "list")
+        assert f"dl_{letter}" in table.out
+        assert row["webhook_id"] in table.out
+        shown = await run_cli(populated.broken, "dead-letters", "show", f"dl_{letter}")
+        assert shown.json()["reason"] == "code_disabled"
+        event = await run_cli(populated.broken, "events", "show", f"dl_{letter}", "--json")
+        assert event.json()["webhook_id"] == row["webhook_id"]  # the dead letter's webhook
+        webhook = await run_cli(populated.broken, "dead-letters", "show", row["webhook_id"])
+        assert webhook.code == 1
+        assert f"events show {row['webhook_id']}" in webhook.out
+
     async def test_show_unknown_id(self, populated: Populated) -> None:
         ran = await run_cli(populated.broken, "dead-letters", "show", "999999")
         assert ran.code == 1
@@ -377,7 +394,7 @@ class TestPurge:
         ran = await run_cli(populated.broken, *purge)
         assert ran.code == 0
         lines = ran.out.splitlines()
-        assert lines[0].split()[:3] == ["ID", "CREATED", "(UTC)"]
+        assert lines[0].split()[:4] == ["ID", "WEBHOOK", "CREATED", "(UTC)"]
         assert len(lines) == 3
         assert "unknown_code" in lines[1]  # the 10-day-old letter only
         assert lines[2].startswith("would purge 1 dead letter(s) created before ")

@@ -187,6 +187,36 @@ class TestCheckConfigCommand:
         assert "wk-very-secret" not in out.getvalue()
         assert "write_key: '***'" in out.getvalue()
 
+    def test_the_templates_placeholders_and_a_short_password_are_refused(
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Issue 23: the secrets template's ``change-me`` passed check-config silently."""
+        template = Path(__file__).resolve().parent.parent / "systemd" / "synap-bridge.env.example"
+        env = dict(
+            line.lstrip("#").strip().split("=", 1)
+            for line in template.read_text().splitlines()
+            if line.lstrip("#").strip().startswith("BRIDGE_")
+        )
+        path = write(tmp_path, "")
+        with monkeypatch.context() as patched:
+            for name, value in env.items():
+                patched.setenv(name, value)
+            assert cli.main(["--config", str(path), "check-config"]) == cli.EX_CONFIG
+        err = capsys.readouterr().err
+        assert f"invalid configuration ({path})" in err  # names the file given with --config
+        for key in ("auth.password", "segment.write_key", "metrics.password"):
+            assert f"{key}: still the template's placeholder" in err
+        assert "auth.password: shorter than 16 characters" in err
+
+        short = write(tmp_path, "auth:\n  password: fifteen-chars-x\n")
+        assert cli.main(["--config", str(short), "check-config"]) == cli.EX_CONFIG
+        assert "auth.password: shorter than 16" in capsys.readouterr().err
+        long = write(tmp_path, "auth:\n  password: sixteen-chars-xy\n")
+        assert cli.main(["--config", str(long), "check-config"], out=io.StringIO()) == 0
+
     def test_config_option_after_subcommand(self, tmp_path: Path) -> None:
         out = io.StringIO()
         path = write(tmp_path, "server:\n  port: 8124\n")

@@ -466,7 +466,7 @@ class TestWebhookPage:
         assert "Raw webhook body, as received" in page
         await bridge.post("exam.completed", fixture_body("exam.completed"))
         page = await (await bridge.console.get(f"/events/{held['webhook_id']}")).text()
-        assert "no message stored" in page
+        assert "no message of its own" in page
         assert "superseded" in page
 
 

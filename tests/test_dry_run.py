@@ -113,10 +113,12 @@ class TestDryRunKeepsTheQueue:
         bridge = BridgeProcess(config)
         try:
             lines = await dry_run_backlog(bridge, config, fake_segment)
-            message = lines[0]["message"]  # the JSON that would go out, in full
+            message = lines[0]["message"]  # the JSON that would go out, personal data masked
             assert message["type"] == "track"
             assert message["userId"] == "user-0"
             assert message["messageId"] == lines[0]["message_id"]
+            assert message["context"]["traits"]["email"] == "***"
+            assert "ada@example.org" not in "\n".join(bridge.raw)
             write_config(config, config_data(tmp_path, fake_segment.url, WRITE_KEY))
             assert bridge.proc is not None
             bridge.proc.send_signal(signal.SIGHUP)

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app, metrics_app
 from bridge.config import Config
+from bridge.delivery.sinks import build_sinks
 from bridge.receive.runtime import RUNTIME
 from tests.conftest import basic_auth, eventually, fixture_body, settled
 from tests.fakes import FakeSegment
@@ -36,6 +37,7 @@ SERIES = (
     "synap_bridge_messages_retried_total",
     "synap_bridge_destination_pauses_total",
     "synap_bridge_destination_paused",
+    "synap_bridge_destination_refused",
     "synap_bridge_ready",
     "synap_bridge_delivery_running",
     "synap_bridge_intake_refusing",
@@ -91,6 +93,53 @@ async def test_every_series_is_reported_and_moves(
     assert sample(client, "synap_bridge_ready") == 1
     assert sample(client, "synap_bridge_delivery_running") == 1
     assert sample(client, "synap_bridge_intake_refusing") == 0
+
+
+async def test_paused_and_refused_gauges_follow_a_real_outage(
+    aiohttp_client: MakeClient, fake_segment: FakeSegment, config_factory: Callable[..., Config]
+) -> None:
+    """The pause gauge is 1 during a 500 outage (it compared a monotonic deadline with epoch
+    time and stayed 0); a refused write key sets the refused gauge and a /readyz warning while
+    /readyz stays ready (intake works; the queue waits the key out)."""
+    config = config_factory(
+        fake_segment.url, delivery={"retry": {"initial_backoff_secs": 30, "max_backoff_secs": 60}}
+    )
+    client = await aiohttp_client(build_app(config))
+    fake_segment.fail(500, times=1)
+    code = "user.registered"
+    response = await client.post(
+        f"/webhooks/synap/{code}", json=fixture_body(code), headers=basic_auth()
+    )
+    assert response.status == 200
+    await eventually(lambda: fake_segment.requests == 1)
+    await eventually(
+        lambda: sample(client, "synap_bridge_destination_pauses_total", destination="default") == 1
+    )
+    await client.get("/metrics")
+    assert sample(client, "synap_bridge_destination_paused", destination="default") == 1
+    assert sample(client, "synap_bridge_destination_refused", destination="default") == 0
+    status = client.app[RUNTIME].delivery.statuses()[0]  # type: ignore[union-attr]
+    assert (status.mode, status.last_status, status.failures) == ("live", 500, 1)
+    assert status.paused_until is not None
+    assert status.paused_until > client.app[RUNTIME].clock()
+
+    fake_segment.fail(401, times=1)
+    # A reload ends the pause: the next webhook's batch meets the refused key.
+    client.app[RUNTIME].delivery.replace_sinks(build_sinks(config))  # type: ignore[union-attr]
+    code = "attempt.completed"
+    response = await client.post(
+        f"/webhooks/synap/{code}", json=fixture_body(code), headers=basic_auth()
+    )
+    assert response.status == 200
+    await eventually(lambda: fake_segment.requests == 2)
+    await eventually(lambda: client.app[RUNTIME].delivery.statuses()[0].refused)  # type: ignore[union-attr]
+    await client.get("/metrics")
+    assert sample(client, "synap_bridge_destination_refused", destination="default") == 1
+    assert sample(client, "synap_bridge_destination_paused", destination="default") == 1
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    body = await ready.json()
+    assert body["warnings"] == ["destination 'default': Segment refuses the write key (HTTP 401)"]
 
 
 async def test_state_gauges_say_what_readyz_says(

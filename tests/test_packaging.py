@@ -155,8 +155,11 @@ class TestSystemdUnit:
         config = parse(env_overrides(env))
         assert config.storage.path == Path("/var/lib/synap-bridge/bridge.db")
 
-    def test_secrets_come_from_an_environment_file_only(self) -> None:
-        assert service("EnvironmentFile") == ["-/etc/synap-bridge/secrets.env"]
+    def test_secrets_come_from_systemd_credentials_only(self) -> None:
+        """Secrets are credentials (root-only files, visible to this service alone), never an
+        EnvironmentFile (inherited by every child, shown by /proc/<pid>/environ)."""
+        assert service("LoadCredential") == ["synap-bridge:/etc/synap-bridge/credentials"]
+        assert service("EnvironmentFile") == []
         text = UNIT.read_text()
         for secret in ("PASSWORD", "WRITE_KEY"):
             assert secret not in "".join(service("Environment")), f"{secret} in the unit"
@@ -253,12 +256,16 @@ class TestDockerfile:
         assert "DL3013" in result.stdout
 
     def test_multi_stage_on_pinned_slim_python(self) -> None:
+        """Both stages on ``BASE``, whose default is the pinned slim Python (the image test
+        passes its stand-in there, under a name of its own)."""
         bases = [args.split()[0] for word, args in dockerfile_instructions() if word == "FROM"]
-        assert len(bases) == 2
-        for base in bases:
-            name, _, tag = base.partition(":")
-            assert name == "python", base
-            assert tag.startswith("3.11-slim"), base
+        assert bases == ["${BASE}", "${BASE}"]
+        (default,) = [
+            a for w, a in dockerfile_instructions() if w == "ARG" and a.startswith("BASE=")
+        ]
+        name, _, tag = default.removeprefix("BASE=").partition(":")
+        assert name == "python", default
+        assert tag.startswith("3.11-slim"), default
 
     def test_runtime_contract(self) -> None:
         final: dict[str, list[str]] = {}

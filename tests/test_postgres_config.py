@@ -91,7 +91,7 @@ class TestCheckConfig:
         assert f"url: {shown}" in out.getvalue()
 
     def test_the_deploy_example_loads(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("BRIDGE_AUTH__PASSWORD", "pw")
+        monkeypatch.setenv("BRIDGE_AUTH__PASSWORD", "a-password-long-enough")
         out = io.StringIO()
         assert cli.main(["--config", str(EXAMPLE), "check-config"], out=out) == 0
         shown = yaml.safe_load(out.getvalue())

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from structlog.testing import capture_logs
 
-from bridge.config import Config, MappingConfig, ServerConfig, ShutdownConfig
-from bridge.serve import RELOADABLE, restart_needed
+from bridge.app import build_app
+from bridge.config import Config, MappingConfig, ServerConfig, ShutdownConfig, load
+from bridge.receive.runtime import RUNTIME
+from bridge.reload import RELOADABLE, apply, restart_needed
 from tests.conftest import PASSWORD, USER, basic_auth, eventually, fixture_body
 from tests.process import BridgeProcess, write_config
 
@@ -75,6 +78,10 @@ async def test_sighup_reloads_mapping_and_refuses_a_bad_config(tmp_path: Path) -
             await eventually(lambda: both("reloaded"))
             second = await kept_flag(session, url, 2)
             await eventually(lambda: verdict(second) == "webhook_mapped")  # mapped now
+            (started,) = bridge.events("started")  # the start line says what runs
+            assert started["version"]
+            assert started["config"] == str(path)
+            assert started["destinations"] == {"default": "dry-run"}
 
             path.write_text("server:\n  port: [not a port\n", encoding="utf-8")
             bridge.proc.send_signal(signal.SIGHUP)
@@ -85,12 +92,14 @@ async def test_sighup_reloads_mapping_and_refuses_a_bad_config(tmp_path: Path) -
             async with session.get(f"{url}/healthz") as response:
                 assert response.status == 200
         assert await bridge.terminate() == 0
+        (left,) = bridge.events("left")  # the stop line says what waits for the next start
+        assert left["pending"] >= 1
     finally:
         await bridge.close()
 
 
 class TestRestartNeeded:
-    """Which changed sections a SIGHUP reports as needing a restart (the reload_needs_restart
+    """Which changed settings a SIGHUP reports as needing a restart (the reload_needs_restart
     line): every section of the model that is not reloaded, derived, not listed by hand."""
 
     def test_restart_only_sections_are_reported(self) -> None:
@@ -102,7 +111,7 @@ class TestRestartNeeded:
                 "mapping": MappingConfig(trait_prefix="x_"),
             }
         )
-        assert restart_needed(old, fresh) == ["server", "shutdown"]
+        assert restart_needed(old, fresh) == ["server.port", "shutdown.grace_secs"]
         assert restart_needed(old, old) == []
 
     def test_a_new_section_is_covered_without_a_list(self) -> None:
@@ -111,8 +120,8 @@ class TestRestartNeeded:
 
         old = Wider()
         fresh = old.model_copy(update={"extra": ShutdownConfig(grace_secs=3.0)})
-        assert restart_needed(old, fresh) == ["extra"]
-        assert set(Config.model_fields) >= set(RELOADABLE)
+        assert restart_needed(old, fresh) == ["extra.grace_secs"]
+        assert set(Config.model_fields) >= {entry.split(".")[0] for entry in RELOADABLE}
 
 
 async def test_a_refused_reload_does_not_log_the_broken_line(tmp_path: Path) -> None:
@@ -134,3 +143,22 @@ async def test_a_refused_reload_does_not_log_the_broken_line(tmp_path: Path) -> 
     finally:
         await bridge.close()
     assert not [line for line in bridge.raw if secret in line]
+
+
+class TestApply:
+    """bridge.reload.apply on a built app's runtime: what it logs and what it keeps."""
+
+    def test_a_reload_that_would_listen_open_is_refused_whole(self, tmp_path: Path) -> None:
+        data = config_data(tmp_path, flag_enabled=True)
+        data["server"] = {"port": 0, "host": "0.0.0.0"}
+        path = write_config(tmp_path / "config.yaml", data)
+        runtime = build_app(load(path, {}))[RUNTIME]
+        before = runtime.config
+        del data["auth"]["password"]  # no password while listening beyond loopback
+        data["logging"]["level"] = "debug"
+        write_config(path, data)
+        with capture_logs() as lines:
+            apply(runtime, str(path), {})
+        (refused,) = [line for line in lines if line["event"] == "reload_refused"]
+        assert "auth.password is not set" in refused["problems"][0]
+        assert runtime.config is before  # nothing applied, not even the log level

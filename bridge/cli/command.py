@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from bridge import __version__, logs
+from bridge import __version__, logs, personal
 from bridge import config as config_module
 from bridge.cli import events as cli_events
 from bridge.cli import ops as cli_ops
@@ -26,6 +26,7 @@ from bridge.cli import synap_sync as cli_synap
 from bridge.cli import try_code as cli_try
 from bridge.config import Config
 from bridge.errors import ConfigError
+from bridge.secretfiles import CREDENTIALS_DIRECTORY
 
 EX_CONFIG = 78
 
@@ -37,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         metavar="PATH",
         help="configuration file (default: $BRIDGE_CONFIG, else ./config.yaml)",
+    )
+    common.add_argument(
+        "--credentials",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="read secrets as the service does: one file per setting in DIR (the unit's "
+        "/etc/synap-bridge/credentials; same as CREDENTIALS_DIRECTORY=DIR)",
     )
     parser = argparse.ArgumentParser(
         prog="synap-bridge",
@@ -57,17 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    """Run one command. A reader that goes away (``stats | head``) ends it quietly: what it
+    wanted was printed, so a traceback would only be noise."""
+    try:
+        return _main(argv, out or sys.stdout)
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at /dev/null so that flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None, out: TextIO) -> int:
     args = build_parser().parse_args(argv)
     path = getattr(args, "config", None)
+    if getattr(args, "credentials", None):  # in the process's environment: reloads read it too
+        os.environ[CREDENTIALS_DIRECTORY] = args.credentials
     try:
         config = config_module.load(path, os.environ)
     except ConfigError as exc:
         return _config_errors(exc, path)
     if args.command == "check-config":
-        return check_config(config, out)
+        return check_config(config, out, path)
     if args.command == "serve":
         logs.configure(config.logging.level, config.logging.format)
+        personal.configure(full=config.logging.dry_run_full)
         from bridge.serve import serve  # imported here: the operator commands need no server
 
         try:
@@ -111,10 +133,13 @@ def _config_errors(exc: ConfigError, path: str | None) -> int:
     return EX_CONFIG
 
 
-def check_config(config: Config, out: TextIO) -> int:
-    problem = config.listen_problem()
-    if problem:
-        return _config_errors(ConfigError([problem]), None)
+def check_config(config: Config, out: TextIO, path: str | None = None) -> int:
+    """Print the effective configuration, or refuse it: a listen problem, a template
+    placeholder left in a secret, a webhook password too short to guard anything."""
+    problems = [config.listen_problem()] if config.listen_problem() else []
+    problems += config_module.weak_secrets(config)
+    if problems:
+        return _config_errors(ConfigError([p for p in problems if p]), path)
     from bridge.mapping.routing import describe_routing
 
     yaml.safe_dump(config_module.masked(config), out, sort_keys=False, allow_unicode=True)

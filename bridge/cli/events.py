@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from bridge import explain
-from bridge.cli import ops
+from bridge.cli import ids, ops
 from bridge.config import Config
 from bridge.messages import parse_time
 from bridge.store import EVENT_STATES, EventMessage, EventQuery, EventRecord, Store
@@ -70,15 +70,18 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="webhooks with a message in this state (dead: also webhooks that did not map; "
         "unmapped: kept, waiting for the mapping stage)",
     )
-    events.add_argument("--since", type=moment, metavar="WHEN", help="2h, 7d or an ISO time")
-    events.add_argument("--until", type=moment, metavar="WHEN", help="2h, 7d or an ISO time")
+    when_help = "2h, 7d or an ISO time (UTC unless it names a zone); times print in UTC (Z)"
+    events.add_argument("--since", type=moment, metavar="WHEN", help=when_help)
+    events.add_argument("--until", type=moment, metavar="WHEN", help=when_help)
     events.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N")
     events.add_argument("--json", action="store_true", help="machine-readable output")
     actions = events.add_subparsers(dest="action", metavar="ACTION")
     show = actions.add_parser(
         "show", parents=[common], help="one webhook: raw body and the exact JSON sent to Segment"
     )
-    show.add_argument("id", metavar="WEBHOOK_ID", help="e.g. wh_42 (from the list or an answer)")
+    show.add_argument(
+        "id", metavar="ID", help="e.g. wh_42 (from the list or an answer), or a dead letter's dl_7"
+    )
     show.add_argument("--json", action="store_true", help="one JSON document")
 
 
@@ -195,9 +198,21 @@ async def _find(store: Store, args: argparse.Namespace, config: Config, out: Tex
 
 
 async def _show(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
-    found = await store.event(args.id, time.time())
+    ref = args.id
+    if ref.startswith(ids.LETTER_PREFIX):  # a dead letter's webhook
+        try:
+            _, number = ids.parse(ref)
+        except argparse.ArgumentTypeError as exc:
+            out.write(f"{exc}\n")
+            return 2
+        letter = await store.dead_letter(number)
+        if letter is None:
+            out.write(f"no dead letter with id {ref}\n")
+            return 1
+        ref = letter.letter.webhook_id
+    found = await store.event(ref, time.time())
     if found is None:
-        out.write(f"no stored webhook with id {args.id}\n")
+        out.write(f"no stored webhook with id {ref}\n")
         return 1
     if args.json:
         report = {**record_dict(found.event), "raw_body": _json_or_text(found.raw_body)}

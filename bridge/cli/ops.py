@@ -26,6 +26,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from bridge import servicestate
+from bridge.cli import ids
 from bridge.config import Config
 from bridge.errors import StorageUnavailableError
 from bridge.mapping.intake import remapper
@@ -55,12 +57,13 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", parents=[common], help="list dead letters")
     listing.add_argument("--code", help="only this Synap event code")
     listing.add_argument("--reason", help="only this reason (e.g. missing_user_id)")
+    listing.add_argument("--user", dest="user_id", metavar="ID", help="only this Synap user's")
     listing.add_argument("--limit", type=int, default=None)
     listing.add_argument("--json", action="store_true")
     show = actions.add_parser("show", parents=[common], help="one dead letter with its raw body")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=ids.any_id, help="e.g. dl_12 (from the list)")
     replay = actions.add_parser("replay", parents=[common], help="map again and resend")
-    replay.add_argument("ids", type=int, nargs="*", metavar="ID")
+    replay.add_argument("ids", type=ids.any_id, nargs="*", metavar="ID", help="e.g. dl_12")
     replay.add_argument("--all", action="store_true", help="every dead letter")
     replay.add_argument("--code", help="every dead letter of this event code")
     replay.add_argument("--reason", help="every dead letter with this reason")
@@ -123,14 +126,16 @@ async def _stats(store: Store, args: argparse.Namespace, config: Config, out: Te
     now = time.time()
     stats = await store.stats(now, now - 3600)
     oldest = stats.oldest_pending_at
-    dry = config.dry_run_destinations
+    service = await service_report(store, config, now)
+    dry = [d["name"] for d in service["destinations"] if d.get("mode") == "dry-run"]
     lag = stats.oldest_unmapped_at
     report: dict[str, Any] = {
         # kept by intake, not mapped yet; the lag is the oldest one's age
         "unmapped": stats.unmapped,
         "mapping_lag_secs": 0.0 if lag is None else round(max(0.0, now - lag), 3),
         "pending": stats.pending,
-        # waiting because their destination has no write key (dry-run keeps them queued)
+        # waiting because their destination has no write key (dry-run keeps them queued), as
+        # the serving process says, not as this command's own environment would imply
         "dry_run_waiting": await store.count_open(dry) if dry else 0,
         "in_flight": stats.in_flight,
         "oldest_pending_age_secs": None if oldest is None else round(now - oldest, 3),
@@ -140,33 +145,94 @@ async def _stats(store: Store, args: argparse.Namespace, config: Config, out: Te
         "dead_letters": dict(sorted(stats.dead_letters.items())),
         "storage_bytes": stats.storage_bytes,
         "storage_path": describe(config.storage),
+        **service,
     }
+    for destination in report["destinations"]:
+        destination["backlog"] = await store.count_open([destination["name"]])
     if args.json:
         out.write(json.dumps(report, indent=2) + "\n")
         return 0
+    _print_report(report, out)
+    return 0
+
+
+async def service_report(store: Store, config: Config, now: float) -> dict[str, Any]:
+    """The serving processes and their destinations as ``serve`` recorded them; without a live
+    one, the destinations as this command's configuration has them, and a note saying so."""
+    states = await store.service_states(now)
+    live = servicestate.alive(states)
+    processes = [
+        {
+            "process": s.process,
+            "version": s.state.get("version"),
+            "alive": s in live,
+            "ready": s.state.get("ready"),
+            "problems": s.state.get("problems", []),
+            "seen_secs_ago": round(s.age_secs, 1),
+        }
+        for s in states
+    ]
+    if live:
+        destinations = [_shown(d) for d in live[0].state.get("destinations", [])]
+        return {"service": processes, "destinations": destinations}
+    dry = set(config.dry_run_destinations)
+    names = ["default", *config.routing.destinations]
+    return {
+        "service": processes,
+        "service_note": (
+            f"no serving process recorded its state in the last {servicestate.ALIVE_SECS:.0f} s:"
+            " destinations as this command's configuration has them"
+        ),
+        "destinations": [{"name": n, "mode": "dry-run" if n in dry else "live"} for n in names],
+    }
+
+
+def _shown(destination: dict[str, Any]) -> dict[str, Any]:
+    shown = dict(destination)
+    for key in ("paused_until", "last_attempt_at"):
+        if key in shown:
+            shown[key] = _when(shown[key])
+    return shown
+
+
+def _print_report(report: dict[str, Any], out: TextIO) -> None:
     for key, value in report.items():
-        if isinstance(value, dict):
+        if key in ("service", "destinations"):
+            out.write(f"{key}:\n")
+            for item in value:
+                fields = ", ".join(f"{k}={v}" for k, v in item.items() if v not in (None, []))
+                out.write(f"  {fields}\n")
+            if not value:
+                out.write("  -\n")
+        elif isinstance(value, dict):
             out.write(f"{key}: {sum(value.values())}\n")
             for reason, count in value.items():
                 out.write(f"  {reason}: {count}\n")
         else:
             out.write(f"{key}: {value if value is not None else '-'}\n")
-    return 0
 
 
 def _filter(args: argparse.Namespace) -> DeadLetterFilter:
     return DeadLetterFilter(
         code=getattr(args, "code", None),
         reason=getattr(args, "reason", None),
-        ids=tuple(getattr(args, "ids", ()) or ()),
+        ids=tuple(n for _, n in getattr(args, "ids", ()) or ()),
         limit=getattr(args, "limit", None),
+        user_id=getattr(args, "user_id", None),
     )
 
 
 async def _list(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
     letters = await store.dead_letters(_filter(args))
     if args.json:
-        rows = [{**asdict(letter), "created_at": _when(letter.created_at)} for letter in letters]
+        rows = [
+            {
+                "ref": ids.letter_ref(letter.id),
+                **asdict(letter),
+                "created_at": _when(letter.created_at),
+            }
+            for letter in letters
+        ]
         out.write(json.dumps(rows, indent=2) + "\n")
         return 0
     _table(letters, out)
@@ -175,21 +241,29 @@ async def _list(store: Store, args: argparse.Namespace, config: Config, out: Tex
 
 
 def _table(letters: Sequence[DeadLetter], out: TextIO) -> None:
-    out.write(f"{'ID':>6}  {'CREATED (UTC)':19}  {'CODE':28}  {'REASON':24}  DETAIL\n")
+    out.write(
+        f"{'ID':>9}  {'WEBHOOK':>9}  {'CREATED (UTC)':19}  {'CODE':28}  {'REASON':24}  DETAIL\n"
+    )
     for letter in letters:
         created = datetime.fromtimestamp(letter.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
         out.write(
-            f"{letter.id:>6}  {created:19}  {letter.code[:28]:28}  {letter.reason[:24]:24}  "
+            f"{ids.letter_ref(letter.id):>9}  {letter.webhook_id:>9}  {created:19}  "
+            f"{letter.code[:28]:28}  {letter.reason[:24]:24}  "
             f"{letter.detail}\n"
         )
 
 
 async def _show(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:  # noqa: ARG001 - one signature for every command
-    found = await store.dead_letter(args.id)
+    kind, number = args.id
+    if kind == "wh":
+        out.write(f"wh_{number} is a webhook: `synap-bridge events show wh_{number}`\n")
+        return 1
+    found = await store.dead_letter(number)
     if found is None:
-        out.write(f"no dead letter with id {args.id}\n")
+        out.write(f"no dead letter with id {number} ({ids.letter_ref(number)})\n")
         return 1
     report = {
+        "ref": ids.letter_ref(found.letter.id),
         **asdict(found.letter),
         "created_at": _when(found.letter.created_at),
         "last_error": found.last_error,

@@ -29,7 +29,7 @@ import orjson
 
 from bridge.cli import events as cli_events
 from bridge.cli import ops
-from bridge.config import Config
+from bridge.config import DEFAULT_DESTINATION, Config
 from bridge.errors import InvalidPayloadError
 from bridge.mapping import intake
 from bridge.store import EventMessage, EventQuery, Store
@@ -156,6 +156,9 @@ async def post(url: str, code: str, config: Config) -> tuple[int, dict[str, Any]
 
 async def _online(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
     url = args.url or local_url(config)
+    wait = await _service_mode(store, args, config, out)
+    if wait is None:
+        return 2
     try:
         status, answer = await post(url, args.code, config)
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -165,7 +168,7 @@ async def _online(store: Store, args: argparse.Namespace, config: Config, out: T
         out.write(f"the bridge at {url} answered {status}: {answer}\n")
         return 1
     webhook_id = str(answer.get("webhook_id"))
-    messages = await _messages(store, webhook_id, args.code, config, args.wait)
+    messages = await _messages(store, webhook_id, args.code, config, wait)
     found = await store.event(webhook_id, time.time())
     if args.json:
         report = {
@@ -198,6 +201,30 @@ async def _online(store: Store, args: argparse.Namespace, config: Config, out: T
         out.write(f"\n--- call {n} of {len(messages)}: {cli_events.message_line(message)}\n")
         out.write(json.dumps(orjson.loads(message.payload), indent=2, ensure_ascii=False) + "\n")
     return 0
+
+
+async def _service_mode(
+    store: Store, args: argparse.Namespace, config: Config, out: TextIO
+) -> float | None:
+    """How long to wait for the messages, or None to refuse. The serving bridge's mode, not this
+    command's: a CLI without the key must not post a real event unasked, and a dry-run bridge
+    is said to be one at once (its messages stay pending: nothing to wait for)."""
+    service = await ops.service_report(store, config, time.time())
+    mode = {d["name"]: d.get("mode") for d in service["destinations"]}.get(DEFAULT_DESTINATION)
+    if mode == "live" and not args.yes:
+        out.write(
+            "the serving bridge has a write key: the sample would reach Segment as a real event "
+            "(user usr_7f3a9c21). Add --yes to post it anyway, or use --offline.\n"
+        )
+        return None
+    if mode == "dry-run":
+        if not args.json:
+            out.write(
+                "dry-run: the serving bridge has no write key, so the sample is stored and "
+                "logged, not sent; its messages stay pending\n"
+            )
+        return 0.0
+    return float(args.wait)
 
 
 async def _messages(

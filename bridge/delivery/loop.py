@@ -49,6 +49,7 @@ from bridge.delivery.elsewhere import Elsewhere
 from bridge.delivery.outcomes import DrainReport, Outcomes
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sinks import Sink
+from bridge.delivery.status import DestinationStatus
 from bridge.delivery.uploads import Uploads
 from bridge.delivery.wire import SEPARATOR_BYTES
 from bridge.errors import StorageUnavailableError
@@ -164,9 +165,29 @@ class Delivery:
         return {name: d.last_error for name, d in self._destinations.items()}
 
     def paused(self) -> dict[str, bool]:
-        """Each destination: is it waiting out a backoff now? (``/metrics``)"""
-        now = self._clock()
-        return {name: d.paused_until > now for name, d in self._destinations.items()}
+        """Each destination: is it waiting out a backoff now? (``/metrics``)
+
+        ``paused_until`` is on the monotonic clock, so it is compared with the monotonic clock:
+        compared with epoch time it was always in the past and the gauge always 0."""
+        mono = self._monotonic()
+        return {name: d.paused_until > mono for name, d in self._destinations.items()}
+
+    def statuses(self) -> list[DestinationStatus]:
+        """Each destination's state (pause, last answer), for metrics, readiness and ``stats``."""
+        mono, now = self._monotonic(), self._clock()
+        live = set(self._live)
+        return [
+            DestinationStatus(
+                name=name,
+                mode="live" if name in live else "dry-run",
+                paused_until=now + (d.paused_until - mono) if d.paused_until > mono else None,
+                failures=d.failures,
+                last_status=d.last_status,
+                last_error=d.last_error,
+                last_attempt_at=d.last_attempt_at,
+            )
+            for name, d in self._destinations.items()
+        ]
 
     async def run_once(self) -> DrainReport:
         """One round: claim what is due now, deliver it, and wait for every outcome (then close

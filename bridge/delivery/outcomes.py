@@ -52,7 +52,9 @@ class DrainReport:
 class DestinationState:
     failures: int = 0  # transient failures in a row
     paused_until: float = 0.0  # on the monotonic clock (bridge.delivery.clocks)
-    last_error: str | None = None  # the last failed upload's detail (the console shows it)
+    last_status: int | None = None  # the last upload's HTTP status (None: no answer, or none yet)
+    last_error: str | None = None  # the last failure's detail; None once a batch is delivered
+    last_attempt_at: float | None = None  # epoch seconds
 
 
 class Outcomes:
@@ -93,6 +95,9 @@ class Outcomes:
         monotonic clock: the end of its lease, less a margin)."""
         now = self._clock()
         state = self.destinations[batch.destination]
+        state.last_attempt_at = now
+        state.last_status = 200 if error is None else error.status
+        state.last_error = None if error is None else error.detail
         outcome: Outcome
         if error is None:
             outcome = "delivered"

@@ -24,10 +24,30 @@ async def healthz(request: web.Request) -> web.Response:  # noqa: ARG001 - aioht
 
 
 async def readyz(request: web.Request) -> web.Response:
-    problems = readiness_problems(request.app[RUNTIME])
+    runtime = request.app[RUNTIME]
+    problems = readiness_problems(runtime)
     if problems:
         return answer({"status": "unready", "problems": problems}, status=503)
-    return answer({"status": "ready"})
+    warnings = delivery_warnings(runtime)
+    return answer({"status": "ready", **({"warnings": warnings} if warnings else {})})
+
+
+def delivery_warnings(runtime: Runtime) -> list[str]:
+    """What is wrong downstream while intake works: a destination refusing its write key.
+
+    Not a readiness problem on purpose: every replica shares the key, so an unready answer
+    would take the whole fleet out of the load balancer and turn a wrong key (which the queue
+    waits out, losing nothing) into refused webhooks. The metric
+    ``synap_bridge_destination_refused`` and the alert ``SynapBridgeWriteKeyRefused`` say it
+    instead, and ``/readyz`` lists it here.
+    """
+    if runtime.delivery is None:
+        return []
+    return [
+        f"destination {status.name!r}: Segment refuses the write key (HTTP {status.last_status})"
+        for status in runtime.delivery.statuses()
+        if status.refused
+    ]
 
 
 def readiness_problems(runtime: Runtime) -> list[str]:
@@ -62,6 +82,11 @@ async def metrics(request: web.Request) -> web.Response:
         delivering=runtime.delivering,
         refusing=runtime.refusal() is not None,
         paused=runtime.delivery.paused() if runtime.delivery is not None else {},
+        refused=(
+            {s.name: s.refused for s in runtime.delivery.statuses()}
+            if runtime.delivery is not None
+            else {}
+        ),
     )
     return web.Response(
         body=runtime.metrics.render(), headers={"Content-Type": runtime.metrics.content_type}

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge.messages import OutgoingMessage
 
@@ -114,6 +114,8 @@ class DeadLetterFilter:
     reason: str | None = None
     ids: Sequence[int] = ()
     limit: int | None = None
+    #: The user's dead letters: a message of theirs, or a whole webhook whose body names them.
+    user_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,18 @@ class Judged:
     messages: tuple[OutgoingMessage, ...]
     dead: DeadReason | None = None
     refs: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """What one serving process last recorded about itself (:mod:`bridge.servicestate`):
+    ``process`` is ``host:pid``, ``state`` its JSON document, ``age_secs`` how long ago (on the
+    database's clock for PostgreSQL)."""
+
+    process: str
+    state: dict[str, Any]
+    updated_at: float
+    age_secs: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +406,15 @@ class OperatorStore(Lifecycle, Protocol):
     async def purge_dead(self, older_than: float) -> int: ...
 
     async def prune_delivered(self, before: float) -> int: ...
+
+    async def put_service_state(self, process: str, state: str, now: float) -> None:
+        """Record what serving process ``process`` reports (JSON text), replacing its last
+        record; records older than a day are dropped. The table is created on first use."""
+        ...
+
+    async def service_states(self, now: float) -> list[ServiceState]:
+        """Every recorded process, freshest first (none before the first record)."""
+        ...
 
 
 class Store(IntakeStore, MappingStore, DeliveryStore, OperatorStore, Protocol):

@@ -7,6 +7,7 @@ drivers differ, and those stay in each backend's ``queries``. Pure: no driver is
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,12 @@ LETTER_FROM = (
     " LEFT JOIN messages m ON m.id = d.message_row"
     " LEFT JOIN message_payloads p ON p.id = d.message_row"
 )
+
+
+def json_string(value: str) -> str:
+    """``value`` as it appears in a JSON body (quoted, escaped): what a body search looks for,
+    so ``usr_1`` does not match ``usr_12``."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def webhook_ref(row_id: int) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from bridge.messages import OutgoingMessage
-from bridge.store import DeadReason, EventQuery, EventRecord, Store, Webhook
+from bridge.store import DeadLetterFilter, DeadReason, EventQuery, EventRecord, Store, Webhook
 
 T0 = 1_000_000.0
 
@@ -55,6 +55,29 @@ class TestFind:
         both = EventQuery(user_id="u-1", ref="att-1")
         assert ids(await store.find_events(both, now)) == [first]
         assert await store.find_events(EventQuery(user_id="nobody"), now) == []
+
+    async def test_a_user_finds_webhooks_without_messages_of_their_own(self, store: Store) -> None:
+        """Issue 23: a redelivered or superseded webhook (its messageIds held by another) and a
+        webhook dead-lettered whole carry no message of the user, yet their bodies name the
+        user: ``--user`` finds them; a longer id that starts with the user's does not match."""
+        named = orjson.dumps({"id": "att-1", "user": {"id": "u-1"}})
+        first = await put(store, T0, named, message("m-1", "u-1"))
+        again = await put(store, T0 + 10, named, message("m-1", "u-1"))  # same messageId
+        why = DeadReason("missing_user_id", "no user")
+        dead = await store.enqueue(Webhook("attempt.started", None, T0 + 20, named), [], why)
+        other = orjson.dumps({"id": "att-2", "user": {"id": "u-12"}})
+        await put(store, T0 + 30, other, message("m-2", "u-12"))
+        await store.enqueue(Webhook("attempt.started", None, T0 + 40, other), [], why)
+        found = await store.find_events(EventQuery(user_id="u-1"), T0 + 50)
+        assert ids(found) == [dead.webhook_id, again, first]
+        dead_only = EventQuery(user_id="u-1", state="dead")
+        assert ids(await store.find_events(dead_only, T0 + 50)) == [dead.webhook_id]
+        claimed = {m.message_id: m.id for m in await store.claim(T0 + 50, 10, 60)}
+        assert set(claimed) == {"m-1", "m-2"}
+        await store.bury([claimed["m-1"]], DeadReason("rejected_by_segment", "400"), "400", T0 + 51)
+        await store.retry_later([claimed["m-2"]], T0 + 99, "503", T0 + 51)
+        letters = await store.dead_letters(DeadLetterFilter(user_id="u-1"))
+        assert sorted(letter.webhook_id for letter in letters) == sorted([first, dead.webhook_id])
 
     async def test_numeric_ids_in_the_body_are_found_as_text(self, store: Store) -> None:
         raw = orjson.dumps({"attempt": {"id": 4711}, "test": {"objectId": "t-obj"}})

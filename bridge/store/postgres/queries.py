@@ -40,6 +40,7 @@ from bridge.store.rows import (
     dead_letter_of,
     event_message,
     event_records,
+    json_string,
     webhook_ref,
     webhook_row,
 )
@@ -829,11 +830,15 @@ async def dead_letters(conn: Conn, which: DeadLetterFilter) -> list[DeadLetter]:
         f"SELECT {LETTER_COLUMNS} {LETTER_FROM}"
         " WHERE ($1::text IS NULL OR w.code = $1) AND ($2::text IS NULL OR d.reason = $2)"
         " AND ($3::bigint[] IS NULL OR d.id = ANY($3))"
+        " AND ($5::text IS NULL OR m.user_id = $5 OR (d.message_row IS NULL"
+        " AND position($6::text in encode(w.raw_body, 'escape')) > 0))"
         " ORDER BY d.id LIMIT $4",
         which.code,
         which.reason,
         [int(i) for i in which.ids] if which.ids else None,
         which.limit,
+        which.user_id,
+        None if which.user_id is None else json_string(which.user_id),
     )
     return [dead_letter_of(row) for row in rows]
 
@@ -876,7 +881,15 @@ _STATE_WHERE = {
 }
 _KEY_WHERE = (
     ("message_id", "w.id IN (SELECT webhook_id FROM messages WHERE message_id = {arg})"),
-    ("user_id", "w.id IN (SELECT webhook_id FROM messages WHERE user_id = {arg})"),
+    # A user's webhooks, the message-less ones whose body names the user included (see
+    # bridge.store.sqlite.queries.USER_WHERE); encode(..., 'escape') never fails on bytes that
+    # are not UTF-8, as a cast would. {quoted}: the id as a JSON string.
+    (
+        "user_id",
+        "(w.id IN (SELECT webhook_id FROM messages WHERE user_id = {arg})"
+        " OR (NOT EXISTS (SELECT 1 FROM messages m0 WHERE m0.webhook_id = w.id)"
+        " AND position({quoted} in encode(w.raw_body, 'escape')) > 0))",
+    ),
     ("ref", "w.id IN (SELECT webhook_id FROM webhook_refs WHERE ref = {arg})"),
     ("code", "w.code = {arg}"),
     ("since", "w.received_at >= {arg}"),
@@ -891,7 +904,12 @@ async def find_events(conn: Conn, query: EventQuery, now: float) -> list[EventRe
         value = getattr(query, field)
         if value is not None:
             params.append(value)
-            where.append(condition.format(arg=f"${len(params)}"))
+            arg = f"${len(params)}"
+            if "{quoted}" in condition:
+                params.append(json_string(value))
+                where.append(condition.format(arg=arg, quoted=f"${len(params)}"))
+            else:
+                where.append(condition.format(arg=arg))
     if query.state is not None:
         if query.state not in _STATE_WHERE:
             raise ValueError(f"unknown state {query.state!r}")

@@ -215,6 +215,23 @@ async def schema_version(conn: Any) -> int:
     return int(version or 0)
 
 
+async def ensure_service_state(conn: Any) -> None:
+    """The ``service_state`` table (bridge.servicestate), outside the versioned steps: created
+    only when missing, so a role without CREATE rights never runs DDL once it exists."""
+    if await conn.fetchval("SELECT to_regclass('service_state')") is None:
+        await conn.execute(SERVICE_STATE)
+
+
+#: One row per serving replica (bridge.store.postgres.servicestate).
+SERVICE_STATE = """
+CREATE TABLE IF NOT EXISTS service_state (
+    process    text PRIMARY KEY,
+    state      text NOT NULL,
+    updated_at double precision NOT NULL
+)
+"""
+
+
 async def migrate(conn: Any) -> tuple[int, int]:
     """Bring the schema to :data:`SCHEMA_VERSION` in one transaction: (before, after).
 
@@ -229,6 +246,7 @@ async def migrate(conn: Any) -> tuple[int, int]:
                 f"database schema version {before} is newer than this bridge knows "
                 f"({SCHEMA_VERSION}): upgrade the bridge"
             )
+        await ensure_service_state(conn)
         if before == SCHEMA_VERSION:
             return before, before  # no DDL: a role without CREATE rights may run the bridge
         await conn.execute("CREATE TABLE IF NOT EXISTS bridge_schema (version integer NOT NULL)")

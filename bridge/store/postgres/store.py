@@ -40,15 +40,18 @@ from bridge.store import (
     Judged,
     Remapper,
     ReplayOutcome,
+    ServiceState,
     StoreStats,
     UnmappedWebhook,
     Webhook,
 )
 from bridge.store.postgres import exam_tests
 from bridge.store.postgres import queries as ops
+from bridge.store.postgres import servicestate as service_state
 from bridge.store.postgres.clock import DatabaseClock
 from bridge.store.postgres.schema import (
     FOREIGN_ERRORS,
+    ensure_service_state,
     is_connection_problem,
     is_retryable,
     migrate,
@@ -113,6 +116,7 @@ class PostgresStore:
         self._breaker = Backoff()
         #: Times given and returned are moved to and from the database's clock (clock.py).
         self.clock = DatabaseClock(local_clock)
+        self._service_table = False  # service_state created (IF NOT EXISTS) by this store
         #: (version before, version after) of the last migration this store ran.
         self.schema_versions: tuple[int, int] | None = None
 
@@ -415,6 +419,17 @@ class PostgresStore:
             await self.clock.measure(conn)
         if problem:
             raise StorageUnavailableError(f"storage could not write: {problem}")
+
+    async def put_service_state(self, process: str, state: str, now: float) -> None:  # noqa: ARG002 - the database's clock
+        async with self._connection("record the service state") as conn:
+            if not self._service_table:  # a store opened without migrating (tests, tools)
+                await ensure_service_state(conn)
+                self._service_table = True
+            await service_state.put(conn, process, state)
+
+    async def service_states(self, now: float) -> list[ServiceState]:  # noqa: ARG002 - the database's clock
+        async with self._connection("read the service state") as conn:
+            return await service_state.read(conn)
 
     # ---- dead letters ----------------------------------------------------------------------
 

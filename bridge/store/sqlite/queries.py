@@ -37,6 +37,7 @@ from bridge.store.rows import (
     dead_letter_of,
     event_message,
     event_records,
+    json_string,
     webhook_row,
 )
 
@@ -387,6 +388,11 @@ def dead_letters(conn: sqlite3.Connection, which: DeadLetterFilter) -> list[Dead
     if which.ids:
         where.append("d.id IN (SELECT value FROM json_each(?))")
         params.append(_ids(which.ids))
+    if which.user_id is not None:
+        where.append(
+            "(m.user_id = ? OR (d.message_row IS NULL AND instr(CAST(w.raw_body AS TEXT), ?) > 0))"
+        )
+        params += [which.user_id, json_string(which.user_id)]
     limit = -1 if which.limit is None else which.limit
     # Built only from the constant fragments above; every value is a bound parameter.
     sql = f"SELECT {LETTER_COLUMNS} {LETTER_FROM} WHERE {' AND '.join(where)}"
@@ -482,12 +488,23 @@ _STATE_WHERE = {
 }
 
 
+#: A user's webhooks: those with a message of the user, and those with no message of their own
+#: (superseded by a later webhook, a redelivery, not mapped, dead-lettered whole) whose body
+#: names the user. The second part reads bodies, but only of message-less webhooks, so its cost
+#: follows their number, not the store's; PostgreSQL's USER_WHERE says the same.
+USER_WHERE = (
+    "(w.id IN (SELECT webhook_id FROM messages WHERE user_id = ?)"
+    " OR (NOT EXISTS (SELECT 1 FROM messages m0 WHERE m0.webhook_id = w.id)"
+    " AND instr(CAST(w.raw_body AS TEXT), ?) > 0))"
+)
+
+
 def find_events(conn: sqlite3.Connection, query: EventQuery, now: float) -> list[EventRecord]:
     where: list[str] = []
     params: list[object] = []
     for value, condition in (
         (query.message_id, "w.id IN (SELECT webhook_id FROM messages WHERE message_id = ?)"),
-        (query.user_id, "w.id IN (SELECT webhook_id FROM messages WHERE user_id = ?)"),
+        (query.user_id, USER_WHERE),
         (query.ref, "w.id IN (SELECT webhook_id FROM webhook_refs WHERE ref = ?)"),
         (query.code, "w.code = ?"),
         (query.since, "w.received_at >= ?"),
@@ -496,6 +513,8 @@ def find_events(conn: sqlite3.Connection, query: EventQuery, now: float) -> list
         if value is not None:
             where.append(condition)
             params.append(value)
+            if condition is USER_WHERE:  # its second parameter: the id as a JSON string
+                params.append(json_string(str(value)))
     if query.state is not None:
         if query.state not in _STATE_WHERE:
             raise ValueError(f"unknown state {query.state!r}")

@@ -44,12 +44,14 @@ from bridge.store import (
     Judged,
     Remapper,
     ReplayOutcome,
+    ServiceState,
     StoreStats,
     UnmappedWebhook,
     Webhook,
 )
 from bridge.store.sqlite import exam_tests
 from bridge.store.sqlite import queries as ops
+from bridge.store.sqlite import servicestate as service_state
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.enqueue import Item, enqueue_group, keep_group, record_group
 from bridge.store.sqlite.identity import FileIdentity
@@ -416,6 +418,13 @@ class SQLiteStore:
         return await self._write(
             partial(exam_tests.learn, tests=tuple(tests), now=now), "remember exam tests"
         )
+
+    async def put_service_state(self, process: str, state: str, now: float) -> None:
+        work = partial(service_state.put, process=process, state=state, now=now)
+        await self._write(work, "record the service state")
+
+    async def service_states(self, now: float) -> list[ServiceState]:
+        return await self._read(partial(service_state.read, now=now), "read the service state")
 
     # ---- dead letters ----------------------------------------------------------------------
 
