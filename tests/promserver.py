@@ -3,11 +3,11 @@ for the tests: started on loopback with a generated configuration that scrapes r
 processes every second and evaluates ``deploy/prometheus/alerts.yml`` every second.
 
 The rules are the shipped file with its durations scaled from minutes to seconds (a
-``for: 5m`` becomes ``for: 5s``, a ``[15m]`` window ``[15s]``, and the two age thresholds in
-seconds, 900 and 1800, become 15 and 30): the expressions, the metric names and the labels are
-the real ones; only the clock runs sixty times faster, so one fault takes seconds. A rule the
-scaling does not recognise fails the test (see :func:`scaled_rules`), so the file and the test
-cannot drift apart silently.
+``for: 5m`` becomes ``for: 5s``, a ``[15m]`` window ``[15s]``, and the age thresholds in
+seconds, 900, 1800 and 60, become 15, 30 and 1): the expressions, the metric names and the
+labels are the real ones; only the clock runs sixty times faster, so one fault takes seconds.
+A rule the scaling does not recognise fails the test (see :func:`scaled_rules`), so the file
+and the test cannot drift apart silently.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 JOB = "synap-bridge"
 #: Thresholds in seconds inside the expressions, scaled like the durations (minutes -> seconds).
-AGE_THRESHOLDS = {"> 900": "> 15", "> 1800": "> 30"}
+AGE_THRESHOLDS = {"> 900": "> 15", "> 1800": "> 30", "> 60": "> 1"}
 
 
 def prometheus_binary() -> str:

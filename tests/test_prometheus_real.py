@@ -14,7 +14,7 @@ its fault and to resolve after it:
 * a webhook nobody maps -> ``SynapBridgeDeadLettersGrowing``; a bridge killed ->
   ``SynapBridgeDown``.
 
-(Mapping lag, issue 20: its fault and alert join the list here.)
+A mapping process stopped (SIGSTOP) while webhooks are kept: SynapBridgeMappingLag.
 
 Then every panel query of deploy/grafana/synap-bridge.json runs against that Prometheus, for
 one bridge and for the two replicas: each answers, with numbers, and the shared queue's backlog
@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -118,6 +119,7 @@ async def test_alerts_fire_and_resolve_and_every_panel_answers(tmp_path: Path) -
             ),
             "disk": bridge_config(tmp_path, "disk", storage={"min_free_bytes": free - margin}),
             # (margin: disk_full's ballast is twice as large)
+            "mapping": bridge_config(tmp_path, "mapping"),
             "replica1": bridge_config(tmp_path, "replica1", storage={"url": database}),
             "replica2": bridge_config(tmp_path, "replica2", storage={"url": database}),
         }
@@ -137,6 +139,7 @@ async def test_alerts_fire_and_resolve_and_every_panel_answers(tmp_path: Path) -
             segment_hangs(prometheus, procs["hang"], hang_fake),
             disk_full(prometheus, procs["disk"], tmp_path, 2 * margin),
             postgres_down(prometheus, procs["replica1"], procs["replica2"], cluster),
+            mapping_stopped(prometheus, procs["mapping"]),
         )
 
         await panels_answer(prometheus, procs["outage"], procs["replica1"], procs["replica2"])
@@ -150,7 +153,7 @@ async def segment_outage(prom: Prometheus, bridge: BridgeProcess, fake: FakeSegm
     where = {"instance": instance(bridge)}
     fake.fail(500, times=10**6)
     assert await post(bridge, 1) == 200
-    assert await post(bridge, 2, "no.such") == 202  # a dead letter, as well
+    assert await post(bridge, 2, "no.such") == 200  # kept, then a dead letter, as well
     await prom.wait_firing("SynapBridgeDeadLettersGrowing", ALERT_WITHIN, **where)
     await prom.wait_firing(
         "SynapBridgeDestinationPaused", ALERT_WITHIN, destination="default", **where
@@ -198,6 +201,19 @@ async def disk_full(prom: Prometheus, bridge: BridgeProcess, folder: Path, size:
         ballast.unlink()
     await prom.wait_resolved("SynapBridgeNotReady", ALERT_WITHIN, **where)
     await prom.wait_resolved("SynapBridgeIntakeRefusing", ALERT_WITHIN, **where)
+
+
+async def mapping_stopped(prom: Prometheus, bridge: BridgeProcess) -> None:
+    """Intake keeps answering 200 while the mapping process is stopped; the lag shows it."""
+    where = {"instance": instance(bridge)}
+    mapper = bridge.events("stage_started")[-1]["pid"]
+    os.kill(mapper, signal.SIGSTOP)
+    try:
+        assert await post(bridge, 1) == 200
+        await prom.wait_firing("SynapBridgeMappingLag", ALERT_WITHIN, **where)
+    finally:
+        os.kill(mapper, signal.SIGCONT)
+    await prom.wait_resolved("SynapBridgeMappingLag", ALERT_WITHIN, **where)
 
 
 async def postgres_down(
