@@ -161,12 +161,24 @@ def bridge_config(db: Path, port: int, segment_url: str | None, **overrides: Any
     return data
 
 
-def bridge(name: str, config: dict[str, Any], within: float = 60.0) -> Proc:
-    """``synap-bridge serve`` as its own process; returned once ``/healthz`` answers."""
+def bridge(
+    name: str, config: dict[str, Any], within: float = 60.0, tree: Path | None = None
+) -> Proc:
+    """``synap-bridge serve`` as its own process; returned once ``/healthz`` answers.
+
+    ``tree``: a directory holding another ``bridge`` package (``git archive`` of an older
+    commit) to run instead of this one, for the A/B benchmarks."""
     path = OUT / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     url = f"http://127.0.0.1:{config['server']['port']}"
-    proc = Proc(name, python("-m", "bridge", "--config", str(path), "serve"), url=url)
+    argv = python("-m", "bridge", "--config", str(path), "serve")
+    if tree is not None:
+        code = (
+            f"import sys; sys.path.insert(0, {str(tree.resolve())!r}); import runpy; "
+            "runpy.run_module('bridge', run_name='__main__')"
+        )
+        argv = python("-c", code, "--config", str(path), "serve")
+    proc = Proc(name, argv, url=url)
     proc.wait_http(f"{url}/healthz", within)
     return proc
 

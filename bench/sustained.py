@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench import procs, wrk
 from bench.intake import PATH
@@ -44,14 +45,15 @@ def _unique(fake: procs.Proc) -> tuple[int, int]:
     return int(stats["unique"]), int(stats["requests"])
 
 
-def run(seconds: float) -> SustainedResult:
-    db = OUT / "sustained.db"
-    for stale in OUT.glob("sustained.db*"):
+def run(seconds: float, tree: Path | None = None, name: str = "sustained") -> SustainedResult:
+    """One window of full load on this tree's ``serve`` (or ``tree``'s: bench.ab_sustained)."""
+    db = OUT / f"{name}.db"
+    for stale in OUT.glob(f"{name}.db*"):
         stale.unlink()
     auth = procs.basic_auth()
-    with procs.running(procs.fake_segment("fake-sustained")) as fake:
+    with procs.running(procs.fake_segment(f"fake-{name}")) as fake:
         config = procs.bridge_config(db, procs.free_port(), fake.url)
-        with procs.running(procs.bridge("bridge-sustained", config)) as bridge:
+        with procs.running(procs.bridge(f"bridge-{name}", config, tree=tree)) as bridge:
             warm = wrk.run(bridge.url + PATH, CONNECTIONS, 2.0, "sustw", auth)
             before, requests_before = _unique(fake)
             load = wrk.run(bridge.url + PATH, CONNECTIONS, seconds, "sust", auth)
