@@ -39,10 +39,10 @@ STATE_MEANING = {
 
 
 def short_time(epoch: float | None) -> str:
-    """``2026-11-01 10:00:00`` (UTC), ``-`` for none."""
+    """``2026-11-01 10:00:00Z`` (the Z says UTC), ``-`` for none."""
     if epoch is None:
         return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def call(payload: bytes) -> str:

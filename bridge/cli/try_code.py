@@ -227,16 +227,25 @@ async def _service_mode(
     return float(args.wait)
 
 
+#: How long ``try`` follows a kept webhook to its mapping (the mapping stage runs after the
+#: answer), whatever ``--wait`` says about delivery.
+MAPPING_WAIT_SECS = 10.0
+
+
 async def _messages(
     store: Store, webhook_id: str, code: str, config: Config, wait: float
 ) -> list[EventMessage]:
     """The stored messages of the webhook, or (duplicates) those with the same messageIds,
-    once all are delivered or dead, or when ``wait`` runs out."""
-    deadline = time.monotonic() + max(0.0, wait)
+    once all are delivered or dead, or when ``wait`` runs out. The mapping itself is followed
+    for :data:`MAPPING_WAIT_SECS` at least (also in dry-run, where ``wait`` is 0: there is
+    nothing to deliver, but what the sample becomes is the point)."""
+    started = time.monotonic()
+    deadline = started + max(0.0, wait)
+    mapped_by = started + max(wait, MAPPING_WAIT_SECS)
     while True:
         found = await store.event(webhook_id, time.time())
         waiting = found is not None and found.event.unmapped_tries is not None
-        if waiting and time.monotonic() < deadline:  # kept, not mapped yet: follow it
+        if waiting and time.monotonic() < mapped_by:  # kept, not mapped yet: follow it
             await asyncio.sleep(POLL_SECS)
             continue
         messages = list(found.event.messages) if found is not None else []

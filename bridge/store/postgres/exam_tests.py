@@ -1,32 +1,14 @@
 """The exam tests the ``exam.*`` webhooks named (bridge.mapping.exam_tests), on PostgreSQL.
 
-A table of its own, created when missing at start-up (no schema version step: an older bridge
-simply never reads it). Looked up first, so a role without CREATE rights runs the bridge once
-the table exists; one that cannot create it logs why and keeps running without it (every
-``attempt.*`` webhook is then judged by its own ``isExam``). Every replica reads and adds to
-the same rows.
+The table ``bridge_exam_tests`` comes with schema v4 (bridge.store.postgres.schema), created
+under the migration lock like every step, so replicas and their mapping processes starting
+together never race to create it. Every replica reads and adds to the same rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any
-
-TABLE = """
-CREATE TABLE IF NOT EXISTS bridge_exam_tests (
-    portal     text NOT NULL,
-    test_id    text NOT NULL,
-    learned_at double precision NOT NULL,
-    PRIMARY KEY (portal, test_id)
-)
-"""
-
-
-async def create(conn: Any) -> None:
-    """Create the table when missing (in a savepoint of the caller's transaction)."""
-    if await conn.fetchval("SELECT to_regclass('bridge_exam_tests')") is None:
-        async with conn.transaction():
-            await conn.execute(TABLE)
 
 
 async def known(conn: Any) -> frozenset[tuple[str, str]]:

@@ -199,6 +199,13 @@ CREATE TABLE IF NOT EXISTS unmapped (
     tag         text NOT NULL DEFAULT '',
     kept_at     double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
 ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);
+-- The exam tests exam.* webhooks named (bridge.store.postgres.exam_tests), in the same step.
+CREATE TABLE IF NOT EXISTS bridge_exam_tests (
+    portal     text NOT NULL,
+    test_id    text NOT NULL,
+    learned_at double precision NOT NULL,
+    PRIMARY KEY (portal, test_id)
+);
 """
 
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.

@@ -179,10 +179,6 @@ class PostgresStore:
         """Apply pending schema migrations (under an advisory lock): (version before, after)."""
         async with self._connection("migrate the schema") as conn:
             before, after = await migrate(conn)
-            try:
-                await exam_tests.create(conn)
-            except asyncpg.InsufficientPrivilegeError as exc:
-                log.warning("exam_tests_table_missing", detail=str(exc)[:300])
         self.schema_versions = (before, after)
         if before != after:
             log.info("schema_migrated", backend="postgresql", before=before, after=after)

@@ -47,6 +47,7 @@ import ctypes.util
 import functools
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from bridge import logs
@@ -77,6 +78,7 @@ class FileIdentity:
         self._companions: dict[Path, tuple[int, int]] = {}  # our -wal and -shm
         self._fd: int | None = None  # read-only, on our inode: for the magic
         self._seen_magic = False
+        self._looking = threading.Lock()
         self._largest = 0  # the file never shrinks while it is ours
         self._connections: list[sqlite3.Connection] = []  # three, for the life of the store
         self.lost: str | None = None  # why, once the path stopped naming our file
@@ -113,7 +115,15 @@ class FileIdentity:
             raise DatabaseFileLostError(self.lost)
 
     def confirm(self) -> None:
-        """Look at the path now; raise (and log once) if it no longer names our file."""
+        """Look at the path now; raise (and log once) if it no longer names our file.
+
+        One look at a time: the writer, the checkpointer and the readers all confirm, and the
+        size is compared with the largest seen, so a look that read the size before another
+        look grew the largest must not compare afterwards (a false "overwritten")."""
+        with self._looking:
+            self._confirm()
+
+    def _confirm(self) -> None:
         self.refuse()
         if self._identity is None:
             return
