@@ -236,6 +236,10 @@ class MapperConfig(_Section):
     batch: int = Field(128, ge=1, le=1000)
     #: Tries before a webhook whose mapping keeps failing becomes a ``mapping_failed`` dead letter.
     max_tries: int = Field(3, ge=1, le=20)
+    #: How much lower than intake the mapping process runs when they compete for the CPU (Unix
+    #: niceness added to serve's): a burst is answered at the pace of a durable write and mapped
+    #: as the CPU allows (the mapping lag shows it); 0: equal shares.
+    nice: int = Field(5, ge=0, le=19)
 
 
 class LoggingConfig(_Section):

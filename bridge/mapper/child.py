@@ -65,6 +65,8 @@ def _emit(message: dict[str, Any]) -> None:
 async def run(config_path: str | None) -> int:
     config = config_module.load(config_path, os.environ)
     logs.configure(config.logging.level, config.logging.format, stream=sys.stderr)
+    if config.mapper.nice:
+        os.nice(config.mapper.nice)  # intake first when both want the CPU (MapperConfig.nice)
     logs.bind_process(stage="mapper")
     current: list[Config] = [config]
     store = open_store(config.storage, create=False)
