@@ -45,15 +45,17 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
 
-def _linux_process_settings() -> None:
+def _linux_process_settings(parent: int | None) -> None:
     """Die with the parent, and be named in ``ps -o comm`` / ``top``. Linux only; elsewhere
-    nothing happens (the stdin end-of-file still stops the stage)."""
+    nothing happens (the stdin end-of-file still stops the stage). ``parent``: the pid of the
+    ``serve`` that started us (in a container it is pid 1, so "reparented to init" cannot be
+    told from the parent's pid alone)."""
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)  # the C library is already loaded
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     libc.prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before the first prctl
+    if parent is not None and os.getppid() != parent:  # it died before the first prctl
         os._exit(1)
 
 
@@ -144,8 +146,9 @@ def _reload(current: list[Config], config_path: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridge-mapper")
     parser.add_argument("--config")
+    parser.add_argument("--parent", type=int, help="the pid of the serve that starts this")
     args = parser.parse_args(argv)
-    _linux_process_settings()
+    _linux_process_settings(args.parent)
     from bridge.cli.command import run_event_loop
 
     return run_event_loop(run(args.config))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -155,7 +156,7 @@ class MapperSupervisor:
             backoff = min(MAX_BACKOFF_SECS, backoff * 2)
 
     async def _run_once(self) -> int | None:
-        command = [sys.executable, "-m", "bridge.mapper.child"]
+        command = [sys.executable, "-m", "bridge.mapper.child", "--parent", str(os.getpid())]
         if self._config_path is not None:
             command += ["--config", self._config_path]
         try:
