@@ -26,7 +26,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,15 +72,7 @@ class ABResult:
 
 def threads_tree(base: str) -> Path:
     """The thread version's ``bridge``, ``bench`` and ``tests`` (``git archive`` of ``base``)."""
-    tree = Path(tempfile.mkdtemp(prefix="ab-threads-"))
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", base, "bridge", "bench", "tests"],
-        cwd=procs.REPO,
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
+    return procs.tree_of(base, "bridge", "bench", "tests", prefix="ab-threads-")
 
 
 def _in_tree(tree: Path, code: str) -> list[str]:

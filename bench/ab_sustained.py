@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,15 +51,7 @@ class ABSustained:
 
 def base_tree(base: str = BASE) -> Path:
     """The ``bridge`` package of ``base`` (``git archive``), in a temporary directory."""
-    tree = Path(tempfile.mkdtemp(prefix="ab-sustained-"))
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", base, "bridge"],
-        cwd=procs.REPO,
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
+    return procs.tree_of(base, "bridge", prefix="ab-sustained-")
 
 
 def run(seconds: float, reps: int) -> ABSustained:

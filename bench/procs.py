@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -210,3 +211,17 @@ def durable_app(name: str = "durable", postgres: str | None = None) -> Proc:
     )
     proc.wait_http(f"{proc.url}/healthz")
     return proc
+
+
+def tree_of(commit: str, *paths: str, prefix: str = "ab-") -> Path:
+    """``paths`` of ``commit`` (``git archive``) in a temporary directory outside the repository
+    (no linter or type checker reads it): another tree for the A/B benchmarks to run."""
+    tree = Path(tempfile.mkdtemp(prefix=prefix))
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, *paths],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree

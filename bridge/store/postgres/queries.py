@@ -222,7 +222,31 @@ async def _enqueue(
     stored = [0] * len(batch)
     superseded = [0] * len(batch)
     _tally(first, stored_ids, superseded_ids, stored, superseded)
-    for round_ in rounds[1:]:
+    await _later_rounds(conn, batch, ids, rounds[1:], shard, stored, superseded)
+    return [
+        EnqueueReceipt(
+            webhook_ref(ids[i]),
+            stored[i],
+            len(item.messages) - stored[i] - superseded[i],
+            superseded[i],
+        )
+        for i, item in enumerate(batch)
+    ]
+
+
+async def _later_rounds(
+    conn: Conn,
+    batch: Sequence[Intake],
+    ids: Sequence[int],
+    rounds: Sequence[list[tuple[int, OutgoingMessage]]],
+    shard: int,
+    stored: list[int],
+    superseded: list[int],
+) -> None:
+    """Apply ``rounds`` (messages of webhooks whose rows exist, ``ids``) one statement each,
+    counting what each webhook stored and superseded: ``enqueue``'s later rounds, and every
+    round of the mapping stage's ``record``."""
+    for round_ in rounds:
         more_stored, more_superseded = await conn.fetchrow(
             _ROUND,
             [ids[index] for index, _ in round_],
@@ -236,15 +260,6 @@ async def _enqueue(
             shard,
         )
         _tally(round_, more_stored, more_superseded, stored, superseded)
-    return [
-        EnqueueReceipt(
-            webhook_ref(ids[i]),
-            stored[i],
-            len(item.messages) - stored[i] - superseded[i],
-            superseded[i],
-        )
-        for i, item in enumerate(batch)
-    ]
 
 
 def _refs(batch: Sequence[Intake]) -> tuple[list[int], list[str], list[int]]:
@@ -433,20 +448,7 @@ async def record(conn: Conn, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
     ids = [j.taken.row_id for j in kept]
     stored = [0] * len(batch)
     superseded = [0] * len(batch)
-    for round_ in _rounds(batch):
-        more_stored, more_superseded = await conn.fetchrow(
-            _ROUND,
-            [ids[index] for index, _ in round_],
-            [_clean(m.message_id) for _, m in round_],
-            [_clean(m.destination) for _, m in round_],
-            [_clean(m.user_id) for _, m in round_],
-            [batch[i].webhook.received_at + m.hold_secs for i, m in round_],
-            [batch[i].webhook.received_at for i, _ in round_],
-            [m.rank for _, m in round_],
-            [m.payload for _, m in round_],
-            _shard(),
-        )
-        _tally(round_, more_stored, more_superseded, stored, superseded)
+    await _later_rounds(conn, batch, ids, _rounds(batch), _shard(), stored, superseded)
     receipts = {
         row_id: EnqueueReceipt(
             webhook_ref(row_id),
