@@ -46,6 +46,7 @@ import ctypes
 import ctypes.util
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from bridge import logs
@@ -78,6 +79,7 @@ class FileIdentity:
         self._largest = 0  # the file never shrinks while it is ours
         self._connections: list[sqlite3.Connection] = []  # three, for the life of the store
         self.lost: str | None = None  # why, once the path stopped naming our file
+        self._asking = threading.Lock()
 
     def remember(self) -> None:
         """Right after the writer opened the file: this is the file we write."""
@@ -111,7 +113,14 @@ class FileIdentity:
             raise DatabaseFileLostError(self.lost)
 
     def confirm(self) -> None:
-        """Look at the path now; raise (and log once) if it no longer names our file."""
+        """Look at the path now; raise (and log once) if it no longer names our file.
+
+        The writer and the checkpointer both ask: one at a time, so the loss is logged once.
+        """
+        with self._asking:
+            self._confirm()
+
+    def _confirm(self) -> None:
         self.refuse()
         if self._identity is None:
             return
