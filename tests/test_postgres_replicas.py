@@ -213,6 +213,12 @@ async def test_postgres_down_and_restarted_under_load(
             assert down.retry_after_missing == 0
             async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
                 assert [await readyz(session, r) for r in replicas] == [503, 503]
+                # Anyone may ask /readyz: it says what, never the connection error's text.
+                for replica in replicas:
+                    async with session.get(f"{replica.url}/readyz") as response:
+                        said = await response.json()
+                    assert "storage unavailable" in said["problems"], said
+                    assert not [p for p in said["problems"] if "127.0.0.1" in p or "connect" in p]
         finally:
             postgres.ensure_running()
         # Back by itself: the pools reconnect, no restart of the bridge.
