@@ -157,6 +157,47 @@ class TestOneServePerDatabase:
             await bridge.close()
         assert stored_attempts(tmp_path / "bridge.db") == {"att-1", "att-2"}
 
+    async def test_a_symlink_to_the_database_is_the_same_database(
+        self, tmp_path: Path, session: aiohttp.ClientSession
+    ) -> None:
+        """Before, the second serve locked ``alias.db.lock`` beside the link, started, and
+        released the first one's claims in flight."""
+        db, alias = tmp_path / "data" / "bridge.db", tmp_path / "alias.db"
+        first = BridgeProcess(write_config(tmp_path / "a.yaml", config_data(db)))
+        second = BridgeProcess(write_config(tmp_path / "b.yaml", config_data(alias)))
+        try:
+            await first.start()
+            alias.symlink_to(db)
+            with pytest.raises(RuntimeError, match="did not start"):
+                await second.start()
+            assert await second.wait() == EX_DATABASE_IN_USE
+            (line,) = second.events("database_in_use")
+            assert line["lock"] == f"{db}.lock"
+            assert not second.events("claims_recovered")
+            assert await post(session, first, 1) == 200
+            assert await first.terminate() == 0
+        finally:
+            await first.close()
+            await second.close()
+
+    async def test_a_deleted_lock_file_is_not_a_way_in(
+        self, tmp_path: Path, session: aiohttp.ClientSession
+    ) -> None:
+        """Before, the second serve made a new ``.lock``, locked it and started."""
+        config = write_config(tmp_path / "config.yaml", config_data(tmp_path / "bridge.db"))
+        first, second = BridgeProcess(config), BridgeProcess(config)
+        try:
+            await first.start()
+            (tmp_path / "bridge.db.lock").unlink()  # under a running serve
+            with pytest.raises(RuntimeError, match="did not start"):
+                await second.start()
+            assert await second.wait() == EX_DATABASE_IN_USE
+            assert await post(session, first, 1) == 200
+            assert await first.terminate() == 0
+        finally:
+            await first.close()
+            await second.close()
+
 
 class TestServeLock:
     """The lock itself, in this process: an ``flock`` belongs to an open file description, so
@@ -190,7 +231,7 @@ class TestServeLock:
             held.release()
         (line,) = [line for line in lines if line["event"] == "database_in_use"]
         assert line["holder_pid"] == str(os.getpid())
-        assert not db.exists()  # nothing was opened
+        assert db.stat().st_size == 0  # the holder's lock made it; nothing was written
 
     async def test_serve_reports_a_lock_it_cannot_create(self, tmp_path: Path) -> None:
         blocker = tmp_path / "not-a-directory"

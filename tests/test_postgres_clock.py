@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from bridge.app import build_app
 from bridge.config import Config
 from bridge.messages import OutgoingMessage
-from bridge.store import Webhook
+from bridge.store import EventQuery, Webhook
 from bridge.store.postgres.store import PostgresStore
 from tests.conftest import basic_auth, fixture_body, settled
 from tests.fakes import FakeSegment
@@ -105,3 +105,20 @@ async def test_a_held_message_is_held_on_the_database_clock(postgres: Cluster) -
     finally:
         await receiver.close()
         await deliverer.close()
+
+
+async def test_the_event_search_bounds_move_with_the_clock(postgres: Cluster) -> None:
+    """A replica 30 s behind searching "received in the last 10 s" finds what it just stored."""
+    behind = shifted(-SKEW)
+    store = PostgresStore(postgres.new_database(), pool_size=2, local_clock=behind)
+    await store.open()
+    try:
+        body = {"messageId": "track-1", "userId": "u-1", "type": "track"}
+        message = OutgoingMessage.build("default", body)
+        await store.enqueue(Webhook("attempt.completed", "p", behind(), b"{}"), [message])
+        now = behind()
+        found = await store.find_events(EventQuery(user_id="u-1", since=now - 10), now)
+        assert len(found) == 1
+        assert await store.find_events(EventQuery(user_id="u-1", until=now - 10), now) == []
+    finally:
+        await store.close()

@@ -18,6 +18,8 @@ from bridge.receive.answers import answer
 from bridge.receive.auth import guard
 from bridge.receive.runtime import RUNTIME, Runtime
 
+STORAGE_UNAVAILABLE = "storage unavailable"
+
 
 async def healthz(request: web.Request) -> web.Response:  # noqa: ARG001 - aiohttp's handler signature
     return answer({"status": "ok"})
@@ -59,7 +61,9 @@ def readiness_problems(runtime: Runtime) -> list[str]:
     if runtime.stopping:
         problems.append("shutting down")
     if runtime.storage_problem is not None:
-        problems.append(f"storage not writable: {runtime.storage_problem}")
+        # Never the error itself: /readyz answers anyone, and the error may name hosts, users
+        # or paths (a PostgreSQL connection error). The log line storage_not_writable has it.
+        problems.append(STORAGE_UNAVAILABLE)
     if runtime.backpressure:
         problems.append(runtime.backpressure)
     if not runtime.delivering:

@@ -441,7 +441,18 @@ class PostgresStore:
 
     async def find_events(self, query: EventQuery, now: float) -> list[EventRecord]:
         async with self._connection("search the events") as conn:
-            return await ops.find_events(conn, query, self.clock.to_db(now))
+            return await ops.find_events(conn, self._query_here(query), self.clock.to_db(now))
+
+    def _query_here(self, query: EventQuery) -> EventQuery:
+        """The receipt-time bounds on the database's clock, where the receipt times are."""
+        if not self.clock.skew:
+            return query
+        since, until = query.since, query.until
+        return replace(
+            query,
+            since=None if since is None else self.clock.to_db(since),
+            until=None if until is None else self.clock.to_db(until),
+        )
 
     async def event(self, webhook_id: str, now: float) -> EventDetail | None:
         async with self._connection("read an event") as conn:

@@ -10,6 +10,15 @@ may be deleted or replaced under a running ``serve`` (:mod:`bridge.store.sqlite.
 lock on it would go with it; the lock file is never deleted (deleting it would let two processes
 lock two different files of one name). It holds the holder's pid, for the message the second
 ``serve`` gives.
+
+A name is not enough, though: through a symlinked path the second ``serve`` locked another
+``.lock`` beside the link, and with the ``.lock`` deleted it created and locked a new one; each
+time it then released 32 and 66 of the first one's claims in flight. So the lock file sits
+beside the database's *real* path (symlinks resolved), a lock file deleted and made again
+between our ``open`` and ``flock`` is detected (same inode or try again), and the database
+file itself (its inode, created empty if missing: SQLite takes an empty file as a new
+database) is ``flock``-ed too, which no deleted or renamed name can bypass. ``flock`` and
+SQLite's own POSIX locks do not interact on a local file system.
 """
 
 from __future__ import annotations
@@ -38,36 +47,73 @@ class DatabaseInUseError(StorageUnavailableError):
 
 
 def lock_path(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
+    real = Path(os.path.realpath(database))
+    return real.with_name(real.name + ".lock")
+
+
+#: A lock file replaced between our open and our flock: try again this many times.
+ATTEMPTS = 5
 
 
 class ServeLock:
     """``acquire()`` once at start-up; the lock goes with the process (or ``release()``)."""
 
     def __init__(self, database: Path) -> None:
-        self.path = lock_path(Path(database))
-        self._fd: int | None = None
+        self.database = Path(database)
+        self.path = lock_path(self.database)
+        self._fds: list[int] = []
 
     def acquire(self) -> None:
-        """Take the lock without waiting, or raise :class:`DatabaseInUseError`."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Take both locks without waiting, or raise :class:`DatabaseInUseError`."""
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        self.path = lock_path(self.database)
+        fd = self._lock_file()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise DatabaseInUseError(self.path, holder) from None
+            real = Path(os.path.realpath(self.database))
+            data = os.open(real, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except BaseException:
+            os.close(fd)
+            raise
+        try:
+            fcntl.flock(data, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # The database is held though our lock file was free: its .lock was deleted.
+            os.close(data)
+            os.close(fd)
+            raise DatabaseInUseError(self.path, "") from None
+        except BaseException:
+            os.close(data)
             os.close(fd)
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        self._fds = [fd, data]
+
+    def _lock_file(self) -> int:
+        for _ in range(ATTEMPTS):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise DatabaseInUseError(self.path, holder) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)  # deleted or replaced after our open: lock what the name is now
+        raise DatabaseInUseError(self.path, "")
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
+        fds, self._fds = self._fds, []
+        if fds:
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+                os.ftruncate(fds[0], 0)
+        for fd in fds:
             os.close(fd)  # closing the descriptor drops the flock
