@@ -1,6 +1,6 @@
 """A/B of the backlog drain: the thread delivery against the asyncio one, both stores, one run.
 
-    python -m bench.ab_drain --count 20000 --reps 1
+    python -m bench.ab_drain --count 100000 --reps 3
 
 Why: delivery moved from ``requests`` in daemon threads to aiohttp's client on the event loop
 (issue 24); this measures that it is not slower, on SQLite and on PostgreSQL, in the same run so
@@ -51,6 +51,7 @@ class Run:
     rate: float  # messages/s, from process start until the fake counted every messageId
     cpu_us: float  # the bridge's CPU per message
     requests: float = 0.0  # requests to Segment per 1,000 messages
+    first_secs: float = 0.0  # from process start until the fake saw the first message
 
 
 @dataclass
@@ -67,6 +68,7 @@ class ABResult:
             statistics.median(r.rate for r in runs),
             statistics.median(r.cpu_us for r in runs),
             statistics.median(r.requests for r in runs),
+            statistics.median(r.first_secs for r in runs),
         )
 
 
@@ -166,12 +168,15 @@ def drain(tree: Path, name: str, storage: dict[str, Any], count: int) -> Run:
         serve = _in_tree(tree, "import runpy; runpy.run_module('bridge', run_name='__main__')")
         started = time.perf_counter()
         bridge = Proc(f"abd-{name}", [*serve, "--config", str(path), "serve"])
+        first: float | None = None
         try:
             deadline = started + TIMEOUT_SECS
             while True:
                 stats = procs.get_json(fake.url + "/_stats")
                 unique = int(stats["unique"])
                 now = time.perf_counter()
+                if first is None and unique > 0:
+                    first = now
                 if unique >= count:
                     break
                 if now > deadline or bridge.popen.poll() is not None:
@@ -180,7 +185,9 @@ def drain(tree: Path, name: str, storage: dict[str, Any], count: int) -> Run:
             cpu = bridge.cpu_seconds()
         finally:
             bridge.stop()
-    return Run(count / (now - started), cpu / count * 1e6, int(stats["requests"]) / count * 1000)
+    assert first is not None
+    per_k = int(stats["requests"]) / count * 1000
+    return Run(count / (now - started), cpu / count * 1e6, per_k, first - started)
 
 
 @contextmanager
@@ -210,7 +217,8 @@ def run(
                     print(
                         f"rep {rep} {store} {tree}: {point.rate:,.0f} messages/s, "
                         f"{point.cpu_us:.0f} µs bridge CPU/message, "
-                        f"{point.requests:.1f} requests/1,000 messages",
+                        f"{point.requests:.1f} requests/1,000 messages, "
+                        f"first arrival after {point.first_secs:.2f}s",
                         flush=True,
                     )
     for stale in OUT.glob("abd-*.db*"):

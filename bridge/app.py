@@ -244,6 +244,7 @@ def _mapping_process(
             config_path,
             on_report=lambda report: reported(runtime, report),
             on_restart=lambda: runtime.metrics.stage_restarts.labels("mapper").inc(),
+            nice=runtime.config.mapper.nice,
         )
         runtime.supervisor = supervisor
         await supervisor.start(ready_within=runtime.config.storage.busy_timeout_secs + 10)

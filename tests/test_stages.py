@@ -275,7 +275,8 @@ async def test_a_stuck_mapper_is_not_healthy_and_the_watchdog_stops(
 ) -> None:
     """The supervisor with a real child: SIGSTOP makes it silent, so ``healthy()`` turns False
     (serve's watchdog loop then stops pinging systemd); SIGCONT makes it healthy again. Its
-    process is named ``bridge-mapper`` for ``ps`` and ``top``."""
+    process is named ``bridge-mapper`` for ``ps`` and ``top`` and runs at ``mapper.nice`` more
+    than its parent."""
     created = SQLiteStore(tmp_path / "bridge.db")  # serve creates it before its mapper starts
     await created.open()
     await created.close()
@@ -285,12 +286,15 @@ async def test_a_stuck_mapper_is_not_healthy_and_the_watchdog_stops(
         on_report=reports.append,
         on_restart=lambda: None,
         stale_secs=1.5,
+        nice=3,
     )
     await supervisor.start(ready_within=20)
     try:
         pid = supervisor.pid
         assert pid is not None
         assert process_name(pid) == "bridge-mapper"
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(ours + 3, 19)
         assert supervisor.healthy()
         os.kill(pid, signal.SIGSTOP)
         await polled(lambda: _true(not supervisor.healthy()), within=10)

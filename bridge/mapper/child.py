@@ -10,6 +10,10 @@ parent, opens the same store, and talks to the parent over its standard streams:
   ``{"alive": true}`` every :data:`HEARTBEAT_SECS` (the parent's systemd watchdog covers it);
 - stderr: its log lines, with ``stage=mapper``, as the parent's.
 
+``--nice N`` (``mapper.nice``, from ``serve``) applies before anything else is imported, so the
+child's start (half a second of imports) already yields to intake and delivery; the modules that
+need the configuration are therefore imported in :func:`run`, not at the top.
+
 SIGTERM: finish the round, map what is left within ``shutdown.grace_secs``, exit 0. SIGHUP:
 reload the configuration (the mapping applies to the next webhook). The kernel sends SIGKILL if
 the parent dies (``PR_SET_PDEATHSIG``), so a mapper never outlives its ``serve``. ``ps``
@@ -26,18 +30,11 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from bridge import config as config_module
-from bridge import logs
-from bridge.config import Config
-from bridge.errors import ConfigError, StorageUnavailableError
-from bridge.mapper.stage import MappingStage
-from bridge.store.factory import open_store
-
-log = logs.get(__name__)
+if TYPE_CHECKING:
+    from bridge.config import Config
+    from bridge.mapper.stage import MappingStage
 
 HEARTBEAT_SECS = 1.0
 PROCESS_NAME = b"bridge-mapper"
@@ -60,15 +57,22 @@ def _linux_process_settings(parent: int | None) -> None:
 
 
 def _emit(message: dict[str, Any]) -> None:
+    import orjson
+
     sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
     sys.stdout.buffer.flush()
 
 
 async def run(config_path: str | None) -> int:
+    from bridge import config as config_module
+    from bridge import logs
+    from bridge.errors import StorageUnavailableError
+    from bridge.mapper.stage import MappingStage
+    from bridge.store.factory import open_store
+
+    log = logs.get(__name__)
     config = config_module.load(config_path, os.environ)
     logs.configure(config.logging.level, config.logging.format, stream=sys.stderr)
-    if config.mapper.nice:
-        os.nice(config.mapper.nice)  # intake first when both want the CPU (MapperConfig.nice)
     logs.bind_process(stage="mapper")
     current: list[Config] = [config]
     store = open_store(config.storage, create=False)
@@ -134,6 +138,11 @@ async def _heartbeat() -> None:
 
 
 def _reload(current: list[Config], config_path: str | None) -> None:
+    from bridge import config as config_module
+    from bridge import logs
+    from bridge.errors import ConfigError
+
+    log = logs.get(__name__)
     try:
         fresh = config_module.load(config_path, os.environ)
     except ConfigError as exc:
@@ -147,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridge-mapper")
     parser.add_argument("--config")
     parser.add_argument("--parent", type=int, help="the pid of the serve that starts this")
+    parser.add_argument("--nice", type=int, default=0, help="niceness to add (mapper.nice)")
     args = parser.parse_args(argv)
     _linux_process_settings(args.parent)
+    if args.nice:
+        os.nice(args.nice)  # intake first when both want the CPU (MapperConfig.nice)
     from bridge.cli.command import run_event_loop
 
     return run_event_loop(run(args.config))

@@ -56,8 +56,10 @@ class MapperSupervisor:
         on_restart: Callable[[], None],
         *,
         stale_secs: float = STALE_SECS,
+        nice: int = 0,
     ) -> None:
         self._config_path = config_path
+        self._nice = nice
         self._stale_secs = stale_secs
         self._on_report = on_report
         self._on_restart = on_restart
@@ -157,6 +159,8 @@ class MapperSupervisor:
 
     async def _run_once(self) -> int | None:
         command = [sys.executable, "-m", "bridge.mapper.child", "--parent", str(os.getpid())]
+        if self._nice:
+            command += ["--nice", str(self._nice)]
         if self._config_path is not None:
             command += ["--config", self._config_path]
         try:
