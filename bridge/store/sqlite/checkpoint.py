@@ -75,10 +75,13 @@ class Checkpointer:
         #: Raises when the file is no longer ours: never copy our pages into a restored file.
         #: Called after each round too, so the size the round grew the file to is known.
         self._before = before
-        self._poked = threading.Event()
-        self._stopping = threading.Event()
-        self._restart_wanted = threading.Event()
-        self._restarted = threading.Event()
+        #: One lock and condition for the four flags the writer and this thread exchange below;
+        #: every change is made under it and announced with ``notify_all``.
+        self._changed = threading.Condition()
+        self._poked = False  # a commit since the last round
+        self._stopping = False
+        self._restart_wanted = False  # this thread asks the writer to rewind the WAL
+        self._restarted = False  # the writer has answered that request
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.checkpoints = 0  # completed rounds (tests and stats)
         self.restarts = 0  # WAL rewinds the writer ran on our request
@@ -94,8 +97,10 @@ class Checkpointer:
         self._thread.start()
 
     def poke(self) -> None:
-        self.pokes += 1
-        self._poked.set()
+        with self._changed:
+            self.pokes += 1
+            self._poked = True
+            self._changed.notify_all()
 
     def restart_if_wanted(self, conn: sqlite3.Connection) -> None:
         """On the writer's thread, between two transactions: rewind the WAL if asked to.
@@ -103,7 +108,7 @@ class Checkpointer:
         Never waits: with the busy handler off, a reader's snapshot makes the rewind give up
         at once (``busy`` in its answer) rather than hold every commit for ``busy_timeout``.
         """
-        if not self._restart_wanted.is_set():
+        if not self._restart_wanted:  # a plain read: the writer asks after every transaction
             return
         try:
             ((timeout_ms,),) = conn.execute("PRAGMA busy_timeout").fetchall()
@@ -124,13 +129,15 @@ class Checkpointer:
         except sqlite3.Error as exc:  # the WAL just stays longer; the next round asks again
             log.warning("wal_restart_failed", error=str(exc))
         finally:
-            self._restart_wanted.clear()
-            self._restarted.set()
+            with self._changed:
+                self._restart_wanted = False
+                self._restarted = True
+                self._changed.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
-        self._stopping.set()
-        self._poked.set()
-        self._restarted.set()
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -138,14 +145,16 @@ class Checkpointer:
         conn: sqlite3.Connection | None = None
         try:
             while True:
-                self._poked.wait()
-                if self._stopping.is_set():
-                    return
-                self._poked.clear()
+                with self._changed:
+                    self._changed.wait_for(lambda: self._poked or self._stopping)
+                    if self._stopping:
+                        return
+                    self._poked = False
                 conn = self._round(conn)
                 # Let commits accumulate: the next round comes no sooner than this.
-                if self._stopping.wait(MIN_INTERVAL_SECS):
-                    return
+                with self._changed:
+                    if self._changed.wait_for(lambda: self._stopping, MIN_INTERVAL_SECS):
+                        return
         finally:
             if conn is not None:
                 conn.close()
@@ -177,9 +186,11 @@ class Checkpointer:
         if frames < RESTART_FRAMES:
             return
         if time.monotonic() >= self._retry_restart_at:
-            self._restarted.clear()
-            self._restart_wanted.set()
-            self._restarted.wait(RESTART_WAIT_SECS)  # no checkpoint meanwhile
+            with self._changed:
+                self._restarted, self._restart_wanted = False, True
+                self._changed.notify_all()
+                # No checkpoint meanwhile; stop() ends the wait too.
+                self._changed.wait_for(lambda: self._restarted or self._stopping, RESTART_WAIT_SECS)
         self._over_target(frames)
 
     def _over_target(self, frames: int) -> None:
