@@ -616,6 +616,28 @@ class TestFailures:
         finally:
             await existing.close()
 
+    async def test_a_writer_behind_another_process_s_lock_commits_once_it_is_released(
+        self, db: Path
+    ) -> None:
+        """The writer waits for the write lock on its own schedule (SQLite's busy handler off,
+        :data:`~bridge.store.sqlite.writer.BEGIN_RETRY_SECS`), within ``busy_timeout``: a lock
+        released meanwhile lets the waiting write commit, and the wait is counted."""
+        store = SQLiteStore(db, busy_timeout_secs=30)
+        await store.open()
+        try:
+            assert store._writer is not None
+            writer = store._writer
+            with write_lock(db):
+                pending = asyncio.ensure_future(store.enqueue(hook(1), [msg("a")]))
+                await eventually(lambda: writer.busy_waits == 1)
+                assert not pending.done()
+            assert (await pending).stored == 1
+            assert (await store.enqueue(hook(2), [msg("b")])).stored == 1
+            assert writer.busy_waits == 1  # nobody held it the second time
+        finally:
+            await store.close()
+        assert query(db, "SELECT count(*) FROM webhooks") == [(2,)]
+
     async def test_locked_past_busy_timeout(self, db: Path) -> None:
         store = SQLiteStore(db, busy_timeout_secs=0.05)
         await store.open()

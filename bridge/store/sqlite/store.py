@@ -147,6 +147,7 @@ class SQLiteStore:
             on_commit=checkpointer.poke,
             between=checkpointer.restart_if_wanted,
             identity=self._identity,
+            busy_timeout_secs=self.busy_timeout_secs,
         )
         writer.start()
         self._writer = writer
