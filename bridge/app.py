@@ -104,9 +104,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 async def _log_left(runtime: Runtime) -> None:
     """The stop line's figures: what waits in the store for the next start (or a replica)."""
-    now = runtime.clock()
     try:
-        stats = await runtime.store.stats(now, now)
+        stats = await runtime.store.stats(since=runtime.clock())
     except StorageUnavailableError as exc:
         log.warning("left_unknown", error=str(exc))
         return
@@ -174,8 +173,7 @@ async def _send_what_is_left(runtime: Runtime) -> None:
     stalled_since = time.monotonic()
     while runtime.grace_left() > 0:
         try:
-            now = runtime.clock()
-            stats = await store.stats(now, now)
+            stats = await store.stats(since=runtime.clock())
             left = stats.pending + stats.in_flight - (await store.count_open(dry) if dry else 0)
         except StorageUnavailableError:
             return

@@ -181,8 +181,7 @@ async def settled(app: web.Application, within: float = 10.0) -> None:
     runtime = app[RUNTIME]
 
     async def done() -> bool:
-        now = runtime.clock()
-        return (await runtime.store.stats(now, now)).unmapped == 0
+        return (await runtime.store.stats(since=runtime.clock())).unmapped == 0
 
     await polled(done, within)
 

@@ -80,7 +80,7 @@ class TestBacklog:
         assert any("max_pending" in p for p in (await ready.json())["problems"])
         # Liveness is unaffected: restarting a process because Segment is slow would not help.
         assert (await client.get("/healthz")).status == 200
-        stats = await runtime.store.stats(runtime.clock(), 0)
+        stats = await runtime.store.stats(0)
         assert stats.pending + stats.in_flight == 5  # the refused webhook stored nothing
 
         fake_segment.release()

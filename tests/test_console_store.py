@@ -35,7 +35,7 @@ async def test_a_slow_operator_read_holds_neither_the_service_reads_nor_the_writ
         assert await asyncio.to_thread(started.wait, 10)
         async with asyncio.timeout(10):  # these answer while the search is still running
             assert await store.next_due_at() is None
-            assert (await store.stats(0, 0)).pending == 0
+            assert (await store.stats(0)).pending == 0
             await store.check_writable()
         assert not search.done()
         # Operator reads queue behind each other on their own thread, not behind the service.

@@ -140,7 +140,7 @@ class TestDrain:
         assert set(fake.ids) == set(ids)
         assert max(fake.batch_sizes) <= 500
         assert report.batches == len(fake.batch_sizes) == 3
-        stats = await store.stats(START, START)
+        stats = await store.stats(START)
         assert (stats.pending, stats.in_flight, stats.delivered_total) == (0, 0, 1234)
         sample = metrics.registry.get_sample_value
         assert sample("synap_bridge_messages_delivered_total", {"destination": "default"}) == 1234
@@ -194,7 +194,7 @@ class TestDrain:
         assert [line["message_id"] for line in shown] == ids
         assert shown[0]["message"] == body(0)  # the JSON that would go out, in full
         assert KEY not in repr(lines)
-        stats = await store.stats(START, START)
+        stats = await store.stats(START)
         assert (stats.pending, stats.in_flight, stats.delivered_total) == (30, 0, 0)
         gauge = metrics.registry.get_sample_value("synap_bridge_dry_run_messages")
         assert gauge == 30
@@ -216,7 +216,7 @@ class TestDrain:
         await enqueue(store, START, range(5, 12))
         report = await delivery.drain()
         assert (report.claimed, report.delivered) == (0, 0)
-        stats = await store.stats(START, START)
+        stats = await store.stats(START)
         assert (stats.pending, stats.delivered_total) == (7, 5)
         assert fake.unique == 5
 
@@ -232,7 +232,7 @@ class TestDrain:
         report = await make(sinks=sinks).drain()
         assert (report.claimed, report.delivered) == (10, 10)
         assert set(fake.ids) == set(live)
-        stats = await store.stats(START, START)
+        stats = await store.stats(START)
         assert (stats.pending, stats.in_flight) == (5, 0)
 
 
@@ -267,7 +267,7 @@ class TestFailures:
         assert 2.0 <= waits[1] <= 3.0
         assert 4.0 <= waits[2] <= 5.0
         assert waits[3] >= 30.0
-        stats = await store.stats(clock.now, START)
+        stats = await store.stats(START)
         assert stats.dead_letters == {}
         assert stats.pending == 0
         sample = metrics.registry.get_sample_value
@@ -313,11 +313,11 @@ class TestFailures:
             assert resume > clock.now  # paused, with backoff
             clock.now = resume
         assert fake.requests <= 5 * 2  # one probe per backoff (a sibling batch at most)
-        assert (await store.stats(clock.now, START)).dead_letters == {}
+        assert (await store.stats(START)).dead_letters == {}
         fake.failures.clear()  # the endpoint is fixed
         await delivery.drain()
         assert set(fake.ids) == set(ids)
-        stats = await store.stats(clock.now, START)
+        stats = await store.stats(START)
         assert (stats.pending, stats.in_flight, stats.dead_letters) == (0, 0, {})
 
     async def test_max_age_makes_dead_letters(
@@ -345,7 +345,7 @@ class TestFailures:
         await enqueue(store, START, range(2, 4))
         report = await make().drain()
         assert (report.delivered, report.dead) == (2, 2)
-        reasons = await store.stats(START, START)
+        reasons = await store.stats(START)
         assert reasons.dead_letters == {"message_too_large": 1, "unknown_destination": 1}
 
 
@@ -376,7 +376,7 @@ class TestRetention:
         await delivery.drain()
         clock.now = START + 1e9
         assert await delivery.prune() == 0
-        assert (await store.stats(clock.now, START)).delivered_total == 2
+        assert (await store.stats(START)).delivered_total == 2
 
 
 class TestStop:
@@ -391,7 +391,7 @@ class TestStop:
         await delivery.stop(grace_secs=0.05)
         report = await asyncio.wait_for(running, 5)
         assert report.delivered == 0
-        stats = await store.stats(START, START)
+        stats = await store.stats(START)
         assert (stats.pending, stats.in_flight) == (5, 0)
         assert await store.next_due_at() == START  # due again at once
         assert (await delivery.run_once()).claimed == 0  # stopped: claims nothing more
@@ -409,7 +409,7 @@ class TestStop:
         fake.release()
         await asyncio.wait_for(stopping, 10)
         assert (await running).delivered == 5
-        assert (await store.stats(START, START)).pending == 0
+        assert (await store.stats(START)).pending == 0
 
 
 def count_claims(store: SQLiteStore) -> list[int]:
@@ -441,7 +441,7 @@ class TestPipelining:
         draining = asyncio.create_task(delivery.drain())
         await fake.wait_until(lambda: fake.active >= 1)
         await eventually(lambda: claimed == [100, 100])  # the second while the first uploads
-        assert (await store.stats(START, START)).in_flight == 200
+        assert (await store.stats(START)).in_flight == 200
         fake.release()
         report = await asyncio.wait_for(draining, 10)
         assert (report.delivered, report.batches) == (500, 5)
@@ -477,7 +477,7 @@ class TestPipelining:
         report = await delivery.drain()
         assert fake.requests == 1
         assert (report.delivered, report.batches, report.retried) == (0, 1, 200)
-        stats = await store.stats(START, START)
+        stats = await store.stats(START)
         assert (stats.pending, stats.in_flight) == (300, 0)
 
 
@@ -513,7 +513,7 @@ class TestRunLoop:
         await fake.wait_until(lambda: fake.active >= 1)
         await delivery.stop(grace_secs=0.05)
         await asyncio.wait_for(loop, 5)
-        stats = await store.stats(time.time(), 0.0)
+        stats = await store.stats(0.0)
         assert (stats.pending, stats.in_flight, stats.delivered_total) == (4, 0, 0)
 
     async def test_a_gathering_batch_claims_again_only_when_arrivals_can_fill_it(
@@ -595,7 +595,7 @@ class TestRunLoop:
         await fake.wait_until(lambda: fake.trickles_abandoned == 1)  # the socket was closed
         await delivery.stop(grace_secs=5.0)  # lets the retry's ack land
         await asyncio.wait_for(loop, 5)
-        stats = await store.stats(time.time(), 0.0)
+        stats = await store.stats(0.0)
         assert (stats.pending, stats.in_flight, stats.dead_letters) == (0, 0, {})
 
     async def test_an_idle_destination_sends_at_once(

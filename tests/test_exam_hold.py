@@ -93,7 +93,7 @@ async def drained(client: Client, within: float = 10.0) -> None:
     runtime = client.app[RUNTIME]
     async with asyncio.timeout(within):
         while True:
-            stats = await runtime.store.stats(runtime.clock(), 0)
+            stats = await runtime.store.stats(0)
             if stats.pending == 0 and stats.in_flight == 0:
                 return
             await asyncio.sleep(POLL_INTERVAL_SECS)

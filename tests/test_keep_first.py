@@ -105,7 +105,7 @@ class TestNotJson:
             response = await client.post(URL, data=b"\xff" * n, headers=basic_auth())
             assert response.status == 200
         runtime = client.app[RUNTIME]
-        stats = await runtime.store.stats(runtime.clock(), 0)
+        stats = await runtime.store.stats(0)
         assert (stats.unmapped, stats.pending) == (3, 0)
 
 

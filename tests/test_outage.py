@@ -90,7 +90,7 @@ class TestOutageThroughTheApp:
             response = await client.post(f"/webhooks/synap/{code}", json=body, headers=basic_auth())
             assert response.status == 200
         await settled(client.app)
-        stats = await runtime.store.stats(runtime.clock(), 0)
+        stats = await runtime.store.stats(0)
         expected = stats.pending + stats.in_flight + stats.delivered_total
         assert expected >= 12
 
@@ -100,7 +100,7 @@ class TestOutageThroughTheApp:
         assert statuses == [503, 503, 503, 429]
         assert fake_segment.requests >= 7  # 3 x 503, 2 resets, 1 x 429, then success
         assert not fake_segment.failures
-        stats = await runtime.store.stats(runtime.clock(), 0)
+        stats = await runtime.store.stats(0)
         assert stats.dead_letters == {}
         assert await runtime.store.dead_letters(DeadLetterFilter()) == []
         assert fake_segment.unique == expected
@@ -169,7 +169,7 @@ class TestLongOutage:
                 clock.now = max(clock.now, delivery.paused_until("default"))
             assert later_added
 
-            stats = await store.stats(clock.now, 0)
+            stats = await store.stats(0)
             assert stats.pending + stats.in_flight == len(order)  # the backlog is all there
             assert stats.delivered_total == 0
             assert stats.dead_letters == {}
@@ -196,7 +196,7 @@ class TestLongOutage:
             await store.close()
 
         assert fake_segment.unique == len(order)
-        stats_after = await _stats_of(tmp_path / "outage.db", clock.now)
+        stats_after = await _stats_of(tmp_path / "outage.db")
         assert stats_after == (0, len(order), {})
         # Per user, the messages left in the order they were received (identify first).
         arrived = per_user(fake_segment.messages)
@@ -223,7 +223,7 @@ class TestLongOutage:
             fake_segment.fail(503, times=1_000_000)
             for _ in range(200):  # bounded
                 await delivery.run_once()
-                stats = await store.stats(clock.now, 0)
+                stats = await store.stats(0)
                 if stats.pending + stats.in_flight == 0:
                     break
                 clock.now = max(clock.now, delivery.paused_until("default"))
@@ -252,11 +252,11 @@ class TestLongOutage:
         assert set(fake_segment.ids) == set(order)
 
 
-async def _stats_of(path: Path, now: float) -> tuple[int, int, dict[str, int]]:
+async def _stats_of(path: Path) -> tuple[int, int, dict[str, int]]:
     store = SQLiteStore(path)
     await store.open()
     try:
-        stats = await store.stats(now, 0)
+        stats = await store.stats(0)
     finally:
         await store.close()
     return stats.pending + stats.in_flight, stats.delivered_total, stats.dead_letters

@@ -105,7 +105,7 @@ async def test_poison_message_in_a_big_batch(
     delivered = runtime.metrics.delivered.labels("default")
     await eventually(lambda: delivered._value.get() == 1)  # acked, not only received
     assert await runtime.store.dead_letters(DeadLetterFilter()) == []
-    stats = await runtime.store.stats(runtime.clock(), 0)
+    stats = await runtime.store.stats(0)
     assert stats.dead_letters == {}
     assert stats.pending + stats.in_flight == 0
     assert stats.delivered_total == COUNT

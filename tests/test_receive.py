@@ -58,7 +58,7 @@ async def bridge(
 
 async def pending(client: Client) -> int:
     runtime = client.app[RUNTIME]
-    stats = await runtime.store.stats(runtime.clock(), 0)
+    stats = await runtime.store.stats(0)
     return stats.pending + stats.in_flight + stats.delivered_total
 
 

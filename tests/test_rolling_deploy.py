@@ -132,14 +132,14 @@ async def test_a_replica_maps_only_what_its_own_configuration_kept(postgres: Clu
     await store.open()
     try:
         await store.keep(Webhook("attempt.completed", None, 1.0, b"{}"), "new-routes")
-        assert await store.take(10, 0.0, 30, "old-routes") == []
-        [mine] = await store.take(10, 0.0, 30, "new-routes")
-        await store.failed(mine, "released for the next look", 0.0)
+        assert await store.take(10, 30, "old-routes") == []
+        [mine] = await store.take(10, 30, "new-routes")
+        await store.failed(mine, "released for the next look")
         postgres.psql(
             url.rsplit("/", 1)[-1],
             f"UPDATE unmapped SET kept_at = kept_at - {FOREIGN_AFTER_SECS + 1}",  # noqa: S608 - a constant
         )
-        [orphan] = await store.take(10, 0.0, 30, "old-routes")  # its replica is gone
+        [orphan] = await store.take(10, 30, "old-routes")  # its replica is gone
         assert orphan.row_id == mine.row_id
     finally:
         await store.close()

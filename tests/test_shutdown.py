@@ -141,7 +141,7 @@ async def stats_of(db: Path) -> tuple[int, int]:
     store = SQLiteStore(db)
     await store.open()
     try:
-        stats = await store.stats(time.time(), 0)
+        stats = await store.stats(0)
     finally:
         await store.close()
     return stats.pending + stats.in_flight, stats.delivered_total

@@ -104,7 +104,7 @@ class TestRoundTrip:
         await store.open()
         await store.close()
         with pytest.raises(StorageUnavailableError, match="not open"):
-            await store.stats(NOW, 0)
+            await store.stats(0)
         assert query(db, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -244,9 +244,9 @@ class TestClaim:
     async def test_retry_later_keeps_the_last_error(self, store: SQLiteStore, db: Path) -> None:
         await store.enqueue(hook(1), [msg("a")])
         [claimed] = await store.claim(NOW, 10, 30)
-        await store.retry_later([claimed.id], NOW + 60, "503 from Segment", NOW)
+        await store.retry_later([claimed.id], NOW + 60, "503 from Segment")
         [again] = await store.claim(NOW + 60, 10, 30)
-        await store.retry_later([again.id], NOW + 200, "timeout", NOW + 60)
+        await store.retry_later([again.id], NOW + 200, "timeout")
         assert query(db, "SELECT last_error FROM messages") == [("timeout",)]
 
 
@@ -259,14 +259,14 @@ class TestDurability:
         claimed = await store.claim(NOW, 2, 30)
         await store.ack([claimed[0].id], NOW)
         await store.bury([claimed[1].id], DeadReason("rejected", "y"), "400", NOW)
-        stats = await store.stats(NOW, 0)
+        stats = await store.stats(0)
         letters = await store.dead_letters(DeadLetterFilter())
         await store.close()
 
         reopened = SQLiteStore(db)
         await reopened.open()
         try:
-            again = await reopened.stats(NOW, 0)
+            again = await reopened.stats(0)
             assert replace(again, storage_bytes=0) == replace(stats, storage_bytes=0)
             assert await reopened.dead_letters(DeadLetterFilter()) == letters
             [left] = await reopened.claim(NOW, 10, 30)
@@ -354,7 +354,7 @@ class TestDurability:
             await daemon.enqueue(hook(1), [msg("a")])
             [claimed] = await cli.claim(NOW, 10, 30)
             await cli.ack([claimed.id], NOW)
-            assert (await daemon.stats(NOW, 0)).delivered_total == 1
+            assert (await daemon.stats(0)).delivered_total == 1
         finally:
             await cli.close()
             await daemon.close()
@@ -524,7 +524,7 @@ class TestFailures:
             # Nothing half-written: every stored webhook has all its messages, counters agree.
             assert query(db, "SELECT count(*) FROM webhooks") == [(20 + stored,)]
             assert query(db, "SELECT count(*) FROM messages") == [(20 + 3 * stored,)]
-            assert (await store.stats(NOW, 0)).pending == 3 * stored
+            assert (await store.stats(0)).pending == 3 * stored
             assert query(db, "PRAGMA integrity_check") == [("ok",)]
 
             assert await store.prune_delivered(NOW + 1) == 20
@@ -545,7 +545,7 @@ class TestFailures:
             with pytest.raises(DatabaseFileLostError, match="deleted"):
                 await store.enqueue(hook(2), [msg("b")])
             with pytest.raises(DatabaseFileLostError, match="deleted"):
-                await store.stats(NOW, 0)
+                await store.stats(0)
             with pytest.raises(DatabaseFileLostError, match="deleted"):
                 await store.check_writable()
         finally:
@@ -586,7 +586,7 @@ class TestFailures:
             conn.close()
             await asyncio.to_thread(os.replace, other, db)
             with pytest.raises(DatabaseFileLostError, match="replaced"):
-                await store.stats(NOW, 0)
+                await store.stats(0)
             with pytest.raises(DatabaseFileLostError, match="replaced"):
                 store._connect_checkpointer()
         finally:
@@ -612,7 +612,7 @@ class TestFailures:
         existing = SQLiteStore(db, create=False)
         await existing.open()
         try:
-            assert (await existing.stats(NOW, 0)).pending == 0
+            assert (await existing.stats(0)).pending == 0
         finally:
             await existing.close()
 
@@ -649,7 +649,7 @@ class TestFailures:
                     await store.check_writable()
                 with pytest.raises(StorageUnavailableError, match="locked"):
                     await store.claim(NOW, 10, 30)
-                assert (await store.stats(NOW, 0)).pending == 0  # reads still work
+                assert (await store.stats(0)).pending == 0  # reads still work
             await store.check_writable()
             assert (await store.enqueue(hook(1), [msg("a")])).stored == 1
         finally:

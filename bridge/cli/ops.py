@@ -124,7 +124,7 @@ def _when(epoch: float | None) -> str | None:
 
 async def _stats(store: Store, args: argparse.Namespace, config: Config, out: TextIO) -> int:
     now = time.time()
-    stats = await store.stats(now, now - 3600)
+    stats = await store.stats(now - 3600)
     oldest = stats.oldest_pending_at
     service = await service_report(store, config, now)
     dry = [d["name"] for d in service["destinations"] if d.get("mode") == "dry-run"]

@@ -74,7 +74,7 @@ def destinations(runtime: Runtime, now: float) -> tuple[DestinationView, ...]:
 
 async def overview(runtime: Runtime, traffic: Traffic) -> Overview:
     now = runtime.clock()
-    stats = await runtime.store.stats(now, now - HOUR)
+    stats = await runtime.store.stats(now - HOUR)
     minutes = traffic.last_hour()
     return Overview(
         stats=stats,

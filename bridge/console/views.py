@@ -198,7 +198,7 @@ async def event(request: web.Request) -> web.Response:
 async def dead_letters(request: web.Request) -> web.Response:
     runtime = request.app[CONSOLE].runtime
     letters = await runtime.store.dead_letters(DeadLetterFilter(limit=pages.LETTERS_SHOWN))
-    stats = await runtime.store.stats(runtime.clock(), runtime.clock() - pages.HOUR)
+    stats = await runtime.store.stats(runtime.clock() - pages.HOUR)
     context = {
         "groups": pages.by_reason(letters),
         "counts": dict(sorted(stats.dead_letters.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -283,7 +283,6 @@ async def _confirm(
     if which.ids:
         count = len(await runtime.store.dead_letters(which))
     else:
-        now = runtime.clock()
-        count = (await runtime.store.stats(now, now)).dead_letters.get(which.reason or "", 0)
+        count = (await runtime.store.stats(runtime.clock())).dead_letters.get(which.reason or "", 0)
     context = {"letters": first, "count": count, "which": which, "described": described}
     return _render(request, "confirm.html", context)

@@ -52,7 +52,7 @@ class Elsewhere:
         if self._counted_at is not None and mono - self._counted_at < COUNT_EVERY_SECS:
             return self.waiting
         self._counted_at = mono
-        stats = await self._store.stats(now, now)
+        stats = await self._store.stats(now)
         known = await self._store.count_open(self._known) if self._known else 0
         self.waiting = max(0, stats.pending + stats.in_flight - known)
         if self._metrics is not None:

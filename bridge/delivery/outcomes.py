@@ -210,7 +210,7 @@ class Outcomes:
         self, messages: Sequence[ClaimedMessage], due_at: float, error: str, report: DrainReport
     ) -> None:
         if messages:
-            await self._store.retry_later([m.id for m in messages], due_at, error, self._clock())
+            await self._store.retry_later([m.id for m in messages], due_at, error)
             report.retried += len(messages)
 
     async def bury(

@@ -198,7 +198,5 @@ class Uploads:
         except asyncio.CancelledError:
             now = self._clock()
             with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self._store.retry_later(batch.ids, now, "delivery stopped", now)
-                )
+                await asyncio.shield(self._store.retry_later(batch.ids, now, "delivery stopped"))
             raise

@@ -175,7 +175,7 @@ class MappingStage:
         """One take, judge and record; False when nothing was waiting."""
         now = self._clock()
         config = self._config()
-        taken = await self._store.take(self._batch, now, LEASE_SECS, config.mapping_tag)
+        taken = await self._store.take(self._batch, LEASE_SECS, config.mapping_tag)
         if not taken:
             return False
         self.rounds += 1
@@ -189,13 +189,13 @@ class MappingStage:
             if verdict is not None:
                 verdicts.append(verdict[0])
                 learned += self._exam_tests.add(verdict[1])  # the next webhook knows them
-        receipts = await self._store.record(verdicts, self._clock())
+        receipts = await self._store.record(verdicts)
         await self._exam_tests.store(self._store, learned, now)
         for judged, receipt in zip(verdicts, receipts, strict=True):
             self._count(judged, receipt, report)
         for one, error in failed:
             report.failures += 1
-            await self._store.failed(one, error, self._clock())
+            await self._store.failed(one, error)
         if self._on_report is not None:
             self._on_report(report)
         return True

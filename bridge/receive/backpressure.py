@@ -65,7 +65,7 @@ async def refresh(runtime: Runtime) -> None:
     await check_storage(runtime)
     now = runtime.clock()
     try:
-        stats = await runtime.store.stats(now, now - 3600)
+        stats = await runtime.store.stats(now - 3600)
     except StorageUnavailableError as exc:
         runtime.backpressure = f"storage unavailable: {exc}"
         return

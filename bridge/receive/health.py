@@ -80,7 +80,7 @@ async def metrics(request: web.Request) -> web.Response:
     now = runtime.clock()
     # On a storage error the gauges keep their last values; /readyz reports the problem.
     with contextlib.suppress(StorageUnavailableError):
-        runtime.metrics.observe_backlog(await runtime.store.stats(now, now - 3600), now)
+        runtime.metrics.observe_backlog(await runtime.store.stats(now - 3600), now)
     runtime.metrics.observe_state(
         ready=not readiness_problems(runtime),
         delivering=runtime.delivering,

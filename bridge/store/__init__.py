@@ -274,9 +274,7 @@ class IntakeStore(Lifecycle, Protocol):
 class MappingStore(Lifecycle, Protocol):
     """The mapping stage's port."""
 
-    async def take(
-        self, limit: int, now: float, lease_secs: float, tag: str = ""
-    ) -> list[UnmappedWebhook]:
+    async def take(self, limit: int, lease_secs: float, tag: str = "") -> list[UnmappedWebhook]:
         """Up to ``limit`` unmapped webhooks in arrival order, each try counted before it runs.
 
         On a store shared by replicas, only webhooks kept under ``tag`` (this mapping
@@ -285,11 +283,11 @@ class MappingStore(Lifecycle, Protocol):
 
         A webhook taken before and not recorded since (its mapper crashed or failed on it) is
         taken alone: a poison webhook cannot take a batch of others down with it again. On
-        PostgreSQL a take is leased until ``now + lease_secs`` (replicas skip it meanwhile);
-        SQLite has one mapper per file and ignores both times."""
+        PostgreSQL a take is leased for ``lease_secs`` on the database's clock (replicas skip it
+        meanwhile); SQLite has one mapper per file and ignores it."""
         ...
 
-    async def record(self, judged: Sequence[Judged], now: float) -> list[EnqueueReceipt]:
+    async def record(self, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
         """Write each taken webhook's messages (as ``enqueue`` does: dedupe by messageId, hold,
         supersede) or its dead letter, and mark it mapped, in one transaction.
 
@@ -298,7 +296,7 @@ class MappingStore(Lifecycle, Protocol):
         """
         ...
 
-    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:
+    async def failed(self, taken: UnmappedWebhook, error: str) -> None:
         """The mapping raised for ``taken``: keep the error, leave it unmapped for its next try
         (its lease is released)."""
         ...
@@ -356,7 +354,7 @@ class DeliveryStore(Lifecycle, Protocol):
 
     async def ack(self, ids: Sequence[int], now: float) -> None: ...
 
-    async def retry_later(self, ids: Sequence[int], due_at: float, error: str, now: float) -> None:
+    async def retry_later(self, ids: Sequence[int], due_at: float, error: str) -> None:
         """Hand claimed messages back, due again at ``due_at``; counts one attempt each."""
         ...
 
@@ -372,7 +370,7 @@ class DeliveryStore(Lifecycle, Protocol):
 class OperatorStore(Lifecycle, Protocol):
     """The operator's port: the CLI, the console and the back-pressure watcher."""
 
-    async def stats(self, now: float, since: float) -> StoreStats: ...
+    async def stats(self, since: float) -> StoreStats: ...
 
     async def check_writable(self) -> None:
         """Raise StorageUnavailableError unless a write would succeed now (for /readyz)."""

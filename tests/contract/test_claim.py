@@ -49,12 +49,12 @@ class TestClaim:
     async def test_retry_later(self, store: Store) -> None:
         await store.enqueue(hook(1), [msg("a")])
         [claimed] = await store.claim(NOW, 10, 30)
-        await store.retry_later([claimed.id], NOW + 60, "503 from Segment", NOW)
+        await store.retry_later([claimed.id], NOW + 60, "503 from Segment")
         assert await store.next_due_at() == NOW + 60
         assert await store.claim(NOW + 59, 10, 30) == []
         [again] = await store.claim(NOW + 60, 10, 30)
         assert again.attempts == 1
-        await store.retry_later([again.id], NOW + 200, "timeout", NOW + 60)
+        await store.retry_later([again.id], NOW + 200, "timeout")
         [third] = await store.claim(NOW + 200, 10, 30)
         assert third.attempts == 2
 

@@ -40,7 +40,7 @@ class TestPeekAndCount:
         assert await store.count_open(("dry",)) == 3
         assert await store.count_open(("dry", "live")) == 6
         assert await store.count_open(()) == 0
-        stats = await store.stats(1001.0, 0)
+        stats = await store.stats(0)
         assert (stats.pending, stats.in_flight, stats.delivered_total) == (6, 0, 0)
         again = await store.claim(1001.0, 100, 30)
         assert len(again) == 6

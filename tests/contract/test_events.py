@@ -75,7 +75,7 @@ class TestFind:
         claimed = {m.message_id: m.id for m in await store.claim(T0 + 50, 10, 60)}
         assert set(claimed) == {"m-1", "m-2"}
         await store.bury([claimed["m-1"]], DeadReason("rejected_by_segment", "400"), "400", T0 + 51)
-        await store.retry_later([claimed["m-2"]], T0 + 99, "503", T0 + 51)
+        await store.retry_later([claimed["m-2"]], T0 + 99, "503")
         letters = await store.dead_letters(DeadLetterFilter(user_id="u-1"))
         assert sorted(letter.webhook_id for letter in letters) == sorted([first, dead.webhook_id])
 
@@ -113,7 +113,7 @@ class TestStates:
         await store.ack([claimed["m-done"]], T0 + 6)
         why = DeadReason("rejected_by_segment", "HTTP 400: bad")
         await store.bury([claimed["m-dead"]], why, "HTTP 400: bad", T0 + 6)
-        await store.retry_later([claimed["m-retry"]], T0 + 100, "HTTP 503", T0 + 6)
+        await store.retry_later([claimed["m-retry"]], T0 + 100, "HTTP 503")
         waiting = await put(store, T0 + 7, body("a-5"), message("m-waiting", "u-1"))
         now = T0 + 8
 

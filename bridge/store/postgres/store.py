@@ -238,19 +238,13 @@ class PostgresStore:
         kept = replace(webhook, received_at=self.clock.to_db(webhook.received_at))
         return await self._keeper.submit((kept, tag))
 
-    async def take(
-        self,
-        limit: int,
-        now: float,  # noqa: ARG002 - leases use the database clock
-        lease_secs: float,
-        tag: str = "",
-    ) -> list[UnmappedWebhook]:
+    async def take(self, limit: int, lease_secs: float, tag: str = "") -> list[UnmappedWebhook]:
         if limit <= 0:
             return []
         async with self._connection("take unmapped webhooks") as conn:
             return await ops.take(conn, limit, lease_secs, tag)
 
-    async def record(self, judged: Sequence[Judged], now: float) -> list[EnqueueReceipt]:  # noqa: ARG002 - times come from the webhooks
+    async def record(self, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
         if not judged:
             return []
         for attempt in range(DEADLOCK_RETRIES + 1):
@@ -265,7 +259,7 @@ class PostgresStore:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:  # noqa: ARG002 - no time kept
+    async def failed(self, taken: UnmappedWebhook, error: str) -> None:
         async with self._connection("keep a mapping error") as conn:
             await ops.mapping_failed(conn, taken.row_id, taken.lease, error)
 
@@ -354,9 +348,7 @@ class PostgresStore:
         at = self.clock.to_db(now)
         await self._settle(ids, "mark delivered", lambda conn, leases: ops.ack(conn, leases, at))
 
-    # Neither backend reads now here or in stats(); dropping it from the protocol changes the
-    # delivery loop's calls, so it waits for that rewrite.
-    async def retry_later(self, ids: Sequence[int], due_at: float, error: str, now: float) -> None:  # noqa: ARG002
+    async def retry_later(self, ids: Sequence[int], due_at: float, error: str) -> None:
         await self._settle(
             ids,
             "reschedule messages",
@@ -389,7 +381,7 @@ class PostgresStore:
         async with self._connection("read the next due time") as conn:
             return self.clock.to_local(await ops.next_due_at(conn))
 
-    async def stats(self, now: float, since: float) -> StoreStats:  # noqa: ARG002 - see retry_later
+    async def stats(self, since: float) -> StoreStats:
         async with self._connection("read statistics") as conn:
             found = await ops.stats(conn, self.clock.to_db(since))
         return replace(

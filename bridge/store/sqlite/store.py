@@ -305,8 +305,7 @@ class SQLiteStore:
     async def take(
         self,
         limit: int,
-        now: float,  # noqa: ARG002 - one mapper per file: no lease
-        lease_secs: float,  # noqa: ARG002 - no lease on SQLite
+        lease_secs: float,  # noqa: ARG002 - one mapper per file: no lease
         tag: str = "",  # noqa: ARG002 - one serve per file: one configuration
     ) -> list[UnmappedWebhook]:
         """Read the next unmapped webhooks on the reader (their bodies never pass through the
@@ -321,7 +320,7 @@ class SQLiteStore:
         await self._write(partial(ops.count_tries, ids=ids), "count a mapping try", groupable=True)
         return rows
 
-    async def record(self, judged: Sequence[Judged], now: float) -> list[EnqueueReceipt]:  # noqa: ARG002 - times come from the webhooks
+    async def record(self, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
         if not judged:
             return []
         work = partial(record_group, judged=list(judged))
@@ -329,7 +328,7 @@ class SQLiteStore:
             lambda conn: work(conn), "store the mapped messages", groupable=True
         )
 
-    async def failed(self, taken: UnmappedWebhook, error: str, now: float) -> None:  # noqa: ARG002 - no time kept
+    async def failed(self, taken: UnmappedWebhook, error: str) -> None:
         work = partial(ops.mapping_failed, row_id=taken.row_id, error=error)
         await self._write(work, "keep a mapping error")
 
@@ -382,9 +381,7 @@ class SQLiteStore:
             work = partial(ops.ack, ids=tuple(ids), now=now)
             await self._write(work, "mark delivered", groupable=True)
 
-    # Neither backend reads now here or in stats(); dropping it from the protocol changes the
-    # delivery loop's calls, so it waits for that rewrite.
-    async def retry_later(self, ids: Sequence[int], due_at: float, error: str, now: float) -> None:  # noqa: ARG002
+    async def retry_later(self, ids: Sequence[int], due_at: float, error: str) -> None:
         if ids:
             work = partial(ops.retry_later, ids=tuple(ids), due_at=due_at, error=error)
             await self._write(work, "reschedule messages")
@@ -397,7 +394,7 @@ class SQLiteStore:
     async def next_due_at(self) -> float | None:
         return await self._read(ops.next_due_at, "read the next due time")
 
-    async def stats(self, now: float, since: float) -> StoreStats:  # noqa: ARG002 - see retry_later
+    async def stats(self, since: float) -> StoreStats:
         def work(conn: sqlite3.Connection) -> StoreStats:
             return ops.stats(conn, since, self._storage_bytes())
 
