@@ -1,4 +1,5 @@
-"""What both SQL backends share about rows: the public webhook id and the dead-letter read.
+"""What both SQL backends share about rows: the public webhook id, the enqueue receipt and the
+dead-letter read.
 
 The schemas of SQLite and PostgreSQL have the same shape (webhooks, messages, message_payloads,
 dead_letters), so the dead-letter columns and joins are one text; only placeholders and
@@ -11,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.store import DeadLetter, DeadReason, EventMessage, EventRecord
+from bridge.store import DeadLetter, DeadReason, EnqueueReceipt, EventMessage, EventRecord
 
 #: The longest row id a webhook reference may name (a bigint has 19 digits; 18 always fits).
 MAX_ROW_DIGITS = 18
@@ -36,6 +37,12 @@ def json_string(value: str) -> str:
 def webhook_ref(row_id: int) -> str:
     """The webhook id operators see (answers, logs, ``events``): ``wh_<row id>``."""
     return f"wh_{row_id}"
+
+
+def receipt(row_id: int, offered: int, stored: int = 0, superseded: int = 0) -> EnqueueReceipt:
+    """What became of the ``offered`` messages of webhook ``row_id``: each was stored new, or
+    superseded a stored one in place, or else was a duplicate of one already stored."""
+    return EnqueueReceipt(webhook_ref(row_id), stored, offered - stored - superseded, superseded)
 
 
 def webhook_row(ref: str) -> int | None:

@@ -8,7 +8,7 @@ from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, Store, Webhook
 
 NOW = 10_000.0
-#: More dead letters than one replay chunk of any backend (both work through 2000 at a time).
+#: More dead letters than one replay chunk (bridge.store.chunks.CHUNK: 2000, for both backends).
 MANY = 2500
 
 

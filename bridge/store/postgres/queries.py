@@ -41,6 +41,7 @@ from bridge.store.rows import (
     event_message,
     event_records,
     json_string,
+    receipt,
     webhook_ref,
     webhook_row,
 )
@@ -224,12 +225,7 @@ async def _enqueue(
     _tally(first, stored_ids, superseded_ids, stored, superseded)
     await _later_rounds(conn, batch, ids, rounds[1:], shard, stored, superseded)
     return [
-        EnqueueReceipt(
-            webhook_ref(ids[i]),
-            stored[i],
-            len(item.messages) - stored[i] - superseded[i],
-            superseded[i],
-        )
+        receipt(ids[i], len(item.messages), stored[i], superseded[i])
         for i, item in enumerate(batch)
     ]
 
@@ -450,18 +446,10 @@ async def record(conn: Conn, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
     superseded = [0] * len(batch)
     await _later_rounds(conn, batch, ids, _rounds(batch), _shard(), stored, superseded)
     receipts = {
-        row_id: EnqueueReceipt(
-            webhook_ref(row_id),
-            stored[i],
-            len(item.messages) - stored[i] - superseded[i],
-            superseded[i],
-        )
+        row_id: receipt(row_id, len(item.messages), stored[i], superseded[i])
         for i, (row_id, item) in enumerate(zip(ids, batch, strict=True))
     }
-    return [
-        receipts.get(j.taken.row_id, EnqueueReceipt(webhook_ref(j.taken.row_id), 0, 0))
-        for j in judged
-    ]
+    return [receipts.get(j.taken.row_id, receipt(j.taken.row_id, 0)) for j in judged]
 
 
 async def mapping_failed(conn: Conn, row_id: int, lease: int, error: str) -> None:

@@ -45,6 +45,7 @@ from bridge.store import (
     UnmappedWebhook,
     Webhook,
 )
+from bridge.store.chunks import Remapped, Source, delete_in_chunks, replay_in_chunks
 from bridge.store.postgres import exam_tests
 from bridge.store.postgres import queries as ops
 from bridge.store.postgres import servicestate as service_state
@@ -60,9 +61,6 @@ from bridge.store.postgres.schema import (
 from bridge.store.postgres.writer import DEADLOCK_RETRIES, GroupWriter
 
 log = logs.get(__name__)
-
-#: Rows per transaction for the maintenance deletes, so intake is never held up for long.
-CHUNK = 2000
 
 
 class Backoff:
@@ -452,35 +450,32 @@ class PostgresStore:
 
     async def replay(self, which: DeadLetterFilter, remap: Remapper, now: float) -> ReplayOutcome:
         """Remap on the caller's loop, write one transaction per chunk of letters."""
-        letters = [letter.id for letter in await self.dead_letters(which)]
-        replayed = still_dead = made = 0
-        for start in range(0, len(letters), CHUNK):
-            chunk = letters[start : start + CHUNK]
+
+        async def read(letters: Sequence[int]) -> list[Source]:
             async with self._connection("read dead letters") as conn:
-                sources = await ops.webhooks_of_letters(conn, chunk)
-            outcomes = [(letter, row, remap(webhook)) for letter, row, webhook in sources]
+                return await ops.webhooks_of_letters(conn, letters)
+
+        async def write(outcomes: Sequence[Remapped]) -> tuple[int, int, int]:
             async with self._connection("replay dead letters") as conn, conn.transaction():
-                done, failed, revived = await ops.replay_chunk(
-                    conn, outcomes, self.clock.to_db(now)
-                )
-            replayed, still_dead, made = replayed + done, still_dead + failed, made + revived
-        return ReplayOutcome(replayed=replayed, still_dead=still_dead, messages=made)
+                return await ops.replay_chunk(conn, outcomes, self.clock.to_db(now))
+
+        letters = [letter.id for letter in await self.dead_letters(which)]
+        return await replay_in_chunks(letters, read, write, remap)
 
     async def purge_dead(self, older_than: float) -> int:
-        total = 0
-        while True:
-            async with self._connection("delete old dead letters") as conn, conn.transaction():
-                deleted = await ops.purge_dead(conn, self.clock.to_db(older_than), CHUNK)
-            total += deleted
-            if deleted < CHUNK:
-                return total
+        return await self._delete_old("delete old dead letters", ops.purge_dead, older_than)
 
     async def prune_delivered(self, before: float) -> int:
-        """Bounded batches, each its own short transaction, so intake is never held up."""
-        total = 0
-        while True:
-            async with self._connection("delete old rows") as conn, conn.transaction():
-                deleted = await ops.prune_delivered(conn, self.clock.to_db(before), CHUNK)
-            total += deleted
-            if deleted < CHUNK:
-                return total
+        return await self._delete_old("delete old rows", ops.prune_delivered, before)
+
+    async def _delete_old(
+        self, doing: str, work: Callable[[Any, float, int], Awaitable[int]], before: float
+    ) -> int:
+        """Run ``work(conn, before, chunk)`` (``before`` on the database's clock) in one
+        transaction a chunk until it is done."""
+
+        async def one_chunk(chunk: int) -> int:
+            async with self._connection(doing) as conn, conn.transaction():
+                return await work(conn, self.clock.to_db(before), chunk)
+
+        return await delete_in_chunks(one_chunk)

@@ -41,7 +41,7 @@ import orjson
 
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, EnqueueReceipt, Judged, Webhook
-from bridge.store.rows import webhook_ref
+from bridge.store.rows import receipt, webhook_ref
 from bridge.store.sqlite.queries import message_row
 
 #: One ``enqueue`` call: the webhook, its messages, or why it is a dead letter.
@@ -145,9 +145,7 @@ def record_group(conn: sqlite3.Connection, judged: Sequence[Judged]) -> list[Enq
         _store_messages(conn, items, [one.taken.row_id for one in kept], messages_before)
     )
     return [
-        next(receipts)
-        if one.taken.row_id in live
-        else EnqueueReceipt(webhook_ref(one.taken.row_id), 0, 0)
+        next(receipts) if one.taken.row_id in live else receipt(one.taken.row_id, 0)
         for one in judged
     ]
 
@@ -206,12 +204,7 @@ def _store_messages(
     for index, message in refused + others:
         superseded[index] += _supersede(conn, ids[index], message, items[index][0].received_at)
     return [
-        EnqueueReceipt(
-            webhook_ref(row_id),
-            stored[index],
-            len(item[1]) - stored[index] - superseded[index],
-            superseded[index],
-        )
+        receipt(row_id, len(item[1]), stored[index], superseded[index])
         for index, (row_id, item) in enumerate(zip(ids, items, strict=True))
     ]
 

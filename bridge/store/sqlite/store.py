@@ -49,6 +49,7 @@ from bridge.store import (
     UnmappedWebhook,
     Webhook,
 )
+from bridge.store.chunks import Remapped, Source, delete_in_chunks, replay_in_chunks
 from bridge.store.sqlite import exam_tests
 from bridge.store.sqlite import queries as ops
 from bridge.store.sqlite import servicestate as service_state
@@ -68,9 +69,6 @@ from bridge.store.sqlite.writer import Writer
 
 T = TypeVar("T")
 log = logs.get(__name__)
-
-#: Rows per transaction for the maintenance writes, so intake is never held up for long.
-CHUNK = 2000
 
 
 class SQLiteStore:
@@ -446,31 +444,26 @@ class SQLiteStore:
 
     async def replay(self, which: DeadLetterFilter, remap: Remapper, now: float) -> ReplayOutcome:
         """Remap on the caller's loop, write one transaction per chunk of letters."""
-        letters = [letter.id for letter in await self.dead_letters(which)]
-        replayed = still_dead = made = 0
-        for start in range(0, len(letters), CHUNK):
-            chunk = letters[start : start + CHUNK]
-            sources = await self._read(
-                partial(ops.webhooks_of_letters, letters=chunk), "read dead letters", operator=True
-            )
-            outcomes = [(letter, row, remap(webhook)) for letter, row, webhook in sources]
+
+        async def read(letters: Sequence[int]) -> list[Source]:
+            work = partial(ops.webhooks_of_letters, letters=letters)
+            return await self._read(work, "read dead letters", operator=True)
+
+        async def write(outcomes: Sequence[Remapped]) -> tuple[int, int, int]:
             work = partial(ops.replay_chunk, outcomes=outcomes, now=now)
-            done, failed, revived = await self._write(work, "replay dead letters")
-            replayed, still_dead, made = replayed + done, still_dead + failed, made + revived
-        return ReplayOutcome(replayed=replayed, still_dead=still_dead, messages=made)
+            return await self._write(work, "replay dead letters")
+
+        letters = [letter.id for letter in await self.dead_letters(which)]
+        return await replay_in_chunks(letters, read, write, remap)
 
     async def purge_dead(self, older_than: float) -> int:
-        return await self._in_chunks(partial(ops.purge_dead, older_than=older_than, chunk=CHUNK))
+        return await self._delete_old(lambda conn, chunk: ops.purge_dead(conn, older_than, chunk))
 
     async def prune_delivered(self, before: float) -> int:
-        return await self._in_chunks(partial(ops.prune_delivered, before=before, chunk=CHUNK))
+        return await self._delete_old(lambda conn, chunk: ops.prune_delivered(conn, before, chunk))
 
-    async def _in_chunks(self, work: Callable[[sqlite3.Connection], int]) -> int:
-        """Repeat a deleting transaction until it deletes less than a chunk (bounded: each
-        round deletes rows, and the rows it looks at only shrink)."""
-        total = 0
-        while True:
-            deleted = await self._write(work, "delete old rows")
-            total += deleted
-            if deleted < CHUNK:
-                return total
+    async def _delete_old(self, work: Callable[[sqlite3.Connection, int], int]) -> int:
+        """Run ``work(conn, chunk)`` as one writer transaction a chunk until it is done."""
+        return await delete_in_chunks(
+            lambda chunk: self._write(lambda conn: work(conn, chunk), "delete old rows")
+        )
