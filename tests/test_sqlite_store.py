@@ -25,7 +25,8 @@ from structlog.testing import capture_logs
 
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
-from bridge.store import DeadLetterFilter, DeadReason, Store
+from bridge.mapper.stage import MappingStage
+from bridge.store import DeadLetterFilter, DeadReason, Store, Webhook
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.identity import DatabaseFileLostError
 from bridge.store.sqlite.schema import (
@@ -35,7 +36,7 @@ from bridge.store.sqlite.schema import (
     connect,
 )
 from bridge.store.sqlite.store import SQLiteStore
-from tests.conftest import eventually
+from tests.conftest import attempt_completed, eventually, make_config
 from tests.contract.records import NOW, bury_all, hook, msg, remap_to
 
 
@@ -704,3 +705,22 @@ class TestRowsOnDisk:
         assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,), (2,)]
         assert await store.prune_delivered(before=400.0) == 1
         assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,)]
+
+
+class TestMappingTransactions:
+    async def test_a_take_is_recorded_in_short_transactions_with_mapping_between(
+        self, store: SQLiteStore, tmp_path: Path
+    ) -> None:
+        """SQLite has one write lock for the file, and ``serve``'s commits wait for the
+        mapper's: the stage maps and records ``record_batch`` (32) webhooks at a time, so a
+        take of 100 is one transaction counting the tries and four short ones recording."""
+        config = make_config(tmp_path, "http://127.0.0.1:9")
+        for n in range(100):
+            body = orjson.dumps(attempt_completed(n))
+            await store.keep(Webhook("attempt.completed", None, NOW, body))
+        stage = MappingStage(store, lambda: config, batch=128)
+        before = commits(store)
+        assert await stage.round()
+        assert commits(store) - before == 1 + 4
+        stats = await store.stats(0)
+        assert (stats.unmapped, stats.pending) == (0, 100)

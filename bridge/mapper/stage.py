@@ -38,8 +38,9 @@ from bridge.store.rows import webhook_ref
 
 log = logs.get(__name__)
 
-#: Webhooks per take: large enough that a take and a record cost little per webhook, small
-#: enough that one record transaction holds SQLite's write lock for a few milliseconds.
+#: Webhooks per take: large enough that a take costs little per webhook. They are mapped and
+#: recorded ``MappingStore.record_batch`` at a time (SQLite: a short hold of the write lock,
+#: with the next ones' mapping between two holds).
 BATCH = 128
 #: Tries before a webhook that keeps failing becomes a dead letter ``mapping_failed``.
 MAX_TRIES = 3
@@ -180,19 +181,21 @@ class MappingStage:
             return False
         self.rounds += 1
         report = Report()
-        verdicts: list[Judged] = []
         failed: list[tuple[UnmappedWebhook, str]] = []
         known = await self._exam_tests.current(self._store)
         learned: list[ExamTest] = []
-        for one in taken:
-            verdict = self._judge(one, config, failed, known)
-            if verdict is not None:
-                verdicts.append(verdict[0])
-                learned += self._exam_tests.add(verdict[1])  # the next webhook knows them
-        receipts = await self._store.record(verdicts)
+        step = max(1, self._store.record_batch)
+        for start in range(0, len(taken), step):  # map some, record them, map the next
+            verdicts: list[Judged] = []
+            for one in taken[start : start + step]:
+                verdict = self._judge(one, config, failed, known)
+                if verdict is not None:
+                    verdicts.append(verdict[0])
+                    learned += self._exam_tests.add(verdict[1])  # the next webhook knows them
+            receipts = await self._store.record(verdicts)
+            for judged, receipt in zip(verdicts, receipts, strict=True):
+                self._count(judged, receipt, report)
         await self._exam_tests.store(self._store, learned, now)
-        for judged, receipt in zip(verdicts, receipts, strict=True):
-            self._count(judged, receipt, report)
         for one, error in failed:
             report.failures += 1
             await self._store.failed(one, error)

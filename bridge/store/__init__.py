@@ -274,6 +274,11 @@ class IntakeStore(Lifecycle, Protocol):
 class MappingStore(Lifecycle, Protocol):
     """The mapping stage's port."""
 
+    #: Verdicts per ``record`` call the store prefers: SQLite has one write lock for the file,
+    #: which ``serve``'s commits wait for, so it takes short transactions; PostgreSQL locks
+    #: rows, and fewer round trips cost its server less.
+    record_batch: int
+
     async def take(self, limit: int, lease_secs: float, tag: str = "") -> list[UnmappedWebhook]:
         """Up to ``limit`` unmapped webhooks in arrival order, each try counted before it runs.
 

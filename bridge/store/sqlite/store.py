@@ -68,6 +68,10 @@ from bridge.store.sqlite.schema import (
 from bridge.store.sqlite.writer import Writer
 
 T = TypeVar("T")
+#: ``MappingStore.record_batch`` on SQLite: the mapper records a take of 128 in transactions of
+#: 32, mapping the next 32 between two, so ``serve``'s group commits never wait long for the
+#: write lock (docs/benchmarks.md has the A/B).
+RECORD_BATCH = 32
 log = logs.get(__name__)
 
 
@@ -78,6 +82,8 @@ class SQLiteStore:
     to fill the database without filling a disk. ``create=False`` (the operator commands) opens
     only an existing bridge database: a mistyped path is an error, not a new empty database.
     """
+
+    record_batch = RECORD_BATCH
 
     def __init__(
         self,
