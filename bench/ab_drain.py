@@ -52,6 +52,7 @@ class Run:
     cpu_us: float  # the bridge's CPU per message
     requests: float = 0.0  # requests to Segment per 1,000 messages
     first_secs: float = 0.0  # from process start until the fake saw the first message
+    after_first: float = 0.0  # messages/s from the first arrival until the fake counted all
 
 
 @dataclass
@@ -69,6 +70,7 @@ class ABResult:
             statistics.median(r.cpu_us for r in runs),
             statistics.median(r.requests for r in runs),
             statistics.median(r.first_secs for r in runs),
+            statistics.median(r.after_first for r in runs),
         )
 
 
@@ -187,7 +189,8 @@ def drain(tree: Path, name: str, storage: dict[str, Any], count: int) -> Run:
             bridge.stop()
     assert first is not None
     per_k = int(stats["requests"]) / count * 1000
-    return Run(count / (now - started), cpu / count * 1e6, per_k, first - started)
+    after_first = count / max(now - first, 1e-9)
+    return Run(count / (now - started), cpu / count * 1e6, per_k, first - started, after_first)
 
 
 @contextmanager
@@ -218,7 +221,8 @@ def run(
                         f"rep {rep} {store} {tree}: {point.rate:,.0f} messages/s, "
                         f"{point.cpu_us:.0f} µs bridge CPU/message, "
                         f"{point.requests:.1f} requests/1,000 messages, "
-                        f"first arrival after {point.first_secs:.2f}s",
+                        f"first arrival after {point.first_secs:.2f}s, "
+                        f"{point.after_first:,.0f} messages/s from it",
                         flush=True,
                     )
     for stale in OUT.glob("abd-*.db*"):

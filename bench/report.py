@@ -26,6 +26,8 @@ HEADLINE = (
     "drain bridge msg/s",
     "ab drain sqlite asyncio / threads",
     "ab drain pg asyncio / threads",
+    "ab drain sqlite delivery asyncio / threads",
+    "ab drain pg delivery asyncio / threads",
     "e2e p50 ms",
     "pg intake x2 c64 webhooks/s",
     "pg drain x2 msg/s",
