@@ -69,7 +69,7 @@ class PostgresResult:
 SQLITE = "sqlite"  # in place of a URL: the same measurement on SQLite, in the same run
 
 
-def _config(url: str, fake_url: str) -> dict[str, object]:
+def bridge_settings(url: str, fake_url: str) -> dict[str, object]:
     if url == SQLITE:
         return procs.bridge_config(OUT / "pg-beside.db", procs.free_port(), fake_url)
     return procs.bridge_config(OUT / "unused.db", procs.free_port(), fake_url, storage={"url": url})
@@ -81,7 +81,7 @@ def _fresh_sqlite() -> str:
     return SQLITE
 
 
-def _postgres_cpu(cluster: Cluster) -> float:
+def server_cpu(cluster: Cluster) -> float:
     """CPU seconds used so far by the cluster's server processes (the postmaster and its
     children, from /proc), so the report can say where the machine's time went."""
     root = int((cluster.data / "postmaster.pid").read_text(encoding="ascii").split()[0])
@@ -98,7 +98,7 @@ def _postgres_cpu(cluster: Cluster) -> float:
     return total
 
 
-def _drive(servers: list[procs.Proc], seconds: float, tag: str) -> tuple[list[wrk.WrkResult], int]:
+def drive(servers: list[procs.Proc], seconds: float, tag: str) -> tuple[list[wrk.WrkResult], int]:
     """wrk against each server at once, CONNECTIONS split between them (a load balancer's job):
     the measured runs, and the 2xx answers of warm-up and measured runs together."""
     per = CONNECTIONS // len(servers)
@@ -113,15 +113,23 @@ def _drive(servers: list[procs.Proc], seconds: float, tag: str) -> tuple[list[wr
     return runs, sum(r.acknowledged for r in runs + warm)
 
 
+def settled(cluster: Cluster) -> None:
+    """Start a measured run on a fresh checkpoint cycle: a run writes ~1 GB of WAL, so without
+    this the point measured after another paid for that one's checkpoint (and for the full
+    page images that follow a checkpoint), and the second of two points always looked worse."""
+    cluster.psql("postgres", "CHECKPOINT")
+
+
 def _durable(cluster: Cluster, processes: int, seconds: float, sqlite: bool) -> wrk.WrkResult:
     """The minimal durable receiver (bench/durable.py) on the same store, as many processes."""
+    settled(cluster)
     if sqlite:
         servers = [procs.durable_app("durable-pg-beside")]
     else:
         url = cluster.new_database()
         servers = [procs.durable_app(f"durable-pg{processes}-{n}", url) for n in range(processes)]
     try:
-        runs, _ = _drive(servers, seconds, f"pgd{processes}")
+        runs, _ = drive(servers, seconds, f"pgd{processes}")
     finally:
         for server in servers:
             server.stop()
@@ -143,14 +151,15 @@ def _combined(runs: list[wrk.WrkResult]) -> wrk.WrkResult:
 
 
 def _intake(cluster: Cluster, replicas: int, seconds: float, sqlite: bool = False) -> IntakePoint:
+    settled(cluster)
     url = _fresh_sqlite() if sqlite else cluster.new_database()
     with procs.running(procs.fake_segment(f"fake-pg-intake{replicas}")) as fake:
         bridges = [
-            procs.bridge(f"bridge-pg-intake{replicas}-{n}", _config(url, fake.url))
+            procs.bridge(f"bridge-pg-intake{replicas}-{n}", bridge_settings(url, fake.url))
             for n in range(replicas)
         ]
         try:
-            runs, acknowledged = _drive(bridges, seconds, f"pg{replicas}")
+            runs, acknowledged = drive(bridges, seconds, f"pg{replicas}")
         finally:
             for bridge in bridges:
                 bridge.stop()
@@ -205,12 +214,13 @@ def _drain(
         asyncio.run(_build(url, count, f"pgdrain{replicas}"))
         build_secs = time.perf_counter() - started
         cluster.psql(url.rsplit("/", 1)[1], "VACUUM ANALYZE")
+    settled(cluster)
     summary = None
     with procs.running(procs.fake_segment(f"fake-pg-drain{replicas}")) as fake:
-        pg_cpu = _postgres_cpu(cluster)
+        pg_cpu = server_cpu(cluster)
         started = time.perf_counter()
         bridges = [
-            procs.bridge(f"bridge-pg-drain{replicas}-{n}", _config(url, fake.url))
+            procs.bridge(f"bridge-pg-drain{replicas}-{n}", bridge_settings(url, fake.url))
             for n in range(replicas)
         ]
         sampler = None
@@ -219,7 +229,7 @@ def _drain(
                 sampler = profile.start(bridges[0].pid, 5, profile_out)
             first, now = drain.wait_delivered(fake, count, started, "postgres drain")
             bridge_cpu = sum(bridge.cpu_seconds() for bridge in bridges)
-            pg_cpu = _postgres_cpu(cluster) - pg_cpu
+            pg_cpu = server_cpu(cluster) - pg_cpu
         finally:
             if sampler is not None and sampler.wait(60) == 0 and profile_out is not None:
                 summary = profile.summarise(profile_out, 5) if profile_out.exists() else None
