@@ -36,10 +36,10 @@ from typing import Any
 import yaml
 
 from bench import procs
+from bench.drain import wait_delivered
 from bench.procs import OUT, Proc
 from tests.pgcluster import Cluster
 
-TIMEOUT_SECS = 300.0
 #: The last commit whose delivery uploads with ``requests`` in threads.
 THREADS_COMMIT = "bd39a1b"
 TREES = ("threads", "asyncio")
@@ -170,25 +170,13 @@ def drain(tree: Path, name: str, storage: dict[str, Any], count: int) -> Run:
         serve = _in_tree(tree, "import runpy; runpy.run_module('bridge', run_name='__main__')")
         started = time.perf_counter()
         bridge = Proc(f"abd-{name}", [*serve, "--config", str(path), "serve"])
-        first: float | None = None
         try:
-            deadline = started + TIMEOUT_SECS
-            while True:
-                stats = procs.get_json(fake.url + "/_stats")
-                unique = int(stats["unique"])
-                now = time.perf_counter()
-                if first is None and unique > 0:
-                    first = now
-                if unique >= count:
-                    break
-                if now > deadline or bridge.popen.poll() is not None:
-                    raise RuntimeError(f"{name}: {unique} of {count} after {now - started:.0f}s")
-                time.sleep(0.02)
+            first, now = wait_delivered(fake, count, started, name, sender=bridge)
             cpu = bridge.cpu_seconds()
         finally:
             bridge.stop()
-    assert first is not None
-    per_k = int(stats["requests"]) / count * 1000
+        requests = int(procs.get_json(fake.url + "/_stats")["requests"])
+    per_k = requests / count * 1000
     after_first = count / max(now - first, 1e-9)
     return Run(count / (now - started), cpu / count * 1e6, per_k, first - started, after_first)
 

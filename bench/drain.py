@@ -88,10 +88,12 @@ def _client(count: int, tag: str) -> tuple[float, int, int]:
     return float(report["seconds"]), int(report["queue_full_retries"]), counted
 
 
-def wait_delivered(fake: procs.Proc, count: int, started: float, name: str) -> tuple[float, float]:
+def wait_delivered(
+    fake: procs.Proc, count: int, started: float, name: str, sender: procs.Proc | None = None
+) -> tuple[float, float]:
     """Poll the fake (another process: no event to wait on) until it counted ``count``
     messageIds: the ``perf_counter`` times of the first arrival and of the end. Bounded by
-    :data:`TIMEOUT_SECS` from ``started``."""
+    :data:`TIMEOUT_SECS` from ``started``; fails at once if ``sender`` has exited."""
     first = None
     deadline = started + TIMEOUT_SECS
     while True:
@@ -102,8 +104,8 @@ def wait_delivered(fake: procs.Proc, count: int, started: float, name: str) -> t
         if unique >= count:
             assert first is not None
             return first, now
-        if now > deadline:
-            raise RuntimeError(f"{name}: {unique} of {count} after {TIMEOUT_SECS}s")
+        if now > deadline or (sender is not None and sender.popen.poll() is not None):
+            raise RuntimeError(f"{name}: {unique} of {count} after {now - started:.0f}s")
         time.sleep(0.02)
 
 

@@ -55,6 +55,13 @@ def post_json(url: str, doc: Any, timeout: float = 5.0) -> Any:
         return orjson.loads(answer.read())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process ``pid`` has used so far (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1]
+    utime, stime = fields.split()[11:13]
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+
 class Proc:
     """One child process with its log file."""
 
@@ -104,9 +111,7 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used so far (from /proc/<pid>/stat)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1]
-        utime, stime = fields.split()[11:13]
-        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
     def tail(self, lines: int = 30) -> str:
         if not self._log.closed:

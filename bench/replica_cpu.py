@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
-from pathlib import Path
 
 from bench import postgres, procs
 from bench.intake_parts import children
@@ -23,12 +21,11 @@ from tests.pgcluster import Cluster
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds used so far by ``pids`` together (a process gone meanwhile counts 0)."""
     total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-            fields = stat.rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            total += procs.cpu_seconds(pid)
     return total
 
 
