@@ -1,6 +1,7 @@
 """Existing databases (SQLite v4, PostgreSQL v3) migrate in place with what is queued: the
-pending messages stay deliverable, the dead letters stay replayable, refs stay searchable, and
-new webhooks take the keep-then-map path beside them."""
+pending messages stay deliverable, the dead letters stay replayable, refs stay searchable, the
+portals stored in webhook rows stay shown, and new webhooks take the keep-then-map path beside
+them (their mapped portal beside the row: SQLite v6, PostgreSQL v5)."""
 
 from __future__ import annotations
 
@@ -53,16 +54,21 @@ async def test_a_sqlite_v4_database_keeps_its_queue(tmp_path: Path) -> None:
         assert [r.webhook_id for r in await store.find_events(EventQuery(ref="a-1"), NOW)] == [
             "wh_1"
         ]
-        assert len(await store.dead_letters(DeadLetterFilter())) == 1
+        [letter] = await store.dead_letters(DeadLetterFilter())
+        assert letter.portal_id == "p"  # a portal kept in the webhook's row before v6
         kept = await keep_and_map(store)
         claimed = await store.claim(NOW, 10, 30)
         assert [m.message_id for m in claimed] == ["old", "new"]
-        assert [r.webhook_id for r in await store.find_events(EventQuery(ref="w-2"), NOW)] == [kept]
+        found = await store.find_events(EventQuery(ref="w-2"), NOW)
+        assert [(r.webhook_id, r.portal_id) for r in found] == [(kept, "p")]
     finally:
         await store.close()
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        # The mapped portal sits beside the row: the row with its body is never rewritten.
+        assert conn.execute("SELECT portal_id FROM webhooks WHERE id = 3").fetchone() == (None,)
+        assert conn.execute("SELECT * FROM webhook_portals").fetchall() == [(3, "p")]
         triggers = conn.execute(
             "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name ="
             " 'webhooks_refs_insert'"

@@ -17,12 +17,18 @@ from bridge.store import DeadLetter, DeadReason, EnqueueReceipt, EventMessage, E
 #: The longest row id a webhook reference may name (a bigint has 19 digits; 18 always fits).
 MAX_ROW_DIGITS = 18
 
+#: A webhook's portal as operators see it: the one its mapping read from the body
+#: (``webhook_portals``, both schemas), else the one intake kept (the ``?portal=`` hint). Used
+#: with :data:`PORTAL_JOIN` on a query of ``webhooks w``.
+PORTAL = "CASE WHEN wp.webhook_id IS NULL THEN w.portal_id ELSE wp.portal_id END"
+PORTAL_JOIN = "LEFT JOIN webhook_portals wp ON wp.webhook_id = w.id"
+
 LETTER_COLUMNS = (
-    "d.id, d.webhook_id, w.code, w.portal_id, m.message_id, d.reason, d.detail, d.attempts,"
+    f"d.id, d.webhook_id, w.code, {PORTAL}, m.message_id, d.reason, d.detail, d.attempts,"
     " d.created_at"
 )
 LETTER_FROM = (
-    "FROM dead_letters d JOIN webhooks w ON w.id = d.webhook_id"
+    f"FROM dead_letters d JOIN webhooks w ON w.id = d.webhook_id {PORTAL_JOIN}"
     " LEFT JOIN messages m ON m.id = d.message_row"
     " LEFT JOIN message_payloads p ON p.id = d.message_row"
 )

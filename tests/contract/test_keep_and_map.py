@@ -80,6 +80,32 @@ class TestRecord:
         [receipt] = await store.record([judged(taken, msg("a"))])
         assert (receipt.stored, receipt.duplicates) == (0, 1)
 
+    async def test_the_mapped_portal_is_shown_and_the_kept_hint_stays(self, store: Store) -> None:
+        """The portal the mapping read replaces the kept ``?portal=`` hint in what operators
+        see (events, one event, dead letters)."""
+        hinted = await store.keep(Webhook("user.registered", "hint-1", 5.0, b"{}"))
+        plain = await store.keep(Webhook("user.registered", None, 6.0, b"{}"))
+        same = await store.keep(Webhook("user.registered", "portal-9", 7.0, b"junk"))
+        taken = await store.take(10, 30)
+        await store.record(
+            [
+                judged(taken[0], msg("a")),
+                Judged(taken[1], None, (msg("b"),), None, ()),
+                judged(taken[2], dead=DeadReason("invalid_json", "x")),
+            ]
+        )
+        found = await store.find_events(EventQuery(), NOW)
+        assert [(r.webhook_id, r.portal_id) for r in found] == [
+            (same, "portal-9"),
+            (plain, None),
+            (hinted, "portal-9"),
+        ]
+        detail = await store.event(hinted, NOW)
+        assert detail is not None
+        assert detail.event.portal_id == "portal-9"
+        [letter] = await store.dead_letters(DeadLetterFilter())
+        assert letter.portal_id == "portal-9"
+
 
 class TestPoison:
     async def test_a_webhook_tried_before_comes_alone(self, store: Store) -> None:

@@ -37,6 +37,8 @@ from bridge.store.rows import (
     EVENT_MESSAGE_COLUMNS,
     LETTER_COLUMNS,
     LETTER_FROM,
+    PORTAL,
+    PORTAL_JOIN,
     dead_letter_of,
     event_message,
     event_records,
@@ -390,9 +392,9 @@ WHERE u.webhook_id = t.id AND u.lease = t.lease RETURNING u.webhook_id
 _JUDGED = (
     """
 WITH portals AS (
-    UPDATE webhooks w SET portal_id = p.portal_id
-    FROM unnest($1::bigint[], $2::text[]) AS p(id, portal_id)
-    WHERE w.id = p.id AND w.portal_id IS DISTINCT FROM p.portal_id
+    INSERT INTO webhook_portals (webhook_id, portal_id)
+    SELECT p.id, p.portal_id FROM unnest($1::bigint[], $2::text[]) AS p(id, portal_id)
+    ON CONFLICT (webhook_id) DO UPDATE SET portal_id = EXCLUDED.portal_id
 ), refs AS (
     INSERT INTO webhook_refs (ref, webhook_id)
     SELECT r.ref, r.id FROM unnest($3::bigint[], $4::text[]) AS r(id, ref)
@@ -428,10 +430,11 @@ async def record(conn: Conn, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
         ref_ids.extend([j.taken.row_id] * len(j.refs))
         ref_texts.extend(j.refs)
     dead = [j for j in kept if j.dead is not None]
+    moved = [j for j in kept if j.portal_id != j.taken.webhook.portal_id]
     await conn.execute(
         _JUDGED,
-        [j.taken.row_id for j in kept],
-        [_clean(j.portal_id) for j in kept],
+        [j.taken.row_id for j in moved],
+        [_clean(j.portal_id) for j in moved],
         ref_ids,
         ref_texts,
         unknown,
@@ -911,7 +914,7 @@ async def find_events(conn: Conn, query: EventQuery, now: float) -> list[EventRe
     params.append(max(0, query.limit))
     # Built only from the constant fragments above; every value is a bound parameter.
     sql = (
-        "SELECT w.id, w.code, w.portal_id, w.received_at FROM webhooks w"  # noqa: S608
+        f"SELECT w.id, w.code, {PORTAL}, w.received_at FROM webhooks w {PORTAL_JOIN}"  # noqa: S608
         f" WHERE {' AND '.join(where) or 'true'}"
         f" ORDER BY w.received_at DESC, w.id DESC LIMIT ${len(params)}"
     )
@@ -926,7 +929,8 @@ async def event(conn: Conn, ref: str, now: float) -> EventDetail | None:
         return None
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         found = await conn.fetchrow(
-            "SELECT id, code, portal_id, received_at, raw_body FROM webhooks WHERE id = $1",
+            f"SELECT w.id, w.code, {PORTAL}, w.received_at, w.raw_body FROM webhooks w"  # noqa: S608
+            f" {PORTAL_JOIN} WHERE w.id = $1",
             row_id,
         )
         if found is None:

@@ -208,8 +208,21 @@ CREATE TABLE IF NOT EXISTS bridge_exam_tests (
 );
 """
 
+# v5: the portal the mapping read from a body goes to ``webhook_portals`` (as SQLite's v6), not
+# into the webhook's row: an UPDATE there wrote a new version of the whole row with its body
+# (and a dead one for vacuum) per webhook. ``webhooks.portal_id`` stays what intake kept; readers
+# show the mapped portal where there is one (bridge.store.rows.PORTAL). A v4 replica still
+# running during a rolling upgrade keeps updating the webhook row: readers show that when no
+# ``webhook_portals`` row exists, so both agree.
+_V5 = """
+CREATE TABLE IF NOT EXISTS webhook_portals (
+    webhook_id bigint PRIMARY KEY REFERENCES webhooks(id) ON DELETE CASCADE,
+    portal_id  text
+);
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

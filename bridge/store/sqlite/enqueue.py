@@ -84,7 +84,12 @@ _REFS_FROM_BODY = (
 _MAPPED = (
     "DELETE FROM unmapped WHERE webhook_id IN (SELECT value FROM json_each(?)) RETURNING webhook_id"
 )
-_PORTAL = "UPDATE webhooks SET portal_id = ? WHERE id = ? AND portal_id IS NOT ?"
+#: The portal the mapping read, where it is not the one intake kept (schema v6: beside the
+#: webhook's row, which a change of size would rewrite with its whole body).
+_PORTALS = (
+    "INSERT OR REPLACE INTO webhook_portals (webhook_id, portal_id)"
+    " SELECT column1, column2 FROM (VALUES {rows}) WHERE column1 IS NOT NULL"
+)
 _WEBHOOKS = (
     "INSERT INTO webhooks (id, code, portal_id, received_at, raw_body)"
     " SELECT column1, column2, column3, column4, column5 FROM (VALUES {rows})"
@@ -134,10 +139,12 @@ def record_group(conn: sqlite3.Connection, judged: Sequence[Judged]) -> list[Enq
     ids = [one.taken.row_id for one in judged]
     live = {row for (row,) in conn.execute(_MAPPED, (orjson.dumps(ids),))}
     kept = [one for one in judged if one.taken.row_id in live]
+    portals: list[object] = []
     for one in kept:
-        row_id = one.taken.row_id
         if one.portal_id != one.taken.webhook.portal_id:
-            conn.execute(_PORTAL, (one.portal_id, row_id, one.portal_id))
+            portals += (one.taken.row_id, one.portal_id)
+    if portals:
+        _insert(conn, _PORTALS, 2, portals)
     _insert_refs(conn, [one.taken.row_id for one in kept], [one.refs for one in kept])
     items: list[Item] = [(one.taken.webhook, one.messages, one.dead) for one in kept]
     (messages_before,) = conn.execute(_MESSAGES_HIGH_WATER).fetchone()

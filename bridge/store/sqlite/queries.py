@@ -34,6 +34,8 @@ from bridge.store.rows import (
     EVENT_MESSAGE_COLUMNS,
     LETTER_COLUMNS,
     LETTER_FROM,
+    PORTAL,
+    PORTAL_JOIN,
     dead_letter_of,
     event_message,
     event_records,
@@ -523,7 +525,7 @@ def find_events(conn: sqlite3.Connection, query: EventQuery, now: float) -> list
             params.append(now)
     # Built only from the constant fragments above; every value is a bound parameter.
     sql = (
-        "SELECT w.id, w.code, w.portal_id, w.received_at FROM webhooks w"  # noqa: S608
+        f"SELECT w.id, w.code, {PORTAL}, w.received_at FROM webhooks w {PORTAL_JOIN}"  # noqa: S608
         f" WHERE {' AND '.join(where) or '1'} ORDER BY w.received_at DESC, w.id DESC LIMIT ?"
     )
     conn.execute("BEGIN")
@@ -541,7 +543,8 @@ def event(conn: sqlite3.Connection, ref: str, now: float) -> EventDetail | None:
     conn.execute("BEGIN")
     try:
         found = conn.execute(
-            "SELECT id, code, portal_id, received_at, raw_body FROM webhooks WHERE id = ?",
+            f"SELECT w.id, w.code, {PORTAL}, w.received_at, w.raw_body FROM webhooks w"  # noqa: S608
+            f" {PORTAL_JOIN} WHERE w.id = ?",
             (row_id,),
         ).fetchone()
         if found is None:

@@ -166,8 +166,21 @@ CREATE TABLE IF NOT EXISTS unmapped (
 DROP TRIGGER IF EXISTS webhooks_refs_insert;
 """
 
+# v6: the portal the mapping read from a body goes to ``webhook_portals``, not into the webhook's
+# own row. Why: a webhook row holds its ~6 KB body, and SQLite rewrites a whole record (its
+# overflow pages too) when one column changes size, so setting ``portal_id`` after the fact cost
+# ~12 KB of WAL per webhook, a quarter of what the mapping process wrote (docs/benchmarks.md).
+# ``webhooks.portal_id`` stays what intake kept (the ``?portal=`` hint); readers show the mapped
+# portal where there is one (:data:`bridge.store.rows.PORTAL`). Rows go with their webhook.
+_V6 = """
+CREATE TABLE IF NOT EXISTS webhook_portals (
+    webhook_id INTEGER PRIMARY KEY REFERENCES webhooks(id) ON DELETE CASCADE,
+    portal_id  TEXT
+);
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
