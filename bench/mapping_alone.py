@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 
 from bench import body, procs
 from bench.procs import OUT
@@ -27,30 +28,40 @@ from bridge.store.sqlite.store import SQLiteStore
 KEEP_GROUP = 256
 
 
-async def measure(count: int, batch: int) -> tuple[float, float]:
-    """Webhooks mapped per second, and CPU µs per webhook (all threads of this process)."""
-    db = OUT / "mapping-alone.db"
-    for stale in OUT.glob("mapping-alone.db*"):
+async def keep_backlog(store: SQLiteStore, count: int) -> None:
+    """``count`` fresh benchmark ``exam.completed`` webhooks kept unmapped, as intake keeps them."""
+    for start in range(0, count, KEEP_GROUP):
+        await asyncio.gather(
+            *(
+                store.keep(
+                    Webhook(
+                        "exam.completed",
+                        None,
+                        time.time(),
+                        body.render(f"u{n:07d}", f"a{n:010d}"),
+                    )
+                )
+                for n in range(start, min(count, start + KEEP_GROUP))
+            )
+        )
+
+
+async def measure(
+    count: int, batch: int, name: str = "mapping-alone", ready: Callable[[], None] | None = None
+) -> tuple[float, float]:
+    """Webhooks mapped per second, and CPU µs per webhook (all threads of this process).
+    ``ready`` is called once the backlog is kept, just before the mapping starts."""
+    db = OUT / f"{name}.db"
+    for stale in OUT.glob(f"{name}.db*"):
         stale.unlink()
     store = SQLiteStore(db)
     await store.open()
     try:
-        for start in range(0, count, KEEP_GROUP):
-            await asyncio.gather(
-                *(
-                    store.keep(
-                        Webhook(
-                            "exam.completed",
-                            None,
-                            time.time(),
-                            body.render(f"u{n:07d}", f"a{n:010d}"),
-                        )
-                    )
-                    for n in range(start, min(count, start + KEEP_GROUP))
-                )
-            )
+        await keep_backlog(store, count)
         config = config_module.parse(procs.bridge_config(db, 1, "http://127.0.0.1:9"))
         stage = MappingStage(store, lambda: config, batch=batch)
+        if ready is not None:
+            ready()
         started, cpu = time.perf_counter(), time.process_time()
         await stage.drain(time.monotonic() + 600)
         elapsed, used = time.perf_counter() - started, time.process_time() - cpu
