@@ -13,7 +13,7 @@ import pytest
 
 from bridge.errors import StorageUnavailableError
 from bridge.messages import OutgoingMessage
-from bridge.store import DeadLetterFilter, DeadReason, Webhook
+from bridge.store import DeadLetterFilter, DeadReason, Judged, Webhook
 from bridge.store.postgres.schema import SCHEMA_VERSION
 from bridge.store.postgres.store import PostgresStore
 from tests.conftest import polled
@@ -128,6 +128,25 @@ class TestSharing:
         stats = await store.stats(since=0)
         assert (stats.delivered_total, stats.pending, stats.dead_letters) == (40, 0, {})
         assert await store.dead_letters(DeadLetterFilter()) == []
+
+    async def test_pruning_a_webhook_takes_its_mapped_portal(
+        self, opener: Opener, url: str
+    ) -> None:
+        """``webhook_portals`` has no foreign key (schema v5): the delete takes it along."""
+        store = await opener()
+        await store.keep(Webhook("user.registered", None, T0, b"{}"))
+        [taken] = await store.take(10, LEASE)
+        await store.record([Judged(taken, "p-1", (message(1),), None, ())])
+        claimed = await store.claim(now=T0, limit=10, lease_secs=LEASE)
+        await store.ack([m.id for m in claimed], now=T0)
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM webhook_portals") == 1
+            assert await store.prune_delivered(before=T0 + 1) == 1
+            assert await conn.fetchval("SELECT count(*) FROM webhooks") == 0
+            assert await conn.fetchval("SELECT count(*) FROM webhook_portals") == 0
+        finally:
+            await conn.close()
 
 
 class TestCounters:

@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
 from bridge.mapper.stage import MappingStage
-from bridge.store import DeadLetterFilter, DeadReason, Store, Webhook
+from bridge.store import DeadLetterFilter, DeadReason, Judged, Store, Webhook
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.identity import DatabaseFileLostError
 from bridge.store.sqlite.schema import (
@@ -107,6 +107,22 @@ class TestRoundTrip:
         with pytest.raises(StorageUnavailableError, match="not open"):
             await store.stats(0)
         assert query(db, "PRAGMA journal_mode") == [("wal",)]
+
+    async def test_the_mapped_portal_leaves_the_row_as_kept(
+        self, store: SQLiteStore, db: Path
+    ) -> None:
+        """The mapped portal goes beside the row (schema v6), never into it (a change of size
+        rewrites the row with its body); pruning the webhook takes it along."""
+        await store.keep(Webhook("user.registered", None, NOW, b"{}"))
+        [taken] = await store.take(10, 30)
+        await store.record([Judged(taken, "p-1", (msg("a"),), None, ())])
+        assert query(db, "SELECT portal_id FROM webhooks") == [(None,)]
+        assert query(db, "SELECT portal_id FROM webhook_portals") == [("p-1",)]
+        claimed = await store.claim(NOW, 10, 30)
+        await store.ack([m.id for m in claimed], NOW)
+        assert await store.prune_delivered(before=NOW + 1) == 1
+        assert query(db, "SELECT count(*) FROM webhooks") == [(0,)]
+        assert query(db, "SELECT count(*) FROM webhook_portals") == [(0,)]
 
 
 class TestDedupe:

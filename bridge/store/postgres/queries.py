@@ -695,13 +695,21 @@ async def stats(conn: Conn, since: float) -> StoreStats:
 # ---- maintenance -------------------------------------------------------------------------------
 
 
+#: Webhooks no message or dead letter needs any more, with their mapped portal (no foreign key
+#: there: see schema v5); their refs go by their foreign key's cascade.
+_DELETE_ORPHANS = """
+WITH gone AS (
+    DELETE FROM webhooks w WHERE w.id = ANY($1::bigint[])
+    AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id)
+    AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.webhook_id = w.id)
+    RETURNING w.id
+)
+DELETE FROM webhook_portals p USING gone WHERE p.webhook_id = gone.id
+"""
+
+
 async def delete_orphan_webhooks(conn: Conn, webhooks: Iterable[int]) -> None:
-    await conn.execute(
-        "DELETE FROM webhooks w WHERE w.id = ANY($1::bigint[])"
-        " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id)"
-        " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.webhook_id = w.id)",
-        sorted(set(webhooks)),
-    )
+    await conn.execute(_DELETE_ORPHANS, sorted(set(webhooks)))
 
 
 async def prune_delivered(conn: Conn, before: float, chunk: int) -> int:

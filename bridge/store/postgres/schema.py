@@ -214,9 +214,14 @@ CREATE TABLE IF NOT EXISTS bridge_exam_tests (
 # show the mapped portal where there is one (bridge.store.rows.PORTAL). A v4 replica still
 # running during a rolling upgrade keeps updating the webhook row: readers show that when no
 # ``webhook_portals`` row exists, so both agree.
+# ``webhook_portals`` has no foreign key to ``webhooks`` (as ``messages`` and ``unmapped``):
+# a key check runs a trigger and locks the webhook's row (``FOR KEY SHARE``, itself a write) for
+# every mapped webhook; the statement that deletes webhooks deletes their portal too
+# (queries._DELETE_ORPHANS). A v4 replica deletes webhooks without it: such a row names no
+# webhook (ids are never reused) and nothing reads it.
 _V5 = """
 CREATE TABLE IF NOT EXISTS webhook_portals (
-    webhook_id bigint PRIMARY KEY REFERENCES webhooks(id) ON DELETE CASCADE,
+    webhook_id bigint PRIMARY KEY,  -- webhooks(id); no FK, as messages
     portal_id  text
 );
 """
