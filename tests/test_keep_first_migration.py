@@ -100,8 +100,11 @@ async def test_a_postgres_v3_database_keeps_its_queue(postgres: Cluster) -> None
     try:
         assert store.schema_versions == (3, len(PG_MIGRATIONS))
         assert (await store.stats(0)).unmapped == 0
-        await keep_and_map(store)
+        kept = await keep_and_map(store)
         claimed = await store.claim(NOW, 10, 30)
         assert [m.message_id for m in claimed] == ["old", "new"]
+        found = await store.find_events(EventQuery(), NOW)
+        # The old webhook's portal is in its row; the new one's beside it (v5).
+        assert [(r.webhook_id, r.portal_id) for r in found] == [(kept, "p"), ("wh_1", "p")]
     finally:
         await store.close()
