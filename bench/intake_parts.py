@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs, wrk
+from bench.intake import PATH
 from bench.procs import OUT
 
-PATH = "/webhooks/synap/exam.completed"
 CONNECTIONS = 64
 MODES = ("all", "no-delivery", "no-mapping")
 #: Nothing listens here: delivery's uploads are refused at once.

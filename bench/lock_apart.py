@@ -25,14 +25,16 @@ import subprocess
 import sys
 
 from bench import mapping_alone, procs, wrk
+from bench.intake import PATH
+from bench.intake_parts import CONNECTIONS
 from bench.procs import OUT
 from bridge import logs
+from bridge.config import MapperConfig
 
-PATH = "/webhooks/synap/exam.completed"
-CONNECTIONS = 64
 #: Enough backlog that the mapping runs through the warm-up and the whole measured window.
 BACKLOG = 60_000
-MAPPER_NICE = 5
+#: The mapping as ``serve`` runs it by default (``mapper.batch``, ``mapper.nice``).
+MAPPER = MapperConfig()
 READY = "mapping"
 
 
@@ -41,11 +43,11 @@ def map_child(count: int) -> int:
     logs.configure("warning", "json")
 
     def ready() -> None:
-        os.nice(MAPPER_NICE)
+        os.nice(MAPPER.nice)
         print(READY, flush=True)
 
     rate, cpu_us = asyncio.run(
-        mapping_alone.measure(count, 128, name="lock-apart-mapping", ready=ready)
+        mapping_alone.measure(count, MAPPER.batch, name="lock-apart-mapping", ready=ready)
     )
     print(f"mapped {count:,}: {rate:,.0f} webhooks/s, {cpu_us:.0f} µs CPU per webhook", flush=True)
     return 0

@@ -232,7 +232,7 @@ class MapperConfig(_Section):
     #: Map in a process of its own under ``serve`` (a second core); False: inside serve's own
     #: process (one core, as small hosts and the in-process tests run it).
     process: bool = True
-    #: Webhooks per take and record transaction.
+    #: Webhooks per take (recorded in transactions of the store's size: 32 on SQLite).
     batch: int = Field(128, ge=1, le=1000)
     #: Tries before a webhook whose mapping keeps failing becomes a ``mapping_failed`` dead letter.
     max_tries: int = Field(3, ge=1, le=20)

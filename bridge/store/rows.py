@@ -12,7 +12,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.store import DeadLetter, DeadReason, EnqueueReceipt, EventMessage, EventRecord
+from bridge.store import (
+    DeadLetter,
+    DeadReason,
+    EnqueueReceipt,
+    EventMessage,
+    EventRecord,
+    Judged,
+)
 
 #: The longest row id a webhook reference may name (a bigint has 19 digits; 18 always fits).
 MAX_ROW_DIGITS = 18
@@ -32,6 +39,16 @@ LETTER_FROM = (
     " LEFT JOIN messages m ON m.id = d.message_row"
     " LEFT JOIN message_payloads p ON p.id = d.message_row"
 )
+
+
+def portal_moves(judged: Sequence[Judged]) -> list[tuple[int, str | None]]:
+    """``(webhook row id, portal)`` of the verdicts whose mapped portal is not the one intake
+    kept: the rows ``webhook_portals`` gets (read back through :data:`PORTAL`)."""
+    return [
+        (one.taken.row_id, one.portal_id)
+        for one in judged
+        if one.portal_id != one.taken.webhook.portal_id
+    ]
 
 
 def json_string(value: str) -> str:

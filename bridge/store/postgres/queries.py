@@ -43,6 +43,7 @@ from bridge.store.rows import (
     event_message,
     event_records,
     json_string,
+    portal_moves,
     receipt,
     webhook_ref,
     webhook_row,
@@ -430,11 +431,11 @@ async def record(conn: Conn, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
         ref_ids.extend([j.taken.row_id] * len(j.refs))
         ref_texts.extend(j.refs)
     dead = [j for j in kept if j.dead is not None]
-    moved = [j for j in kept if j.portal_id != j.taken.webhook.portal_id]
+    moves = portal_moves(kept)
     await conn.execute(
         _JUDGED,
-        [j.taken.row_id for j in moved],
-        [_clean(j.portal_id) for j in moved],
+        [row_id for row_id, _ in moves],
+        [_clean(portal) for _, portal in moves],
         ref_ids,
         ref_texts,
         unknown,

@@ -41,7 +41,7 @@ import orjson
 
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, EnqueueReceipt, Judged, Webhook
-from bridge.store.rows import receipt, webhook_ref
+from bridge.store.rows import portal_moves, receipt, webhook_ref
 from bridge.store.sqlite.queries import message_row
 
 #: One ``enqueue`` call: the webhook, its messages, or why it is a dead letter.
@@ -139,10 +139,7 @@ def record_group(conn: sqlite3.Connection, judged: Sequence[Judged]) -> list[Enq
     ids = [one.taken.row_id for one in judged]
     live = {row for (row,) in conn.execute(_MAPPED, (orjson.dumps(ids),))}
     kept = [one for one in judged if one.taken.row_id in live]
-    portals: list[object] = []
-    for one in kept:
-        if one.portal_id != one.taken.webhook.portal_id:
-            portals += (one.taken.row_id, one.portal_id)
+    portals: list[object] = [value for move in portal_moves(kept) for value in move]
     if portals:
         _insert(conn, _PORTALS, 2, portals)
     _insert_refs(conn, [one.taken.row_id for one in kept], [one.refs for one in kept])
