@@ -655,6 +655,36 @@ class TestFailures:
             await store.close()
         assert query(db, "SELECT count(*) FROM webhooks") == [(2,)]
 
+    async def test_writes_queued_behind_another_process_s_lock_join_the_waiting_one(
+        self, db: Path
+    ) -> None:
+        """A group commit that waited for the lock takes the shareable writes that queued
+        meanwhile into its transaction (one commit, not two); the first write that cannot
+        share it (the writable probe) and what follows run after, in their order."""
+        store = SQLiteStore(db, busy_timeout_secs=30)
+        await store.open()
+        try:
+            assert store._writer is not None
+            writer = store._writer
+            with write_lock(db):
+                first = asyncio.ensure_future(store.enqueue(hook(1), [msg("a")]))
+                await eventually(lambda: writer.busy_waits == 1)
+                before = commits(store)
+                joined = [asyncio.ensure_future(store.keep(hook(n))) for n in (2, 3)]
+                probe = asyncio.ensure_future(store.check_writable())
+                last = asyncio.ensure_future(store.keep(hook(4)))
+                await eventually(lambda: store.backlog == 4)
+            assert (await first).webhook_id == "wh_1"
+            assert [await one for one in joined] == ["wh_2", "wh_3"]
+            await probe
+            assert await last == "wh_4"
+            assert commits(store) - before == 3  # 1-3 together, the probe, then 4
+        finally:
+            await store.close()
+        assert query(db, "SELECT id, code FROM webhooks ORDER BY id") == [
+            (n, hook(n).code) for n in (1, 2, 3, 4)
+        ]
+
     async def test_locked_past_busy_timeout(self, db: Path) -> None:
         store = SQLiteStore(db, busy_timeout_secs=0.05)
         await store.open()

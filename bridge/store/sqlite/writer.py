@@ -23,6 +23,8 @@ tries, so a group commit behind an 8 ms transaction of the mapper's slept 18 ms,
 made the next group larger and slower: the intake's p99. So the writer begins its transactions
 with the busy handler off and tries again every :data:`BEGIN_RETRY_SECS` itself, within the same
 ``busy_timeout``; open, migrate and close (``raw`` jobs) keep SQLite's handler.
+Once it has the lock after a wait, the transaction first takes in the shareable jobs that
+queued meanwhile (:meth:`Writer._grow`): one commit where there were two behind the same lock.
 
 The database file: after each COMMIT, before answering, the writer checks that the path still
 names the file it writes (:mod:`bridge.store.sqlite.identity`); when idle, once a second.
@@ -95,6 +97,9 @@ class Writer:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._conn: sqlite3.Connection | None = None
+        # Jobs a transaction took from the queue while it grew (:meth:`_grow`) but could not
+        # share it: the next round starts with them, in their order.
+        self._carry: list[Job | None] = []
         self.commits = 0  # write transactions committed (group commit makes this < calls)
 
     @property
@@ -133,27 +138,35 @@ class Writer:
     def _run(self) -> None:
         running = True
         while running:
+            if not self._carry:
+                try:
+                    first = self._queue.get(timeout=IDLE_CHECK_SECS if self._identity else None)
+                except queue.Empty:
+                    self._idle_check()
+                    continue
+                self._carry.append(first)
+            pending, self._carry = self._carry + self._drain(), []
             batch: list[Job] = []
-            try:
-                item = self._queue.get(timeout=IDLE_CHECK_SECS if self._identity else None)
-            except queue.Empty:
-                self._idle_check()
-                continue
-            while True:
+            for item in pending:
                 if item is None:
                     running = False
                     break
                 batch.append(item)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
             self._process(batch)
             if self._between is not None and self._conn is not None:
                 self._between(self._conn)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def _drain(self) -> list[Job | None]:
+        """Every job queued right now, without waiting."""
+        taken: list[Job | None] = []
+        while True:
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                return taken
 
     def _process(self, batch: list[Job]) -> None:
         start = 0
@@ -165,9 +178,7 @@ class Writer:
             group = batch[start:end]
             if group[0].raw:
                 self._run_raw(group[0])
-            elif len(group) == 1:
-                self._transaction(group)
-            elif not self._transaction(group, settle_failures=False):
+            elif not self._transaction(group, grow=end == len(batch) and group[0].groupable):
                 self._one_by_one(group)
             start = end
 
@@ -189,15 +200,16 @@ class Writer:
             conn.execute(f"PRAGMA busy_timeout = {ms}")
             self._busy_handler_on = on
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
+    def _begin(self, conn: sqlite3.Connection) -> bool:
         """BEGIN IMMEDIATE, trying again every :data:`BEGIN_RETRY_SECS` while another process
-        writes, for at most ``busy_timeout`` (then SQLITE_BUSY, as SQLite's handler would)."""
+        writes, for at most ``busy_timeout`` (then SQLITE_BUSY, as SQLite's handler would).
+        True when it had to wait."""
         self._busy_handler(conn, on=False)
         deadline: float | None = None
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                return
+                return deadline is not None
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc):
                     raise
@@ -219,18 +231,21 @@ class Writer:
             job.outcome = (False, _failure(exc, job.doing))
         _resolve([job])
 
-    def _transaction(self, jobs: list[Job], settle_failures: bool = True) -> bool:
+    def _transaction(self, jobs: list[Job], *, grow: bool = False) -> bool:
         """Run ``jobs`` in one transaction; True once they are settled (committed or failed).
 
-        With ``settle_failures=False`` a failure leaves the jobs unsettled (False) so the
-        caller can retry them one by one, unless the database was busy: then all fail now.
+        A failure of several jobs leaves them unsettled (False), so the caller can retry them
+        one by one, unless the database was busy or the file is lost: then all fail now.
+        ``grow``: the jobs are shareable and the last of their round; if the write lock was
+        busy, the shareable jobs that queued meanwhile join them (:meth:`_grow`).
         """
         conn: sqlite3.Connection | None = None
         try:
             conn = self._connection()
             if self._identity is not None:
                 self._identity.refuse()
-            self._begin(conn)
+            if self._begin(conn) and grow:
+                self._grow(jobs)
             _work(conn, jobs)
             conn.execute("COMMIT")
             if self._identity is not None:
@@ -238,7 +253,7 @@ class Writer:
         except Exception as exc:
             _rollback(conn)
             lost = isinstance(exc, DatabaseFileLostError) or self._file_lost_under(exc)
-            if not settle_failures and not is_busy(exc) and not lost:
+            if len(jobs) > 1 and not is_busy(exc) and not lost:
                 return False
             for job in jobs:  # nothing committed: nobody is acknowledged
                 job.outcome = (False, _failure(exc, job.doing))
@@ -249,6 +264,22 @@ class Writer:
         if self._on_commit is not None:
             self._on_commit()
         return True
+
+    def _grow(self, jobs: list[Job]) -> None:
+        """Add the shareable jobs that queued while BEGIN waited for another process's lock.
+
+        Why: a round's jobs are taken before BEGIN, so without this a group commit that waited
+        3 ms behind the mapper's transaction committed only the jobs of before the wait, and
+        the ones that arrived during it needed a commit of their own, after another wait: two
+        commits (each about a millisecond of the one write lock) where one does.
+        The first job that cannot share (and everything after it) waits for the next round.
+        """
+        arrived = self._drain()
+        for index, job in enumerate(arrived):
+            if job is None or not job.groupable:
+                self._carry = arrived[index:]
+                return
+            jobs.append(job)
 
     def _file_lost_under(self, exc: Exception) -> bool:
         """A write that failed because the file is no database (any more), or is malformed:
