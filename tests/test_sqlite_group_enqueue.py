@@ -230,7 +230,7 @@ class TestEdgeCases:
             with write_lock(db):
                 tasks = await queued(store, calls)
             done = await asyncio.gather(*tasks, return_exceptions=True)
-            assert commits(store) - before == 3  # the first alone, then 2 of 3 one by one
+            assert commits(store) - before == 3  # the four failed together; 3 of 4 one by one
         finally:
             await store.close()
         assert isinstance(done[2], StorageUnavailableError)
