@@ -428,6 +428,21 @@ def count_claims(store: SQLiteStore) -> list[int]:
     return claimed
 
 
+def count_idles(store: SQLiteStore) -> asyncio.Event:
+    """Set each time the loop, going idle, reads the next due time (the real read); the test
+    clears it."""
+    idle = asyncio.Event()
+    original = store.next_due_at
+
+    async def noted() -> float | None:
+        due = await original()
+        idle.set()
+        return due
+
+    store.next_due_at = noted  # type: ignore[method-assign]
+    return idle
+
+
 class TestPipelining:
     async def test_a_backlog_claims_the_next_batch_while_every_slot_uploads(
         self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
@@ -542,6 +557,32 @@ class TestRunLoop:
         await fake.wait_for(11)
         assert sorted(fake.batch_sizes) == [1, 10]  # flushed by size, long before the 30 s age
         assert claimed[before] == 9
+        await delivery.stop(grace_secs=5.0)
+        await asyncio.wait_for(loop, 5)
+
+    async def test_an_upload_that_finishes_does_not_repeat_a_claim_that_found_nothing(
+        self, store: SQLiteStore, fake: FakeSegment, make: MakeDelivery
+    ) -> None:
+        """Each claim is a write transaction (SQLite's one write lock): under load, half of
+        them found nothing, made again each time an upload finished. Only an arrival (or a
+        wait that ran its course) makes another claim worth it."""
+        claimed = count_claims(store)
+        idle = count_idles(store)
+        delivery = make(settings(concurrency=2, max_events=1, timeout=30.0), clock=time.time)
+        loop = asyncio.create_task(delivery.run())
+        fake.hold()
+        await enqueue(store, time.time(), range(1))
+        delivery.wake()
+        await fake.wait_until(lambda: fake.active >= 1)  # one upload in flight, held
+        await eventually(lambda: claimed == [1, 0])  # the free slot looked, found nothing
+        idle.clear()
+        fake.release()
+        await asyncio.wait_for(idle.wait(), 10)  # delivered, and the loop went idle
+        assert claimed == [1, 0]  # no claim when the upload finished
+        await enqueue(store, time.time(), range(1, 2))
+        delivery.wake()  # an arrival: claimed and sent at once
+        await fake.wait_for(2)
+        assert claimed[:3] == [1, 0, 1]
         await delivery.stop(grace_secs=5.0)
         await asyncio.wait_for(loop, 5)
 

@@ -233,31 +233,45 @@ class Delivery:
 
         With nothing in flight, what is due goes at once; with uploads in flight, a free slot
         gathers a fuller batch (:meth:`_gather`). A free slot is never left idle behind a slow
-        upload: the wait for a finished upload also ends at a new arrival."""
+        upload: the wait for a finished upload also ends at a new arrival.
+
+        A claim that found nothing is not repeated just because an upload finished: only an
+        arrival, a batch handed back, or a wait that ran its course (something may have fallen
+        due) makes the next one worth its write transaction. Under load, half of all claims
+        were such empty ones, each taking SQLite's write lock (docs/benchmarks.md)."""
         report = DrainReport()
         tasks: set[asyncio.Task[None]] = set()
+        dry = False  # the last claim found nothing, and nothing since can have made more due
         try:
             while not self._stopping:
+                retried = report.retried
                 tasks = self._reap(tasks)
                 free = self._free(tasks)
                 claimed: list[ClaimedMessage] = []
-                if free > 0:
+                if free > 0 and not (wait and dry and not self._arrivals.count):
                     limit = free * self._batch_fit()
                     claimed = await (
                         self._gather(limit, tasks) if wait and tasks else self._claim(limit)
                     )
+                    dry = not claimed
                 if claimed:
                     tasks |= await self._uploads.start(claimed, report)
                 elif tasks and wait and free > 0:
-                    await self._arrivals.wait(IDLE_MAX_SECS, tasks)
+                    fired = await self._arrivals.wait(IDLE_MAX_SECS, tasks)
+                    # Still dry only if what ended the wait was an upload that handed nothing
+                    # back (an arrival or the timeout may have made messages due).
+                    finished = any(task.done() for task in tasks)
+                    dry = dry and finished and not fired and report.retried == retried
                 elif tasks:
                     await self._uploads.wait(tasks)
+                    dry = dry and report.retried == retried
                 elif wait:
                     await self._dry_run.show()
                     if self._known_only:
                         await self._elsewhere.check(self._clock())
                     await self._idle()
                     await self._maybe_prune()
+                    dry = False
                 else:
                     await self._dry_run.show()
                     await self._next_due_at()  # clamps due times a clock step left far ahead
