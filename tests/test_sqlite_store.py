@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
 from bridge.mapper.stage import MappingStage
-from bridge.store import DeadLetterFilter, DeadReason, Judged, Store, Webhook
+from bridge.store import DeadLetterFilter, DeadReason, EnqueueReceipt, Judged, Store, Webhook
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.identity import DatabaseFileLostError
 from bridge.store.sqlite.schema import (
@@ -58,6 +58,16 @@ def write_lock(path: Path) -> Iterator[None]:
     finally:
         conn.execute("ROLLBACK")
         conn.close()
+
+
+async def first_write_waiting(store: SQLiteStore) -> asyncio.Future[EnqueueReceipt]:
+    """Webhook 1's write, submitted and waiting for a write lock another connection holds
+    (the writer has counted the wait)."""
+    writer = store._writer
+    assert writer is not None
+    pending = asyncio.ensure_future(store.enqueue(hook(1), [msg("a")]))
+    await eventually(lambda: writer.busy_waits == 1)
+    return pending
 
 
 def commits(store: SQLiteStore) -> int:
@@ -642,15 +652,13 @@ class TestFailures:
         store = SQLiteStore(db, busy_timeout_secs=30)
         await store.open()
         try:
-            assert store._writer is not None
-            writer = store._writer
             with write_lock(db):
-                pending = asyncio.ensure_future(store.enqueue(hook(1), [msg("a")]))
-                await eventually(lambda: writer.busy_waits == 1)
+                pending = await first_write_waiting(store)
                 assert not pending.done()
             assert (await pending).stored == 1
             assert (await store.enqueue(hook(2), [msg("b")])).stored == 1
-            assert writer.busy_waits == 1  # nobody held it the second time
+            assert store._writer is not None
+            assert store._writer.busy_waits == 1  # nobody held it the second time
         finally:
             await store.close()
         assert query(db, "SELECT count(*) FROM webhooks") == [(2,)]
@@ -664,11 +672,8 @@ class TestFailures:
         store = SQLiteStore(db, busy_timeout_secs=30)
         await store.open()
         try:
-            assert store._writer is not None
-            writer = store._writer
             with write_lock(db):
-                first = asyncio.ensure_future(store.enqueue(hook(1), [msg("a")]))
-                await eventually(lambda: writer.busy_waits == 1)
+                first = await first_write_waiting(store)
                 before = commits(store)
                 joined = [asyncio.ensure_future(store.keep(hook(n))) for n in (2, 3)]
                 probe = asyncio.ensure_future(store.check_writable())
