@@ -236,24 +236,28 @@ class Delivery:
         upload: the wait for a finished upload also ends at a new arrival.
 
         A claim that found nothing is not repeated just because an upload finished: only an
-        arrival, a batch handed back, or a wait that ran its course (something may have fallen
-        due) makes the next one worth its write transaction. Under load, half of all claims
-        were such empty ones, each taking SQLite's write lock (docs/benchmarks.md)."""
+        arrival, a batch handed back, a wait that ran its course, or :data:`IDLE_MAX_SECS`
+        since (something may have fallen due) makes the next one worth its write transaction.
+        Under load, half of all claims were such empty ones, each taking SQLite's write lock
+        (docs/benchmarks.md)."""
         report = DrainReport()
         tasks: set[asyncio.Task[None]] = set()
-        dry = False  # the last claim found nothing, and nothing since can have made more due
+        # The last claim found nothing, and nothing since can have made more due (at most
+        # until dry_until: a held or retried message falls due by the clock alone).
+        dry, dry_until = False, 0.0
         try:
             while not self._stopping:
                 retried = report.retried
                 tasks = self._reap(tasks)
                 free = self._free(tasks)
                 claimed: list[ClaimedMessage] = []
+                dry = dry and self._monotonic() < dry_until
                 if free > 0 and not (wait and dry and not self._arrivals.count):
                     limit = free * self._batch_fit()
                     claimed = await (
                         self._gather(limit, tasks) if wait and tasks else self._claim(limit)
                     )
-                    dry = not claimed
+                    dry, dry_until = not claimed, self._monotonic() + IDLE_MAX_SECS
                 if claimed:
                     tasks |= await self._uploads.start(claimed, report)
                 elif tasks and wait and free > 0:
