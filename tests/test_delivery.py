@@ -592,18 +592,8 @@ class TestRunLoop:
         """A message can fall due by the clock alone (a hold ends, a retry's time comes), with
         no arrival to say so: once IDLE_MAX_SECS have passed since the empty claim, the next
         upload that finishes claims again, before the loop goes idle."""
+        claimed = count_claims(store)
         idle = count_idles(store)
-        claims: list[tuple[int, bool]] = []  # (claimed, whether the loop had gone idle since)
-        original = store.claim
-
-        async def counted(
-            now: float, limit: int, lease_secs: float, exclude: Any = (), only: Any = None
-        ) -> list[ClaimedMessage]:
-            got = await original(now, limit, lease_secs, exclude, only)
-            claims.append((len(got), idle.is_set()))
-            return got
-
-        store.claim = counted  # type: ignore[method-assign]
         clock = ManualClock(START)
         delivery = make(settings(concurrency=2, max_events=1, timeout=30.0), clock=clock)
         loop = asyncio.create_task(delivery.run())
@@ -611,13 +601,14 @@ class TestRunLoop:
         await enqueue(store, clock(), range(1))
         delivery.wake()
         await fake.wait_until(lambda: fake.active >= 1)  # one upload in flight, held
-        await eventually(lambda: [n for n, _ in claims] == [1, 0])
+        await eventually(lambda: claimed == [1, 0])
         await enqueue(store, clock(), range(1, 2))  # due, and nothing tells the loop
         clock.now += IDLE_MAX_SECS + 1
         idle.clear()
         fake.release()
+        await asyncio.wait_for(idle.wait(), 10)  # the loop's first idle since the release
+        assert claimed[2:3] == [1]  # claimed as the upload finished, not after an idle wait
         await fake.wait_for(2)
-        assert claims[2] == (1, False)  # claimed as the upload finished, not after an idle wait
         await delivery.stop(grace_secs=5.0)
         await asyncio.wait_for(loop, 5)
 

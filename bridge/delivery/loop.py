@@ -242,40 +242,41 @@ class Delivery:
         (docs/benchmarks.md)."""
         report = DrainReport()
         tasks: set[asyncio.Task[None]] = set()
-        # The last claim found nothing, and nothing since can have made more due (at most
-        # until dry_until: a held or retried message falls due by the clock alone).
-        dry, dry_until = False, 0.0
+        # Until then (monotonic), the last claim found nothing and nothing since can have
+        # made more due; 0: claim. A held or retried message falls due by the clock alone.
+        dry_until = 0.0
         try:
             while not self._stopping:
                 retried = report.retried
                 tasks = self._reap(tasks)
                 free = self._free(tasks)
                 claimed: list[ClaimedMessage] = []
-                dry = dry and self._monotonic() < dry_until
-                if free > 0 and not (wait and dry and not self._arrivals.count):
+                dry = self._monotonic() < dry_until and not self._arrivals.count
+                if free > 0 and not (wait and dry):
                     limit = free * self._batch_fit()
                     claimed = await (
                         self._gather(limit, tasks) if wait and tasks else self._claim(limit)
                     )
-                    dry, dry_until = not claimed, self._monotonic() + IDLE_MAX_SECS
+                    dry_until = 0.0 if claimed else self._monotonic() + IDLE_MAX_SECS
                 if claimed:
                     tasks |= await self._uploads.start(claimed, report)
                 elif tasks and wait and free > 0:
                     fired = await self._arrivals.wait(IDLE_MAX_SECS, tasks)
                     # Still dry only if what ended the wait was an upload that handed nothing
                     # back (an arrival or the timeout may have made messages due).
-                    finished = any(task.done() for task in tasks)
-                    dry = dry and finished and not fired and report.retried == retried
+                    if fired or report.retried != retried or not any(t.done() for t in tasks):
+                        dry_until = 0.0
                 elif tasks:
                     await self._uploads.wait(tasks)
-                    dry = dry and report.retried == retried
+                    if report.retried != retried:
+                        dry_until = 0.0
                 elif wait:
                     await self._dry_run.show()
                     if self._known_only:
                         await self._elsewhere.check(self._clock())
                     await self._idle()
                     await self._maybe_prune()
-                    dry = False
+                    dry_until = 0.0
                 else:
                     await self._dry_run.show()
                     await self._next_due_at()  # clamps due times a clock step left far ahead

@@ -138,14 +138,14 @@ class Writer:
     def _run(self) -> None:
         running = True
         while running:
-            if not self._carry:
+            pending, self._carry = self._carry, []
+            if not pending:
                 try:
-                    first = self._queue.get(timeout=IDLE_CHECK_SECS if self._identity else None)
+                    pending = [self._queue.get(timeout=IDLE_CHECK_SECS if self._identity else None)]
                 except queue.Empty:
                     self._idle_check()
                     continue
-                self._carry.append(first)
-            pending, self._carry = self._carry + self._drain(), []
+            pending += self._drain()
             batch: list[Job] = []
             for item in pending:
                 if item is None:
