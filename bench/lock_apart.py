@@ -12,7 +12,9 @@ driven by wrk at 64 connections, alone and beside a mapping process (``--map-chi
 webhooks in another SQLite file, at niceness +5 as ``mapper.nice``), alternating per rep. Both
 compete for the two cores as ``serve`` and its mapper do; only the lock is no longer shared.
 The ratio beside-mapping / alone is the ceiling for a bridge whose raw webhooks live in a file
-the mapping process never writes.
+the mapping process never writes: a ceiling, not a forecast. The receiver is lighter than
+``serve``, and a real split copies each body into the main file; a prototype of it gained no
+intake on two cores and mapped ~20 % less (docs/benchmarks.md, decision log, 2026-12-06).
 """
 
 from __future__ import annotations
