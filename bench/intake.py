@@ -6,6 +6,11 @@ the same connection counts and durations. The bridge runs as it does in producti
 receives to the fake Segment (a separate process) while intake is measured. The baselines are
 bare aiohttp (nothing kept: the price of durability shows) and the minimal durable receiver
 (bench/durable.py: raw body, group commit, ``synchronous=FULL``: our own overhead shows).
+
+The target ratio (bridge / durable at the top level) comes from :func:`pairs`: alternating runs
+of the two, each on fresh processes, and the median of the pairs. Why: one run of each, minutes
+apart, gave 0.52 in section 1 and 0.66 in section 5 of the same ``make bench``; the machine's
+speed drifts between runs more than the target's margin, and alternating cancels the drift.
 """
 
 from __future__ import annotations
@@ -31,6 +36,19 @@ class IntakeResult:
     rss_kb: int = 0  # the bridge's peak RSS after the series
     profile: profile.Profile | None = None
     profiled: wrk.WrkResult | None = None  # the load during the profile (not in the table)
+    pairs: list[Pair] = field(default_factory=list)  # alternating at the top level
+
+
+@dataclass
+class Pair:
+    """The durable receiver, then the bridge, each fresh, at the same load."""
+
+    durable: wrk.WrkResult
+    bridge: wrk.WrkResult
+
+    @property
+    def ratio(self) -> float:
+        return self.bridge.rate / self.durable.rate if self.durable.rate else float("nan")
 
 
 def _series(
@@ -48,13 +66,34 @@ def _series(
     return results, acknowledged
 
 
+def pairs(connections: int, seconds: float, count: int) -> list[Pair]:
+    """``count`` alternating pairs: the durable receiver, then ``serve`` on a fresh database with
+    its mapping and delivery running (the mapping is busy from the warm-up on: at this load it
+    falls behind intake by design), each started fresh and stopped after its run."""
+    found = []
+    for n in range(count):
+        with procs.running(procs.durable_app(f"durable-pair{n}")) as durable:
+            [measured_durable], _ = _series(durable.url + PATH, (connections,), seconds, f"pd{n}")
+        db = OUT / f"pair{n}.db"
+        for stale in OUT.glob(f"pair{n}.db*"):
+            stale.unlink()
+        with procs.running(procs.fake_segment(f"fake-pair{n}")) as fake:
+            config = procs.bridge_config(db, procs.free_port(), fake.url)
+            with procs.running(procs.bridge(f"bridge-pair{n}", config)) as bridge:
+                [measured_bridge], _ = _series(bridge.url + PATH, (connections,), seconds, f"pb{n}")
+        found.append(Pair(measured_durable, measured_bridge))
+    return found
+
+
 def _stored(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         (count,) = conn.execute("SELECT count(*) FROM webhooks").fetchone()
     return int(count)
 
 
-def run(levels: tuple[int, ...], seconds: float, profile_seconds: float) -> IntakeResult:
+def run(
+    levels: tuple[int, ...], seconds: float, profile_seconds: float, pair_count: int = 3
+) -> IntakeResult:
     result = IntakeResult()
     with procs.running(procs.bare_app()) as bare:
         result.bare, _ = _series(bare.url + PATH, levels, seconds, "bare")
@@ -85,4 +124,5 @@ def run(levels: tuple[int, ...], seconds: float, profile_seconds: float) -> Inta
         finally:
             bridge.stop()
     result.stored = _stored(db)
+    result.pairs = pairs(max(levels), seconds, pair_count)
     return result
