@@ -23,6 +23,7 @@ _FIGURES = re.compile(r"<!-- figures: (\{.*?\}) -->", re.DOTALL)
 HEADLINE = (
     "intake c64 webhooks/s",
     "intake c64 / durable",
+    "intake c64 / durable, median of pairs",
     "drain bridge msg/s",
     "ab drain sqlite asyncio / threads",
     "ab drain pg asyncio / threads",
