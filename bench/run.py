@@ -1,6 +1,6 @@
 """``make bench``: every benchmark with its baseline, then docs/benchmarks.md.
 
-    python -m bench.run            # the full run (about 17 minutes on 2 cores)
+    python -m bench.run            # the full run (about 19 minutes on 2 cores)
     python -m bench.run --quick    # smaller and shorter, writes bench/out/benchmarks-quick.md
     python -m bench.run --only intake,drain   # a part only: bench/out/benchmarks-partial.md
     python -m bench.run --only postgres      # PostgreSQL, 1 and 2 replicas (bench/postgres.py)
