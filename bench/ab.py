@@ -28,10 +28,7 @@ PATH = "/webhooks/synap/exam.completed"
 def tree_bridge(name: str, tree: Path) -> tuple[Proc, Proc]:
     """``serve`` importing ``bridge`` from ``tree`` first, with its own fake Segment."""
     fake = procs.fake_segment(f"ab-fake-{name}")
-    db = OUT / f"ab-{name}.db"
-    for stale in OUT.glob(f"ab-{name}.db*"):
-        stale.unlink()
-    config = procs.bridge_config(db, procs.free_port(), fake.url)
+    config = procs.bridge_config(procs.fresh_db(f"ab-{name}"), procs.free_port(), fake.url)
     path = OUT / f"ab-{name}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     url = f"http://127.0.0.1:{config['server']['port']}"

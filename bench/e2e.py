@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import aiohttp
 
 from bench import body, procs
-from bench.procs import OUT
 
 PATH = "/webhooks/synap/exam.completed"
 
@@ -81,9 +80,7 @@ async def _load(url: str, rate: float, seconds: float) -> tuple[dict[str, float]
 
 
 def run(rate: float, seconds: float) -> E2EResult:
-    db = OUT / "e2e.db"
-    for stale in OUT.glob("e2e.db*"):
-        stale.unlink()
+    db = procs.fresh_db("e2e")
     with procs.running(procs.fake_segment("fake-e2e")) as fake:
         config = procs.bridge_config(db, procs.free_port(), fake.url)
         with procs.running(procs.bridge("bridge-e2e", config)) as bridge:

@@ -74,11 +74,8 @@ def pairs(connections: int, seconds: float, count: int) -> list[Pair]:
     for n in range(count):
         with procs.running(procs.durable_app(f"durable-pair{n}")) as durable:
             [measured_durable], _ = _series(durable.url + PATH, (connections,), seconds, f"pd{n}")
-        db = OUT / f"pair{n}.db"
-        for stale in OUT.glob(f"pair{n}.db*"):
-            stale.unlink()
         with procs.running(procs.fake_segment(f"fake-pair{n}")) as fake:
-            config = procs.bridge_config(db, procs.free_port(), fake.url)
+            config = procs.bridge_config(procs.fresh_db(f"pair{n}"), procs.free_port(), fake.url)
             with procs.running(procs.bridge(f"bridge-pair{n}", config)) as bridge:
                 [measured_bridge], _ = _series(bridge.url + PATH, (connections,), seconds, f"pb{n}")
         found.append(Pair(measured_durable, measured_bridge))
@@ -99,9 +96,7 @@ def run(
         result.bare, _ = _series(bare.url + PATH, levels, seconds, "bare")
     with procs.running(procs.durable_app()) as durable:
         result.durable, _ = _series(durable.url + PATH, levels, seconds, "durable")
-    db = OUT / "intake.db"
-    for stale in OUT.glob("intake.db*"):
-        stale.unlink()
+    db = procs.fresh_db("intake")
     with procs.running(procs.fake_segment("fake-intake")) as fake:
         config = procs.bridge_config(db, procs.free_port(), fake.url)
         bridge = procs.bridge("bridge-intake", config)

@@ -63,9 +63,7 @@ def stopped(pids: list[int]) -> Iterator[None]:
 
 def run_mode(mode: str, secs: float, nice: int | None) -> wrk.WrkResult:
     name = f"parts-{mode}" if nice is None else f"parts-nice{nice}"
-    db = OUT / f"{name}.db"
-    for stale in OUT.glob(f"{name}.db*"):
-        stale.unlink()
+    db = procs.fresh_db(name)
     with procs.running(procs.fake_segment(f"fake-{name}")) as fake:
         endpoint = CLOSED_ENDPOINT if mode == "no-delivery" else fake.url
         overrides: dict[str, Any] = {} if nice is None else {"mapper": {"nice": nice}}

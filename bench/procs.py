@@ -198,17 +198,18 @@ def bare_app(name: str = "bare") -> Proc:
     return proc
 
 
+def fresh_db(name: str) -> Path:
+    """``bench/out/<name>.db`` with no file of an earlier run left (nor its -wal, -shm, lock)."""
+    for stale in OUT.glob(f"{name}.db*"):
+        stale.unlink()
+    return OUT / f"{name}.db"
+
+
 def durable_app(name: str = "durable", postgres: str | None = None) -> Proc:
     """The minimal durable receiver (bench/durable.py) on a fresh database in bench/out/, or on
     the PostgreSQL database ``postgres`` (a URL)."""
     port = free_port()
-    if postgres:
-        store = ["--postgres", postgres]
-    else:
-        db = OUT / f"{name}.db"
-        for stale in OUT.glob(f"{name}.db*"):
-            stale.unlink()
-        store = ["--db", str(db)]
+    store = ["--postgres", postgres] if postgres else ["--db", str(fresh_db(name))]
     proc = Proc(
         name,
         python("-m", "bench.durable", "--port", str(port), *store),
