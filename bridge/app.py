@@ -215,6 +215,7 @@ async def _inline_mapping(app: web.Application) -> AsyncIterator[None]:
         on_report=lambda report: reported(runtime, report),
         batch=config.mapper.batch,
         max_tries=config.mapper.max_tries,
+        catch_up_after_secs=config.mapper.catch_up_after_secs,
     )
     runtime.mapping = stage
     runtime.mapping_waker = stage.wake

@@ -240,6 +240,10 @@ class MapperConfig(_Section):
     #: niceness added to serve's): a burst is answered at the pace of a durable write and mapped
     #: as the CPU allows (the mapping lag shows it); 0: equal shares.
     nice: int = Field(5, ge=0, le=19)
+    #: Once the mapping lag passes this, the stage catches up: takes of 512 recorded in one
+    #: transaction each (faster mapping, longer waits for intake's commits on SQLite) until the
+    #: lag is down to half of it. 0: always at that pace.
+    catch_up_after_secs: float = Field(10.0, ge=0)
 
 
 class LoggingConfig(_Section):

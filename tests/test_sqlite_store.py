@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
-from bridge.mapper.stage import MappingStage
+from bridge.mapper.stage import MappingStage, catching_up
 from bridge.store import DeadLetterFilter, DeadReason, EnqueueReceipt, Judged, Store, Webhook
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.identity import DatabaseFileLostError
@@ -769,9 +769,53 @@ class TestMappingTransactions:
         for n in range(100):
             body = orjson.dumps(attempt_completed(n))
             await store.keep(Webhook("attempt.completed", None, NOW, body))
-        stage = MappingStage(store, lambda: config, batch=128)
+        stage = MappingStage(store, lambda: config, batch=128, clock=lambda: NOW + 1)
         before = commits(store)
         assert await stage.round()
         assert commits(store) - before == 1 + 4
+        assert not stage.catching_up
         stats = await store.stats(0)
         assert (stats.unmapped, stats.pending) == (0, 100)
+
+    async def test_the_catch_up_pace_starts_past_the_lag_and_ends_under_half_of_it(
+        self, store: SQLiteStore
+    ) -> None:
+        await store.keep(Webhook("attempt.completed", None, NOW, b"{}"))
+        taken = await store.take(10, 30)
+        assert not catching_up(NOW + 10, taken, 10)
+        assert catching_up(NOW + 10.5, taken, 10)
+        assert catching_up(NOW + 5.5, taken, 10, already=True)
+        assert not catching_up(NOW + 5, taken, 10, already=True)
+        assert not catching_up(NOW + 100, [], 10, already=True)
+
+    async def test_a_mapper_behind_catches_up_in_takes_of_512_one_transaction_each(
+        self, store: SQLiteStore, tmp_path: Path
+    ) -> None:
+        """1,000 webhooks 20 s old (past ``catch_up_after_secs``): the first take of 128 is
+        recorded in one transaction, then takes of 512; fresh webhooks behind them bring the
+        burst pace (32 per transaction) back once the lag is under half the threshold."""
+        config = make_config(tmp_path, "http://127.0.0.1:9")
+        for n in range(1000):
+            body = orjson.dumps(attempt_completed(n))
+            await store.keep(Webhook("attempt.completed", None, NOW, body))
+        clock = [NOW + 20]
+        stage = MappingStage(
+            store, lambda: config, batch=128, clock=lambda: clock[0], catch_up_after_secs=10
+        )
+        per_round = []
+        for _ in range(3):
+            before = commits(store)
+            assert await stage.round()
+            per_round.append(commits(store) - before)
+            assert stage.catching_up
+        assert per_round == [2, 2, 2]  # takes of 128, 512, 360: a count and a record each
+        assert (await store.stats(0)).unmapped == 0
+        for n in range(1000, 1100):
+            body = orjson.dumps(attempt_completed(n))
+            await store.keep(Webhook("attempt.completed", None, NOW + 16, body))
+        before = commits(store)
+        assert await stage.round()  # 100 taken at the catch-up size: 4 s old, under 5 s
+        assert commits(store) - before == 1 + 4
+        assert not stage.catching_up
+        assert not await stage.round()
+        assert (await store.stats(0)).pending == 1100

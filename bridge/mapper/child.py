@@ -87,6 +87,7 @@ async def run(config_path: str | None) -> int:
         on_report=lambda report: _emit({"report": report.as_dict()}),
         batch=config.mapper.batch,
         max_tries=config.mapper.max_tries,
+        catch_up_after_secs=config.mapper.catch_up_after_secs,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
