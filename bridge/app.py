@@ -191,6 +191,8 @@ async def _send_what_is_left(runtime: Runtime) -> None:
 def reported(runtime: Runtime, report: Report) -> None:
     """A mapping round's outcome: the metrics, and delivery woken for the new messages."""
     metrics = runtime.metrics
+    if runtime.config.mapper.pace_intake:
+        runtime.pacer.reported(report.mapped, report.catching_up)
     if report.mapped:
         dead = sum(report.dead.values())
         metrics.mapped.labels("dead_lettered").inc(dead)

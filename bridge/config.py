@@ -244,6 +244,10 @@ class MapperConfig(_Section):
     #: transaction each (faster mapping, longer waits for intake's commits on SQLite) until the
     #: lag is down to half of it. 0: always at that pace.
     catch_up_after_secs: float = Field(10.0, ge=0)
+    #: While the mapper catches up, intake reads a webhook only when the mapping has mapped one
+    #: (each waits 1 s at most, then is kept anyway): the lag stops growing and intake's CPU
+    #: goes to the mapping. False: intake as fast as it can commit, the lag grows.
+    pace_intake: bool = True
 
 
 class LoggingConfig(_Section):

@@ -185,6 +185,11 @@ class Metrics:
             "Age of the oldest webhook kept and not mapped yet (0 when none).",
             registry=r,
         )
+        self.intake_paced = Counter(
+            "synap_bridge_intake_paced",
+            "Webhooks that waited for a turn because the mapping was catching up (pace_intake).",
+            registry=r,
+        )
         self.stage_restarts = Counter(
             "synap_bridge_stage_restarts",
             "Stage processes restarted by serve after they died, by stage.",

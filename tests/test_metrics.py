@@ -41,6 +41,7 @@ SERIES = (
     "synap_bridge_ready",
     "synap_bridge_delivery_running",
     "synap_bridge_intake_refusing",
+    "synap_bridge_intake_paced_total",
 )
 
 

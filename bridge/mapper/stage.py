@@ -86,6 +86,8 @@ class Report:
     superseded: int = 0
     failures: int = 0
     dead: Counter[str] = field(default_factory=Counter)
+    #: The stage is at its catch-up pace (``serve`` then paces intake to it: receive.pacing).
+    catching_up: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
@@ -97,6 +99,7 @@ class Report:
             int(data.get("superseded", 0)),
             int(data.get("failures", 0)),
             Counter({str(k): int(v) for k, v in dead.items()} if isinstance(dead, dict) else {}),
+            bool(data.get("catching_up", False)),
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -107,6 +110,7 @@ class Report:
             "superseded": self.superseded,
             "failures": self.failures,
             "dead": dict(self.dead),
+            "catching_up": self.catching_up,
         }
 
 
@@ -208,7 +212,7 @@ class MappingStage:
         behind = catching_up(now, taken, self._catch_up_after, already=self.catching_up)
         self._pace(behind, now, taken)
         self.rounds += 1
-        report = Report()
+        report = Report(catching_up=self.catching_up)
         failed: list[tuple[UnmappedWebhook, str]] = []
         known = await self._exam_tests.current(self._store)
         learned: list[ExamTest] = []

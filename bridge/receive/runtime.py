@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bridge.config import Config
 from bridge.metrics import Metrics
+from bridge.receive.pacing import Pacer
 from bridge.receive.throttle import Throttle
 from bridge.store import Store
 
@@ -44,6 +45,8 @@ class Runtime:
     storage_problem: str | None = None
     #: Keeps refusal lines (401, 404, 405, refused connections) to one a second per kind.
     throttle: Throttle = field(default_factory=Throttle)
+    #: Intake's turns while the mapping catches up (``mapper.pace_intake``).
+    pacer: Pacer = field(default_factory=Pacer)
 
     def refusal(self) -> str | None:
         if self.stopping:

@@ -7,7 +7,8 @@ business (:mod:`bridge.mapper`), after the commit, so an authenticated body with
 is never refused for what it says. Answers (every error is JSON ``{"error", "detail"}``):
 
 ====  ===========================================================================
-200   kept: ``{"accepted": true, "webhook_id": "wh_…"}``; mapping and delivery follow
+200   kept: ``{"accepted": true, "webhook_id": "wh_…"}``; mapping and delivery follow (while
+      the mapping catches up, the body is read at its pace, up to 1 s later: receive.pacing)
 400   a body that cannot be read (broken gzip/deflate or chunked encoding), or a client that
       hung up mid-body
 401   missing or wrong Basic credentials (with ``WWW-Authenticate``)
@@ -136,6 +137,9 @@ async def _handle(
     if refusal is not None:
         fields["reason"] = refusal
         return "refused", unavailable("unavailable", refusal)
+    if await runtime.pacer.turn():  # the mapping is catching up: at its pace, bounded
+        runtime.metrics.intake_paced.inc()
+        fields["paced"] = True
     raw = await _read_body(request, config.server, fields)
     if not isinstance(raw, bytes):
         return raw
