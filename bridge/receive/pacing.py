@@ -63,11 +63,14 @@ class Pacer:
         """Wait for this webhook's turn while the pace is on; True when it had to wait."""
         if not self.engaged:
             return False
-        if self._turns > 0 and not self._waiting:
+        waiting = self._waiting
+        while waiting and waiting[0].done():  # gave up (timed out, or the client left)
+            waiting.popleft()
+        if self._turns > 0 and not waiting:
             self._turns -= 1
             return False
         waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
+        waiting.append(waiter)
         try:
             async with asyncio.timeout(MAX_WAIT_SECS):
                 await waiter
