@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
-from bridge.mapper.stage import MappingStage, catching_up
+from bridge.mapper.stage import MappingStage, Report, catching_up
 from bridge.store import DeadLetterFilter, DeadReason, EnqueueReceipt, Judged, Store, Webhook
 from bridge.store.sqlite.checkpoint import Checkpointer
 from bridge.store.sqlite.identity import DatabaseFileLostError
@@ -799,8 +799,14 @@ class TestMappingTransactions:
             body = orjson.dumps(attempt_completed(n))
             await store.keep(Webhook("attempt.completed", None, NOW, body))
         clock = [NOW + 20]
+        reports: list[Report] = []
         stage = MappingStage(
-            store, lambda: config, batch=128, clock=lambda: clock[0], catch_up_after_secs=10
+            store,
+            lambda: config,
+            batch=128,
+            clock=lambda: clock[0],
+            catch_up_after_secs=10,
+            on_report=reports.append,
         )
         per_round = []
         for _ in range(3):
@@ -809,6 +815,11 @@ class TestMappingTransactions:
             per_round.append(commits(store) - before)
             assert stage.catching_up
         assert per_round == [2, 2, 2]  # takes of 128, 512, 360: a count and a record each
+        assert [(r.mapped, r.catching_up) for r in reports] == [
+            (128, True),
+            (512, True),
+            (360, True),
+        ]
         assert (await store.stats(0)).unmapped == 0
         for n in range(1000, 1100):
             body = orjson.dumps(attempt_completed(n))
@@ -817,5 +828,15 @@ class TestMappingTransactions:
         assert await stage.round()  # 100 taken at the catch-up size: 4 s old, under 5 s
         assert commits(store) - before == 1 + 4
         assert not stage.catching_up
+        assert (reports[-1].mapped, reports[-1].catching_up) == (100, False)
         assert not await stage.round()
-        assert (await store.stats(0)).pending == 1100
+        assert len(reports) == 4  # an empty take at the burst pace says nothing
+        await store.keep(
+            Webhook("attempt.completed", None, NOW, orjson.dumps(attempt_completed(2000)))
+        )
+        assert await stage.round()
+        assert stage.catching_up
+        assert not await stage.round()  # nothing left: caught up, and serve hears of it
+        assert not stage.catching_up
+        assert (reports[-1].mapped, reports[-1].catching_up) == (0, False)
+        assert (await store.stats(0)).pending == 1101

@@ -207,7 +207,10 @@ class MappingStage:
         size = max(self._batch, CATCH_UP_BATCH) if self.catching_up else self._batch
         taken = await self._store.take(size, LEASE_SECS, config.mapping_tag)
         if not taken:
-            self._pace(False, now)
+            if self.catching_up:
+                self._pace(False, now)
+                if self._on_report is not None:
+                    self._on_report(Report())  # caught up: serve's intake pace ends with it
             return False
         behind = catching_up(now, taken, self._catch_up_after, already=self.catching_up)
         self._pace(behind, now, taken)
