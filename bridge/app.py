@@ -209,15 +209,11 @@ def reported(runtime: Runtime, report: Report) -> None:
 
 async def _inline_mapping(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
-    config = runtime.config
-    stage = MappingStage(
+    stage = MappingStage.configured(
         runtime.store,
         lambda: runtime.config,
         clock=runtime.clock,
         on_report=lambda report: reported(runtime, report),
-        batch=config.mapper.batch,
-        max_tries=config.mapper.max_tries,
-        catch_up_after_secs=config.mapper.catch_up_after_secs,
     )
     runtime.mapping = stage
     runtime.mapping_waker = stage.wake

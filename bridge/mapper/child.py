@@ -81,13 +81,10 @@ async def run(config_path: str | None) -> int:
     except StorageUnavailableError as exc:
         log.error("storage_unavailable", error=str(exc))
         return 1
-    stage = MappingStage(
+    stage = MappingStage.configured(
         store,
         lambda: current[0],
         on_report=lambda report: _emit({"report": report.as_dict()}),
-        batch=config.mapper.batch,
-        max_tries=config.mapper.max_tries,
-        catch_up_after_secs=config.mapper.catch_up_after_secs,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -148,6 +148,28 @@ class MappingStage:
         self._stopped = asyncio.Event()
         self.rounds = 0
 
+    @classmethod
+    def configured(
+        cls,
+        store: MappingStore,
+        config: Callable[[], Config],
+        *,
+        clock: Callable[[], float] = time.time,
+        on_report: Callable[[Report], None] | None = None,
+    ) -> MappingStage:
+        """The stage with the ``mapper`` section's settings (``serve``'s in-process stage and
+        the mapping process build it alike); read once, as a reload does not change them."""
+        mapper = config().mapper
+        return cls(
+            store,
+            config,
+            clock=clock,
+            on_report=on_report,
+            batch=mapper.batch,
+            max_tries=mapper.max_tries,
+            catch_up_after_secs=mapper.catch_up_after_secs,
+        )
+
     def wake(self) -> None:
         self._idle.clear()
         self._woken.set()
