@@ -341,21 +341,26 @@ async def keep(conn: Conn, batch: Sequence[tuple[Webhook, str]]) -> list[str]:
 
 
 #: Take unmapped rows not leased by anyone (or whose lease ran out), in arrival order, counting
-#: the try and leasing them; ``$3``: tried before (taken alone) or never tried (a batch); only
-#: rows kept under this mapping configuration (``$4``), or waiting longer than ``$5`` seconds.
-_TAKE = """
-WITH c AS (
-    SELECT webhook_id FROM unmapped
-    WHERE (taken_until IS NULL OR taken_until < extract(epoch FROM clock_timestamp()))
-      AND (tries > 0) = $3
-      AND (tag = $4 OR kept_at < extract(epoch FROM clock_timestamp()) - $5)
-    ORDER BY webhook_id LIMIT $1 FOR UPDATE SKIP LOCKED
-)
+#: the try and leasing them; ``{tried}``: tried before (taken alone, through the partial index
+#: ``unmapped_tried``) or never tried (a batch); only rows kept under this mapping configuration
+#: (``$3``), or waiting longer than ``$4`` seconds. The rows to update are named by an array,
+#: not joined from a CTE: the generic plan a prepared statement settles on estimated the CTE at
+#: thousands of rows and hashed the whole table to join it (a call read the whole backlog), and
+#: a parameter for "tried" kept it off the partial index (tests/test_postgres_plans.py).
+_TAKE_TEMPLATE = """
 UPDATE unmapped u SET tries = u.tries + 1, lease = u.lease + 1,
     taken_until = extract(epoch FROM clock_timestamp()) + $2
-FROM c WHERE u.webhook_id = c.webhook_id
+WHERE u.webhook_id = ANY(ARRAY(
+    SELECT webhook_id FROM unmapped
+    WHERE (taken_until IS NULL OR taken_until < extract(epoch FROM clock_timestamp()))
+      AND tries {tried}
+      AND (tag = $3 OR kept_at < extract(epoch FROM clock_timestamp()) - $4)
+    ORDER BY webhook_id LIMIT $1 FOR UPDATE SKIP LOCKED
+))
 RETURNING u.webhook_id, u.tries, u.lease, u.last_error
 """
+_TAKE_TRIED = _TAKE_TEMPLATE.format(tried="> 0")
+_TAKE_NEW = _TAKE_TEMPLATE.format(tried="= 0")
 
 
 #: How long a webhook kept under another mapping configuration waits for a replica of that
@@ -365,9 +370,9 @@ FOREIGN_AFTER_SECS = 30.0
 
 async def take(conn: Conn, limit: int, lease_secs: float, tag: str) -> list[UnmappedWebhook]:
     """A webhook tried before comes alone (poison isolation); otherwise up to ``limit`` new."""
-    rows = await conn.fetch(_TAKE, 1, lease_secs, True, tag, FOREIGN_AFTER_SECS)
+    rows = await conn.fetch(_TAKE_TRIED, 1, lease_secs, tag, FOREIGN_AFTER_SECS)
     if not rows:
-        rows = await conn.fetch(_TAKE, limit, lease_secs, False, tag, FOREIGN_AFTER_SECS)
+        rows = await conn.fetch(_TAKE_NEW, limit, lease_secs, tag, FOREIGN_AFTER_SECS)
     if not rows:
         return []
     taken = {row[0]: row for row in rows}
@@ -470,19 +475,21 @@ async def mapping_failed(conn: Conn, row_id: int, lease: int, error: str) -> Non
 # ---- delivery --------------------------------------------------------------------------------
 
 #: Claim the earliest-due messages in arrival order, skipping rows another replica holds;
-#: ``{where}`` narrows the candidates (the dry-run destinations left out).
+#: ``{where}`` narrows the candidates (the dry-run destinations left out). The payload comes
+#: by its key for each claimed row: joined from a CTE, the generic plan merged the claim with
+#: ``message_payloads`` from its first row, reading every retained delivered message's payload
+#: on each call (tests/test_postgres_plans.py).
 _CLAIM_TEMPLATE = """
-WITH c AS MATERIALIZED (
+UPDATE messages m SET state = 'inflight', due_at = $1 + $3, lease = m.lease + 1
+WHERE m.id = ANY(ARRAY(
     SELECT id FROM messages
     WHERE state IN ('pending', 'inflight') AND due_at <= $1{where}
     ORDER BY due_at, id LIMIT $2
     FOR UPDATE SKIP LOCKED
-)
-UPDATE messages m SET state = 'inflight', due_at = $1 + $3, lease = m.lease + 1
-FROM c JOIN message_payloads p ON p.id = c.id
-WHERE m.id = c.id
-RETURNING m.id, m.message_id, m.destination, m.user_id, p.payload, m.attempts, m.enqueued_at,
-          m.lease
+))
+RETURNING m.id, m.message_id, m.destination, m.user_id,
+          (SELECT p.payload FROM message_payloads p WHERE p.id = m.id), m.attempts,
+          m.enqueued_at, m.lease
 """
 _CLAIM = _CLAIM_TEMPLATE.format(where="")
 _CLAIM_EXCLUDING = _CLAIM_TEMPLATE.format(where=" AND destination <> ALL($4::text[])")

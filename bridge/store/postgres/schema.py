@@ -226,8 +226,15 @@ CREATE TABLE IF NOT EXISTS webhook_portals (
 );
 """
 
+# v6: the take of webhooks tried before goes through an index of its own (a handful of rows: in
+# flight, or failed and waiting to be tried alone); it read the whole ``unmapped`` table, to
+# find nothing, before every take of new webhooks.
+_V6 = """
+CREATE INDEX IF NOT EXISTS unmapped_tried ON unmapped (webhook_id) WHERE tries > 0;
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
