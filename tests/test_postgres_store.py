@@ -129,22 +129,38 @@ class TestSharing:
         assert (stats.delivered_total, stats.pending, stats.dead_letters) == (40, 0, {})
         assert await store.dead_letters(DeadLetterFilter()) == []
 
-    async def test_pruning_a_webhook_takes_its_mapped_portal(
+    async def test_pruning_takes_portals_refs_and_payloads_along(
         self, opener: Opener, url: str
     ) -> None:
-        """``webhook_portals`` has no foreign key (schema v5): the delete takes it along."""
+        """``webhook_portals``, ``webhook_refs`` and ``message_payloads`` have no foreign keys
+        (schema v5, v7): the deletes take them along."""
         store = await opener()
         await store.keep(Webhook("user.registered", None, T0, b"{}"))
-        [taken] = await store.take(10, LEASE)
-        await store.record([Judged(taken, "p-1", (message(1),), None, ())])
+        await store.keep(Webhook("user.registered", None, T0, b"{}"))
+        first, second = await store.take(10, LEASE)
+        await store.record(
+            [
+                Judged(first, "p-1", (message(1),), None, ("ref-1", "ref-2")),
+                Judged(second, "p-1", (message(2),), None, ("ref-3",)),
+            ]
+        )
         claimed = await store.claim(now=T0, limit=10, lease_secs=LEASE)
-        await store.ack([m.id for m in claimed], now=T0)
+        await store.ack([m.id for m in claimed if m.message_id == "m-1"], now=T0)
+        await store.bury(
+            [m.id for m in claimed if m.message_id == "m-2"], DeadReason("r", "d"), "e", now=T0
+        )
         conn = await asyncpg.connect(url)
+
+        async def left() -> list[int]:
+            tables = ("webhooks", "webhook_portals", "webhook_refs", "messages", "message_payloads")
+            return [await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables]  # noqa: S608
+
         try:
-            assert await conn.fetchval("SELECT count(*) FROM webhook_portals") == 1
+            assert await left() == [2, 2, 3, 2, 2]
             assert await store.prune_delivered(before=T0 + 1) == 1
-            assert await conn.fetchval("SELECT count(*) FROM webhooks") == 0
-            assert await conn.fetchval("SELECT count(*) FROM webhook_portals") == 0
+            assert await left() == [1, 1, 1, 1, 1]
+            assert await store.purge_dead(older_than=T0 + 1) == 1
+            assert await left() == [0, 0, 0, 0, 0]
         finally:
             await conn.close()
 
@@ -183,6 +199,19 @@ class TestMigrations:
         stores = await asyncio.gather(*(opener() for _ in range(4)))
         versions = sorted(store.schema_versions or (-1, -1) for store in stores)
         assert versions == [(0, SCHEMA_VERSION)] + [(SCHEMA_VERSION, SCHEMA_VERSION)] * 3
+
+    async def test_refs_and_payloads_have_no_foreign_keys(self, opener: Opener, url: str) -> None:
+        """Schema v7: a key check per ref and payload locked the parent row (a write)."""
+        await opener()
+        conn = await asyncpg.connect(url)
+        try:
+            keys = await conn.fetch(
+                "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f'"
+                " ORDER BY 1"
+            )
+        finally:
+            await conn.close()
+        assert [row[0] for row in keys] == ["dead_letters", "dead_letters"]
 
     async def test_a_newer_schema_refuses_to_start(self, opener: Opener, url: str) -> None:
         await opener()

@@ -703,16 +703,41 @@ async def stats(conn: Conn, since: float) -> StoreStats:
 # ---- maintenance -------------------------------------------------------------------------------
 
 
-#: Webhooks no message or dead letter needs any more, with their mapped portal (no foreign key
-#: there: see schema v5); their refs go by their foreign key's cascade.
+#: Webhooks no message or dead letter needs any more, with their mapped portal and their refs
+#: (no foreign keys there: see schema v5 and v7).
 _DELETE_ORPHANS = """
 WITH gone AS (
     DELETE FROM webhooks w WHERE w.id = ANY($1::bigint[])
     AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id)
     AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.webhook_id = w.id)
     RETURNING w.id
+), refs AS (
+    DELETE FROM webhook_refs r USING gone WHERE r.webhook_id = gone.id
 )
 DELETE FROM webhook_portals p USING gone WHERE p.webhook_id = gone.id
+"""
+
+
+#: Delivered messages pruned with their payloads (no foreign key there: schema v7).
+_PRUNE_DELIVERED = """
+WITH gone AS (
+    DELETE FROM messages WHERE id IN (
+        SELECT id FROM messages WHERE state = 'delivered' AND delivered_at < $1
+        ORDER BY delivered_at LIMIT $2 FOR UPDATE SKIP LOCKED
+    ) RETURNING id, webhook_id
+), payloads AS (
+    DELETE FROM message_payloads p USING gone WHERE p.id = gone.id
+)
+SELECT webhook_id FROM gone
+"""
+#: Dead messages no dead letter names any more, with their payloads (schema v7).
+_DELETE_DEAD_MESSAGES = """
+WITH gone AS (
+    DELETE FROM messages m WHERE m.id = ANY($1::bigint[]) AND m.state = 'dead'
+    AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.message_row = m.id)
+    RETURNING m.id
+)
+DELETE FROM message_payloads p USING gone WHERE p.id = gone.id
 """
 
 
@@ -723,13 +748,7 @@ async def delete_orphan_webhooks(conn: Conn, webhooks: Iterable[int]) -> None:
 async def prune_delivered(conn: Conn, before: float, chunk: int) -> int:
     """Delete up to ``chunk`` messages delivered before ``before`` (rows another replica is
     pruning are skipped, so replicas never wait on each other); how many went."""
-    rows = await conn.fetch(
-        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE state = 'delivered'"
-        " AND delivered_at < $1 ORDER BY delivered_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-        " RETURNING webhook_id",
-        before,
-        chunk,
-    )
+    rows = await conn.fetch(_PRUNE_DELIVERED, before, chunk)
     await delete_orphan_webhooks(conn, (row[0] for row in rows))
     return len(rows)
 
@@ -740,11 +759,7 @@ async def delete_letters(conn: Conn, letters: Sequence[int]) -> int:
         "DELETE FROM dead_letters WHERE id = ANY($1::bigint[]) RETURNING webhook_id, message_row",
         list(letters),
     )
-    await conn.execute(
-        "DELETE FROM messages m WHERE m.id = ANY($1::bigint[]) AND m.state = 'dead'"
-        " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.message_row = m.id)",
-        [row[1] for row in gone if row[1] is not None],
-    )
+    await conn.execute(_DELETE_DEAD_MESSAGES, [row[1] for row in gone if row[1] is not None])
     await delete_orphan_webhooks(conn, (row[0] for row in gone))
     return len(gone)
 

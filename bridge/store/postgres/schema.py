@@ -233,8 +233,30 @@ _V6 = """
 CREATE INDEX IF NOT EXISTS unmapped_tried ON unmapped (webhook_id) WHERE tries > 0;
 """
 
+# v7: ``webhook_refs`` and ``message_payloads`` lose their foreign keys (as ``messages``,
+# ``unmapped`` and ``webhook_portals`` have none). Each key ran a trigger per inserted row that
+# locked the parent row (``FOR KEY SHARE``, itself a write to the parent's page): three refs and
+# a payload per mapped webhook cost ~16 µs of server CPU per webhook of the ~125 µs it spends
+# in all (docs/benchmarks.md). The statements that delete webhooks and messages delete their
+# refs and payloads with them (queries._DELETE_ORPHANS, prune_delivered, delete_letters). A
+# ref written for a webhook deleted meanwhile names nothing and finds nothing; with the key,
+# it failed the mapping's whole transaction.
+_V7 = """
+DO $fk$
+DECLARE
+    key record;
+BEGIN
+    FOR key IN
+        SELECT conrelid::regclass AS tab, conname FROM pg_constraint
+        WHERE contype = 'f' AND conrelid IN ('webhook_refs'::regclass, 'message_payloads'::regclass)
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', key.tab, key.conname);
+    END LOOP;
+END $fk$;
+"""
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
