@@ -201,6 +201,8 @@ def reported(runtime: Runtime, report: Report) -> None:
         metrics.dead_lettered.labels(reason=reason).inc(count)
     if report.failures:
         metrics.mapping_failures.inc(report.failures)
+    if report.yielded_secs > 0:
+        metrics.mapping_yielded.inc(report.yielded_secs)
     if report.messages:
         metrics.enqueued.inc(report.messages)
     if report.messages or report.superseded:

@@ -248,6 +248,11 @@ class MapperConfig(_Section):
     #: (each waits 1 s at most, then is kept anyway): the lag stops growing and intake's CPU
     #: goes to the mapping. False: intake as fast as it can commit, the lag grows.
     pace_intake: bool = True
+    #: During a burst (intake busy, a full take waiting), the mapper pauses after each round as
+    #: long as the round took, so that SQLite's write lock and PostgreSQL's server go to intake
+    #: too, not only the CPU (``nice``); it stops once it catches up. False: the mapper takes
+    #: all it is given, intake gets the rest.
+    yield_to_intake: bool = True
 
 
 class LoggingConfig(_Section):

@@ -190,6 +190,12 @@ class Metrics:
             "Webhooks that waited for a turn because the mapping was catching up (pace_intake).",
             registry=r,
         )
+        self.mapping_yielded = Counter(
+            "synap_bridge_mapping_yielded_seconds",
+            "Seconds the mapping paused to leave the machine to a busy intake during a burst"
+            " (mapper.yield_to_intake).",
+            registry=r,
+        )
         self.stage_restarts = Counter(
             "synap_bridge_stage_restarts",
             "Stage processes restarted by serve after they died, by stage.",

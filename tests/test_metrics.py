@@ -42,6 +42,7 @@ SERIES = (
     "synap_bridge_delivery_running",
     "synap_bridge_intake_refusing",
     "synap_bridge_intake_paced_total",
+    "synap_bridge_mapping_yielded_seconds_total",
 )
 
 

@@ -206,8 +206,7 @@ class TestMigrations:
         conn = await asyncpg.connect(url)
         try:
             keys = await conn.fetch(
-                "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f'"
-                " ORDER BY 1"
+                "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' ORDER BY 1"
             )
         finally:
             await conn.close()

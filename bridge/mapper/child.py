@@ -4,7 +4,8 @@
 intake: the GIL is per process. It loads the same configuration (file and environment) as its
 parent, opens the same store, and talks to the parent over its standard streams:
 
-- stdin: one byte per wake-up (webhooks were kept); end of file: the parent is gone, stop;
+- stdin: one byte per wake-up (webhooks were kept): ``b`` while intake is busy, else ``w``
+  (:func:`bridge.mapper.stage.yield_secs`); end of file: the parent is gone, stop;
 - stdout: JSON lines, ``{"ready": true}`` once the store is open, ``{"report": {...}}`` after
   each round that recorded something (the parent counts metrics and wakes delivery), and
   ``{"alive": true}`` every :data:`HEARTBEAT_SECS` (the parent's systemd watchdog covers it);
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from bridge.mapper.stage import MappingStage
 
 HEARTBEAT_SECS = 1.0
+#: The wake-up bytes on stdin: webhooks were kept, while intake was busy or not.
+WAKE, WAKE_BUSY = b"w", b"b"
 PROCESS_NAME = b"bridge-mapper"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -116,8 +119,8 @@ async def _read_wakes(stage: MappingStage, stop: asyncio.Event) -> None:
     """Each chunk read from stdin is one wake-up; end of file stops the stage."""
 
     class Wakes(asyncio.Protocol):
-        def data_received(self, data: bytes) -> None:  # noqa: ARG002 - any bytes wake
-            stage.wake()
+        def data_received(self, data: bytes) -> None:
+            stage.wake(intake_busy=WAKE_BUSY in data)
 
         def eof_received(self) -> bool:
             stop.set()

@@ -57,6 +57,11 @@ POLL_SECS = 1.0
 #: (a database that is gone must not become a log line every half second).
 STORAGE_BACKOFF_SECS = 0.5
 MAX_STORAGE_BACKOFF_SECS = 8.0
+#: The longest the stage leaves to intake after one round (:func:`yield_secs`).
+MAX_YIELD_SECS = 0.05
+#: Intake counts as busy this long after the last wake-up that said so (wake-ups come every
+#: 2 ms while webhooks arrive, so a burst that ends stops the yielding within this).
+INTAKE_BUSY_FRESH_SECS = 0.25
 
 
 def catching_up(
@@ -76,6 +81,23 @@ def catching_up(
     return now - oldest > (after_secs / 2 if already else after_secs)
 
 
+def yield_secs(round_secs: float, *, full: bool, catching_up: bool, intake_busy: bool) -> float:
+    """How long to leave the CPU, SQLite's write lock and the database to intake after a round.
+
+    Why: niceness yields the mapping process's own CPU to ``serve``, but not what its work costs
+    elsewhere: on SQLite intake's commits wait behind the mapper's on the one write lock, and
+    on PostgreSQL the server's backends run the mapper's statements at full priority. So during
+    a burst, while intake is busy (``serve``'s wake-ups say so) and a take came back full (more
+    is waiting than one take holds), the stage pauses as long as its round took: half the
+    mapping rate, the rest of the machine to intake. A burst that passes is then mapped after
+    it; a load that lasts reaches ``catch_up_after_secs``, where the stage stops yielding and
+    catches up (with intake at its pace). A round that was not full (the mapping keeps up) or
+    an idle intake never waits."""
+    if not full or catching_up or not intake_busy:
+        return 0.0
+    return min(MAX_YIELD_SECS, max(0.0, round_secs))
+
+
 @dataclass(slots=True)
 class Report:
     """What one round recorded: for metrics, the delivery's wake-up and the log."""
@@ -88,6 +110,8 @@ class Report:
     dead: Counter[str] = field(default_factory=Counter)
     #: The stage is at its catch-up pace (``serve`` then paces intake to it: receive.pacing).
     catching_up: bool = False
+    #: Seconds the stage left to a busy intake since its last report (:func:`yield_secs`).
+    yielded_secs: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
@@ -100,6 +124,7 @@ class Report:
             int(data.get("failures", 0)),
             Counter({str(k): int(v) for k, v in dead.items()} if isinstance(dead, dict) else {}),
             bool(data.get("catching_up", False)),
+            float(data.get("yielded_secs", 0.0)),
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -111,6 +136,7 @@ class Report:
             "failures": self.failures,
             "dead": dict(self.dead),
             "catching_up": self.catching_up,
+            "yielded_secs": self.yielded_secs,
         }
 
 
@@ -118,7 +144,8 @@ class MappingStage:
     """``run`` until cancelled; ``wake`` when webhooks were kept; ``drain`` maps what is left.
 
     ``config`` is read per round through a callable, so a reload applies to the next webhook.
-    ``on_report`` hears of each round that recorded something (metrics, delivery wake-up)."""
+    ``on_report`` hears of each round that recorded something (metrics, delivery wake-up).
+    ``wake(intake_busy=True)``: webhooks were kept while intake was busy (:func:`yield_secs`)."""
 
     def __init__(
         self,
@@ -131,6 +158,7 @@ class MappingStage:
         max_tries: int = MAX_TRIES,
         poll_secs: float = POLL_SECS,
         catch_up_after_secs: float = 10.0,
+        yield_to_intake: bool = True,
     ) -> None:
         self._store = store
         self._config = config
@@ -140,6 +168,11 @@ class MappingStage:
         self._max_tries = max_tries
         self._poll_secs = poll_secs
         self._catch_up_after = catch_up_after_secs
+        self._yield_to_intake = yield_to_intake
+        self._intake_busy_at = -INTAKE_BUSY_FRESH_SECS
+        self._round_secs = 0.0
+        self._round_full = False
+        self._yielded = 0.0
         self.catching_up = False
         self._exam_tests = ExamTestCache()
         self._woken = asyncio.Event()
@@ -168,11 +201,19 @@ class MappingStage:
             batch=mapper.batch,
             max_tries=mapper.max_tries,
             catch_up_after_secs=mapper.catch_up_after_secs,
+            yield_to_intake=mapper.yield_to_intake,
         )
 
-    def wake(self) -> None:
+    def wake(self, intake_busy: bool = False) -> None:
+        if intake_busy:
+            self._intake_busy_at = time.monotonic()
         self._idle.clear()
         self._woken.set()
+
+    @property
+    def intake_busy(self) -> bool:
+        """A wake-up said intake was busy, recently (:data:`INTAKE_BUSY_FRESH_SECS`)."""
+        return time.monotonic() - self._intake_busy_at < INTAKE_BUSY_FRESH_SECS
 
     async def run(self) -> None:
         backoff = STORAGE_BACKOFF_SECS
@@ -188,6 +229,7 @@ class MappingStage:
                     continue
                 backoff = STORAGE_BACKOFF_SECS
                 if busy:
+                    await self._leave_to_intake()
                     continue
                 self._idle.set()
                 with contextlib.suppress(TimeoutError):
@@ -222,8 +264,29 @@ class MappingStage:
             done += 1
         return done
 
+    async def _leave_to_intake(self) -> None:
+        if not self._yield_to_intake:
+            return
+        pause = yield_secs(
+            self._round_secs,
+            full=self._round_full,
+            catching_up=self.catching_up,
+            intake_busy=self.intake_busy,
+        )
+        if pause > 0:
+            self._yielded += pause
+            await asyncio.sleep(pause)
+
     async def round(self) -> bool:
         """One take, judge and record; False when nothing was waiting."""
+        started = time.monotonic()
+        self._round_full = False
+        try:
+            return await self._round()
+        finally:
+            self._round_secs = time.monotonic() - started
+
+    async def _round(self) -> bool:
         now = self._clock()
         config = self._config()
         size = max(self._batch, CATCH_UP_BATCH) if self.catching_up else self._batch
@@ -234,10 +297,12 @@ class MappingStage:
                 if self._on_report is not None:
                     self._on_report(Report())  # caught up: serve's intake pace ends with it
             return False
+        self._round_full = len(taken) >= size
         behind = catching_up(now, taken, self._catch_up_after, already=self.catching_up)
         self._pace(behind, now, taken)
         self.rounds += 1
-        report = Report(catching_up=self.catching_up)
+        report = Report(catching_up=self.catching_up, yielded_secs=self._yielded)
+        self._yielded = 0.0
         failed: list[tuple[UnmappedWebhook, str]] = []
         known = await self._exam_tests.current(self._store)
         learned: list[ExamTest] = []

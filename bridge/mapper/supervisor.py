@@ -32,6 +32,7 @@ from collections.abc import Callable
 import orjson
 
 from bridge import logs
+from bridge.mapper.child import WAKE, WAKE_BUSY
 from bridge.mapper.stage import Report
 
 log = logs.get(__name__)
@@ -66,6 +67,7 @@ class MapperSupervisor:
         self._process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake_scheduled = False
+        self._wake_busy = False
         self._last_wake = 0.0
         self._stopping = False
         self._last_alive = time.monotonic()
@@ -83,7 +85,10 @@ class MapperSupervisor:
             async with asyncio.timeout(ready_within):
                 await self._ready.wait()
 
-    def wake(self) -> None:
+    def wake(self, intake_busy: bool = False) -> None:
+        """One byte down the child's stdin, at most every ``WAKE_INTERVAL_SECS``: ``b`` when
+        any webhook kept since the last byte was kept while intake was busy, else ``w``."""
+        self._wake_busy = self._wake_busy or intake_busy
         if self._wake_scheduled:
             return
         self._wake_scheduled = True
@@ -128,11 +133,12 @@ class MapperSupervisor:
     def _send_wake(self) -> None:
         self._wake_scheduled = False
         self._last_wake = time.monotonic()
+        byte, self._wake_busy = (WAKE_BUSY if self._wake_busy else WAKE), False
         process = self._process
         if process is None or process.stdin is None or process.returncode is not None:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
-            process.stdin.write(b"w")
+            process.stdin.write(byte)
 
     async def _keep_running(self) -> None:
         backoff = FIRST_BACKOFF_SECS

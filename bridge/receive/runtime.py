@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from bridge.mapper.supervisor import MapperSupervisor
 
 
+#: Webhooks being received at once from which intake counts as busy: the mapping stage then
+#: leaves part of the machine to it during a burst (bridge.mapper.stage.yield_secs). A steady
+#: rate answered in a few milliseconds keeps a handful in flight; 64 clients at full speed
+#: keep ~50.
+BUSY_IN_FLIGHT = 16
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -47,6 +54,8 @@ class Runtime:
     throttle: Throttle = field(default_factory=Throttle)
     #: Intake's turns while the mapping catches up (``mapper.pace_intake``).
     pacer: Pacer = field(default_factory=Pacer)
+    #: Webhook requests being handled now (authenticated or not), for :data:`BUSY_IN_FLIGHT`.
+    webhooks_in_flight: int = 0
 
     def refusal(self) -> str | None:
         if self.stopping:
@@ -63,8 +72,9 @@ class Runtime:
     def delivering(self) -> bool:
         return self.delivery_task is not None and not self.delivery_task.done()
 
-    #: Wakes the mapping stage after a commit (in process, or a byte down the child's pipe).
-    mapping_waker: Callable[[], None] | None = None
+    #: Wakes the mapping stage after a commit (in process, or a byte down the child's pipe),
+    #: saying whether intake is busy.
+    mapping_waker: Callable[[bool], None] | None = None
     #: The mapping stage when it runs in this process (tests wait on it), or the supervisor of
     #: its child process.
     mapping: MappingStage | None = None
@@ -85,7 +95,7 @@ class Runtime:
 
     def wake_mapping(self) -> None:
         if self.mapping_waker is not None:
-            self.mapping_waker()
+            self.mapping_waker(self.webhooks_in_flight >= BUSY_IN_FLIGHT)
 
     def wake_delivery(self, arrived: int) -> None:
         if self.delivery is not None:

@@ -79,7 +79,11 @@ async def webhook(request: web.Request) -> web.Response:
     started = time.perf_counter()
     code = request.match_info["code"]
     fields: dict[str, Any] = {}
-    outcome, response = await _handle(request, runtime, code, fields)
+    runtime.webhooks_in_flight += 1
+    try:
+        outcome, response = await _handle(request, runtime, code, fields)
+    finally:
+        runtime.webhooks_in_flight -= 1
     latency = time.perf_counter() - started
     runtime.metrics.webhook_received(_label(runtime, code, outcome), outcome)
     runtime.metrics.request_seconds.observe(latency)
