@@ -240,7 +240,9 @@ CREATE INDEX IF NOT EXISTS unmapped_tried ON unmapped (webhook_id) WHERE tries >
 # in all (docs/benchmarks.md). The statements that delete webhooks and messages delete their
 # refs and payloads with them (queries._DELETE_ORPHANS, prune_delivered, delete_letters). A
 # ref written for a webhook deleted meanwhile names nothing and finds nothing; with the key,
-# it failed the mapping's whole transaction.
+# it failed the mapping's whole transaction. A v6 replica still running during a rolling upgrade
+# prunes without them: its refs and payloads stay behind, naming ids that are never reused, and
+# nothing reads them.
 _V7 = """
 DO $fk$
 DECLARE
