@@ -33,6 +33,16 @@ def hook(n: int = 0) -> Webhook:
     return Webhook("attempt.completed", "portal-1", T0, f'{{"n":{n}}}'.encode())
 
 
+async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    """One statement on a connection of its own, as an operator's ``psql`` would run it."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+        return rows
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 def url(postgres: Cluster) -> str:
     return postgres.new_database()
@@ -183,13 +193,9 @@ class TestCounters:
         assert outcome.messages == 1
         await a.prune_delivered(before=T0 + 1)
         stats = await a.stats(since=0)
-        conn = await asyncpg.connect(url)
-        try:
-            opened = await conn.fetchval(
-                "SELECT count(*) FROM messages WHERE state IN ('pending', 'inflight')"
-            )
-        finally:
-            await conn.close()
+        [(opened,)] = await fetch(
+            url, "SELECT count(*) FROM messages WHERE state IN ('pending', 'inflight')"
+        )
         assert stats.pending + stats.in_flight == opened == 40 - 20 - 5 + 1
         assert stats.delivered_total == 20
 
@@ -203,22 +209,14 @@ class TestMigrations:
     async def test_refs_and_payloads_have_no_foreign_keys(self, opener: Opener, url: str) -> None:
         """Schema v7: a key check per ref and payload locked the parent row (a write)."""
         await opener()
-        conn = await asyncpg.connect(url)
-        try:
-            keys = await conn.fetch(
-                "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' ORDER BY 1"
-            )
-        finally:
-            await conn.close()
+        keys = await fetch(
+            url, "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' ORDER BY 1"
+        )
         assert [row[0] for row in keys] == ["dead_letters", "dead_letters"]
 
     async def test_a_newer_schema_refuses_to_start(self, opener: Opener, url: str) -> None:
         await opener()
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute("UPDATE bridge_schema SET version = $1", SCHEMA_VERSION + 1)
-        finally:
-            await conn.close()
+        await fetch(url, "UPDATE bridge_schema SET version = $1", SCHEMA_VERSION + 1)
         with pytest.raises(StorageUnavailableError, match="newer than this bridge"):
             await opener()
 
