@@ -240,9 +240,9 @@ class MapperConfig(_Section):
     #: niceness added to serve's): a burst is answered at the pace of a durable write and mapped
     #: as the CPU allows (the mapping lag shows it); 0: equal shares.
     nice: int = Field(5, ge=0, le=19)
-    #: Once the mapping lag passes this, the stage catches up: takes of 512 recorded in one
-    #: transaction each (faster mapping, longer waits for intake's commits on SQLite) until the
-    #: lag is down to half of it. 0: always at that pace.
+    #: Once the mapping lag passes this, the stage catches up: takes of 1,024 recorded 512 per
+    #: transaction, the next part mapped while the last is recorded (faster mapping, longer
+    #: waits for intake's commits on SQLite) until the lag is down to half of it. 0: always.
     catch_up_after_secs: float = Field(10.0, ge=0)
     #: While the mapper catches up, intake reads a webhook only when the mapping has mapped one
     #: (each waits 1 s at most, then is kept anyway): the lag stops growing and intake's CPU

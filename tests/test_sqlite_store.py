@@ -9,6 +9,7 @@ holds the write lock to make the store wait (or fail past its busy_timeout).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import statistics
@@ -25,6 +26,7 @@ from structlog.testing import capture_logs
 
 from bridge.config import StorageConfig
 from bridge.errors import StorageUnavailableError
+from bridge.mapper import stage as stage_module
 from bridge.mapper.stage import MappingStage, Report, catching_up
 from bridge.store import DeadLetterFilter, DeadReason, EnqueueReceipt, Judged, Store, Webhook
 from bridge.store.sqlite.checkpoint import Checkpointer
@@ -777,6 +779,69 @@ class TestMappingTransactions:
         stats = await store.stats(0)
         assert (stats.unmapped, stats.pending) == (0, 100)
 
+    async def test_parts_recorded_while_the_next_is_mapped_stay_in_arrival_order(
+        self, store: SQLiteStore, tmp_path: Path
+    ) -> None:
+        """Catching up, part two of a take is mapped while part one is recorded: a redelivery
+        in part two of an attempt first seen in part one is still the duplicate, and the
+        attempt's message is stored once, from its first arrival."""
+        config = make_config(tmp_path, "http://127.0.0.1:9")
+        for n in range(1024):
+            body = orjson.dumps(attempt_completed(5 if n == 900 else n))
+            await store.keep(Webhook("attempt.completed", None, NOW + n / 1000, body))
+        reports: list[Report] = []
+        stage = MappingStage(
+            store,
+            lambda: config,
+            batch=1,
+            clock=lambda: NOW + 20,
+            catch_up_after_secs=10,
+            on_report=reports.append,
+        )
+        assert await stage.round()  # one at the burst pace finds the lag
+        before = commits(store)
+        assert await stage.round()
+        assert commits(store) - before == 3  # the count and two records of 512
+        assert [(r.mapped, r.messages, r.duplicates) for r in reports] == [
+            (1, 1, 0),
+            (1023, 1022, 1),
+        ]
+        assert query(store.path, "SELECT count(*) FROM messages") == [(1023,)]
+        assert query(store.path, "SELECT count(*) FROM unmapped") == [(0,)]
+
+    @pytest.mark.parametrize("committed", [0, 1, 2, 3, 4])
+    async def test_a_round_cancelled_midway_maps_each_webhook_once_after_it(
+        self, store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: int
+    ) -> None:
+        """A catch-up round cancelled (``serve`` stopping past its grace) once ``committed`` of
+        its transactions are (the count, then records of 4 while the next 4 are mapped), most
+        with a record in flight: what was committed stays, the rest is mapped by the next
+        rounds, and no webhook's messages are stored twice."""
+        monkeypatch.setattr(stage_module, "CATCH_UP_BATCH", 16)
+        monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 4)
+        monkeypatch.setattr(stage_module, "OVERLAP_TURN", 1)
+        config = make_config(tmp_path, "http://127.0.0.1:9")
+        for n in range(24):
+            body = orjson.dumps(attempt_completed(n))
+            await store.keep(Webhook("attempt.completed", None, NOW, body))
+        stage = MappingStage(
+            store, lambda: config, batch=4, clock=lambda: NOW + 20, catch_up_after_secs=10
+        )
+        assert await stage.round()  # 4 at the burst pace; the next take is of 16, in parts of 4
+        assert stage.catching_up
+        before = commits(store)
+        cancelled = asyncio.ensure_future(stage.round())
+        await until(lambda: commits(store) >= before + committed)
+        cancelled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancelled
+        after = MappingStage(store, lambda: config, batch=4, clock=lambda: NOW + 20)
+        await after.drain(time.monotonic() + 30)
+        assert query(store.path, "SELECT count(*) FROM unmapped") == [(0,)]
+        assert query(store.path, "SELECT count(*), count(DISTINCT message_id) FROM messages") == [
+            (24, 24)
+        ]
+
     async def test_the_catch_up_pace_starts_past_the_lag_and_ends_under_half_of_it(
         self, store: SQLiteStore
     ) -> None:
@@ -788,14 +853,15 @@ class TestMappingTransactions:
         assert not catching_up(NOW + 5, taken, 10, already=True)
         assert not catching_up(NOW + 100, [], 10, already=True)
 
-    async def test_a_mapper_behind_catches_up_in_takes_of_512_one_transaction_each(
+    async def test_a_mapper_behind_catches_up_in_takes_of_1024_recorded_512_at_a_time(
         self, store: SQLiteStore, tmp_path: Path
     ) -> None:
-        """1,000 webhooks 20 s old (past ``catch_up_after_secs``): the first take of 128 is
-        recorded in one transaction, then takes of 512; fresh webhooks behind them bring the
-        burst pace (32 per transaction) back once the lag is under half the threshold."""
+        """1,700 webhooks 20 s old (past ``catch_up_after_secs``): the first take of 128 is
+        recorded in one transaction, then takes of 1,024 in parts of 512 (the second mapped
+        while the first is recorded); fresh webhooks behind them bring the burst pace (32 per
+        transaction) back once the lag is under half the threshold."""
         config = make_config(tmp_path, "http://127.0.0.1:9")
-        for n in range(1000):
+        for n in range(1700):
             body = orjson.dumps(attempt_completed(n))
             await store.keep(Webhook("attempt.completed", None, NOW, body))
         clock = [NOW + 20]
@@ -814,14 +880,14 @@ class TestMappingTransactions:
             assert await stage.round()
             per_round.append(commits(store) - before)
             assert stage.catching_up
-        assert per_round == [2, 2, 2]  # takes of 128, 512, 360: a count and a record each
-        assert [(r.mapped, r.catching_up) for r in reports] == [
-            (128, True),
-            (512, True),
-            (360, True),
+        assert per_round == [2, 3, 3]  # takes of 128, 1,024, 548: a count, records of <= 512
+        assert [(r.mapped, r.messages, r.catching_up) for r in reports] == [
+            (128, 128, True),
+            (1024, 1024, True),
+            (548, 548, True),
         ]
         assert (await store.stats(0)).unmapped == 0
-        for n in range(1000, 1100):
+        for n in range(1700, 1800):
             body = orjson.dumps(attempt_completed(n))
             await store.keep(Webhook("attempt.completed", None, NOW + 16, body))
         before = commits(store)
@@ -832,11 +898,11 @@ class TestMappingTransactions:
         assert not await stage.round()
         assert len(reports) == 4  # an empty take at the burst pace says nothing
         await store.keep(
-            Webhook("attempt.completed", None, NOW, orjson.dumps(attempt_completed(2000)))
+            Webhook("attempt.completed", None, NOW, orjson.dumps(attempt_completed(2100)))
         )
         assert await stage.round()
         assert stage.catching_up
         assert not await stage.round()  # nothing left: caught up, and serve hears of it
         assert not stage.catching_up
         assert (reports[-1].mapped, reports[-1].catching_up) == (0, False)
-        assert (await store.stats(0)).pending == 1101
+        assert (await store.stats(0)).pending == 1801
