@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -303,6 +305,21 @@ async def test_a_stuck_mapper_is_not_healthy_and_the_watchdog_stops(
         assert supervisor.restarts == 0
     finally:
         await supervisor.stop(10)
+
+
+@pytest.mark.process
+def test_the_mapping_process_hands_the_gil_to_its_writer_soon() -> None:
+    """The mapping process maps on its event loop while its writer thread records the part
+    before; at Python's default 5 ms switch interval each of the writer's statements waited
+    for a turn (bridge.mapper.child.SWITCH_INTERVAL_SECS)."""
+    code = (
+        "import sys; from bridge.mapper import child; child._scheduling(0); "
+        "print(sys.getswitchinterval(), child.SWITCH_INTERVAL_SECS)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30, check=True)
+    interval, wanted = (float(word) for word in done.stdout.split())
+    assert interval == pytest.approx(wanted)
+    assert wanted < 0.005  # below Python's default
 
 
 async def test_the_watchdog_loop_does_not_ping_for_an_unhealthy_service() -> None:
