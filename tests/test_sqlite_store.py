@@ -814,9 +814,9 @@ class TestMappingTransactions:
         self, store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: int
     ) -> None:
         """A catch-up round cancelled (``serve`` stopping past its grace) once ``committed`` of
-        its transactions are (the count, then records of 4 while the next 4 are mapped), most
-        with a record in flight: what was committed stays, the rest is mapped by the next
-        rounds, and no webhook's messages are stored twice."""
+        its transactions are (the count, then records of 4 while the next 4 are mapped, and
+        the next take's count), most with a record in flight: what was committed stays, the
+        rest is mapped after the restart, and no webhook's messages are stored twice."""
         monkeypatch.setattr(stage_module, "CATCH_UP_BATCH", 16)
         monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 4)
         monkeypatch.setattr(stage_module, "OVERLAP_TURN", 1)
@@ -835,12 +835,39 @@ class TestMappingTransactions:
         cancelled.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await cancelled
-        after = MappingStage(store, lambda: config, batch=4, clock=lambda: NOW + 20)
-        await after.drain(time.monotonic() + 30)
+        await store.close()  # past its grace serve exits: its leases go with the process
+        restarted = SQLiteStore(store.path)
+        await restarted.open()
+        try:
+            after = MappingStage(restarted, lambda: config, batch=4, clock=lambda: NOW + 20)
+            await after.drain(time.monotonic() + 30)
+        finally:
+            await restarted.close()
         assert query(store.path, "SELECT count(*) FROM unmapped") == [(0,)]
         assert query(store.path, "SELECT count(*), count(DISTINCT message_id) FROM messages") == [
             (24, 24)
         ]
+
+    async def test_a_failed_write_gives_every_lease_back(self, tmp_path: Path) -> None:
+        """The stage took the next webhooks while it mapped; a write fails (the lock held past
+        ``busy_timeout``, a full disk): the leases of this process go, so the stage's next
+        takes start again from the oldest, in arrival order, instead of skipping some for
+        ``lease_secs``."""
+        store = SQLiteStore(tmp_path / "bridge.db", busy_timeout_secs=0.2)
+        await store.open()
+        try:
+            for n in range(3):
+                await store.keep(hook(n))
+            first, second, third = await store.take(3, 30)
+            assert await store.take(10, 30) == []
+            with write_lock(store.path), pytest.raises(StorageUnavailableError):
+                await store.failed(first, "ValueError: boom")
+            assert [t.row_id for t in await store.take(10, 30)] == [first.row_id]  # tried: alone
+            await store.record([Judged(first, "p", (msg("a"),), None, ())])
+            assert [t.row_id for t in await store.take(10, 30)] == [second.row_id]
+            assert third.tries == 1
+        finally:
+            await store.close()
 
     async def test_the_catch_up_pace_starts_past_the_lag_and_ends_under_half_of_it(
         self, store: SQLiteStore
@@ -858,8 +885,9 @@ class TestMappingTransactions:
     ) -> None:
         """1,700 webhooks 20 s old (past ``catch_up_after_secs``): the first take of 128 is
         recorded in one transaction, then takes of 1,024 in parts of 512 (the second mapped
-        while the first is recorded); fresh webhooks behind them bring the burst pace (32 per
-        transaction) back once the lag is under half the threshold."""
+        while the first is recorded, the next take taken meanwhile); fresh webhooks behind
+        them bring the burst pace (32 per transaction) back once the lag is under half the
+        threshold."""
         config = make_config(tmp_path, "http://127.0.0.1:9")
         for n in range(1700):
             body = orjson.dumps(attempt_completed(n))
@@ -875,12 +903,19 @@ class TestMappingTransactions:
             on_report=reports.append,
         )
         per_round = []
+        ahead: list[int] = []
         for _ in range(3):
             before = commits(store)
             assert await stage.round()
             per_round.append(commits(store) - before)
+            ahead += query(store.path, "SELECT count(*) FROM unmapped WHERE tries > 0")[0]
             assert stage.catching_up
-        assert per_round == [2, 3, 3]  # takes of 128, 1,024, 548: a count, records of <= 512
+        # Takes of 128, 1,024, 548: a count, records of <= 512; the full take of 1,024 takes
+        # the next one (its count may share a record's transaction) while it is mapped.
+        assert per_round[0] == 2
+        assert per_round[1] in (3, 4)
+        assert per_round[2] == 2
+        assert ahead == [0, 548, 0]
         assert [(r.mapped, r.messages, r.catching_up) for r in reports] == [
             (128, 128, True),
             (1024, 1024, True),

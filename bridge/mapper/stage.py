@@ -182,6 +182,8 @@ class MappingStage:
         self._yielded = 0.0
         self.catching_up = False
         self._exam_tests = ExamTestCache()
+        #: Catching up: the next take, taken while this one is mapped (:meth:`_take_ahead`).
+        self._ahead: asyncio.Future[list[UnmappedWebhook]] | None = None
         self._woken = asyncio.Event()
         self._idle = asyncio.Event()
         self._stopping = False
@@ -290,6 +292,9 @@ class MappingStage:
         self._round_full = False
         try:
             return await self._round()
+        except BaseException:
+            await self._drop_ahead()  # the next round takes from the oldest, in arrival order
+            raise
         finally:
             self._round_secs = time.monotonic() - started
 
@@ -297,7 +302,8 @@ class MappingStage:
         now = self._clock()
         config = self._config()
         size = max(self._batch, CATCH_UP_BATCH) if self.catching_up else self._batch
-        taken = await self._store.take(size, LEASE_SECS, config.mapping_tag)
+        ahead, self._ahead = self._ahead, None
+        taken = await (ahead or self._store.take(size, LEASE_SECS, config.mapping_tag))
         if not taken:
             if self.catching_up:
                 self._pace(False, now)
@@ -353,6 +359,8 @@ class MappingStage:
                 if recording is not None:
                     self._count_all(recorded, await recording, report)
                 recorded, recording = verdicts, asyncio.ensure_future(self._store.record(verdicts))
+                if start == 0 and overlap:
+                    self._take_ahead(len(taken), config)
                 if overlap:
                     await asyncio.sleep(0)  # the record reaches the store before the next part
                 else:
@@ -366,6 +374,21 @@ class MappingStage:
                 recording.cancel()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await recording
+
+    def _take_ahead(self, taken: int, config: Config) -> None:
+        """Catching up, with a full take in hand: take the next one now, so that its read and
+        its count of tries run while this one is mapped, not between two rounds (the store
+        skips what is in hand: SQLite's lease is in memory, PostgreSQL's in the row)."""
+        if taken >= CATCH_UP_BATCH and self._ahead is None and not self._stopping:
+            tag = config.mapping_tag
+            self._ahead = asyncio.ensure_future(self._store.take(CATCH_UP_BATCH, LEASE_SECS, tag))
+
+    async def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await ahead
 
     def _pace(self, behind: bool, now: float, taken: list[UnmappedWebhook] | None = None) -> None:
         """Switch between the burst pace and the catch-up pace, with a log line each way."""

@@ -289,7 +289,9 @@ class MappingStore(Lifecycle, Protocol):
         A webhook taken before and not recorded since (its mapper crashed or failed on it) is
         taken alone: a poison webhook cannot take a batch of others down with it again. On
         PostgreSQL a take is leased for ``lease_secs`` on the database's clock (replicas skip it
-        meanwhile); SQLite has one mapper per file and ignores it."""
+        meanwhile); on SQLite (one mapper per file) in the process's memory, so that a take
+        made while the last one is mapped skips it. Recording or failing a webhook ends its
+        lease."""
         ...
 
     async def record(self, judged: Sequence[Judged]) -> list[EnqueueReceipt]:

@@ -124,6 +124,30 @@ class TestPoison:
         assert [t.tries for t in rest] == [2]  # the others, one at a time, never lost
 
 
+class TestTakeWhileMapping:
+    async def test_a_take_skips_what_another_holds_until_it_is_recorded_or_failed(
+        self, store: Store
+    ) -> None:
+        """Catching up, the mapping stage takes the next webhooks while it maps the last ones:
+        the second take must not hand out the first's again (SQLite: a lease in the process's
+        memory; PostgreSQL: in the row)."""
+        for n in range(6):
+            await store.keep(hook(n))
+        first = await store.take(3, 30)
+        second = await store.take(10, 30)
+        assert [t.row_id for t in first] + [t.row_id for t in second] == sorted(
+            t.row_id for t in first + second
+        )
+        assert len(second) == 3
+        assert await store.take(10, 30) == []
+        await store.record([judged(first[0], msg("a")), judged(first[1], msg("b"))])
+        await store.failed(first[2], "ValueError: boom")
+        again = await store.take(10, 30)
+        assert [(t.row_id, t.tries) for t in again] == [(first[2].row_id, 2)]
+        await store.record([judged(t, msg(f"m{t.row_id}")) for t in second + again])
+        assert (await store.stats(0)).unmapped == 0
+
+
 class TestMigration:
     async def test_keep_record_webhook_ids_are_the_answered_ones(self, store: Store) -> None:
         kept = await store.keep(Webhook("user.registered", None, 5.0, b"{}"))

@@ -247,16 +247,21 @@ def bury(
 
 _UNMAPPED = (
     "SELECT u.webhook_id, u.tries, u.last_error, w.code, w.portal_id, w.received_at, w.raw_body"
-    " FROM unmapped u JOIN webhooks w ON w.id = u.webhook_id ORDER BY u.webhook_id LIMIT ?"
+    " FROM unmapped u JOIN webhooks w ON w.id = u.webhook_id"
+    " WHERE u.webhook_id NOT IN (SELECT value FROM json_each(?))"
+    " ORDER BY u.webhook_id LIMIT ?"
 )
 
 
-def unmapped(conn: sqlite3.Connection, limit: int) -> list[UnmappedWebhook]:
-    """The next unmapped webhooks in arrival order, each as it will be once this take is
-    counted. A webhook tried before comes alone (poison isolation); the batch stops before the
-    next such one."""
+def unmapped(
+    conn: sqlite3.Connection, limit: int, leased: Sequence[int] = ()
+) -> list[UnmappedWebhook]:
+    """The next unmapped webhooks in arrival order but for ``leased`` (taken and not recorded
+    yet), each as it will be once this take is counted. A webhook tried before comes alone
+    (poison isolation); the batch stops before the next such one."""
     taken: list[UnmappedWebhook] = []
-    for row_id, tries, error, code, portal, received_at, raw in conn.execute(_UNMAPPED, (limit,)):
+    rows = conn.execute(_UNMAPPED, (_ids(leased), limit))
+    for row_id, tries, error, code, portal, received_at, raw in rows:
         if tries > 0 and taken:
             break
         webhook = Webhook(code, portal, received_at, bytes(raw))

@@ -21,6 +21,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -110,6 +111,7 @@ class SQLiteStore:
         self._conns = threading.local()  # each reader thread's own connection (``conn``)
         self._identity = FileIdentity(self.path)
         self._corrupt: DatabaseCorruptError | None = None  # once seen, until a restart
+        self._leased: dict[int, float] = {}  # webhooks taken, not recorded: monotonic expiry
 
     @classmethod
     def from_config(cls, cfg: StorageConfig, *, create: bool = True) -> SQLiteStore:
@@ -230,8 +232,10 @@ class SQLiteStore:
             raise StorageUnavailableError(f"storage could not {doing}: the store is not open")
         try:
             return cast(T, await self._writer.submit(work, doing, groupable=groupable))
-        except DatabaseCorruptError as exc:
-            self._seen_corrupt(exc)
+        except StorageUnavailableError as exc:
+            self._leased.clear()  # the mapping stage starts again from the oldest (take)
+            if isinstance(exc, DatabaseCorruptError):
+                self._seen_corrupt(exc)
             raise
 
     async def _read(
@@ -309,32 +313,48 @@ class SQLiteStore:
     async def take(
         self,
         limit: int,
-        lease_secs: float,  # noqa: ARG002 - one mapper per file: no lease
+        lease_secs: float,
         tag: str = "",  # noqa: ARG002 - one serve per file: one configuration
     ) -> list[UnmappedWebhook]:
         """Read the next unmapped webhooks on the reader (their bodies never pass through the
         writer's transaction), then count their try on the writer before anyone maps them.
-        One mapper per file, so nothing can take them between the two."""
+        One mapper per file, so nothing can take them between the two.
+
+        The lease is this process's memory (:attr:`_leased`): the mapping stage takes the next
+        webhooks while it still maps the last ones, and a take skips what is in hand until it
+        is recorded or failed, ``lease_secs`` pass, or a write fails (the stage then takes again
+        in arrival order). A process that dies takes its leases with it."""
         if limit <= 0:
             return []
-        rows = await self._read(partial(ops.unmapped, limit=limit), "read unmapped webhooks")
+        now = time.monotonic()
+        self._leased = {row: until for row, until in self._leased.items() if until > now}
+        read = partial(ops.unmapped, limit=limit, leased=tuple(self._leased))
+        rows = await self._read(read, "read unmapped webhooks")
         if not rows:
             return []
         ids = tuple(row.row_id for row in rows)
         await self._write(partial(ops.count_tries, ids=ids), "count a mapping try", groupable=True)
+        self._leased.update(dict.fromkeys(ids, now + lease_secs))
         return rows
 
     async def record(self, judged: Sequence[Judged]) -> list[EnqueueReceipt]:
         if not judged:
             return []
         work = partial(record_group, judged=list(judged))
-        return await self._write(
-            lambda conn: work(conn), "store the mapped messages", groupable=True
-        )
+        try:
+            return await self._write(
+                lambda conn: work(conn), "store the mapped messages", groupable=True
+            )
+        finally:
+            for one in judged:
+                self._leased.pop(one.taken.row_id, None)
 
     async def failed(self, taken: UnmappedWebhook, error: str) -> None:
         work = partial(ops.mapping_failed, row_id=taken.row_id, error=error)
-        await self._write(work, "keep a mapping error")
+        try:
+            await self._write(work, "keep a mapping error")
+        finally:
+            self._leased.pop(taken.row_id, None)
 
     async def claim(
         self,
