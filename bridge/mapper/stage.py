@@ -147,6 +147,14 @@ class Report:
         }
 
 
+async def _let_go(work: asyncio.Future[Any]) -> None:
+    """Cancel a store call of a round that failed or was cancelled, and wait for it to end, its
+    outcome unheard (the round's own error is the one that counts)."""
+    work.cancel()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await work
+
+
 class MappingStage:
     """``run`` until cancelled; ``wake`` when webhooks were kept; ``drain`` maps what is left.
 
@@ -359,9 +367,9 @@ class MappingStage:
                 if recording is not None:
                     self._count_all(recorded, await recording, report)
                 recorded, recording = verdicts, asyncio.ensure_future(self._store.record(verdicts))
-                if start == 0 and overlap:
-                    self._take_ahead(len(taken), config)
                 if overlap:
+                    if start == 0:
+                        self._take_ahead(len(taken), config)
                     await asyncio.sleep(0)  # the record reaches the store before the next part
                 else:
                     self._count_all(recorded, await recording, report)
@@ -371,9 +379,7 @@ class MappingStage:
                 recording = None
         finally:
             if recording is not None:  # failed or cancelled: no record left running unheard
-                recording.cancel()
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await recording
+                await _let_go(recording)
 
     def _take_ahead(self, taken: int, config: Config) -> None:
         """Catching up, with a full take in hand: take the next one now, so that its read and
@@ -386,9 +392,7 @@ class MappingStage:
     async def _drop_ahead(self) -> None:
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            ahead.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await ahead
+            await _let_go(ahead)
 
     def _pace(self, behind: bool, now: float, taken: list[UnmappedWebhook] | None = None) -> None:
         """Switch between the burst pace and the catch-up pace, with a log line each way."""
