@@ -848,6 +848,118 @@ class TestMappingTransactions:
             (24, 24)
         ]
 
+    @pytest.mark.parametrize("committed", range(9))
+    async def test_a_running_stage_cancelled_anywhere_maps_each_webhook_once_after_it(
+        self, store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: int
+    ) -> None:
+        """The running stage ends a catch-up round while the next one maps (the round's last
+        record in flight): cancelled (``serve`` past its grace) once ``committed`` of its
+        transactions are, between two rounds too, what was committed stays, the rest is mapped
+        after the restart, and no webhook's messages are stored twice."""
+        monkeypatch.setattr(stage_module, "CATCH_UP_BATCH", 8)
+        monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 4)
+        monkeypatch.setattr(stage_module, "OVERLAP_TURN", 1)
+        config = make_config(tmp_path, "http://127.0.0.1:9")
+        for n in range(36):
+            body = orjson.dumps(attempt_completed(n % 30))  # 6 redeliveries, a round or two on
+            await store.keep(Webhook("attempt.completed", None, NOW + n / 1000, body))
+        stage = MappingStage(
+            store, lambda: config, batch=4, clock=lambda: NOW + 20, catch_up_after_secs=10
+        )
+        before = commits(store)
+        running = asyncio.ensure_future(stage.run())
+        await until(lambda: commits(store) >= before + committed or running.done())
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await store.close()
+        restarted = SQLiteStore(store.path)
+        await restarted.open()
+        try:
+            after = MappingStage(restarted, lambda: config, batch=4, clock=lambda: NOW + 20)
+            await after.drain(time.monotonic() + 30)
+        finally:
+            await restarted.close()
+        assert query(store.path, "SELECT count(*) FROM unmapped") == [(0,)]
+        assert query(store.path, "SELECT count(*), count(DISTINCT message_id) FROM messages") == [
+            (30, 30)
+        ]
+        assert query(store.path, "SELECT min(webhook_id), max(webhook_id) FROM messages") == [
+            (1, 30)
+        ]  # each attempt's message from its first arrival
+
+    async def test_a_stopped_stage_has_heard_its_last_record(
+        self, store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``stop`` returns once the round in progress has ended, its last record too: every
+        webhook the reports counted is recorded, every one taken is reported."""
+        monkeypatch.setattr(stage_module, "CATCH_UP_BATCH", 8)
+        monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 4)
+        config = make_config(tmp_path, "http://127.0.0.1:9")
+        for n in range(400):
+            body = orjson.dumps(attempt_completed(n))
+            await store.keep(Webhook("attempt.completed", None, NOW, body))
+        reports: list[Report] = []
+        stage = MappingStage(
+            store,
+            lambda: config,
+            batch=4,
+            clock=lambda: NOW + 20,
+            catch_up_after_secs=10,
+            on_report=reports.append,
+        )
+        running = asyncio.ensure_future(stage.run())
+        await until(lambda: len(reports) >= 3)
+        await stage.stop(time.monotonic() + 10)
+        assert running.done()
+        reported = sum(r.mapped for r in reports)
+        assert 0 < reported < 400
+        assert query(store.path, "SELECT count(*) FROM messages") == [(reported,)]
+        assert (await store.stats(0)).unmapped == 400 - reported
+
+    async def test_a_failed_write_with_the_last_record_in_flight_maps_it_again(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A round ends with its last record and the next take in flight, and both writes fail
+        (the lock held past ``busy_timeout``): the next round raises, lets go of both, and once
+        the lock is free the webhooks of that round are mapped again, from the oldest, once."""
+        monkeypatch.setattr(stage_module, "CATCH_UP_BATCH", 4)
+        monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 4)
+        store = SQLiteStore(tmp_path / "bridge.db", busy_timeout_secs=0.2)
+        await store.open()
+        try:
+            config = make_config(tmp_path, "http://127.0.0.1:9")
+            for n in range(16):
+                body = orjson.dumps(attempt_completed(n))
+                await store.keep(Webhook("attempt.completed", None, NOW + n / 1000, body))
+            reports: list[Report] = []
+            stage = MappingStage(
+                store,
+                lambda: config,
+                batch=4,
+                clock=lambda: NOW + 20,
+                catch_up_after_secs=10,
+                on_report=reports.append,
+            )
+            before = commits(store)
+            assert await stage.round(carry=True)  # 1-4; takes 5-8 ahead, its record carried
+            await until(lambda: len(reports) == 1 and commits(store) >= before + 3)
+            with write_lock(store.path):
+                assert await stage.round(carry=True)  # 5-8, their record carried
+                with pytest.raises(StorageUnavailableError):
+                    await stage.round(carry=True)  # 5-8's record and 9-12's take fail
+            assert [r.mapped for r in reports] == [4]
+            while await stage.round(carry=True):
+                pass
+            # 5-8 were counted by their take: now taken alone (poison isolation), then 9-16,
+            # then the empty take that says the mapping caught up.
+            assert [r.mapped for r in reports] == [4, 1, 1, 1, 1, 4, 4, 0]
+        finally:
+            await store.close()
+        assert query(store.path, "SELECT webhook_id FROM messages ORDER BY id") == [
+            (n,) for n in range(1, 17)
+        ]
+
     async def test_a_failed_write_gives_every_lease_back(self, tmp_path: Path) -> None:
         """The stage took the next webhooks while it mapped; a write fails (the lock held past
         ``busy_timeout``, a full disk): the leases of this process go, so the stage's next
@@ -869,15 +981,19 @@ class TestMappingTransactions:
         finally:
             await store.close()
 
-    async def test_the_catch_up_pace_starts_past_the_lag_and_ends_under_half_of_it(
+    async def test_the_catch_up_pace_starts_past_the_lag_and_ends_once_caught_up(
         self, store: SQLiteStore
     ) -> None:
+        """It starts past the lag; it ends when a take is not full (fewer waiting than it
+        holds) and the lag is under half the threshold, not while a backlog is left."""
         await store.keep(Webhook("attempt.completed", None, NOW, b"{}"))
         taken = await store.take(10, 30)
         assert not catching_up(NOW + 10, taken, 10)
+        assert not catching_up(NOW + 10, taken, 10, full=True)
         assert catching_up(NOW + 10.5, taken, 10)
         assert catching_up(NOW + 5.5, taken, 10, already=True)
         assert not catching_up(NOW + 5, taken, 10, already=True)
+        assert catching_up(NOW + 1, taken, 10, already=True, full=True)
         assert not catching_up(NOW + 100, [], 10, already=True)
 
     async def test_a_mapper_behind_catches_up_in_takes_of_1024_recorded_512_at_a_time(

@@ -40,6 +40,13 @@ class TestRule:
     def test_the_pause_is_bounded(self) -> None:
         assert yield_secs(3.0, full=True, catching_up=False, intake_busy=True) == MAX_YIELD_SECS
 
+    def test_a_store_whose_server_shares_the_cores_pauses_longer(self) -> None:
+        """PostgreSQL's server runs the mapper's statements at full priority: ``burst_pause``."""
+        pause = yield_secs(0.02, full=True, catching_up=False, intake_busy=True, factor=3.0)
+        assert pause == pytest.approx(0.06)
+        longest = yield_secs(3.0, full=True, catching_up=False, intake_busy=True, factor=3.0)
+        assert longest == 3 * MAX_YIELD_SECS
+
     @pytest.mark.parametrize(
         ("full", "catching_up", "intake_busy"),
         [(False, False, True), (True, True, True), (True, False, False)],

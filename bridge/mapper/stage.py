@@ -71,10 +71,17 @@ INTAKE_BUSY_FRESH_SECS = 0.25
 
 
 def catching_up(
-    now: float, taken: list[UnmappedWebhook], after_secs: float, *, already: bool = False
+    now: float,
+    taken: list[UnmappedWebhook],
+    after_secs: float,
+    *,
+    already: bool = False,
+    full: bool = False,
 ) -> bool:
     """Whether the oldest webhook of a take waited longer than ``after_secs`` (the mapping lag);
-    a stage ``already`` catching up goes on until the lag is down to half of it, so that a lag
+    a stage ``already`` catching up goes on while its take is ``full`` or the lag is over half
+    of it: a load that lasts is mapped at the fast pace to the end of its backlog (handing it
+    back to the burst pace halfway mapped it at half rate while intake refilled it), and a lag
     near the threshold does not switch pace (and log) every round.
 
     Why two paces: during a burst intake's commits must not wait long behind the mapper's on
@@ -84,25 +91,30 @@ def catching_up(
     transaction while the next part is mapped."""
     if not taken:
         return False
+    if already and full:
+        return True
     oldest = min(one.webhook.received_at for one in taken)
     return now - oldest > (after_secs / 2 if already else after_secs)
 
 
-def yield_secs(round_secs: float, *, full: bool, catching_up: bool, intake_busy: bool) -> float:
+def yield_secs(
+    round_secs: float, *, full: bool, catching_up: bool, intake_busy: bool, factor: float = 1.0
+) -> float:
     """How long to leave the CPU, SQLite's write lock and the database to intake after a round.
 
     Why: niceness yields the mapping process's own CPU to ``serve``, but not what its work costs
     elsewhere: on SQLite intake's commits wait behind the mapper's on the one write lock, and
     on PostgreSQL the server's backends run the mapper's statements at full priority. So during
     a burst, while intake is busy (``serve``'s wake-ups say so) and a take came back full (more
-    is waiting than one take holds), the stage pauses as long as its round took: half the
-    mapping rate, the rest of the machine to intake. A burst that passes is then mapped after
-    it; a load that lasts reaches ``catch_up_after_secs``, where the stage stops yielding and
-    catches up (with intake at its pace). A round that was not full (the mapping keeps up) or
-    an idle intake never waits."""
+    is waiting than one take holds), the stage pauses ``factor`` times as long as its round
+    took (``MappingStore.burst_pause``: 1 on SQLite, half the mapping rate; 3 on PostgreSQL,
+    whose server runs the statements at full priority), the rest of the machine to intake. A
+    burst that passes is then mapped after it; a load that lasts reaches
+    ``catch_up_after_secs``, where the stage stops yielding and catches up (with intake at its
+    pace). A round that was not full (the mapping keeps up) or an idle intake never waits."""
     if not full or catching_up or not intake_busy:
         return 0.0
-    return min(MAX_YIELD_SECS, max(0.0, round_secs))
+    return min(MAX_YIELD_SECS * factor, max(0.0, round_secs * factor))
 
 
 @dataclass(slots=True)
@@ -192,6 +204,9 @@ class MappingStage:
         self._exam_tests = ExamTestCache()
         #: Catching up: the next take, taken while this one is mapped (:meth:`_take_ahead`).
         self._ahead: asyncio.Future[list[UnmappedWebhook]] | None = None
+        #: Catching up: the end of the last round (its last record, then its exam tests, failed
+        #: tries and report), finished while the next round maps (:meth:`_end_round`).
+        self._carried: asyncio.Future[None] | None = None
         self._woken = asyncio.Event()
         self._idle = asyncio.Event()
         self._stopping = False
@@ -238,7 +253,9 @@ class MappingStage:
             while not self._stopping:
                 self._woken.clear()
                 try:
-                    busy = await self.round()
+                    busy = await self.round(carry=True)
+                    if self._stopping:
+                        await self._settle_carried()
                 except StorageUnavailableError as exc:
                     log.warning("mapping_storage_unavailable", error=str(exc), retry_in=backoff)
                     await asyncio.sleep(backoff)
@@ -252,6 +269,7 @@ class MappingStage:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._woken.wait(), self._poll_secs)
         finally:
+            await self._drop_carried()  # cancelled between two rounds: no record left unheard
             self._stopped.set()
 
     async def stop(self, deadline: float) -> None:
@@ -271,14 +289,14 @@ class MappingStage:
     async def drain(self, deadline: float) -> int:
         """Map what is kept until nothing is left or the monotonic ``deadline``; rounds run."""
         done = 0
-        while time.monotonic() < deadline:
-            try:
-                if not await self.round():
+        try:
+            while time.monotonic() < deadline:
+                if not await self.round(carry=True):
                     return done
-            except StorageUnavailableError as exc:
-                log.warning("mapping_storage_unavailable", error=str(exc))
-                return done
-            done += 1
+                done += 1
+            await self._settle_carried()
+        except StorageUnavailableError as exc:
+            log.warning("mapping_storage_unavailable", error=str(exc))
         return done
 
     async def _leave_to_intake(self) -> None:
@@ -289,37 +307,45 @@ class MappingStage:
             full=self._round_full,
             catching_up=self.catching_up,
             intake_busy=self.intake_busy,
+            factor=self._store.burst_pause,
         )
         if pause > 0:
             self._yielded += pause
             await asyncio.sleep(pause)
 
-    async def round(self) -> bool:
-        """One take, judge and record; False when nothing was waiting."""
+    async def round(self, *, carry: bool = False) -> bool:
+        """One take, judge and record; False when nothing was waiting (and the round before
+        has ended). ``carry``: while catching up with the next take in hand, the round may
+        return with its last record in flight; the next round (or :meth:`_settle_carried`)
+        ends it before it records anything (:meth:`_end_round`)."""
         started = time.monotonic()
         self._round_full = False
         try:
-            return await self._round()
+            return await self._round(carry)
         except BaseException:
             await self._drop_ahead()  # the next round takes from the oldest, in arrival order
+            await self._drop_carried()
             raise
         finally:
             self._round_secs = time.monotonic() - started
 
-    async def _round(self) -> bool:
+    async def _round(self, carry: bool) -> bool:
         now = self._clock()
         config = self._config()
         size = max(self._batch, CATCH_UP_BATCH) if self.catching_up else self._batch
         ahead, self._ahead = self._ahead, None
         taken = await (ahead or self._store.take(size, LEASE_SECS, config.mapping_tag))
         if not taken:
+            await self._settle_carried()
             if self.catching_up:
                 self._pace(False, now)
                 if self._on_report is not None:
                     self._on_report(Report())  # caught up: serve's intake pace ends with it
             return False
         self._round_full = len(taken) >= size
-        behind = catching_up(now, taken, self._catch_up_after, already=self.catching_up)
+        behind = catching_up(
+            now, taken, self._catch_up_after, already=self.catching_up, full=self._round_full
+        )
         self._pace(behind, now, taken)
         self.rounds += 1
         report = Report(catching_up=self.catching_up, yielded_secs=self._yielded)
@@ -327,14 +353,50 @@ class MappingStage:
         failed: list[tuple[UnmappedWebhook, str]] = []
         known = await self._exam_tests.current(self._store)
         learned: list[ExamTest] = []
-        await self._map_and_record(taken, config, failed, known, learned, report)
+        last = await self._map_and_record(taken, config, failed, known, learned, report)
+        ending = self._end_round(last, learned, failed, report, now)
+        if carry and last is not None and self._ahead is not None and not self._stopping:
+            # No await between this and the run loop's look at ``_stopping``: a stop asked for
+            # from here on is seen by the next round, which ends this one before it records.
+            self._carried = asyncio.ensure_future(ending)
+        else:
+            await ending
+        return True
+
+    async def _end_round(
+        self,
+        last: tuple[list[Judged], asyncio.Future[list[EnqueueReceipt]]] | None,
+        learned: list[ExamTest],
+        failed: list[tuple[UnmappedWebhook, str]],
+        report: Report,
+        now: float,
+    ) -> None:
+        """A round's end: its last record heard (when in flight), its exam tests kept, its
+        failed tries counted, its report sent, in that order."""
+        if last is not None:
+            recorded, recording = last
+            try:
+                self._count_all(recorded, await recording, report)
+            finally:
+                if not recording.done():
+                    await _let_go(recording)
         await self._exam_tests.store(self._store, learned, now)
         for one, error in failed:
             report.failures += 1
             await self._store.failed(one, error)
         if self._on_report is not None:
             self._on_report(report)
-        return True
+
+    async def _settle_carried(self) -> None:
+        """End the round before, when it was carried (its record's error is raised here)."""
+        carried, self._carried = self._carried, None
+        if carried is not None:
+            await carried
+
+    async def _drop_carried(self) -> None:
+        carried, self._carried = self._carried, None
+        if carried is not None:
+            await _let_go(carried)
 
     async def _map_and_record(
         self,
@@ -344,12 +406,14 @@ class MappingStage:
         known: KnownExamTests,
         learned: list[ExamTest],
         report: Report,
-    ) -> None:
+    ) -> tuple[list[Judged], asyncio.Future[list[EnqueueReceipt]]] | None:
         """Map a take and record it in parts, in order (one record in flight at most).
 
         At the burst pace each part waits for its record (short holds of SQLite's write lock,
         the CPU left to intake). Catching up, the next part is mapped while the last one is
-        recorded: the mapper's writer waits for the write lock and the disk, not the CPU."""
+        recorded: the mapper's writer waits for the write lock and the disk, not the CPU; the
+        first part while the round before ends (its last record), and the last part's record
+        is returned in flight, for the round's end to hear."""
         overlap = self.catching_up
         step = CATCH_UP_RECORD if overlap else max(1, self._store.record_batch)
         recording: asyncio.Future[list[EnqueueReceipt]] | None = None
@@ -357,13 +421,15 @@ class MappingStage:
         try:
             for start in range(0, len(taken), step):
                 verdicts: list[Judged] = []
+                in_flight = recording is not None or self._carried is not None
                 for index, one in enumerate(taken[start : start + step], 1):
                     verdict = self._judge(one, config, failed, known)
                     if verdict is not None:
                         verdicts.append(verdict[0])
                         learned += self._exam_tests.add(verdict[1])  # the next one knows them
-                    if recording is not None and index % OVERLAP_TURN == 0:
+                    if in_flight and index % OVERLAP_TURN == 0:
                         await asyncio.sleep(0)  # a record's round trips go on (PostgreSQL)
+                await self._settle_carried()
                 if recording is not None:
                     self._count_all(recorded, await recording, report)
                 recorded, recording = verdicts, asyncio.ensure_future(self._store.record(verdicts))
@@ -374,9 +440,8 @@ class MappingStage:
                 else:
                     self._count_all(recorded, await recording, report)
                     recording = None
-            if recording is not None:
-                self._count_all(recorded, await recording, report)
-                recording = None
+            last, recording = (None if recording is None else (recorded, recording)), None
+            return last
         finally:
             if recording is not None:  # failed or cancelled: no record left running unheard
                 await _let_go(recording)

@@ -85,6 +85,8 @@ class SQLiteStore:
     """
 
     record_batch = RECORD_BATCH
+    #: Half the mapping rate during a burst: the contention is the write lock.
+    burst_pause = 1.0
 
     def __init__(
         self,
