@@ -24,7 +24,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.config import StorageConfig
+from bridge.config import Config, StorageConfig
 from bridge.errors import StorageUnavailableError
 from bridge.mapper import stage as stage_module
 from bridge.mapper.stage import MappingStage, Report, catching_up
@@ -760,6 +760,43 @@ class TestRowsOnDisk:
         assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,)]
 
 
+async def keep_attempts(store: SQLiteStore, attempts: list[int]) -> None:
+    """One ``attempt.completed`` webhook per item (its attempt), 1 ms apart from ``NOW``."""
+    for n, attempt in enumerate(attempts):
+        body = orjson.dumps(attempt_completed(attempt))
+        await store.keep(Webhook("attempt.completed", None, NOW + n / 1000, body))
+
+
+def stage_behind(
+    store: SQLiteStore, config: Config, batch: int, reports: list[Report] | None = None
+) -> MappingStage:
+    """A stage whose clock is 20 s after ``NOW``: past a catch-up threshold of 10 s."""
+    return MappingStage(
+        store,
+        lambda: config,
+        batch=batch,
+        clock=lambda: NOW + 20,
+        catch_up_after_secs=10,
+        on_report=None if reports is None else reports.append,
+    )
+
+
+async def map_after_a_cancel(store: SQLiteStore, work: asyncio.Future[Any], config: Config) -> None:
+    """Cancel the stage's ``work`` (``serve`` past its grace), close the store (the process
+    exits: its leases go with it), then map what is left with a fresh store and stage."""
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    await store.close()
+    restarted = SQLiteStore(store.path)
+    await restarted.open()
+    try:
+        after = MappingStage(restarted, lambda: config, batch=4, clock=lambda: NOW + 20)
+        await after.drain(time.monotonic() + 30)
+    finally:
+        await restarted.close()
+
+
 class TestMappingTransactions:
     async def test_a_take_is_recorded_in_short_transactions_with_mapping_between(
         self, store: SQLiteStore, tmp_path: Path
@@ -786,18 +823,9 @@ class TestMappingTransactions:
         in part two of an attempt first seen in part one is still the duplicate, and the
         attempt's message is stored once, from its first arrival."""
         config = make_config(tmp_path, "http://127.0.0.1:9")
-        for n in range(1024):
-            body = orjson.dumps(attempt_completed(5 if n == 900 else n))
-            await store.keep(Webhook("attempt.completed", None, NOW + n / 1000, body))
+        await keep_attempts(store, [5 if n == 900 else n for n in range(1024)])
         reports: list[Report] = []
-        stage = MappingStage(
-            store,
-            lambda: config,
-            batch=1,
-            clock=lambda: NOW + 20,
-            catch_up_after_secs=10,
-            on_report=reports.append,
-        )
+        stage = stage_behind(store, config, 1, reports)
         assert await stage.round()  # one at the burst pace finds the lag
         before = commits(store)
         assert await stage.round()
@@ -832,17 +860,7 @@ class TestMappingTransactions:
         before = commits(store)
         cancelled = asyncio.ensure_future(stage.round())
         await until(lambda: commits(store) >= before + committed)
-        cancelled.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cancelled
-        await store.close()  # past its grace serve exits: its leases go with the process
-        restarted = SQLiteStore(store.path)
-        await restarted.open()
-        try:
-            after = MappingStage(restarted, lambda: config, batch=4, clock=lambda: NOW + 20)
-            await after.drain(time.monotonic() + 30)
-        finally:
-            await restarted.close()
+        await map_after_a_cancel(store, cancelled, config)
         assert query(store.path, "SELECT count(*) FROM unmapped") == [(0,)]
         assert query(store.path, "SELECT count(*), count(DISTINCT message_id) FROM messages") == [
             (24, 24)
@@ -860,26 +878,12 @@ class TestMappingTransactions:
         monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 4)
         monkeypatch.setattr(stage_module, "OVERLAP_TURN", 1)
         config = make_config(tmp_path, "http://127.0.0.1:9")
-        for n in range(36):
-            body = orjson.dumps(attempt_completed(n % 30))  # 6 redeliveries, a round or two on
-            await store.keep(Webhook("attempt.completed", None, NOW + n / 1000, body))
-        stage = MappingStage(
-            store, lambda: config, batch=4, clock=lambda: NOW + 20, catch_up_after_secs=10
-        )
+        await keep_attempts(store, [n % 30 for n in range(36)])  # 6 redeliveries, rounds on
+        stage = stage_behind(store, config, 4)
         before = commits(store)
         running = asyncio.ensure_future(stage.run())
         await until(lambda: commits(store) >= before + committed or running.done())
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        await store.close()
-        restarted = SQLiteStore(store.path)
-        await restarted.open()
-        try:
-            after = MappingStage(restarted, lambda: config, batch=4, clock=lambda: NOW + 20)
-            await after.drain(time.monotonic() + 30)
-        finally:
-            await restarted.close()
+        await map_after_a_cancel(store, running, config)
         assert query(store.path, "SELECT count(*) FROM unmapped") == [(0,)]
         assert query(store.path, "SELECT count(*), count(DISTINCT message_id) FROM messages") == [
             (30, 30)
@@ -896,18 +900,9 @@ class TestMappingTransactions:
         monkeypatch.setattr(stage_module, "CATCH_UP_BATCH", 8)
         monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 4)
         config = make_config(tmp_path, "http://127.0.0.1:9")
-        for n in range(400):
-            body = orjson.dumps(attempt_completed(n))
-            await store.keep(Webhook("attempt.completed", None, NOW, body))
+        await keep_attempts(store, list(range(400)))
         reports: list[Report] = []
-        stage = MappingStage(
-            store,
-            lambda: config,
-            batch=4,
-            clock=lambda: NOW + 20,
-            catch_up_after_secs=10,
-            on_report=reports.append,
-        )
+        stage = stage_behind(store, config, 4, reports)
         running = asyncio.ensure_future(stage.run())
         await until(lambda: len(reports) >= 3)
         await stage.stop(time.monotonic() + 10)
@@ -929,18 +924,9 @@ class TestMappingTransactions:
         await store.open()
         try:
             config = make_config(tmp_path, "http://127.0.0.1:9")
-            for n in range(16):
-                body = orjson.dumps(attempt_completed(n))
-                await store.keep(Webhook("attempt.completed", None, NOW + n / 1000, body))
+            await keep_attempts(store, list(range(16)))
             reports: list[Report] = []
-            stage = MappingStage(
-                store,
-                lambda: config,
-                batch=4,
-                clock=lambda: NOW + 20,
-                catch_up_after_secs=10,
-                on_report=reports.append,
-            )
+            stage = stage_behind(store, config, 4, reports)
             before = commits(store)
             assert await stage.round(carry=True)  # 1-4; takes 5-8 ahead, its record carried
             await until(lambda: len(reports) == 1 and commits(store) >= before + 3)
