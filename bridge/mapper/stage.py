@@ -378,8 +378,7 @@ class MappingStage:
             try:
                 self._count_all(recorded, await recording, report)
             finally:
-                if not recording.done():
-                    await _let_go(recording)
+                await _let_go(recording)  # heard: a no-op; cancelled: the record ends first
         await self._exam_tests.store(self._store, learned, now)
         for one, error in failed:
             report.failures += 1
@@ -440,7 +439,9 @@ class MappingStage:
                 else:
                     self._count_all(recorded, await recording, report)
                     recording = None
-            last, recording = (None if recording is None else (recorded, recording)), None
+            if recording is None:
+                return None
+            last, recording = (recorded, recording), None  # in flight: the round's end hears it
             return last
         finally:
             if recording is not None:  # failed or cancelled: no record left running unheard
