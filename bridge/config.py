@@ -242,15 +242,15 @@ class MapperConfig(_Section):
     nice: int = Field(5, ge=0, le=19)
     #: Once the mapping lag passes this, the stage catches up: takes of 1,024 recorded 512 per
     #: transaction, the next part mapped while the last is recorded (faster mapping, longer
-    #: waits for intake's commits on SQLite) until it has caught up (a take not full, the lag
-    #: under half of this). 0: always.
+    #: waits for intake's commits on SQLite) until it has caught up and the load has passed (a
+    #: take not full, the lag under half of this, intake not busy). 0: always.
     catch_up_after_secs: float = Field(10.0, ge=0)
     #: While the mapper catches up, intake reads a webhook only when the mapping has mapped one
     #: (each waits 1 s at most, then is kept anyway): the lag stops growing and intake's CPU
     #: goes to the mapping. False: intake as fast as it can commit, the lag grows.
     pace_intake: bool = True
     #: During a burst (intake busy, a full take waiting), the mapper pauses after each round as
-    #: long as the round took (three times as long on PostgreSQL, whose server runs its
+    #: long as its records took (eight times as long on PostgreSQL, whose server runs its
     #: statements at full priority), so that SQLite's write lock and PostgreSQL's server go to
     #: intake too, not only the CPU (``nice``); it stops once it catches up. False: the mapper
     #: takes all it is given, intake gets the rest.

@@ -971,7 +971,8 @@ class TestMappingTransactions:
         self, store: SQLiteStore
     ) -> None:
         """It starts past the lag; it ends when a take is not full (fewer waiting than it
-        holds) and the lag is under half the threshold, not while a backlog is left."""
+        holds), the lag is under half the threshold and intake is not busy, not while a
+        backlog is left or the load lasts."""
         await store.keep(Webhook("attempt.completed", None, NOW, b"{}"))
         taken = await store.take(10, 30)
         assert not catching_up(NOW + 10, taken, 10)
@@ -980,7 +981,50 @@ class TestMappingTransactions:
         assert catching_up(NOW + 5.5, taken, 10, already=True)
         assert not catching_up(NOW + 5, taken, 10, already=True)
         assert catching_up(NOW + 1, taken, 10, already=True, full=True)
+        assert catching_up(NOW + 1, taken, 10, already=True, intake_busy=True)
+        assert not catching_up(NOW + 1, taken, 10, intake_busy=True)  # busy alone: a burst
         assert not catching_up(NOW + 100, [], 10, already=True)
+
+    async def test_the_catch_up_pace_lasts_as_long_as_the_load(
+        self, store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A load that lasts: once its backlog is mapped, the stage stays at the catch-up pace
+        (serve paces intake to it) while intake's wake-ups say busy, with fresh webhooks or
+        none left to take; once intake is quiet, it is caught up and serve hears of it."""
+        config = make_config(tmp_path, "http://127.0.0.1:9")
+        for n in range(200):
+            body = orjson.dumps(attempt_completed(n))
+            await store.keep(Webhook("attempt.completed", None, NOW, body))
+        clock = [NOW + 20]
+        reports: list[Report] = []
+        stage = MappingStage(
+            store,
+            lambda: config,
+            batch=128,
+            clock=lambda: clock[0],
+            catch_up_after_secs=10,
+            on_report=reports.append,
+        )
+        monkeypatch.setattr(stage_module, "INTAKE_BUSY_FRESH_SECS", 60.0)  # however slow CI is
+        stage.wake(intake_busy=True)
+        assert await stage.round()  # 128 of the backlog, 20 s old
+        assert await stage.round()  # the other 72
+        for n in range(200, 210):
+            body = orjson.dumps(attempt_completed(n))
+            await store.keep(Webhook("attempt.completed", None, clock[0], body))
+        assert await stage.round()  # 10 fresh ones: not full, no lag, but intake is busy
+        assert not await stage.round()  # nothing left, intake still busy
+        assert stage.catching_up
+        assert [(r.mapped, r.catching_up) for r in reports] == [
+            (128, True),
+            (72, True),
+            (10, True),
+        ]
+        monkeypatch.setattr(stage_module, "INTAKE_BUSY_FRESH_SECS", 0.0)  # its wake-ups stopped
+        assert not await stage.round()
+        assert not stage.catching_up
+        assert (reports[-1].mapped, reports[-1].catching_up) == (0, False)
+        assert (await store.stats(0)).pending == 210
 
     async def test_a_mapper_behind_catches_up_in_takes_of_1024_recorded_512_at_a_time(
         self, store: SQLiteStore, tmp_path: Path

@@ -77,12 +77,16 @@ def catching_up(
     *,
     already: bool = False,
     full: bool = False,
+    intake_busy: bool = False,
 ) -> bool:
     """Whether the oldest webhook of a take waited longer than ``after_secs`` (the mapping lag);
-    a stage ``already`` catching up goes on while its take is ``full`` or the lag is over half
-    of it: a load that lasts is mapped at the fast pace to the end of its backlog (handing it
-    back to the burst pace halfway mapped it at half rate while intake refilled it), and a lag
-    near the threshold does not switch pace (and log) every round.
+    a stage ``already`` catching up goes on while its take is ``full``, while ``intake_busy``
+    (the load that brought the lag lasts) or while the lag is over half of it. A load that
+    lasts is mapped at the fast pace to the end of its backlog, and then at its own pace, with
+    intake paced to the mapping: handing it back to the burst pace mapped at half rate while
+    intake refilled the backlog, until the lag reached the threshold again (60 s at full load:
+    a backlog of ~80,000 left at the end, docs/benchmarks.md). A lag near the threshold does
+    not switch pace (and log) every round.
 
     Why two paces: during a burst intake's commits must not wait long behind the mapper's on
     SQLite's one write lock, so takes are recorded ``record_batch`` at a time; once the lag
@@ -91,30 +95,38 @@ def catching_up(
     transaction while the next part is mapped."""
     if not taken:
         return False
-    if already and full:
+    if already and (full or intake_busy):
         return True
     oldest = min(one.webhook.received_at for one in taken)
     return now - oldest > (after_secs / 2 if already else after_secs)
 
 
 def yield_secs(
-    round_secs: float, *, full: bool, catching_up: bool, intake_busy: bool, factor: float = 1.0
+    recorded_secs: float,
+    *,
+    full: bool,
+    catching_up: bool,
+    intake_busy: bool,
+    factor: float = 1.0,
 ) -> float:
-    """How long to leave the CPU, SQLite's write lock and the database to intake after a round.
+    """How long to leave SQLite's write lock or the database server to intake after a round.
 
-    Why: niceness yields the mapping process's own CPU to ``serve``, but not what its work costs
-    elsewhere: on SQLite intake's commits wait behind the mapper's on the one write lock, and
-    on PostgreSQL the server's backends run the mapper's statements at full priority. So during
-    a burst, while intake is busy (``serve``'s wake-ups say so) and a take came back full (more
-    is waiting than one take holds), the stage pauses ``factor`` times as long as its round
-    took (``MappingStore.burst_pause``: 1 on SQLite, half the mapping rate; 3 on PostgreSQL,
-    whose server runs the statements at full priority), the rest of the machine to intake. A
+    Why: niceness yields the mapping process's own CPU to ``serve``, but not what its writes
+    cost elsewhere: on SQLite intake's commits wait behind the mapper's on the one write lock,
+    and on PostgreSQL the server's backends run the mapper's statements at full priority. So
+    during a burst, while intake is busy (``serve``'s wake-ups say so) and a take came back
+    full (more is waiting than one take holds), the stage pauses ``factor`` times as long as
+    the round's records took (``MappingStore.burst_pause``: 1 on SQLite, where the records are
+    the lock's hold and wait; 8 on PostgreSQL, whose server runs the statements at full
+    priority), the lock and the server to intake. The mapping's own CPU is not paused for:
+    niceness already gives it to intake, and a pause as long as the whole round left ~0.45 of
+    the 2 cores idle (1,100 -> 1,700 mapped per second during a burst, intake unchanged). A
     burst that passes is then mapped after it; a load that lasts reaches
     ``catch_up_after_secs``, where the stage stops yielding and catches up (with intake at its
     pace). A round that was not full (the mapping keeps up) or an idle intake never waits."""
     if not full or catching_up or not intake_busy:
         return 0.0
-    return min(MAX_YIELD_SECS * factor, max(0.0, round_secs * factor))
+    return min(MAX_YIELD_SECS * factor, max(0.0, recorded_secs * factor))
 
 
 @dataclass(slots=True)
@@ -197,7 +209,8 @@ class MappingStage:
         self._catch_up_after = catch_up_after_secs
         self._yield_to_intake = yield_to_intake
         self._intake_busy_at = -INTAKE_BUSY_FRESH_SECS
-        self._round_secs = 0.0
+        #: Seconds the last round waited for its records (:func:`yield_secs`).
+        self._recorded_secs = 0.0
         self._round_full = False
         self._yielded = 0.0
         self.catching_up = False
@@ -303,7 +316,7 @@ class MappingStage:
         if not self._yield_to_intake:
             return
         pause = yield_secs(
-            self._round_secs,
+            self._recorded_secs,
             full=self._round_full,
             catching_up=self.catching_up,
             intake_busy=self.intake_busy,
@@ -318,16 +331,14 @@ class MappingStage:
         has ended). ``carry``: while catching up with the next take in hand, the round may
         return with its last record in flight; the next round (or :meth:`_settle_carried`)
         ends it before it records anything (:meth:`_end_round`)."""
-        started = time.monotonic()
         self._round_full = False
+        self._recorded_secs = 0.0
         try:
             return await self._round(carry)
         except BaseException:
             await self._drop_ahead()  # the next round takes from the oldest, in arrival order
             await self._drop_carried()
             raise
-        finally:
-            self._round_secs = time.monotonic() - started
 
     async def _round(self, carry: bool) -> bool:
         now = self._clock()
@@ -337,14 +348,19 @@ class MappingStage:
         taken = await (ahead or self._store.take(size, LEASE_SECS, config.mapping_tag))
         if not taken:
             await self._settle_carried()
-            if self.catching_up:
+            if self.catching_up and not self.intake_busy:  # mapped all, and the load passed
                 self._pace(False, now)
                 if self._on_report is not None:
                     self._on_report(Report())  # caught up: serve's intake pace ends with it
             return False
         self._round_full = len(taken) >= size
         behind = catching_up(
-            now, taken, self._catch_up_after, already=self.catching_up, full=self._round_full
+            now,
+            taken,
+            self._catch_up_after,
+            already=self.catching_up,
+            full=self._round_full,
+            intake_busy=self.intake_busy,
         )
         self._pace(behind, now, taken)
         self.rounds += 1
@@ -437,7 +453,9 @@ class MappingStage:
                         self._take_ahead(len(taken), config)
                     await asyncio.sleep(0)  # the record reaches the store before the next part
                 else:
+                    waited = time.monotonic()
                     self._count_all(recorded, await recording, report)
+                    self._recorded_secs += time.monotonic() - waited
                     recording = None
             if recording is None:
                 return None

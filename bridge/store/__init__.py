@@ -278,11 +278,11 @@ class MappingStore(Lifecycle, Protocol):
     #: which ``serve``'s commits wait for, so it takes short transactions; PostgreSQL locks
     #: rows, and fewer round trips cost its server less.
     record_batch: int
-    #: During a burst the mapping stage pauses this many times as long as a round took
-    #: (:func:`bridge.mapper.stage.yield_secs`): on SQLite the mapper's cost elsewhere is the
-    #: write lock, and a pause as long as the round leaves intake half of it; on PostgreSQL the
-    #: server runs the mapper's statements on the same cores at full priority (niceness does
-    #: not reach them), so it pauses longer.
+    #: During a burst the mapping stage pauses this many times as long as a round's records
+    #: took (:func:`bridge.mapper.stage.yield_secs`): on SQLite the mapper's cost elsewhere is
+    #: the write lock, and a pause as long as its hold leaves intake half of it; on PostgreSQL
+    #: the server runs the mapper's statements on the same cores at full priority (niceness
+    #: does not reach them), so it pauses longer.
     burst_pause: float
 
     async def take(self, limit: int, lease_secs: float, tag: str = "") -> list[UnmappedWebhook]:

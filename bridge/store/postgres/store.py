@@ -89,10 +89,11 @@ class PostgresStore:
 
     #: Row locks, not a file lock: a whole take per ``record`` (fewer round trips).
     record_batch = 1000
-    #: A quarter of the mapping rate during a burst: the server's CPU for the mapper's
-    #: statements is not niced (two replicas' intake 0.57 -> 0.77 of the durable receiver in
-    #: an A/B, docs/benchmarks.md).
-    burst_pause = 3.0
+    #: Eight times the records' time during a burst: the server's CPU for the mapper's
+    #: statements is not niced (two replicas' intake 0.57 -> 0.77 of the durable receiver
+    #: with three times the round's time; 0.63 -> 0.67 from that to this, medians of two
+    #: pairs: docs/benchmarks.md).
+    burst_pause = 8.0
 
     def __init__(
         self,

@@ -85,7 +85,7 @@ class SQLiteStore:
     """
 
     record_batch = RECORD_BATCH
-    #: Half the mapping rate during a burst: the contention is the write lock.
+    #: As long as the records held (or waited for) the write lock: the contention is the lock.
     burst_pause = 1.0
 
     def __init__(
