@@ -85,7 +85,7 @@ def catching_up(
     lasts is mapped at the fast pace to the end of its backlog, and then at its own pace, with
     intake paced to the mapping: handing it back to the burst pace mapped at half rate while
     intake refilled the backlog, until the lag reached the threshold again (60 s at full load:
-    a backlog of ~80,000 left at the end, docs/benchmarks.md). A lag near the threshold does
+    a backlog of 45,000-87,000 left at the end, docs/benchmarks.md). A lag near the threshold does
     not switch pace (and log) every round.
 
     Why two paces: during a burst intake's commits must not wait long behind the mapper's on
