@@ -991,27 +991,16 @@ class TestMappingTransactions:
         """A load that lasts: once its backlog is mapped, the stage stays at the catch-up pace
         (serve paces intake to it) while intake's wake-ups say busy, with fresh webhooks or
         none left to take; once intake is quiet, it is caught up and serve hears of it."""
-        config = make_config(tmp_path, "http://127.0.0.1:9")
-        for n in range(200):
-            body = orjson.dumps(attempt_completed(n))
-            await store.keep(Webhook("attempt.completed", None, NOW, body))
-        clock = [NOW + 20]
+        await keep_attempts(store, list(range(200)))
         reports: list[Report] = []
-        stage = MappingStage(
-            store,
-            lambda: config,
-            batch=128,
-            clock=lambda: clock[0],
-            catch_up_after_secs=10,
-            on_report=reports.append,
-        )
+        stage = stage_behind(store, make_config(tmp_path, "http://127.0.0.1:9"), 128, reports)
         monkeypatch.setattr(stage_module, "INTAKE_BUSY_FRESH_SECS", 60.0)  # however slow CI is
         stage.wake(intake_busy=True)
         assert await stage.round()  # 128 of the backlog, 20 s old
         assert await stage.round()  # the other 72
-        for n in range(200, 210):
+        for n in range(200, 210):  # fresh: kept at the stage's now
             body = orjson.dumps(attempt_completed(n))
-            await store.keep(Webhook("attempt.completed", None, clock[0], body))
+            await store.keep(Webhook("attempt.completed", None, NOW + 20, body))
         assert await stage.round()  # 10 fresh ones: not full, no lag, but intake is busy
         assert not await stage.round()  # nothing left, intake still busy
         assert stage.catching_up
