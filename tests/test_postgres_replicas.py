@@ -265,7 +265,10 @@ async def test_postgres_down_and_restarted_under_load(
             await eventually(lambda: load.statuses[200] >= await_more + 100, within=30)
         stop.set()
         await posting
-        assert load.statuses[200] >= await_more + 100, dict(load.statuses)
+        # In one clean-clone run of four (2026-12-06) no webhook was kept for 30 s after the
+        # restart (all 503): the replicas' last lines say why, should it happen again.
+        said = [line for r in replicas for line in r.raw[-15:]]
+        assert load.statuses[200] >= await_more + 100, (dict(load.statuses), said)
         errors = [
             line
             for r in replicas
