@@ -84,9 +84,9 @@ def catching_up(
     (the load that brought the lag lasts) or while the lag is over half of it. A load that
     lasts is mapped at the fast pace to the end of its backlog, and then at its own pace, with
     intake paced to the mapping: handing it back to the burst pace mapped at half rate while
-    intake refilled the backlog, until the lag reached the threshold again (60 s at full load:
-    a backlog of 45,000-87,000 left at the end, docs/benchmarks.md). A lag near the threshold does
-    not switch pace (and log) every round.
+    intake refilled the backlog, until the lag reached the threshold again (60 s at full
+    load: a backlog of 45,000-87,000 left at the end, docs/benchmarks.md). A lag near the
+    threshold does not switch pace (and log) every round.
 
     Why two paces: during a burst intake's commits must not wait long behind the mapper's on
     SQLite's one write lock, so takes are recorded ``record_batch`` at a time; once the lag
@@ -120,8 +120,8 @@ def yield_secs(
     the lock's hold and wait; 8 on PostgreSQL, whose server runs the statements at full
     priority), the lock and the server to intake. The mapping's own CPU is not paused for:
     niceness already gives it to intake, and a pause as long as the whole round left ~0.45 of
-    the 2 cores idle (1,100 -> 1,700 mapped per second during a burst, intake unchanged). A
-    burst that passes is then mapped after it; a load that lasts reaches
+    the 2 cores idle (1,100 -> 1,700 mapped per second during a burst, intake pairs within
+    the noise). A burst that passes is then mapped after it; a load that lasts reaches
     ``catch_up_after_secs``, where the stage stops yielding and catches up (with intake at its
     pace). A round that was not full (the mapping keeps up) or an idle intake never waits."""
     if not full or catching_up or not intake_busy:
