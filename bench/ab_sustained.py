@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{tree}: acknowledged {res.acknowledged(tree):,.0f}/s, arrived "
             f"{res.delivered(tree):,.0f}/s, backlog {res.backlog(tree):,}, catch-up "
-            f"{res.catch_up(tree):.1f} s"
+            f"{res.catch_up(tree):.1f} s; each run "
+            + ", ".join(f"{r.delivered_rate:,.0f}" for r in res.runs[tree])
         )
     print(f"after / before (arrived): {res.delivered('after') / res.delivered('before'):.2f}")
     return 0

@@ -48,8 +48,24 @@ def _unique(fake: procs.Proc) -> tuple[int, int]:
 def run(seconds: float, tree: Path | None = None, name: str = "sustained") -> SustainedResult:
     """One window of full load on this tree's ``serve`` (or ``tree``'s: bench.ab_sustained)."""
     db = OUT / f"{name}.db"
+    _remove(name)
+    try:
+        return _run(seconds, tree, db)
+    finally:
+        _remove(name)
+
+
+def _remove(name: str) -> None:
+    """A run's database files: 1-2.5 GB after 60 s at full load. Removed when the run ends,
+    so the next run (the other tree's, in bench.ab_sustained) does not start beside them: a
+    file removed takes its pages out of the page cache, dirty ones unwritten, where a file
+    left behind is written back by the kernel while the next run fsyncs."""
     for stale in OUT.glob(f"{name}.db*"):
         stale.unlink()
+
+
+def _run(seconds: float, tree: Path | None, db: Path) -> SustainedResult:
+    name = db.stem
     auth = procs.basic_auth()
     with procs.running(procs.fake_segment(f"fake-{name}")) as fake:
         config = procs.bridge_config(db, procs.free_port(), fake.url)
