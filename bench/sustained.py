@@ -10,7 +10,9 @@ keeps up when it carries about what intake took in and the catch-up is short.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from bench.intake import PATH
 from bench.procs import OUT
 
 CONNECTIONS = 64
+#: Entered around a window with the bridge and the fake Segment (bench.timeline).
+Watch = Callable[[procs.Proc, procs.Proc], contextlib.AbstractContextManager[None]]
 CATCH_UP_LIMIT_SECS = 120.0
 
 
@@ -45,12 +49,15 @@ def _unique(fake: procs.Proc) -> tuple[int, int]:
     return int(stats["unique"]), int(stats["requests"])
 
 
-def run(seconds: float, tree: Path | None = None, name: str = "sustained") -> SustainedResult:
-    """One window of full load on this tree's ``serve`` (or ``tree``'s: bench.ab_sustained)."""
+def run(
+    seconds: float, tree: Path | None = None, name: str = "sustained", watch: Watch | None = None
+) -> SustainedResult:
+    """One window of full load on this tree's ``serve`` (or ``tree``'s: bench.ab_sustained);
+    ``watch(bridge, fake)`` is entered around the window (bench.timeline samples it)."""
     db = OUT / f"{name}.db"
     _remove(name)
     try:
-        return _run(seconds, tree, db)
+        return _run(seconds, tree, db, watch)
     finally:
         _remove(name)
 
@@ -64,16 +71,18 @@ def _remove(name: str) -> None:
         stale.unlink()
 
 
-def _run(seconds: float, tree: Path | None, db: Path) -> SustainedResult:
+def _run(seconds: float, tree: Path | None, db: Path, watch: Watch | None) -> SustainedResult:
     name = db.stem
     auth = procs.basic_auth()
     with procs.running(procs.fake_segment(f"fake-{name}")) as fake:
         config = procs.bridge_config(db, procs.free_port(), fake.url)
         with procs.running(procs.bridge(f"bridge-{name}", config, tree=tree)) as bridge:
-            warm = wrk.run(bridge.url + PATH, CONNECTIONS, 2.0, "sustw", auth)
-            before, requests_before = _unique(fake)
-            load = wrk.run(bridge.url + PATH, CONNECTIONS, seconds, "sust", auth)
-            after, requests_after = _unique(fake)
+            watching = watch(bridge, fake) if watch is not None else contextlib.nullcontext()
+            with watching:
+                warm = wrk.run(bridge.url + PATH, CONNECTIONS, 2.0, "sustw", auth)
+                before, requests_before = _unique(fake)
+                load = wrk.run(bridge.url + PATH, CONNECTIONS, seconds, "sust", auth)
+                after, requests_after = _unique(fake)
             ended = time.monotonic()
             expected = warm.acknowledged + load.acknowledged
             arrived = after
