@@ -63,10 +63,11 @@ def run(
 
 
 def _remove(name: str) -> None:
-    """A run's database files: 1-2.5 GB after 60 s at full load. Removed when the run ends,
+    """A run's database files: 1.6-2.6 GB after 60 s at full load. Removed when the run ends,
     so the next run (the other tree's, in bench.ab_sustained) does not start beside them: a
-    file removed takes its pages out of the page cache, dirty ones unwritten, where a file
-    left behind is written back by the kernel while the next run fsyncs."""
+    file removed leaves the page cache with its dirty pages unwritten, where one left behind
+    may be written back by the kernel while the next run fsyncs; and six runs of make bench
+    no longer leave ~12 GB behind until its end."""
     for stale in OUT.glob(f"{name}.db*"):
         stale.unlink()
 

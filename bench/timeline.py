@@ -86,14 +86,15 @@ class Timeline:
 
     def _sample(self, bridge: procs.Proc, fake: procs.Proc, stop: threading.Event) -> None:
         started = time.monotonic()
-        before, cpu_before = self._now(bridge, fake)
-        while not stop.wait(1.0 - (time.monotonic() - started) % 1.0):
-            with contextlib.suppress(OSError, ValueError):
-                after, cpu_after = self._now(bridge, fake)
-                self.lines.append(
-                    _line(time.monotonic() - started, before, after, cpu_before, cpu_after)
-                )
-                before, cpu_before = after, cpu_after
+        before: tuple[dict[str, float], dict[str, float]] | None = None
+        wait = 0.0  # the first sample at once, then one on each second
+        while not stop.wait(wait):
+            wait = 1.0 - (time.monotonic() - started) % 1.0
+            with contextlib.suppress(OSError, ValueError):  # a scrape that failed: next second
+                now = self._now(bridge, fake)
+                if before is not None:
+                    self.lines.append(_line(time.monotonic() - started, *before, *now))
+                before = now
 
     @staticmethod
     def _now(bridge: procs.Proc, fake: procs.Proc) -> tuple[dict[str, float], dict[str, float]]:
@@ -111,8 +112,8 @@ class Timeline:
 def _line(
     at: float,
     before: dict[str, float],
-    after: dict[str, float],
     cpu_before: dict[str, float],
+    after: dict[str, float],
     cpu_after: dict[str, float],
 ) -> str:
     secs = max(cpu_after["at"] - cpu_before["at"], 1e-6)
