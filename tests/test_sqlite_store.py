@@ -760,11 +760,11 @@ class TestRowsOnDisk:
         assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,)]
 
 
-async def keep_attempts(store: SQLiteStore, attempts: list[int]) -> None:
-    """One ``attempt.completed`` webhook per item (its attempt), 1 ms apart from ``NOW``."""
+async def keep_attempts(store: SQLiteStore, attempts: list[int], at: float = NOW) -> None:
+    """One ``attempt.completed`` webhook per item (its attempt), 1 ms apart from ``at``."""
     for n, attempt in enumerate(attempts):
         body = orjson.dumps(attempt_completed(attempt))
-        await store.keep(Webhook("attempt.completed", None, NOW + n / 1000, body))
+        await store.keep(Webhook("attempt.completed", None, at + n / 1000, body))
 
 
 def stage_behind(
@@ -998,9 +998,7 @@ class TestMappingTransactions:
         stage.wake(intake_busy=True)
         assert await stage.round()  # 128 of the backlog, 20 s old
         assert await stage.round()  # the other 72
-        for n in range(200, 210):  # fresh: kept at the stage's now
-            body = orjson.dumps(attempt_completed(n))
-            await store.keep(Webhook("attempt.completed", None, NOW + 20, body))
+        await keep_attempts(store, list(range(200, 210)), at=NOW + 20)  # fresh: the stage's now
         assert await stage.round()  # 10 fresh ones: not full, no lag, but intake is busy
         assert not await stage.round()  # nothing left, intake still busy
         assert stage.catching_up
