@@ -819,9 +819,9 @@ class TestMappingTransactions:
     async def test_parts_recorded_while_the_next_is_mapped_stay_in_arrival_order(
         self, store: SQLiteStore, tmp_path: Path
     ) -> None:
-        """Catching up, part two of a take is mapped while part one is recorded: a redelivery
-        in part two of an attempt first seen in part one is still the duplicate, and the
-        attempt's message is stored once, from its first arrival."""
+        """Catching up, each part of a take is mapped while the part before is recorded: a
+        redelivery in the last part of an attempt first seen in the first part is still the
+        duplicate, and the attempt's message is stored once, from its first arrival."""
         config = make_config(tmp_path, "http://127.0.0.1:9")
         await keep_attempts(store, [5 if n == 900 else n for n in range(1024)])
         reports: list[Report] = []
@@ -829,13 +829,40 @@ class TestMappingTransactions:
         assert await stage.round()  # one at the burst pace finds the lag
         before = commits(store)
         assert await stage.round()
-        assert commits(store) - before == 3  # the count and two records of 512
+        # The count and eight records of 128: the take of the 1,023 left is not full (the
+        # backlog is mapped), so its parts are ``steady_record``'s.
+        assert commits(store) - before == 1 + 8
         assert [(r.mapped, r.messages, r.duplicates) for r in reports] == [
             (1, 1, 0),
             (1023, 1022, 1),
         ]
         assert query(store.path, "SELECT count(*) FROM messages") == [(1023,)]
         assert query(store.path, "SELECT count(*) FROM unmapped") == [(0,)]
+
+    async def test_once_the_backlog_is_mapped_a_lasting_load_is_recorded_in_shorter_parts(
+        self, store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Catching up, a full take is recorded in parts of ``CATCH_UP_RECORD``; a take that
+        comes back not full (the backlog is mapped, the load lasts, the stage still at the
+        catch-up pace) in parts of ``steady_record``: shorter holds of the write lock, which
+        intake's commits wait for."""
+        monkeypatch.setattr(stage_module, "CATCH_UP_BATCH", 16)
+        monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 8)
+        monkeypatch.setattr(store, "steady_record", 2)
+        config = make_config(tmp_path, "http://127.0.0.1:9")
+        await keep_attempts(store, list(range(4 + 16 + 6)))
+        stage = stage_behind(store, config, 4)
+        assert await stage.round()  # 4 at the burst pace find the lag
+        assert stage.catching_up
+        before = commits(store)
+        assert await stage.round()  # 16: their count, two records of 8, the next take's count
+        assert commits(store) - before == 4
+        before = commits(store)
+        stage.wake(intake_busy=True)
+        assert await stage.round()  # the 6 left: three records of 2
+        assert commits(store) - before == 3
+        assert stage.catching_up
+        assert query(store.path, "SELECT count(*) FROM messages") == [(26,)]
 
     @pytest.mark.parametrize("committed", [0, 1, 2, 3, 4])
     async def test_a_round_cancelled_midway_maps_each_webhook_once_after_it(
@@ -1018,7 +1045,8 @@ class TestMappingTransactions:
     ) -> None:
         """1,700 webhooks 20 s old (past ``catch_up_after_secs``): the first take of 128 is
         recorded in one transaction, then takes of 1,024 in parts of 512 (the second mapped
-        while the first is recorded, the next take taken meanwhile); fresh webhooks behind
+        while the first is recorded, the next take taken meanwhile), the last one not full in
+        parts of 128; fresh webhooks behind
         them bring the burst pace (32 per transaction) back once the lag is under half the
         threshold."""
         config = make_config(tmp_path, "http://127.0.0.1:9")
@@ -1044,10 +1072,11 @@ class TestMappingTransactions:
             ahead += query(store.path, "SELECT count(*) FROM unmapped WHERE tries > 0")[0]
             assert stage.catching_up
         # Takes of 128, 1,024, 548: a count, records of <= 512; the full take of 1,024 takes
-        # the next one (its count may share a record's transaction) while it is mapped.
+        # the next one (its count may share a record's transaction) while it is mapped. The
+        # 548 are the end of the backlog (a take not full): records of ``steady_record``.
         assert per_round[0] == 2
         assert per_round[1] in (3, 4)
-        assert per_round[2] == 2
+        assert per_round[2] == 5  # 548 in parts of 128
         assert ahead == [0, 548, 0]
         assert [(r.mapped, r.messages, r.catching_up) for r in reports] == [
             (128, 128, True),

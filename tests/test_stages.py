@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 import pytest
 
+from bridge.mapper import child
 from bridge.mapper.stage import Report
 from bridge.mapper.supervisor import MapperSupervisor
 from bridge.store import DeadLetter, DeadLetterFilter, Webhook
@@ -320,6 +321,22 @@ def test_the_mapping_process_hands_the_gil_to_its_writer_soon() -> None:
     interval, wanted = (float(word) for word in done.stdout.split())
     assert interval == pytest.approx(wanted)
     assert wanted < 0.005  # below Python's default
+
+
+@pytest.mark.process
+def test_the_mapping_process_collects_cycles_less_often() -> None:
+    """The mapping reads each body into a few hundred dicts and lists: the collector's young
+    generation is larger there, and what start-up loaded is frozen, never walked again
+    (bridge.mapper.child.GC_YOUNG_OBJECTS)."""
+    code = (
+        "import gc; from bridge.mapper import child; default = gc.get_threshold(); "
+        "child._collector(); print(*default, *gc.get_threshold(), gc.get_freeze_count())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30, check=True)
+    young, older, oldest, tuned, tuned_older, tuned_oldest, frozen = map(int, done.stdout.split())
+    assert tuned == child.GC_YOUNG_OBJECTS > young  # above Python's default
+    assert (tuned_older, tuned_oldest) == (older, oldest)
+    assert frozen > 1000  # the modules imported by then
 
 
 async def test_the_watchdog_loop_does_not_ping_for_an_unhealthy_service() -> None:

@@ -284,6 +284,12 @@ class MappingStore(Lifecycle, Protocol):
     #: the server runs the mapper's statements on the same cores at full priority (niceness
     #: does not reach them), so it pauses longer.
     burst_pause: float
+    #: Verdicts per record once a lasting load's backlog is mapped (the stage still at the
+    #: catch-up pace, a take not full; :meth:`bridge.mapper.stage.MappingStage.record_step`):
+    #: SQLite's intake waits behind each record's hold of the write lock, so it records less
+    #: per transaction there than while a backlog waits. None: the catch-up's parts
+    #: (PostgreSQL, where intake waits for no lock of the mapper's).
+    steady_record: int | None
 
     async def take(self, limit: int, lease_secs: float, tag: str = "") -> list[UnmappedWebhook]:
         """Up to ``limit`` unmapped webhooks in arrival order, each try counted before it runs.

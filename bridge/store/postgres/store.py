@@ -94,6 +94,9 @@ class PostgresStore:
     #: with three times the round's time; 0.63 -> 0.67 from that to this, medians of two
     #: pairs: docs/benchmarks.md).
     burst_pause = 8.0
+    #: Once a lasting load's backlog is mapped, the catch-up's parts still: intake waits for
+    #: no lock of the mapper's, and smaller parts would only add round trips.
+    steady_record: int | None = None
 
     def __init__(
         self,
