@@ -228,7 +228,7 @@ def _message(
         # A copy for the destinations' benefit: no nulls (a null attribute would be copied onto
         # every track) and no empty texts. The identify keeps nulls: there a null is news.
         traits = _without(draft.user_traits, settings.drop_traits)
-        context["traits"] = {key: value for key, value in traits.items() if _sent(value)}
+        context["traits"] = _sent(traits)
     body: dict[str, Any] = {
         "type": call.kind,
         "userId": draft.user_id,
@@ -249,8 +249,14 @@ def _message(
     return body
 
 
-def _sent(value: Any) -> bool:
-    return value is not None and not (type(value) is str and not value.strip())
+def _sent(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without None and blank texts, what a track sends. One comprehension with the
+    test written out: a call per value was ~3 µs of an exam attempt's ~40 properties."""
+    return {
+        key: value
+        for key, value in values.items()
+        if value is not None and not (type(value) is str and not value.strip())
+    }
 
 
 def _without(traits: dict[str, Any], dropped: tuple[str, ...]) -> dict[str, Any]:
@@ -267,7 +273,7 @@ def _properties(
     settings: MappingConfig,
 ) -> dict[str, Any]:
     # No empty texts on a track: "" is no value (a body's blank field), not a fact.
-    properties = {key: value for key, value in data.items() if _sent(value)}
+    properties = _sent(data)
     if portal is not None:
         properties["portalId"] = portal
     if draft.sub_portal_id is not None:
