@@ -4,10 +4,15 @@ turn them into messages or dead letters exactly once, in arrival order, with poi
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
+import pytest
 
+from bridge.mapper import stage as stage_module
+from bridge.mapper.stage import MappingStage, Report
 from bridge.store import DeadLetterFilter, DeadReason, EventQuery, Judged, Store, Webhook
+from tests.conftest import attempt_completed, make_config
 from tests.contract.records import NOW, hook, msg
 
 
@@ -154,3 +159,36 @@ class TestMigration:
         [taken] = await store.take(1, 30)
         [receipt] = await store.record([judged(taken, msg("m"))])
         assert receipt.webhook_id == kept
+
+
+class TestRecordSizes:
+    async def test_every_part_of_a_catch_up_is_recorded_once_whatever_its_size(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The port's sizes: ``record_batch`` at the burst pace, the catch-up's parts for a full
+        take, ``steady_record`` (or, None, the catch-up's parts) for the take that ends the
+        backlog. On every backend each webhook is recorded once, in arrival order."""
+        assert store.record_batch >= 1
+        assert store.steady_record is None or store.steady_record >= 1
+        monkeypatch.setattr(stage_module, "CATCH_UP_BATCH", 8)
+        monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 4)
+        config = make_config(tmp_path, "http://127.0.0.1:9")
+        for n in range(4 + 8 + 3):
+            body = orjson.dumps(attempt_completed(n))
+            webhook = Webhook("attempt.completed", None, NOW + n / 1000, body)
+            await store.keep(webhook, config.mapping_tag)  # as serve keeps it
+        reports: list[Report] = []
+        stage = MappingStage(
+            store,
+            lambda: config,
+            batch=4,
+            clock=lambda: NOW + 20,
+            catch_up_after_secs=10,
+            on_report=reports.append,
+        )
+        while await stage.round():
+            assert stage.catching_up
+        assert [report.mapped for report in reports] == [4, 8, 3, 0]  # then: caught up
+        assert sum(report.messages for report in reports) == 15
+        stats = await store.stats(0)
+        assert (stats.unmapped, stats.pending) == (0, 15)
