@@ -39,7 +39,7 @@ from bridge.store.sqlite.schema import (
 )
 from bridge.store.sqlite.store import SQLiteStore
 from tests.conftest import attempt_completed, eventually, make_config
-from tests.contract.records import NOW, bury_all, hook, msg, remap_to
+from tests.contract.records import NOW, bury_all, hook, keep_attempts, msg, remap_to
 
 
 def query(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -760,13 +760,6 @@ class TestRowsOnDisk:
         assert query(db, "SELECT id FROM webhooks ORDER BY id") == [(1,)]
 
 
-async def keep_attempts(store: SQLiteStore, attempts: list[int], at: float = NOW) -> None:
-    """One ``attempt.completed`` webhook per item (its attempt), 1 ms apart from ``at``."""
-    for n, attempt in enumerate(attempts):
-        body = orjson.dumps(attempt_completed(attempt))
-        await store.keep(Webhook("attempt.completed", None, at + n / 1000, body))
-
-
 def stage_behind(
     store: SQLiteStore, config: Config, batch: int, reports: list[Report] | None = None
 ) -> MappingStage:
@@ -1046,9 +1039,8 @@ class TestMappingTransactions:
         """1,700 webhooks 20 s old (past ``catch_up_after_secs``): the first take of 128 is
         recorded in one transaction, then takes of 1,024 in parts of 512 (the second mapped
         while the first is recorded, the next take taken meanwhile), the last one not full in
-        parts of 128; fresh webhooks behind
-        them bring the burst pace (32 per transaction) back once the lag is under half the
-        threshold."""
+        parts of 128; fresh webhooks behind them bring the burst pace (32 per transaction) back
+        once the lag is under half the threshold."""
         config = make_config(tmp_path, "http://127.0.0.1:9")
         for n in range(1700):
             body = orjson.dumps(attempt_completed(n))

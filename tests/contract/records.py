@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import orjson
+
 from bridge.messages import OutgoingMessage
 from bridge.store import DeadReason, Store, Webhook
+from tests.conftest import attempt_completed
 
 NOW = 10_000.0
 #: More dead letters than one replay chunk (bridge.store.chunks.CHUNK: 2000, for both backends).
@@ -29,3 +32,11 @@ async def bury_all(store: Store, reason: str = "rejected") -> None:
 
 def remap_to(messages: Sequence[OutgoingMessage]) -> Callable[[Webhook], Sequence[OutgoingMessage]]:
     return lambda _webhook: messages
+
+
+async def keep_attempts(store: Store, attempts: list[int], at: float = NOW, tag: str = "") -> None:
+    """One ``attempt.completed`` webhook per item (its attempt), 1 ms apart from ``at``, kept
+    under the mapping ``tag`` (``serve`` keeps with its configuration's)."""
+    for n, attempt in enumerate(attempts):
+        body = orjson.dumps(attempt_completed(attempt))
+        await store.keep(Webhook("attempt.completed", None, at + n / 1000, body), tag)

@@ -12,8 +12,8 @@ import pytest
 from bridge.mapper import stage as stage_module
 from bridge.mapper.stage import MappingStage, Report
 from bridge.store import DeadLetterFilter, DeadReason, EventQuery, Judged, Store, Webhook
-from tests.conftest import attempt_completed, make_config
-from tests.contract.records import NOW, hook, msg
+from tests.conftest import make_config
+from tests.contract.records import NOW, hook, keep_attempts, msg
 
 
 def judged(taken: object, *messages: object, dead: DeadReason | None = None) -> Judged:
@@ -173,10 +173,7 @@ class TestRecordSizes:
         monkeypatch.setattr(stage_module, "CATCH_UP_BATCH", 8)
         monkeypatch.setattr(stage_module, "CATCH_UP_RECORD", 4)
         config = make_config(tmp_path, "http://127.0.0.1:9")
-        for n in range(4 + 8 + 3):
-            body = orjson.dumps(attempt_completed(n))
-            webhook = Webhook("attempt.completed", None, NOW + n / 1000, body)
-            await store.keep(webhook, config.mapping_tag)  # as serve keeps it
+        await keep_attempts(store, list(range(4 + 8 + 3)), tag=config.mapping_tag)
         reports: list[Report] = []
         stage = MappingStage(
             store,
